@@ -1,0 +1,34 @@
+"""nbqueue: a Redis job queue for Python that is at home in Jupyter.
+
+>>> from nbqueue import Queue
+>>> job = Queue("low").enqueue(tasks.add, 20, 40)
+>>> job.result(timeout=10)
+60
+"""
+from __future__ import annotations
+
+from .connection import connect
+from .errors import (
+    CodeMismatchError,
+    EnqueueError,
+    InvalidQueueName,
+    InvalidTransition,
+    JobCanceled,
+    JobExists,
+    JobFailed,
+    NbqueueError,
+    NoSuchJob,
+    PayloadError,
+    ResultTimeout,
+)
+from .job import Job, get_current_job
+from .queue import Call, Queue
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Call", "CodeMismatchError", "EnqueueError", "InvalidQueueName", "InvalidTransition", "Job",
+    "JobCanceled", "JobExists", "JobFailed", "NbqueueError", "NoSuchJob", "PayloadError", "Queue",
+    "ResultTimeout", "Worker", "connect", "get_current_job",
+]

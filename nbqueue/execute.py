@@ -1,0 +1,185 @@
+"""Running one taken job, in this process or in a forked child, and describing how it ended."""
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import sys
+import time
+import traceback
+from typing import Any, NamedTuple, Optional
+
+from . import job as jobs
+from .errors import CodeMismatchError, PayloadError
+from .serialization import check_code, dumps_result, loads_call
+
+
+class Taken(NamedTuple):
+    """A job as the dequeue script hands it to a worker."""
+
+    queue: str
+    id: str
+    attempt: int
+    func: Optional[str]
+    data: Optional[bytes]
+    code: str
+    timeout: Optional[float]  # None: no limit
+    result_ttl: int  # -1: keep forever
+    failure_ttl: int
+
+    @classmethod
+    def from_reply(cls, reply: list) -> "Taken":
+        queue, job_id, attempt, func, data, code, timeout, result_ttl, failure_ttl = reply
+        return cls(
+            queue.decode(), job_id.decode(), int(attempt), func.decode() if func else None, data,
+            code.decode() if code else "",
+            _seconds(timeout, jobs.DEFAULT_TIMEOUT), _ttl(result_ttl, jobs.DEFAULT_RESULT_TTL),
+            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL),
+        )
+
+
+def _seconds(raw: Optional[bytes], default: float) -> Optional[float]:
+    if raw is None:
+        return default
+    return None if raw == b"none" else float(raw)
+
+
+def _ttl(raw: Optional[bytes], default: int) -> int:
+    value = _seconds(raw, default)
+    return -1 if value is None else max(1, int(value))
+
+
+class Outcome(NamedTuple):
+    """How an attempt ended: the status and the fields to store with it."""
+
+    status: str  # finished or failed
+    fields: list  # field/value pairs for the job hash
+    summary: str  # one line for the worker's log ("ok" or the error)
+
+    @classmethod
+    def failure(cls, exc_line: str, text: str) -> "Outcome":
+        return cls(jobs.FAILED, ["exc", exc_line, "error", text], exc_line)
+
+
+class WorkerInterrupted(BaseException):
+    """Raised into an inline job when the worker is told to stop now (a second signal)."""
+
+
+def run_job(taken: Taken, connection: Any) -> Outcome:
+    """Import, check and call the job's function here; never raises."""
+    token = jobs._current.set(jobs.Job(taken.id, connection, {"status": b"started", "queue": taken.queue.encode()}))
+    try:
+        if not taken.func:
+            raise PayloadError("The job has no function recorded; it was not written by nbqueue's enqueue.")
+        try:
+            func, args, kwargs = loads_call(taken.func, taken.data or b"")
+            check_code(taken.func, func, taken.code)
+        except (PayloadError, CodeMismatchError, ImportError) as exc:
+            line = f"{type(exc).__name__}: {exc}"
+            return Outcome.failure(line, line + "\n")
+        try:
+            value = func(*args, **kwargs)
+        except BaseException as exc:  # the job's own failure, whatever it is
+            return _failed(exc)
+        try:
+            return Outcome(jobs.FINISHED, ["result", dumps_result(value)], "ok")
+        except Exception as exc:
+            line = f"ResultError: the job returned {type(value).__name__}, which can't be pickled: {exc}"
+            return Outcome.failure(line, line + "\n")
+    except BaseException as exc:  # a bug of ours or an interrupt; the worker goes on
+        return _failed(exc)
+    finally:
+        jobs._current.reset(token)
+
+
+def _failed(exc: BaseException) -> Outcome:
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is run_job.__code__:
+        tb = tb.tb_next  # start at the user's function, not in nbqueue
+    if isinstance(exc, WorkerInterrupted):
+        line = "WorkerInterrupted: the worker was told to stop now (second signal) while the job ran"
+    else:
+        line = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return Outcome.failure(line.splitlines()[-1] if line else type(exc).__name__, text)
+
+
+class Child:
+    """A forked child running one job; the parent reads its ``Outcome`` from a pipe."""
+
+    def __init__(self, taken: Taken, connection: Any):
+        self.taken = taken
+        self.stop_reason: Optional[str] = None
+        read_fd, write_fd = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - runs in the child, measured by the tests' outcomes
+            os.close(read_fd)
+            self._child_main(write_fd, connection)  # never returns
+        os.close(write_fd)
+        self._fd = read_fd
+
+    def _child_main(self, write_fd: int, connection: Any) -> None:
+        code = 0
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            outcome = run_job(self.taken, connection)
+            try:
+                blob = pickle.dumps(outcome)
+            except Exception as exc:
+                blob = pickle.dumps(Outcome.failure(f"ResultError: {exc}", f"ResultError: {exc}\n"))
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(blob)
+        except BaseException:
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def kill(self, reason: str) -> None:
+        """Stop the child now; its attempt fails with ``reason``."""
+        self.stop_reason = reason
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> Outcome:
+        """Wait for the outcome, killing the child at the job's timeout."""
+        deadline = None if self.taken.timeout is None else time.monotonic() + self.taken.timeout
+        chunks = []
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self.kill(f"JobTimeout: the job ran longer than its timeout of {self.taken.timeout:g} s and was killed")
+                remaining = None
+            try:
+                ready, _, _ = select.select([self._fd], [], [], remaining)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
+                continue
+            if not ready:
+                continue
+            chunk = os.read(self._fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(self._fd)
+        _, status = os.waitpid(self.pid, 0)
+        if self.stop_reason:
+            return Outcome.failure(self.stop_reason, self.stop_reason + "\n")
+        if chunks:
+            try:
+                return pickle.loads(b"".join(chunks))
+            except Exception:
+                pass
+        line = _death(status)
+        return Outcome.failure(line, line + "\n")
+
+
+def _death(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = signal.Signals(os.WTERMSIG(status)).name
+        return f"JobProcessDied: the job's process was killed by {sig} before it finished"
+    return f"JobProcessDied: the job's process exited with code {os.waitstatus_to_exitcode(status)} before it finished"

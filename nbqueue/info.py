@@ -1,0 +1,87 @@
+"""A snapshot of queues and workers, for ``nbqueue info`` and the notebook dashboard."""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple, Optional, Union
+
+import redis
+
+from . import keys
+from .connection import get_connection
+from .worker import HEARTBEAT
+
+
+class QueueStats(NamedTuple):
+    name: str
+    queued: int
+    started: int
+    failed: int
+
+
+class WorkerInfo(NamedTuple):
+    name: str
+    host: str
+    pid: int
+    queues: list
+    mode: str
+    seen_ago: float  # seconds since the last heartbeat
+    jobs: list  # (job id, function, started_at) of the jobs it holds
+
+
+class Snapshot(NamedTuple):
+    queues: list
+    workers: list
+
+
+def snapshot(connection: Union[redis.Redis, str, None] = None) -> Snapshot:
+    """Counts per queue and the live workers with what each is running (a few round trips)."""
+    conn = get_connection(connection)
+    names = sorted(n.decode() for n in conn.smembers(keys.QUEUES))
+    now = time.time()
+    active = [i.decode() for i in conn.zrange(keys.ACTIVE, 0, -1)]
+    live = [w.decode() for w in conn.zrangebyscore(keys.WORKERS, now - 3 * HEARTBEAT, "+inf")]
+    with conn.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.llen(keys.queue(name))
+            pipe.zcard(keys.failed(name))
+        for job_id in active:
+            pipe.hmget(keys.job(job_id), "queue", "func", "worker", "started_at")
+        for name in live:
+            pipe.hgetall(keys.worker(name))
+        replies = pipe.execute()
+    counts, jobs, workers = replies[:2 * len(names)], replies[2 * len(names):2 * len(names) + len(active)], \
+        replies[2 * len(names) + len(active):]
+    held: dict = {}
+    started: dict = {}
+    for job_id, (queue, func, worker, started_at) in zip(active, jobs):
+        if queue is None:
+            continue
+        started[queue.decode()] = started.get(queue.decode(), 0) + 1
+        held.setdefault((worker or b"").decode(), []).append(
+            (job_id, (func or b"?").decode(), float(started_at) if started_at else None))
+    queues = [QueueStats(n, counts[2 * i], started.get(n, 0), counts[2 * i + 1]) for i, n in enumerate(names)]
+    infos = []
+    for name, fields in zip(live, workers):
+        if not fields:
+            continue
+        text = {k.decode(): v.decode() for k, v in fields.items()}
+        infos.append(WorkerInfo(
+            name, text.get("host", "?"), int(text.get("pid", 0)), text.get("queues", "").split(","),
+            text.get("mode", "?"), now - float(text.get("seen", now)), held.get(name, []),
+        ))
+    return Snapshot(queues, infos)
+
+
+def render(snap: Snapshot, now: Optional[float] = None) -> str:
+    """The snapshot as text for a terminal."""
+    now = time.time() if now is None else now
+    lines = [f"{'queue':<24}{'queued':>8}{'started':>9}{'failed':>8}"]
+    lines += [f"{q.name:<24}{q.queued:>8}{q.started:>9}{q.failed:>8}" for q in snap.queues] or ["(no queues yet)"]
+    lines.append("")
+    lines.append(f"workers: {len(snap.workers)}")
+    for w in snap.workers:
+        doing = ", ".join(
+            f"{job_id} {func.replace(':', '.')}" + (f" for {now - t:.1f} s" if t else "")
+            for job_id, func, t in w.jobs) or "idle"
+        lines.append(f"  {w.name}  [{','.join(w.queues)}] {w.mode}  {doing}  (seen {w.seen_ago:.1f} s ago)")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""The job handle: what a caller holds after ``enqueue`` and a worker holds while running."""
+from __future__ import annotations
+
+import json
+import time
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import redis
+
+from . import keys
+from .connection import get_connection
+from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout
+from .serialization import loads_result
+
+QUEUED, STARTED, FINISHED, FAILED, CANCELED = "queued", "started", "finished", "failed", "canceled"
+TERMINAL = frozenset({FINISHED, FAILED, CANCELED})
+
+DEFAULT_TIMEOUT = 3600  # seconds a job may run
+DEFAULT_RESULT_TTL = 24 * 3600  # finished and canceled jobs are kept a day
+DEFAULT_FAILURE_TTL = 7 * 24 * 3600  # failed jobs a week, to be looked at and requeued
+
+_FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc")
+_current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
+
+
+def get_current_job() -> Optional["Job"]:
+    """The job this code runs in when called inside a job on a worker, else ``None``."""
+    return _current.get()
+
+
+def _time(value: Optional[bytes]) -> Optional[datetime]:
+    return datetime.fromtimestamp(float(value), tz=timezone.utc) if value else None
+
+
+class Job:
+    """A handle on one job in Redis. Attributes reflect the last ``refresh()``; ``status`` is always fresh."""
+
+    def __init__(self, job_id: str, connection: Optional[redis.Redis] = None, fields: Optional[dict] = None):
+        self.id = job_id
+        self.connection = get_connection(connection)
+        self._load(fields or {})
+
+    @classmethod
+    def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None) -> "Job":
+        """The job with this id; ``NoSuchJob`` if it does not exist (or has expired)."""
+        job = cls(job_id, connection)
+        job.refresh()
+        return job
+
+    def refresh(self) -> "Job":
+        values = self.connection.hmget(keys.job(self.id), _FIELDS)
+        if values[2] is None:
+            raise NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
+        self._load(dict(zip(_FIELDS, values)))
+        return self
+
+    def _load(self, f: dict) -> None:
+        text = lambda name: f[name].decode() if f.get(name) is not None else None  # noqa: E731
+        self.func_name: Optional[str] = text("func")
+        self.queue: Optional[str] = text("queue")
+        self._status: Optional[str] = text("status")
+        self.enqueued_at = _time(f.get("enqueued_at"))
+        self.started_at = _time(f.get("started_at"))
+        self.ended_at = _time(f.get("ended_at"))
+        self.worker: Optional[str] = text("worker")
+        self.attempt = int(f["attempt"]) if f.get("attempt") else 0
+        self.exc_info: Optional[str] = text("exc")
+
+    @property
+    def status(self) -> str:
+        """The job's status now: queued, started, finished, failed or canceled."""
+        status = self.connection.hget(keys.job(self.id), "status")
+        if status is None:
+            raise NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
+        self._status = status.decode()
+        return self._status
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def traceback(self) -> Optional[str]:
+        """The worker's traceback of a failed job."""
+        error = self.connection.hget(keys.job(self.id), "error")
+        return error.decode() if error is not None else None
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """The job's return value, waiting up to ``timeout`` seconds (``None``: as long as it takes).
+
+        Raises ``JobFailed`` with the worker's traceback, ``JobCanceled``, or ``ResultTimeout``.
+        Waits on the job's event channel, not by polling.
+        """
+        status, result, error, exc = self._outcome()
+        if status not in TERMINAL:
+            status, result, error, exc = self._wait(timeout)
+        if status == FINISHED:
+            return loads_result(result)
+        if status == FAILED:
+            raise JobFailed(self.id, self._func(), exc.decode() if exc else "failed",
+                            error.decode() if error else "(no traceback recorded)")
+        raise JobCanceled(f"job {self.id} ({self._func()}) was canceled, so it has no result.")
+
+    def _func(self) -> str:
+        return (self.func_name or "?").replace(":", ".")
+
+    def _outcome(self) -> list:
+        values = self.connection.hmget(keys.job(self.id), "status", "result", "error", "exc")
+        if values[0] is None:
+            raise NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
+        values[0] = values[0].decode()
+        return values
+
+    def _wait(self, timeout: Optional[float]) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(keys.events(self.id))
+            while True:
+                outcome = self._outcome()  # read after subscribing, so no change is missed
+                if outcome[0] in TERMINAL:
+                    return outcome
+                while True:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise ResultTimeout(
+                            f"job {self.id} ({self._func()}) is still {outcome[0]} after {timeout} s; "
+                            f"it goes on: call result() again to wait longer."
+                        )
+                    # wake at least every few seconds to re-read, in case the connection dropped
+                    message = pubsub.get_message(timeout=5.0 if remaining is None else min(remaining, 5.0))
+                    if message is None or json.loads(message["data"]).get("status") in TERMINAL:
+                        break
+        finally:
+            pubsub.close()
+
+    def cancel(self, ttl: int = DEFAULT_RESULT_TTL) -> None:
+        """Cancel a queued job: it leaves its queue and will not run."""
+        status = keys.run(self.connection, "cancel", [], [self.id, ttl])
+        if status is None:
+            raise NoSuchJob(f"No job {self.id!r} to cancel.")
+        if status != b"canceled":
+            raise InvalidTransition(f"job {self.id} is {status.decode()}; only a queued job can be canceled.")
+        self._status = CANCELED
+
+    def requeue(self) -> None:
+        """Put a failed (or canceled) job back at the end of its queue."""
+        status = keys.run(self.connection, "requeue", [], [self.id])
+        if status is None:
+            raise NoSuchJob(f"No job {self.id!r} to requeue.")
+        if status != b"queued":
+            raise InvalidTransition(f"job {self.id} is {status.decode()}; only a failed or canceled job can be requeued.")
+        self._status = QUEUED
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self._func()} {self._status or '?'}>"

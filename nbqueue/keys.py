@@ -1,0 +1,70 @@
+"""Where nbqueue keeps things in Redis: every key name is made here, every script lives here.
+
+Layout (``nbq:`` prefix):
+
+- ``queues``            set of queue names
+- ``queue:<name>``      list of queued job ids, front first
+- ``wake:<name>``       a one-element flag list, present while ``queue:<name>`` holds jobs;
+                        idle workers block on these with BLPOP (several queues at once)
+- ``job:<id>``          hash: the call (``func``, ``data``, ``code``), ``status``, times,
+                        ``worker``, ``attempt``, ``result`` or ``error``/``exc``, options
+- ``active``            sorted set: job id -> lease deadline (ms) of the attempt holding it
+- ``failed:<name>``     sorted set: failed job id -> time it failed
+- ``workers``           sorted set: worker name -> last heartbeat (s)
+- ``worker:<name>``     hash: host, pid, queues, mode, started_at (expires without heartbeats)
+- channel ``ev:<id>``   one JSON message per state change of the job
+
+Scripts (``scripts/*.lua``) take the prefix as ``ARGV[1]`` and are sent with EVALSHA.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from redis.commands.core import Script
+
+PREFIX = "nbq:"
+
+QUEUES = PREFIX + "queues"
+ACTIVE = PREFIX + "active"
+WORKERS = PREFIX + "workers"
+
+
+def queue(name: str) -> str:
+    return f"{PREFIX}queue:{name}"
+
+
+def wake(name: str) -> str:
+    return f"{PREFIX}wake:{name}"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def failed(name: str) -> str:
+    return f"{PREFIX}failed:{name}"
+
+
+def worker(name: str) -> str:
+    return f"{PREFIX}worker:{name}"
+
+
+def events(job_id: str) -> str:
+    return f"{PREFIX}ev:{job_id}"
+
+
+EVENTS_PATTERN = PREFIX + "ev:*"
+
+
+@lru_cache(maxsize=None)
+def script(name: str) -> Script:
+    """The Lua script ``scripts/<name>.lua``; call it as ``script(name)(keys, args, client=r)``."""
+    text = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_bytes()
+    return Script(None, text)  # type: ignore[arg-type]  # bytes need no client encoder
+
+
+def run(client: Any, name: str, keys: list, args: list) -> Any:
+    """Run a script on ``client`` (a Redis client or a pipeline)."""
+    return script(name)(keys, [PREFIX, *args], client=client)

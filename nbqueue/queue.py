@@ -1,0 +1,216 @@
+"""Named queues: put calls on them, look at what waits there."""
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
+
+import redis
+
+from . import keys
+from .connection import get_connection
+from .errors import EnqueueError, InvalidQueueName, JobExists
+from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFAULT_TIMEOUT, QUEUED, Job
+from .serialization import dumps_call, function_ref
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
+_BATCH = 500  # jobs per script call in enqueue_many
+
+
+def check_queue_name(name: Any) -> str:
+    """Return ``name`` if nbqueue accepts it as a queue name, else raise ``InvalidQueueName``."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidQueueName(
+            f"Invalid queue name {name!r}: use 1 to 100 letters, digits, '_', '-' or '.', "
+            f"starting with a letter or digit, e.g. Queue('low') or Queue('reports-2024')."
+        )
+    return name
+
+
+class Call(NamedTuple):
+    """One call for ``enqueue_many``; plain ``(func, args)`` or ``(func, args, kwargs)`` tuples work too."""
+
+    func: Callable
+    args: tuple = ()
+    kwargs: Optional[dict] = None
+    job_id: Optional[str] = None
+
+
+def _options(timeout: Any, result_ttl: Any, failure_ttl: Any) -> list:
+    """Option fields stored with a job, only where they differ from the defaults (saves memory)."""
+    fields: list = []
+    for name, value, default in (
+        ("timeout", timeout, DEFAULT_TIMEOUT),
+        ("result_ttl", result_ttl, DEFAULT_RESULT_TTL),
+        ("failure_ttl", failure_ttl, DEFAULT_FAILURE_TTL),
+    ):
+        if value is None:
+            fields += [name, "none"]  # no time limit / keep forever
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise EnqueueError(f"{name}={value!r} is not valid: give a number of seconds > 0, or None for no limit.")
+        elif value != default:
+            fields += [name, repr(value)]
+    return fields
+
+
+class Queue:
+    """A named queue in Redis; made on the fly by the first enqueue.
+
+    >>> q = Queue("low")
+    >>> job = q.enqueue(tasks.send_mail, msg)      # every keyword goes to send_mail
+    >>> job.result(timeout=10)
+    """
+
+    def __init__(self, name: str = "default", connection: Union[redis.Redis, str, None] = None):
+        self.name = check_queue_name(name)
+        self._connection = connection
+
+    @property
+    def connection(self) -> redis.Redis:
+        if not isinstance(self._connection, redis.Redis):
+            self._connection = get_connection(self._connection)
+        return self._connection
+
+    @property
+    def key(self) -> str:
+        return keys.queue(self.name)
+
+    def enqueue(self, func: Callable, *args: Any, **kwargs: Any) -> Job:
+        """Put ``func(*args, **kwargs)`` on the queue. Every keyword goes to ``func``; options: ``enqueue_call``."""
+        return self.enqueue_call(func, args, kwargs)
+
+    def enqueue_call(
+        self,
+        func: Callable,
+        args: Iterable = (),
+        kwargs: Optional[dict] = None,
+        *,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
+        result_ttl: Optional[float] = DEFAULT_RESULT_TTL,
+        failure_ttl: Optional[float] = DEFAULT_FAILURE_TTL,
+        job_id: Optional[str] = None,
+        at_front: bool = False,
+    ) -> Job:
+        """Put a call on the queue with job options.
+
+        ``timeout``: seconds the job may run (None: no limit). ``result_ttl``/``failure_ttl``: seconds a
+        finished/failed job is kept (None: forever). ``job_id``: your own id (must be new).
+        ``at_front``: run it before the jobs already waiting.
+        """
+        return self.enqueue_many(
+            [Call(func, tuple(args), kwargs, job_id)],
+            timeout=timeout, result_ttl=result_ttl, failure_ttl=failure_ttl, at_front=at_front,
+        )[0]
+
+    def enqueue_many(
+        self,
+        calls: Iterable[Union[Call, tuple]],
+        *,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
+        result_ttl: Optional[float] = DEFAULT_RESULT_TTL,
+        failure_ttl: Optional[float] = DEFAULT_FAILURE_TTL,
+        at_front: bool = False,
+    ) -> list[Job]:
+        """Put many calls on the queue in as few round trips as possible; all or none.
+
+        Each call is a ``Call`` or a tuple ``(func, args)`` / ``(func, args, kwargs)``. Every call is
+        checked and pickled before anything is written, so a bad one enqueues nothing.
+        """
+        options = _options(timeout, result_ttl, failure_ttl)
+        argv: list = []
+        ids: list[str] = []
+        funcs: list[bytes] = []
+        chosen: list[str] = []  # ids the caller picked; random ones can't clash
+        for call in calls:
+            call = call if isinstance(call, Call) else Call(*call)
+            ref = function_ref(call.func)
+            data = dumps_call(ref, tuple(call.args), dict(call.kwargs or {}))
+            job_id = self._job_id(call.job_id)
+            ids.append(job_id)
+            funcs.append(ref.path.encode())
+            if call.job_id is not None:
+                chosen.append(job_id)
+            argv += [job_id, ref.path, data, ref.code_hash, len(options) // 2, *options]
+        self._write(argv, len(ids), at_front, chosen)
+        conn, queue = self.connection, self.name.encode()
+        return [Job(i, conn, {"status": b"queued", "queue": queue, "func": f}) for i, f in zip(ids, funcs)]
+
+    @staticmethod
+    def _job_id(job_id: Optional[str]) -> str:
+        if job_id is None:
+            return uuid.uuid4().hex
+        if not isinstance(job_id, str) or not _NAME.match(job_id):
+            raise EnqueueError(f"job_id={job_id!r} is not valid: use 1 to 100 letters, digits, '_', '-' or '.'.")
+        return job_id
+
+    def _write(self, argv: list, count: int, at_front: bool, chosen: list) -> None:
+        if not count:
+            return
+        head = [self.name, "1" if at_front else "0"]
+        script_keys = [keys.QUEUES, self.key, keys.wake(self.name)]
+        per_job = len(argv) // count
+        chunks = [argv[i:i + _BATCH * per_job] for i in range(0, len(argv), _BATCH * per_job)]
+        if at_front:
+            chunks.reverse()  # the first chunk must end up in front
+        if len(chunks) > 1 and chosen:  # the script checks ids per chunk; check all before writing any
+            self._check_new_ids(chosen)
+        try:
+            if len(chunks) == 1:
+                keys.run(self.connection, "enqueue", script_keys, head + chunks[0])
+            else:
+                with self.connection.pipeline(transaction=True) as pipe:
+                    for chunk in chunks:
+                        keys.run(pipe, "enqueue", script_keys, head + chunk)
+                    pipe.execute()
+        except redis.ResponseError as exc:
+            if "NBQ_EXISTS" in str(exc):
+                job_id = str(exc).split("NBQ_EXISTS", 1)[1].strip()
+                raise JobExists(
+                    f"A job with id {job_id!r} already exists; nothing was enqueued. Pick a new job_id, "
+                    f"or fetch the existing one with Job.fetch({job_id!r})."
+                ) from None
+            raise
+
+    def _check_new_ids(self, ids: list) -> None:
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(keys.job(job_id))
+            taken = [i for i, exists in zip(ids, pipe.execute()) if exists]
+        if taken:
+            raise JobExists(f"A job with id {taken[0]!r} already exists; nothing was enqueued. Pick a new job_id.")
+
+    def __len__(self) -> int:
+        return self.connection.llen(self.key)
+
+    @property
+    def count(self) -> int:
+        return len(self)
+
+    @property
+    def job_ids(self) -> list[str]:
+        """Ids of the queued jobs, next to run first."""
+        return [i.decode() for i in self.connection.lrange(self.key, 0, -1)]
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [Job(i, self.connection, {"status": QUEUED.encode()}) for i in self.job_ids]
+
+    def is_empty(self) -> bool:
+        return len(self) == 0
+
+    def empty(self) -> int:
+        """Cancel every job waiting on this queue (as RQ's ``empty``); returns how many."""
+        canceled = 0
+        for job_id in self.job_ids:
+            if keys.run(self.connection, "cancel", [], [job_id, DEFAULT_RESULT_TTL]) == b"canceled":
+                canceled += 1
+        return canceled
+
+    @classmethod
+    def all(cls, connection: Union[redis.Redis, str, None] = None) -> list["Queue"]:
+        """Every queue that has been used, by name."""
+        conn = get_connection(connection)
+        return [cls(n.decode(), conn) for n in sorted(conn.smembers(keys.QUEUES))]
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name}>"

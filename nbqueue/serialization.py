@@ -1,0 +1,232 @@
+"""How a call travels: the function by import path, its arguments and result by cloudpickle.
+
+The guard refuses, at enqueue time, any callable a worker could not import again by its
+path (functions from ``__main__`` such as notebook cells, lambdas, nested functions), so the
+mistake shows where it was made instead of as a failure on some worker later.
+
+Wire format of a call, kept in the job hash (see ``job.py``):
+
+- ``func``: ``"module:qualname"`` of the function (for a bound method, of the method);
+- ``data``: ``cloudpickle((args, kwargs))``, or ``cloudpickle((instance, args, kwargs))`` when
+  ``func`` is a bound method and the instance travels pickled;
+- ``code``: a short hash of the function's source, so a worker can tell it runs other code;
+- ``sig``: reserved for a signature over ``func``, ``code`` and ``data`` (absent for now).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import linecache
+import pickle
+import sys
+from types import MethodType
+from typing import Any, Callable, NamedTuple
+
+import cloudpickle
+
+from .errors import CodeMismatchError, EnqueueError, PayloadError
+
+PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+_TASKS_HINT = (
+    "Workers import the function by its module path, so it must live in a module file. "
+    "Move it into a module such as tasks.py next to the notebook (or use the "
+    "%%nbqueue.module tasks cell magic), import it, and enqueue tasks.{name}; start "
+    "workers in that folder."
+)
+
+
+class FunctionRef(NamedTuple):
+    """What the worker needs to find the code again."""
+
+    path: str  # "module:qualname"
+    bound_to: Any  # the instance of a bound method, else None
+    code_hash: str  # "" when the source is not available (C functions, builtins)
+
+
+def describe(func: Any) -> str:
+    """A short human name for a callable, for messages."""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    module = getattr(func, "__module__", None)
+    return f"{module}.{name}" if module and module != "builtins" else str(name)
+
+
+_refs: dict[Any, FunctionRef] = {}
+
+
+def function_ref(func: Callable) -> FunctionRef:
+    """Check that a worker can import ``func`` by path, and return that path.
+
+    Raises ``EnqueueError`` naming the function, why a worker can't run it and how to fix it.
+    Results are cached per function object, so the guard costs nothing on a hot enqueue path.
+    """
+    bound_to = None
+    target = func
+    if isinstance(func, MethodType) and not isinstance(func.__self__, type):
+        bound_to, target = func.__self__, func.__func__
+        _check_importable(type(bound_to), what=f"the class of {describe(func)}")
+    try:
+        cached = _refs.get(target)
+    except TypeError:  # unhashable callable
+        cached = None
+    if cached is None:
+        if isinstance(func, MethodType) and isinstance(func.__self__, type):
+            target = func  # classmethod: importable as Class.method, nothing to pickle
+        path = _check_importable(target, what=describe(target))
+        cached = FunctionRef(path, None, source_hash(target))
+        if len(_refs) > 4096:
+            _refs.clear()
+        try:
+            _refs[target] = cached
+        except TypeError:
+            pass
+    return cached._replace(bound_to=bound_to)
+
+
+def _check_importable(obj: Any, what: str) -> str:
+    if not callable(obj):
+        raise EnqueueError(f"{obj!r} is not callable: enqueue a function, e.g. q.enqueue(tasks.add, 1, 2).")
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if module is None or qualname is None:
+        raise EnqueueError(
+            f"Can't enqueue {obj!r}: it has no module path a worker could import it by "
+            f"(partials and callable instances don't). Wrap the call in a function defined in a module "
+            f"such as tasks.py and enqueue that."
+        )
+    name = qualname.rsplit(".", 1)[-1]
+    if module in ("__main__", "__mp_main__"):
+        raise EnqueueError(
+            f"Can't enqueue {qualname}: it is defined in __main__ (a notebook cell or the script "
+            f"being run), which a worker cannot import. " + _TASKS_HINT.format(name=name)
+        )
+    if "<lambda>" in qualname:
+        raise EnqueueError(
+            f"Can't enqueue the lambda {module}.{qualname}: a lambda has no name a worker could import. "
+            f"Define it with def in a module such as tasks.py and enqueue that function."
+        )
+    if "<locals>" in qualname:
+        raise EnqueueError(
+            f"Can't enqueue {module}.{qualname.replace('.<locals>', '')}: it is defined inside another "
+            f"function, so a worker cannot import it. Move it to the top level of its module."
+        )
+    try:
+        found = resolve(f"{module}:{qualname}")
+    except ImportError as exc:
+        raise EnqueueError(
+            f"Can't enqueue {module}.{qualname}: importing it by its path failed ({exc}), so a worker "
+            f"could not either. " + _TASKS_HINT.format(name=name)
+        ) from None
+    if found is not obj and getattr(found, "__func__", found) is not getattr(obj, "__func__", obj):
+        raise EnqueueError(
+            f"Can't enqueue {what}: importing {module}.{qualname} gives a different object "
+            f"({found!r}), so a worker would run something else. Enqueue the module-level function "
+            f"itself (a decorator must keep __qualname__, e.g. with functools.wraps)."
+        )
+    return f"{module}:{qualname}"
+
+
+def resolve(path: str) -> Any:
+    """Import ``"module:qualname"`` and return the object; ``ImportError`` if it isn't there."""
+    module_name, _, qualname = path.partition(":")
+    if not module_name or not qualname:
+        raise ImportError(f"{path!r} is not a 'module:qualname' path")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {qualname!r}") from None
+    return obj
+
+
+def source_hash(func: Any) -> str:
+    """A short hash of the function's source as it is on disk now; "" if there is none."""
+    func = inspect.unwrap(getattr(func, "__func__", func))
+    try:
+        filename = inspect.getsourcefile(func)
+        if filename:
+            linecache.checkcache(filename)
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        return ""
+    return hashlib.blake2b(source.encode(), digest_size=8).hexdigest()
+
+
+def dumps_call(ref: FunctionRef, args: tuple, kwargs: dict) -> bytes:
+    """Pickle a call's arguments; ``EnqueueError`` naming the argument that can't be pickled."""
+    payload = (args, kwargs) if ref.bound_to is None else (ref.bound_to, args, kwargs)
+    try:
+        return cloudpickle.dumps(payload, protocol=PICKLE_PROTOCOL)
+    except Exception as exc:  # pickling can raise nearly anything
+        raise EnqueueError(_unpicklable(ref, args, kwargs, exc)) from None
+
+
+def _unpicklable(ref: FunctionRef, args: tuple, kwargs: dict, exc: Exception) -> str:
+    named = [(f"argument {i + 1}", v) for i, v in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    if ref.bound_to is not None:
+        named.insert(0, ("the instance the method is bound to", ref.bound_to))
+    func = ref.path.replace(":", ".")
+    for label, value in named:
+        try:
+            cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        except Exception as inner:
+            return (
+                f"Can't enqueue {func}: {label} ({type(value).__name__}) can't be pickled to send to a "
+                f"worker: {inner}. Pass something a worker can rebuild instead (a path, a URL, "
+                f"plain data) and open the resource inside the job. Nothing was enqueued."
+            )
+    return f"Can't enqueue {func}: its arguments can't be pickled: {exc}. Nothing was enqueued."
+
+
+def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
+    """Rebuild a call on the worker: ``(callable, args, kwargs)``.
+
+    Raises ``PayloadError`` for data that can't be unpickled and ``ImportError`` (with a hint)
+    when the function's module or name is missing here.
+    """
+    try:
+        payload = pickle.loads(data)
+        if len(payload) == 3:
+            instance, args, kwargs = payload
+        else:
+            instance, (args, kwargs) = None, payload
+        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+            raise TypeError("arguments are not (tuple, dict)")
+    except Exception as exc:
+        raise PayloadError(f"The job's arguments can't be loaded on this worker: {type(exc).__name__}: {exc}") from None
+    if instance is not None:
+        method = path.rsplit(".", 1)[-1]
+        return getattr(instance, method), args, kwargs
+    try:
+        func = resolve(path)
+    except ImportError as exc:
+        raise ImportError(
+            f"This worker can't import {path.replace(':', '.')}: {exc}. Start the worker in the folder "
+            f"that holds the module (it puts its working folder on sys.path), or install it, and "
+            f"requeue the job. (sys.path[0] is {sys.path[0]!r})"
+        ) from None
+    return func, args, kwargs
+
+
+def check_code(path: str, func: Callable, expected: str) -> None:
+    """Fail when the worker's source for ``func`` differs from the caller's."""
+    if not expected:
+        return
+    here = source_hash(func)
+    if here and here != expected:
+        raise CodeMismatchError(
+            f"The worker runs different code for {path.replace(':', '.')} than the caller "
+            f"(source hash {here} here, {expected} at enqueue). Restart the worker (fork mode "
+            f"re-imports for each job), or re-import the module in the notebook, then requeue."
+        )
+
+
+def dumps_result(value: Any) -> bytes:
+    return cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+
+
+def loads_result(data: bytes) -> Any:
+    return pickle.loads(data)
