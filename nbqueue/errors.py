@@ -55,9 +55,17 @@ class JobFailed(NbqueueError):
         self.traceback = traceback
         super().__init__(f"job {job_id} ({func}) failed on the worker: {exc_info}")
 
+    @property
+    def _has_traceback(self) -> bool:
+        return self.traceback.strip() != self.exc_info.strip()  # not just the message again
+
     def __str__(self) -> str:
+        if not self._has_traceback:
+            return self.args[0]
         return f"{self.args[0]}\n\nWorker traceback:\n{self.traceback.rstrip()}"
 
     def _render_traceback_(self) -> list:
+        if not self._has_traceback:
+            return [f"JobFailed: {self.args[0]}"]
         header = f"JobFailed: job {self.job_id} ({self.func}) failed on the worker. Worker traceback:"
         return [header, *self.traceback.rstrip().splitlines()]

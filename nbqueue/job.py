@@ -141,7 +141,7 @@ class Job:
         status = keys.run(self.connection, "cancel", [], [self.id, ttl])
         if status is None:
             raise NoSuchJob(f"No job {self.id!r} to cancel.")
-        if status != b"canceled":
+        if status != 1:
             raise InvalidTransition(f"job {self.id} is {status.decode()}; only a queued job can be canceled.")
         self._status = CANCELED
 
@@ -150,7 +150,7 @@ class Job:
         status = keys.run(self.connection, "requeue", [], [self.id])
         if status is None:
             raise NoSuchJob(f"No job {self.id!r} to requeue.")
-        if status != b"queued":
+        if status != 1:
             raise InvalidTransition(f"job {self.id} is {status.decode()}; only a failed or canceled job can be requeued.")
         self._status = QUEUED
 

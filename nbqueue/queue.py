@@ -202,7 +202,7 @@ class Queue:
         """Cancel every job waiting on this queue (as RQ's ``empty``); returns how many."""
         canceled = 0
         for job_id in self.job_ids:
-            if keys.run(self.connection, "cancel", [], [job_id, DEFAULT_RESULT_TTL]) == b"canceled":
+            if keys.run(self.connection, "cancel", [], [job_id, DEFAULT_RESULT_TTL]) == 1:
                 canceled += 1
         return canceled
 

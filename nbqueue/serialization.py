@@ -52,36 +52,29 @@ def describe(func: Any) -> str:
     return f"{module}.{name}" if module and module != "builtins" else str(name)
 
 
-_refs: dict[Any, FunctionRef] = {}
+_hashes: dict[Any, str] = {}  # function -> source hash, computed once per function object
 
 
 def function_ref(func: Callable) -> FunctionRef:
     """Check that a worker can import ``func`` by path, and return that path.
 
     Raises ``EnqueueError`` naming the function, why a worker can't run it and how to fix it.
-    Results are cached per function object, so the guard costs nothing on a hot enqueue path.
+    The check re-imports by path each time (a dictionary lookup); the source hash is cached.
     """
     bound_to = None
     target = func
     if isinstance(func, MethodType) and not isinstance(func.__self__, type):
         bound_to, target = func.__self__, func.__func__
         _check_importable(type(bound_to), what=f"the class of {describe(func)}")
-    try:
-        cached = _refs.get(target)
-    except TypeError:  # unhashable callable
-        cached = None
-    if cached is None:
-        if isinstance(func, MethodType) and isinstance(func.__self__, type):
-            target = func  # classmethod: importable as Class.method, nothing to pickle
-        path = _check_importable(target, what=describe(target))
-        cached = FunctionRef(path, None, source_hash(target))
-        if len(_refs) > 4096:
-            _refs.clear()
-        try:
-            _refs[target] = cached
-        except TypeError:
-            pass
-    return cached._replace(bound_to=bound_to)
+    path = _check_importable(target, what=describe(target))
+    key = getattr(target, "__func__", target)  # a classmethod's bound method is new each time
+    code_hash = _hashes.get(key)
+    if code_hash is None:
+        code_hash = source_hash(target)
+        if len(_hashes) > 4096:
+            _hashes.clear()
+        _hashes[key] = code_hash
+    return FunctionRef(path, bound_to, code_hash)
 
 
 def _check_importable(obj: Any, what: str) -> str:
@@ -219,8 +212,9 @@ def check_code(path: str, func: Callable, expected: str) -> None:
     if here and here != expected:
         raise CodeMismatchError(
             f"The worker runs different code for {path.replace(':', '.')} than the caller "
-            f"(source hash {here} here, {expected} at enqueue). Restart the worker (fork mode "
-            f"re-imports for each job), or re-import the module in the notebook, then requeue."
+            f"(source hash {here} here, {expected} at enqueue): the file changed after one side imported "
+            f"it, or the worker runs in another folder. Re-import the module where you enqueue "
+            f"(importlib.reload, or restart the kernel), restart an --inline worker, then requeue the job."
         )
 
 

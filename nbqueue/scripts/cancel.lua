@@ -1,6 +1,6 @@
 -- Cancel a queued job: take it off its queue and mark it canceled.
 -- KEYS: none (the queue is read from the job). ARGV[1] key prefix, ARGV[2] job id, ARGV[3] ttl in seconds
--- Returns the job's status after the call ("canceled", or the status that forbade it), or nil if no job.
+-- Returns 1 if canceled now, else the status that forbade it (nil if there is no such job).
 local prefix, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = prefix .. 'job:' .. id
 local cur = redis.call('HMGET', key, 'status', 'queue')
@@ -12,4 +12,4 @@ local now = t[1] .. '.' .. string.format('%06d', t[2])
 redis.call('HSET', key, 'status', 'canceled', 'ended_at', now)
 redis.call('EXPIRE', key, ttl)
 redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode({id = id, status = 'canceled', t = now}))
-return 'canceled'
+return 1

@@ -1,6 +1,6 @@
 -- Put a failed or canceled job back on its queue, clearing the last attempt's outcome.
 -- KEYS: none (the queue is read from the job). ARGV[1] key prefix, ARGV[2] job id
--- Returns the job's status after the call ("queued", or the status that forbade it), or nil if no job.
+-- Returns 1 if requeued now, else the status that forbade it (nil if there is no such job).
 local prefix, id = ARGV[1], ARGV[2]
 local key = prefix .. 'job:' .. id
 local cur = redis.call('HMGET', key, 'status', 'queue')
@@ -18,4 +18,4 @@ redis.call('SADD', prefix .. 'queues', queue)
 local wake = prefix .. 'wake:' .. queue
 if redis.call('LLEN', wake) == 0 then redis.call('RPUSH', wake, '1') end
 redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode({id = id, status = 'queued', queue = queue, t = now}))
-return 'queued'
+return 1

@@ -1,0 +1,75 @@
+"""Tasks the tests enqueue; workers started in this folder import them."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from nbqueue import get_current_job
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(*args, **kwargs):
+    return args, kwargs
+
+
+def takes_timeout(x, timeout=None, result_ttl=None, job_id=None):
+    """A user function whose own parameters share names with job options."""
+    return {"x": x, "timeout": timeout, "result_ttl": result_ttl, "job_id": job_id}
+
+
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+def whoami():
+    job = get_current_job()
+    return job.id if job else None
+
+
+def pid():
+    return os.getpid()
+
+
+def now():
+    return time.time()
+
+
+def sleep_then(seconds, value=None, flag=None):
+    """Sleep (the job's work), optionally creating ``flag`` first so a test knows it started."""
+    if flag:
+        open(flag, "w").close()
+    time.sleep(seconds)
+    return value
+
+
+def die_hard():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def unpicklable_result():
+    return threading.Lock()
+
+
+def exit_process():
+    os._exit(3)
+
+
+class Greeter:
+    def __init__(self, greeting):
+        self.greeting = greeting
+
+    def greet(self, name):
+        return f"{self.greeting}, {name}"
+
+    @classmethod
+    def make(cls, greeting):
+        return cls(greeting).greeting
+
+    @staticmethod
+    def shout(text):
+        return text.upper()

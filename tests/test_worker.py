@@ -1,0 +1,252 @@
+"""Real ``nbqueue worker`` processes running jobs end to end."""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import nbq_tasks
+from conftest import wait_for
+from nbqueue import Job, JobFailed, Queue
+
+MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
+
+
+def test_the_readme_flow(start_worker, tmp_path):
+    """`nbqueue worker low` in a folder with tasks.py; a separate python enqueues and prints 60."""
+    (tmp_path / "tasks.py").write_text("def add(a, b):\n    return a + b\n")
+    start_worker("low", cwd=tmp_path)
+    code = "from nbqueue import Queue; import tasks; j = Queue('low').enqueue(tasks.add, 20, 40); print(j.result(timeout=10))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "60"
+    assert run.stderr.count("nbqueue: using Redis at") == 1  # says once which Redis
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_results_times_and_worker_are_recorded(start_worker, redis_client, mode):
+    worker = start_worker("low", *mode)
+    q = Queue("low", redis_client)
+    job = q.enqueue(nbq_tasks.takes_timeout, 1, timeout=5)
+    assert job.result(timeout=10) == {"x": 1, "timeout": 5, "result_ttl": None, "job_id": None}
+    job.refresh()
+    assert job.status == "finished" and job.attempt == 1
+    assert job.enqueued_at <= job.started_at <= job.ended_at
+    assert job.worker and str(worker.pid) in job.worker
+    whoami = q.enqueue(nbq_tasks.whoami)
+    assert whoami.result(timeout=10) == whoami.id  # get_current_job() inside the job
+    assert 0 < redis_client.ttl(f"nbq:job:{job.id}") <= 24 * 3600
+    assert q.enqueue(nbq_tasks.Greeter("hi").greet, "ann").result(timeout=10) == "hi, ann"
+
+
+def test_fork_mode_runs_each_job_in_a_fresh_child(start_worker, redis_client):
+    worker = start_worker("low")
+    q = Queue("low", redis_client)
+    pids = [j.result(timeout=10) for j in [q.enqueue(nbq_tasks.pid) for _ in range(3)]]
+    assert len(set(pids)) == 3 and worker.pid not in pids
+
+
+def test_inline_mode_runs_jobs_in_the_worker(start_worker, redis_client):
+    worker = start_worker("low", "--inline")
+    q = Queue("low", redis_client)
+    assert {q.enqueue(nbq_tasks.pid).result(timeout=10) for _ in range(3)} == {worker.pid}
+
+
+def test_queues_are_served_in_priority_order(start_worker, redis_client):
+    low, high = Queue("low", redis_client), Queue("high", redis_client)
+    jobs = low.enqueue_many([(nbq_tasks.now, ())] * 5) + high.enqueue_many([(nbq_tasks.now, ())] * 5)
+    worker = start_worker("high", "low", "--inline", "--burst", ready=False)
+    assert worker.wait() == 0
+    started = sorted(jobs, key=lambda j: j.result(timeout=1))
+    assert [j.queue for j in started] == ["high"] * 5 + ["low"] * 5
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_failing_job_keeps_the_traceback_and_the_worker_goes_on(start_worker, redis_client, mode):
+    start_worker("low", *mode)
+    q = Queue("low", redis_client)
+    bad = q.enqueue(nbq_tasks.fail, "disk full")
+    with pytest.raises(JobFailed) as info:
+        bad.result(timeout=10)
+    assert "ValueError: disk full" in str(info.value)
+    assert 'nbq_tasks.py", line' in info.value.traceback and "in fail" in info.value.traceback
+    assert "execute.py" not in info.value.traceback  # the worker's own frames are left out
+    assert bad.status == "failed" and redis_client.zscore("nbq:failed:low", bad.id)
+    assert q.enqueue(nbq_tasks.add, 1, 2).result(timeout=10) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_corrupt_payload_and_missing_function_fail_only_their_job(start_worker, redis_client, mode):
+    start_worker("low", *mode)
+    q = Queue("low", redis_client)
+    for job_id, fields in {
+        "garbage": {"func": "nbq_tasks:add", "data": b"\x80\x05not a pickle"},
+        "nofunc": {"data": b""},
+        "nomodule": {"func": "no_such_module_xyz:run", "data": _args()},
+        "noattr": {"func": "nbq_tasks:no_such_function", "data": _args()},
+    }.items():
+        redis_client.hset(f"nbq:job:{job_id}", mapping={**fields, "queue": "low", "status": "queued"})
+        redis_client.rpush("nbq:queue:low", job_id)
+    redis_client.rpush("nbq:wake:low", "1")
+    expected = {
+        "garbage": "The job's arguments can't be loaded",
+        "nofunc": "has no function recorded",
+        "nomodule": "This worker can't import no_such_module_xyz.run: No module named 'no_such_module_xyz'",
+        "noattr": "has no attribute 'no_such_function'",
+    }
+    for job_id, message in expected.items():
+        job = Job(job_id, redis_client)
+        with pytest.raises(JobFailed, match=message):
+            job.result(timeout=10)
+    assert q.enqueue(nbq_tasks.add, 2, 3).result(timeout=10) == 5
+
+
+def _args() -> bytes:
+    import cloudpickle
+    return cloudpickle.dumps(((1, 2), {}))
+
+
+def test_a_module_only_the_caller_has(start_worker, redis_client, tmp_path, monkeypatch):
+    (tmp_path / "only_here.py").write_text("def job():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_here
+
+    start_worker("low")  # runs in tests/, where only_here.py is not
+    job = Queue("low", redis_client).enqueue(only_here.job)
+    with pytest.raises(JobFailed, match="Start the worker in the folder that holds the module"):
+        job.result(timeout=10)
+
+
+def test_fork_mode_picks_up_an_edited_module_and_detects_stale_callers(start_worker, redis_client, tmp_path, monkeypatch):
+    module = tmp_path / "edited_tasks.py"
+    module.write_text("def version():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import edited_tasks
+
+    start_worker("low", cwd=tmp_path)
+    q = Queue("low", redis_client)
+    assert q.enqueue(edited_tasks.version).result(timeout=10) == 1
+    module.write_text("def version():\n    return 2  # edited\n")
+    stale = q.enqueue(edited_tasks.version)  # the caller still has version 1 loaded
+    with pytest.raises(JobFailed, match="(?i)the worker runs different code for edited_tasks.version than the caller"):
+        stale.result(timeout=10)
+    importlib.reload(edited_tasks)
+    assert q.enqueue(edited_tasks.version).result(timeout=10) == 2  # same worker, fresh import
+
+
+@pytest.mark.parametrize("func, message", [
+    (nbq_tasks.die_hard, "killed by SIGKILL"),
+    (nbq_tasks.exit_process, "exited with code 3"),
+    (nbq_tasks.unpicklable_result, "ResultError: the job returned lock, which can't be pickled"),
+])
+def test_a_dying_child_fails_its_job_only(start_worker, redis_client, func, message):
+    worker = start_worker("low")
+    q = Queue("low", redis_client)
+    with pytest.raises(JobFailed, match=message):
+        q.enqueue(func).result(timeout=10)
+    assert q.enqueue(nbq_tasks.add, 1, 1).result(timeout=10) == 2
+    assert worker.proc.poll() is None
+
+
+def test_timeout_kills_the_job_in_fork_mode(start_worker, redis_client):
+    start_worker("low")
+    q = Queue("low", redis_client)
+    job = q.enqueue_call(nbq_tasks.sleep_then, (30,), timeout=0.5)
+    with pytest.raises(JobFailed, match="longer than its timeout of 0.5 s"):
+        job.result(timeout=15)
+    assert q.enqueue(nbq_tasks.add, 1, 1).result(timeout=10) == 2
+
+
+def test_requeue_a_failed_job(start_worker, redis_client):
+    start_worker("low")
+    q = Queue("low", redis_client)
+    failing = q.enqueue(nbq_tasks.fail)
+    with pytest.raises(JobFailed):
+        failing.result(timeout=10)
+    failing.requeue()
+    assert not redis_client.zscore("nbq:failed:low", failing.id)
+    with pytest.raises(JobFailed):
+        failing.result(timeout=10)
+    assert Job.fetch(failing.id, redis_client).attempt == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_warm_shutdown_finishes_the_job(start_worker, redis_client, tmp_path, mode):
+    worker = start_worker("low", *mode)
+    flag = tmp_path / "started"
+    job = Queue("low", redis_client).enqueue(nbq_tasks.sleep_then, 1.0, "finished anyway", str(flag))
+    wait_for(flag.exists, message="job start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert job.result(timeout=1) == "finished anyway"
+    assert "warm shutdown" in worker.log()
+    assert redis_client.zcard("nbq:workers") == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_second_signal_stops_now_and_fails_the_job(start_worker, redis_client, tmp_path, mode):
+    worker = start_worker("low", *mode)
+    flag = tmp_path / "started"
+    job = Queue("low", redis_client).enqueue(nbq_tasks.sleep_then, 30, None, str(flag))
+    wait_for(flag.exists, message="job start")
+    worker.signal(signal.SIGINT)
+    wait_for(lambda: "warm shutdown" in worker.log(), message="first signal handled")
+    worker.signal(signal.SIGINT)
+    worker.wait()
+    with pytest.raises(JobFailed, match="told to stop now"):
+        job.result(timeout=1)
+
+
+def test_idle_worker_stops_at_once_on_a_signal(start_worker):
+    worker = start_worker("low")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=5) == 0
+
+
+def test_burst_exits_when_queues_are_empty(start_worker, redis_client):
+    jobs = Queue("a", redis_client).enqueue_many([(nbq_tasks.add, (i, i)) for i in range(20)])
+    worker = start_worker("a", "--burst", ready=False)
+    assert worker.wait() == 0
+    assert [j.result(timeout=1) for j in jobs] == [2 * i for i in range(20)]
+    assert worker.log().count(" ok") == 20  # one line per job
+
+
+def test_info_shows_queues_and_what_workers_run(start_worker, redis_client, tmp_path, redis_url):
+    start_worker("low")
+    flag = tmp_path / "started"
+    q = Queue("low", redis_client)
+    running = q.enqueue(nbq_tasks.sleep_then, 30, None, str(flag))
+    q.enqueue(nbq_tasks.add, 1, 1)
+    wait_for(flag.exists, message="job start")
+    out = subprocess.run([sys.executable, "-m", "nbqueue.cli", "info", "--url", redis_url],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "low" in out.stdout and "workers: 1" in out.stdout
+    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.startswith("low")}
+    assert lines["low"] == ["1", "1", "0"]
+    assert f"{running.id} nbq_tasks.sleep_then" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["worker", "bad name", "--url", "{url}"], "Invalid queue name 'bad name'"),
+    (["worker", "--url", "redis://127.0.0.1:1/0"], "cannot connect to Redis at redis://127.0.0.1:1/0"),
+    (["info", "--url", "ftp://x"], "redis://"),
+])
+def test_cli_errors_are_one_clear_line(redis_url, args, message):
+    args = [a.replace("{url}", redis_url) for a in args]
+    run = subprocess.run([sys.executable, "-m", "nbqueue.cli", *args], capture_output=True, text=True, timeout=30)
+    assert run.returncode != 0
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_help_everywhere():
+    for args in ([], ["worker"], ["info"], ["server"], ["server", "start"], ["demo"]):
+        run = subprocess.run([sys.executable, "-m", "nbqueue.cli", *args, "--help"],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0 and "Usage:" in run.stdout
