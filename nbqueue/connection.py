@@ -22,7 +22,7 @@ from .errors import NbqueueError
 from .server import EmbeddedServer
 
 __all__ = [
-    "ConnectionFailed", "Resolved", "connect", "describe", "get_connection", "mask_url", "resolve",
+    "ConnectionFailed", "InvalidURL", "Resolved", "connect", "describe", "get_connection", "mask_url", "resolve",
 ]
 
 LOCAL_URL = "redis://localhost:6379/0"  # probed when nothing is configured
@@ -35,6 +35,10 @@ URL_FORMS = (
 )
 
 logger = logging.getLogger("nbqueue")
+
+
+class InvalidURL(NbqueueError, ValueError):
+    """A Redis URL nbqueue can't use."""
 
 
 class ConnectionFailed(NbqueueError, redis.ConnectionError):
@@ -68,11 +72,11 @@ def mask_url(url: str) -> str:
 
 
 def _check_url(url: str) -> None:
-    """Raise ValueError unless redis-py accepts ``url``."""
+    """Raise ``InvalidURL`` unless redis-py accepts ``url``."""
     try:
         redis.ConnectionPool.from_url(url)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"invalid Redis URL {mask_url(url)!r} ({e}); use {URL_FORMS}") from None
+        raise InvalidURL(f"invalid Redis URL {mask_url(url)!r} ({e}); use {URL_FORMS}") from None
 
 
 def _ping(url: str, timeout: float) -> None:
