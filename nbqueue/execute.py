@@ -1,11 +1,13 @@
 """Running one taken job, in this process or in a forked child, and describing how it ended."""
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any, NamedTuple, Optional
@@ -62,8 +64,16 @@ class Outcome(NamedTuple):
         return cls(jobs.FAILED, ["exc", exc_line, "error", text], exc_line)
 
 
-class WorkerInterrupted(BaseException):
-    """Raised into an inline job when the worker is told to stop now (a second signal)."""
+class JobInterrupted(BaseException):
+    """Raised asynchronously into an inline job's thread to stop it (cancel, timeout, stop)."""
+
+
+REASONS = {
+    "cancel": "Canceled: the job was canceled while it ran",
+    "lost": "LeaseLost: this worker lost the job's lease, so it runs elsewhere now",
+    "stop": "WorkerInterrupted: the worker was told to stop now (second signal) while the job ran",
+    "timeout": "JobTimeout: the job ran longer than its timeout of {timeout:g} s and was stopped",
+}
 
 
 def run_job(taken: Taken, connection: Any) -> Outcome:
@@ -97,10 +107,7 @@ def _failed(exc: BaseException) -> Outcome:
     tb = exc.__traceback__
     if tb is not None and tb.tb_frame.f_code is run_job.__code__:
         tb = tb.tb_next  # start at the user's function, not in nbqueue
-    if isinstance(exc, WorkerInterrupted):
-        line = "WorkerInterrupted: the worker was told to stop now (second signal) while the job ran"
-    else:
-        line = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    line = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     return Outcome.failure(line.splitlines()[-1] if line else type(exc).__name__, text)
 
@@ -153,7 +160,7 @@ class Child:
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                self.kill(f"JobTimeout: the job ran longer than its timeout of {self.taken.timeout:g} s and was killed")
+                self.kill(REASONS["timeout"].format(timeout=self.taken.timeout) + " (killed)")
                 remaining = None
             try:
                 ready, _, _ = select.select([self._fd], [], [], remaining)
@@ -183,3 +190,77 @@ def _death(status: int) -> str:
         sig = signal.Signals(os.WTERMSIG(status)).name
         return f"JobProcessDied: the job's process was killed by {sig} before it finished"
     return f"JobProcessDied: the job's process exited with code {os.waitstatus_to_exitcode(status)} before it finished"
+
+
+class Running:
+    """One attempt a worker slot is running, and how to interrupt it from another thread."""
+
+    def __init__(self, taken: Taken):
+        self.taken = taken
+        self.reason: Optional[str] = None  # why it was interrupted: cancel, lost, timeout, stop
+        self.deadline: Optional[float] = None  # inline timeout, on the monotonic clock
+        self._child: Optional[Child] = None
+        self._thread_id: Optional[int] = None  # an inline job's thread while it may be interrupted
+        self._lock = threading.Lock()
+
+    def reason_text(self) -> str:
+        return REASONS.get(self.reason or "stop", "").format(timeout=self.taken.timeout or 0)
+
+    def execute(self, connection: Any, inline: bool) -> Outcome:
+        """Run the job (in this thread, or in a forked child) and say how it ended."""
+        if inline:
+            outcome = self._run_inline(connection)
+        else:
+            with self._lock:
+                self._child = Child(self.taken, connection)
+                if self.reason is not None:  # interrupted before it started
+                    self._child.kill(self.reason_text())
+            outcome = self._child.wait()
+        if self.reason == "cancel":
+            return Outcome(jobs.CANCELED, ["exc", self.reason_text()], "canceled")
+        if self.reason in ("timeout", "stop") or (self.reason and outcome is None):
+            return Outcome.failure(self.reason_text(), self.reason_text() + "\n")
+        return outcome
+
+    def _run_inline(self, connection: Any) -> Optional[Outcome]:
+        if self.taken.timeout is not None:
+            self.deadline = time.monotonic() + self.taken.timeout
+        outcome = None
+        try:
+            with self._lock:
+                if self.reason is not None:  # interrupted before it started
+                    return None
+                self._thread_id = threading.get_ident()
+            outcome = run_job(self.taken, connection)
+        except JobInterrupted:
+            pass  # arrived just after the job returned; self.reason says why
+        while True:  # disarm, even if a late interrupt lands in the middle of it
+            try:
+                with self._lock:
+                    if self._thread_id is not None:
+                        self._thread_id = None
+                        _raise_in_thread(threading.get_ident(), None)  # drop a pending one
+                break
+            except JobInterrupted:
+                continue
+        return outcome
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the job: kill the child, or raise ``JobInterrupted`` in the inline job's thread."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            if self._child is not None:
+                self._child.kill(self.reason_text())
+            elif self._thread_id is not None:
+                _raise_in_thread(self._thread_id, JobInterrupted)
+
+
+def _raise_in_thread(thread_id: int, exc_type: Optional[type]) -> None:
+    """Raise ``exc_type`` in a thread when it next runs Python code (CPython); None clears it.
+
+    A thread blocked in C code (a long ``time.sleep``, a C extension) sees it only on return.
+    """
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type else None)

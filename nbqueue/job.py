@@ -20,6 +20,8 @@ TERMINAL = frozenset({FINISHED, FAILED, CANCELED})
 DEFAULT_TIMEOUT = 3600  # seconds a job may run
 DEFAULT_RESULT_TTL = 24 * 3600  # finished and canceled jobs are kept a day
 DEFAULT_FAILURE_TTL = 7 * 24 * 3600  # failed jobs a week, to be looked at and requeued
+DEFAULT_RETRY_DELAY = 1.0  # seconds before the first retry; doubles with each failure
+DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
 
 _FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc")
 _current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)

@@ -9,10 +9,14 @@ Layout (``nbq:`` prefix):
 - ``job:<id>``          hash: the call (``func``, ``data``, ``code``), ``status``, times,
                         ``worker``, ``attempt``, ``result`` or ``error``/``exc``, options
 - ``active``            sorted set: job id -> lease deadline (ms) of the attempt holding it
+- ``scheduled``         sorted set: job id -> time (ms) it is due on its queue (delays, retries)
+- ``beat``              time (ms) of the last heartbeat of any worker (to see Redis was away)
 - ``failed:<name>``     sorted set: failed job id -> time it failed
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at (expires without heartbeats)
+- ``wake-worker:<name>``  list the worker's own threads block on too, so a stop wakes them
 - channel ``ev:<id>``   one JSON message per state change of the job
+- channel ``ctl:<worker>``  requests to a worker (cancel a job it runs)
 
 Scripts (``scripts/*.lua``) take the prefix as ``ARGV[1]`` and are sent with EVALSHA.
 """
@@ -28,6 +32,8 @@ PREFIX = "nbq:"
 
 QUEUES = PREFIX + "queues"
 ACTIVE = PREFIX + "active"
+SCHEDULED = PREFIX + "scheduled"
+BEAT = PREFIX + "beat"
 WORKERS = PREFIX + "workers"
 
 
@@ -53,6 +59,15 @@ def worker(name: str) -> str:
 
 def events(job_id: str) -> str:
     return f"{PREFIX}ev:{job_id}"
+
+
+def control(worker_name: str) -> str:
+    return f"{PREFIX}ctl:{worker_name}"
+
+
+def worker_wake(worker_name: str) -> str:
+    """A list the worker's own threads block on beside the queues' flags, to stop them at once."""
+    return f"{PREFIX}wake-worker:{worker_name}"
 
 
 EVENTS_PATTERN = PREFIX + "ev:*"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import redis
@@ -10,7 +12,9 @@ import redis
 from . import keys
 from .connection import get_connection
 from .errors import EnqueueError, InvalidQueueName, JobExists
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFAULT_TIMEOUT, QUEUED, Job
+from .job import (
+    DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, QUEUED, Job,
+)
 from .serialization import dumps_call, function_ref
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
@@ -36,21 +40,60 @@ class Call(NamedTuple):
     job_id: Optional[str] = None
 
 
-def _options(timeout: Any, result_ttl: Any, failure_ttl: Any) -> list:
-    """Option fields stored with a job, only where they differ from the defaults (saves memory)."""
-    fields: list = []
-    for name, value, default in (
-        ("timeout", timeout, DEFAULT_TIMEOUT),
-        ("result_ttl", result_ttl, DEFAULT_RESULT_TTL),
-        ("failure_ttl", failure_ttl, DEFAULT_FAILURE_TTL),
-    ):
-        if value is None:
-            fields += [name, "none"]  # no time limit / keep forever
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise EnqueueError(f"{name}={value!r} is not valid: give a number of seconds > 0, or None for no limit.")
-        elif value != default:
-            fields += [name, repr(value)]
-    return fields
+@dataclass(frozen=True)
+class Options:
+    """Job options, kept apart from the function's own keywords.
+
+    ``timeout``: seconds the job may run (None: no limit). ``result_ttl`` / ``failure_ttl``:
+    seconds a finished / failed job is kept (None: forever). ``retries``: re-runs after the job
+    raises, ``retry_delay`` seconds after the first failure, doubling each time (with jitter).
+    ``lost_retries``: re-runs after the worker running it was lost (killed, hung, cut off).
+    """
+
+    timeout: Optional[float] = DEFAULT_TIMEOUT
+    result_ttl: Optional[float] = DEFAULT_RESULT_TTL
+    failure_ttl: Optional[float] = DEFAULT_FAILURE_TTL
+    retries: int = 0
+    retry_delay: float = DEFAULT_RETRY_DELAY
+    lost_retries: int = DEFAULT_LOST_RETRIES
+
+    @classmethod
+    def from_keywords(cls, options: dict) -> "Options":
+        unknown = set(options) - {f.name for f in fields(cls)}
+        if unknown:
+            raise EnqueueError(
+                f"Unknown job option(s) {', '.join(sorted(unknown))}: the options are "
+                f"{', '.join(f.name for f in fields(cls))}. To pass keywords to the function, use "
+                f"enqueue(f, ...) or the kwargs= argument."
+            )
+        return cls(**options)
+
+    def stored(self) -> list:
+        """Field/value pairs for the job hash: only options that differ from the defaults."""
+        pairs: list = []
+        for field in fields(self):
+            value, default = getattr(self, field.name), field.default
+            if field.name in ("retries", "lost_retries"):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise EnqueueError(f"{field.name}={value!r} is not valid: give a whole number, 0 or more.")
+            elif value is None and field.name != "retry_delay":
+                pairs += [field.name, "none"]  # no time limit / keep forever
+                continue
+            elif not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise EnqueueError(f"{field.name}={value!r} is not valid: give a number of seconds > 0"
+                                   + ("." if field.name == "retry_delay" else ", or None for no limit."))
+            if value != default:
+                pairs += [field.name, repr(value)]
+        return pairs
+
+
+def _delay_ms(delay: Union[float, timedelta, None]) -> int:
+    if delay is None:
+        return 0
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        raise EnqueueError(f"delay={delay!r} is not valid: give seconds or a timedelta.")
+    return max(0, int(seconds * 1000))
 
 
 class Queue:
@@ -85,38 +128,43 @@ class Queue:
         args: Iterable = (),
         kwargs: Optional[dict] = None,
         *,
-        timeout: Optional[float] = DEFAULT_TIMEOUT,
-        result_ttl: Optional[float] = DEFAULT_RESULT_TTL,
-        failure_ttl: Optional[float] = DEFAULT_FAILURE_TTL,
         job_id: Optional[str] = None,
         at_front: bool = False,
+        delay: Union[float, timedelta, None] = None,
+        **options: Any,
     ) -> Job:
-        """Put a call on the queue with job options.
+        """Put a call on the queue with job options (see ``Options``).
 
-        ``timeout``: seconds the job may run (None: no limit). ``result_ttl``/``failure_ttl``: seconds a
-        finished/failed job is kept (None: forever). ``job_id``: your own id (must be new).
-        ``at_front``: run it before the jobs already waiting.
+        ``job_id``: your own id (must be new). ``at_front``: run it before the jobs already
+        waiting. ``delay``: seconds (or a timedelta) to wait before it is queued.
         """
-        return self.enqueue_many(
-            [Call(func, tuple(args), kwargs, job_id)],
-            timeout=timeout, result_ttl=result_ttl, failure_ttl=failure_ttl, at_front=at_front,
-        )[0]
+        return self.enqueue_many([Call(func, tuple(args), kwargs, job_id)], at_front=at_front, delay=delay,
+                                 **options)[0]
+
+    def enqueue_in(self, delay: Union[float, timedelta], func: Callable, *args: Any, **kwargs: Any) -> Job:
+        """Queue ``func(*args, **kwargs)`` after ``delay`` seconds (or a timedelta)."""
+        return self.enqueue_call(func, args, kwargs, delay=delay)
+
+    def enqueue_at(self, when: datetime, func: Callable, *args: Any, **kwargs: Any) -> Job:
+        """Queue ``func(*args, **kwargs)`` at ``when`` (an aware datetime; naive means local time)."""
+        now = datetime.now(when.tzinfo) if when.tzinfo else datetime.now()
+        return self.enqueue_call(func, args, kwargs, delay=when - now)
 
     def enqueue_many(
         self,
         calls: Iterable[Union[Call, tuple]],
         *,
-        timeout: Optional[float] = DEFAULT_TIMEOUT,
-        result_ttl: Optional[float] = DEFAULT_RESULT_TTL,
-        failure_ttl: Optional[float] = DEFAULT_FAILURE_TTL,
         at_front: bool = False,
+        delay: Union[float, timedelta, None] = None,
+        **options: Any,
     ) -> list[Job]:
         """Put many calls on the queue in as few round trips as possible; all or none.
 
         Each call is a ``Call`` or a tuple ``(func, args)`` / ``(func, args, kwargs)``. Every call is
         checked and pickled before anything is written, so a bad one enqueues nothing.
         """
-        options = _options(timeout, result_ttl, failure_ttl)
+        stored = Options.from_keywords(options).stored()
+        head = [self.name, "1" if at_front else "0", _delay_ms(delay)]
         argv: list = []
         ids: list[str] = []
         funcs: list[bytes] = []
@@ -130,10 +178,11 @@ class Queue:
             funcs.append(ref.path.encode())
             if call.job_id is not None:
                 chosen.append(job_id)
-            argv += [job_id, ref.path, data, ref.code_hash, len(options) // 2, *options]
-        self._write(argv, len(ids), at_front, chosen)
+            argv += [job_id, ref.path, data, ref.code_hash, len(stored) // 2, *stored]
+        self._write(head, argv, len(ids), chosen)
         conn, queue = self.connection, self.name.encode()
-        return [Job(i, conn, {"status": b"queued", "queue": queue, "func": f}) for i, f in zip(ids, funcs)]
+        status = b"scheduled" if head[2] else b"queued"
+        return [Job(i, conn, {"status": status, "queue": queue, "func": f}) for i, f in zip(ids, funcs)]
 
     @staticmethod
     def _job_id(job_id: Optional[str]) -> str:
@@ -143,14 +192,13 @@ class Queue:
             raise EnqueueError(f"job_id={job_id!r} is not valid: use 1 to 100 letters, digits, '_', '-' or '.'.")
         return job_id
 
-    def _write(self, argv: list, count: int, at_front: bool, chosen: list) -> None:
+    def _write(self, head: list, argv: list, count: int, chosen: list) -> None:
         if not count:
             return
-        head = [self.name, "1" if at_front else "0"]
-        script_keys = [keys.QUEUES, self.key, keys.wake(self.name)]
+        script_keys = [keys.QUEUES, self.key, keys.wake(self.name), keys.SCHEDULED]
         per_job = len(argv) // count
         chunks = [argv[i:i + _BATCH * per_job] for i in range(0, len(argv), _BATCH * per_job)]
-        if at_front:
+        if head[1] == "1":
             chunks.reverse()  # the first chunk must end up in front
         if len(chunks) > 1 and chosen:  # the script checks ids per chunk; check all before writing any
             self._check_new_ids(chosen)

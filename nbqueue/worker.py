@@ -1,7 +1,9 @@
 """The worker: takes jobs from its queues in priority order and runs them.
 
-Taking a job and recording who holds it is one script (``dequeue.lua``); an idle worker blocks
-in Redis on its queues' wake flags, so it costs no CPU and starts a new job at once.
+Taking a job and recording who holds it is one script (``dequeue.lua``). Each of the worker's
+``concurrency`` slots is a thread that takes a job, runs it (in a forked child, or inline in the
+thread) and records the outcome; an idle slot blocks in Redis on its queues' wake flags, so it
+costs no CPU and starts a new job at once. The heartbeat thread renews the slots' leases.
 """
 from __future__ import annotations
 
@@ -13,20 +15,21 @@ import socket
 import sys
 import threading
 import time
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import redis
 
 from . import keys
 from .connection import describe, get_connection
-from .execute import Child, Outcome, Taken, WorkerInterrupted, run_job
+from .execute import Outcome, Running, Taken
+from .heartbeat import HEARTBEAT, LEASE, Heartbeat
+from .job import CANCELED, FINISHED
 from .queue import check_queue_name
 
 log = logging.getLogger("nbqueue.worker")
 
-LEASE = 6.0  # seconds an attempt holds its job without renewal
-HEARTBEAT = 2.0  # seconds between heartbeats (and lease renewals)
-IDLE_WAKE = 5.0  # an idle worker looks around at least this often
+IDLE_WAKE = 5.0  # an idle slot looks around at least this often
+STOP_GRACE = 3.0  # seconds a "stop now" waits for jobs to be recorded before exiting anyway
 
 
 class Worker:
@@ -40,34 +43,52 @@ class Worker:
         name: Optional[str] = None,
         inline: bool = False,
         burst: bool = False,
+        concurrency: int = 1,
     ):
         self.queues = [check_queue_name(q) for q in queues] or ["default"]
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency={concurrency!r}: give a whole number of jobs at once, 1 or more.")
         self.connection = get_connection(connection)
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(2)}"
         self.inline = inline or not hasattr(os, "fork")
+        self.mode = "inline" if self.inline else "fork"
         self.burst = burst
+        self.concurrency = concurrency
+        self.started_at = time.time()
         self.jobs_run = 0
         self._stopping = False
-        self._idle = False
-        self._child: Optional[Child] = None
-        self._held: Optional[Taken] = None
-        self._in_inline_job = False
-        self._done = threading.Event()
-        self._queue_keys = [keys.queue(q) for q in self.queues]
-        self._wake_keys = [keys.wake(q) for q in self.queues]
+        self._running: dict[str, Running] = {}
+        self._lock = threading.Lock()
+        self._redis_down = False
+        self._take_keys = [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues)]
+        self._wait_keys = [*map(keys.wake, self.queues), keys.worker_wake(self.name)]
 
     # --- the loop -------------------------------------------------------------------------
     def work(self) -> int:
         """Run jobs until stopped (or, with ``burst``, until the queues are empty); returns jobs run."""
-        if sys.path[0] != os.getcwd() and os.getcwd() not in sys.path:
+        if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())  # so tasks.py beside the worker imports
+        heartbeat = Heartbeat(self)
+        heartbeat.beat()  # register before taking anything
         restore = self._install_signals()
-        self._register()
-        beat = threading.Thread(target=self._heartbeat, name="nbqueue-heartbeat", daemon=True)
-        beat.start()
-        mode = "inline" if self.inline else "fork"
-        log.info("worker %s serving %s (%s mode) on %s", self.name, ", ".join(self.queues), mode,
-                 describe(self.connection))
+        log.info("worker %s serving %s (%s mode%s) on %s", self.name, ", ".join(self.queues), self.mode,
+                 f", {self.concurrency} at once" if self.concurrency > 1 else "", describe(self.connection))
+        heartbeat.start()
+        slots = [threading.Thread(target=self._slot, name=f"nbqueue-slot-{i}", daemon=True)
+                 for i in range(self.concurrency)]
+        try:
+            for slot in slots:
+                slot.start()
+            for slot in slots:
+                slot.join()  # signal handlers still run while the main thread waits here
+        finally:
+            heartbeat.stop()
+            restore()
+            self._unregister()
+            log.info("worker %s stopped after %d job(s)", self.name, self.jobs_run)
+        return self.jobs_run
+
+    def _slot(self) -> None:
         try:
             while not self._stopping:
                 taken = self._take()
@@ -78,149 +99,161 @@ class Worker:
                 else:
                     self._wait_for_work()
         except _Stop:
-            self.connection.connection_pool.disconnect()  # a blocking call was cut off mid-reply
-        finally:
-            self._done.set()
-            restore()
-            self._unregister()
-            log.info("worker %s stopped after %d job(s)", self.name, self.jobs_run)
-        return self.jobs_run
+            pass
 
     def _take(self) -> Optional[Taken]:
+        if self._stopping:
+            return None
         reply = self._redis(lambda: keys.run(
-            self.connection, "dequeue", [keys.ACTIVE, *self._queue_keys, *self._wake_keys],
-            [self.name, int(LEASE * 1000), *self.queues]))
+            self.connection, "dequeue", self._take_keys, [self.name, int(LEASE * 1000), *self.queues]))
         return Taken.from_reply(reply) if reply else None
 
     def _wait_for_work(self) -> None:
-        """Block until a wake flag of one of our queues is set (or a while passes)."""
-        self._idle = True
-        try:
-            if self._stopping:
-                return
-            self._redis(lambda: self.connection.blpop(self._wake_keys, timeout=IDLE_WAKE))
-        finally:
-            self._idle = False
+        """Block until a wake flag of one of our queues is set (or a stop, or a while passes)."""
+        popped = self._redis(lambda: self.connection.blpop(self._wait_keys, timeout=IDLE_WAKE))
+        if popped and self._stopping and popped[0].decode() != self._wait_keys[-1]:
+            self._redis(lambda: self.connection.rpush(popped[0], b"1"))  # leave it for another worker
 
     def _run(self, taken: Taken) -> None:
-        self._held = taken
+        run = Running(taken)
+        with self._lock:
+            self._running[taken.id] = run
         started = time.perf_counter()
-        if self.inline:
-            self._in_inline_job = True
-            try:
-                outcome = run_job(taken, self.connection)
-            finally:
-                self._in_inline_job = False
-        else:
-            self._child = Child(taken, self.connection)
-            outcome = self._child.wait()
-            self._child = None
+        try:
+            outcome = run.execute(self.connection, self.inline)
+        finally:
+            with self._lock:
+                del self._running[taken.id]
         elapsed = time.perf_counter() - started
-        self._finish(taken, outcome)
-        self._held = None
-        self.jobs_run += 1
-        log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed),
-                 "ok" if outcome.status == "finished" else f"failed: {outcome.summary}")
-
-    def _finish(self, taken: Taken, outcome: Outcome) -> None:
-        ttl = taken.result_ttl if outcome.status == "finished" else taken.failure_ttl
-        written = self._redis(lambda: keys.run(
-            self.connection, "finish", [keys.ACTIVE, keys.failed(taken.queue)],
-            [taken.id, self.name, taken.attempt, outcome.status, ttl, *outcome.fields]))
-        if not written:
+        if run.reason == "lost":
+            log.warning("%s %s: this worker lost the job's lease (it runs elsewhere now); "
+                        "its outcome is discarded", taken.id, taken.func)
+        elif not self._finish(taken, outcome):
             log.warning("%s: not recording the outcome: this attempt no longer holds the job", taken.id)
+        with self._lock:
+            self.jobs_run += 1
+        status = {FINISHED: "ok", CANCELED: "canceled"}.get(outcome.status, f"failed: {outcome.summary}")
+        log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed), status)
 
-    def _redis(self, call):
+    def _finish(self, taken: Taken, outcome: Outcome) -> bool:
+        ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
+        jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
+        return bool(self._redis(lambda: keys.run(
+            self.connection, "finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED],
+            [taken.id, self.name, taken.attempt, outcome.status, ttl, jitter, *outcome.fields])))
+
+    def _redis(self, call: Callable):
         """Run a Redis call, waiting out a lost connection (logged once) instead of dying."""
-        delay, warned = 0.1, False
+        delay = 0.05
         while True:
             try:
-                return call()
+                result = call()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if not warned:
-                    log.warning("lost Redis at %s (%s); retrying with backoff", describe(self.connection), exc)
-                    warned = True
-                if self._stopping and self._held is None:
+                with self._lock:
+                    if not self._redis_down:
+                        self._redis_down = True
+                        log.warning("lost Redis at %s (%s); retrying with backoff", describe(self.connection), exc)
+                if self._stopping and not self._running:
                     raise _Stop() from None
                 time.sleep(delay)  # waiting for Redis to come back, not for a job
-                delay = min(delay * 2, 5.0)
-            else:
-                if warned:
-                    log.warning("Redis is back")
+                delay = min(delay * 2, 2.0)
+                continue
+            if self._redis_down:
+                with self._lock:
+                    if self._redis_down:
+                        self._redis_down = False
+                        log.warning("Redis at %s is back", describe(self.connection))
+            return result
 
-    # --- presence -------------------------------------------------------------------------
-    def _register(self) -> None:
-        now = time.time()
-        with self.connection.pipeline() as pipe:
-            pipe.hset(keys.worker(self.name), mapping={
-                "host": socket.gethostname(), "pid": os.getpid(), "queues": ",".join(self.queues),
-                "mode": "inline" if self.inline else "fork", "started_at": now, "seen": now,
-            })
-            pipe.expire(keys.worker(self.name), int(HEARTBEAT * 5))
-            pipe.zadd(keys.WORKERS, {self.name: now})
-            pipe.execute()
+    # --- what the heartbeat asks --------------------------------------------------------------
+    def held(self) -> dict:
+        """Job id -> attempt of the jobs this worker runs now."""
+        with self._lock:
+            return {job_id: run.taken.attempt for job_id, run in self._running.items()}
+
+    def interrupt(self, job_id: str, reason: str, attempt: int = 0) -> None:
+        """Stop a running job for ``reason`` (cancel, lost, timeout, stop)."""
+        with self._lock:
+            run = self._running.get(job_id)
+        if run is not None and (not attempt or attempt == run.taken.attempt):
+            run.interrupt(reason)
+
+    def enforce_deadlines(self) -> None:
+        """Stop inline jobs past their timeout (fork mode enforces it in the waiting slot)."""
+        now = time.monotonic()
+        with self._lock:
+            late = [run for run in self._running.values() if run.deadline is not None and run.deadline <= now]
+        for run in late:
+            run.interrupt("timeout")
+
+    def next_deadline(self) -> float:
+        with self._lock:
+            deadlines = [run.deadline for run in self._running.values() if run.deadline is not None and not run.reason]
+        return min(deadlines, default=float("inf"))
+
+    # --- stopping -------------------------------------------------------------------------
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None  # e.g. a worker in a notebook thread: use request_stop()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+    def _on_signal(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping:
+            log.warning("stopping now (%s again): running jobs are marked failed", name)
+            self.stop_now()
+        else:
+            log.warning("warm shutdown (%s): finishing the current job(s); send it again to stop now", name)
+            self.request_stop()
+
+    def request_stop(self) -> None:
+        """Stop after the running jobs."""
+        self._stopping = True
+        try:
+            self.connection.rpush(keys.worker_wake(self.name), *[b"stop"] * self.concurrency)
+        except redis.RedisError:
+            pass  # idle slots notice within IDLE_WAKE seconds
+
+    def stop_now(self) -> None:
+        """Stop at once: running jobs are interrupted and marked failed, not left started."""
+        self.request_stop()
+        with self._lock:
+            runs = list(self._running.values())
+        for run in runs:
+            run.interrupt("stop")
+        if runs:
+            threading.Timer(STOP_GRACE, self._abandon).start()
+
+    def _abandon(self) -> None:
+        """A job that ignored the interrupt (blocked in C code, inline): record it failed and exit."""
+        with self._lock:
+            runs = list(self._running.values())
+        for run in runs:
+            try:
+                self._finish(run.taken, Outcome.failure(run.reason_text(), run.reason_text() + "\n"))
+            except _Stop:
+                pass
+        self._unregister()
+        log.warning("worker %s exits with %d job(s) marked failed", self.name, len(runs))
+        os._exit(1)
 
     def _unregister(self) -> None:
         try:
             with self.connection.pipeline() as pipe:
-                pipe.delete(keys.worker(self.name))
+                pipe.delete(keys.worker(self.name), keys.worker_wake(self.name))
                 pipe.zrem(keys.WORKERS, self.name)
                 pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not unregister worker %s: %s", self.name, exc)
 
-    def _heartbeat(self) -> None:
-        """Every few seconds: say we are alive and renew the lease of the job we hold."""
-        while not self._done.wait(HEARTBEAT):
-            try:
-                now = time.time()
-                with self.connection.pipeline() as pipe:
-                    pipe.hset(keys.worker(self.name), mapping={"seen": now, "job": self._held.id if self._held else ""})
-                    pipe.expire(keys.worker(self.name), int(HEARTBEAT * 5))
-                    pipe.zadd(keys.WORKERS, {self.name: now})
-                    if self._held is not None:
-                        pipe.zadd(keys.ACTIVE, {self._held.id: int((now + LEASE) * 1000)}, xx=True)
-                    pipe.execute()
-            except redis.RedisError:
-                pass  # the main loop reports a lost connection
-
-    # --- stopping -------------------------------------------------------------------------
-    def _install_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None  # e.g. a worker in a notebook thread: stop it with request_stop()
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(s, h) for s, h in previous.items()]
-
-    def _on_signal(self, signum: int, frame) -> None:
-        if self._stopping:
-            log.warning("stopping now (%s again)", signal.Signals(signum).name)
-            self.stop_now()
-        else:
-            log.warning("warm shutdown (%s): finishing the current job; send it again to stop now",
-                        signal.Signals(signum).name)
-            self.request_stop()
-
-    def request_stop(self) -> None:
-        """Stop after the current job."""
-        self._stopping = True
-        if self._idle and threading.current_thread() is threading.main_thread():
-            raise _Stop()  # break out of the blocking wait
-
-    def stop_now(self) -> None:
-        """Stop at once; the running job is marked failed, not left started."""
-        self._stopping = True
-        child = self._child
-        if child is not None:
-            child.kill("WorkerInterrupted: the worker was told to stop now (second signal) while the job ran")
-        elif self._in_inline_job and threading.current_thread() is threading.main_thread():
-            raise WorkerInterrupted()
-        elif self._idle and threading.current_thread() is threading.main_thread():
-            raise _Stop()
-
 
 class _Stop(BaseException):
-    """Unwinds the worker loop from a signal handler while it is idle."""
+    """Unwinds a slot that is stopping while Redis is away."""
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+__all__ = ["HEARTBEAT", "LEASE", "Worker"]

@@ -13,11 +13,13 @@ for q = 1, n do
     local id = redis.call('LPOP', KEYS[1 + q])
     if not id then break end
     local key = prefix .. 'job:' .. id
-    if redis.call('HGET', key, 'status') == 'queued' then
+    local cur = redis.call('HMGET', key, 'status', 'workers')
+    if cur[1] == 'queued' then
       local t = redis.call('TIME')
       local now = t[1] .. '.' .. string.format('%06d', t[2])
       local attempt = redis.call('HINCRBY', key, 'attempt', 1)
-      redis.call('HSET', key, 'status', 'started', 'worker', worker, 'started_at', now)
+      redis.call('HSET', key, 'status', 'started', 'worker', worker, 'started_at', now,
+        'workers', cur[2] and (cur[2] .. ' ' .. worker) or worker)
       redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000) + lease, id)
       redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode(
         {id = id, status = 'started', worker = worker, attempt = attempt, t = now}))

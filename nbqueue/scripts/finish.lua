@@ -1,19 +1,32 @@
 -- Record the end of a job attempt, if this worker's attempt still holds the job (fencing).
--- KEYS[1] active leases, KEYS[2] the queue's failed registry
+-- A failed attempt with retries left is scheduled again after a growing delay instead.
+-- KEYS[1] active leases, KEYS[2] the queue's failed registry, KEYS[3] scheduled set
 -- ARGV[1] key prefix, ARGV[2] job id, ARGV[3] worker, ARGV[4] attempt,
--- ARGV[5] status ("finished" or "failed"), ARGV[6] ttl in seconds (-1: keep),
--- then field/value pairs to store (result, or error and exc).
--- Returns 1 if written, 0 if the attempt no longer holds the job.
-local prefix, id, worker, attempt, status, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+-- ARGV[5] status ("finished", "failed" or "canceled"), ARGV[6] ttl in seconds (-1: keep),
+-- ARGV[7] jitter factor for the retry delay, then field/value pairs to store.
+-- Returns 1 if recorded, 2 if scheduled for a retry, 0 if the attempt no longer holds the job.
+local prefix, id, worker, attempt, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ttl, jitter = tonumber(ARGV[6]), tonumber(ARGV[7])
 local key = prefix .. 'job:' .. id
-local cur = redis.call('HMGET', key, 'worker', 'attempt', 'status')
+local cur = redis.call('HMGET', key, 'worker', 'attempt', 'status', 'retries', 'retry_delay', 'failures')
 if cur[1] ~= worker or cur[2] ~= attempt or cur[3] ~= 'started' then return 0 end
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', t[2])
-redis.call('HSET', key, 'status', status, 'ended_at', now)
-if #ARGV > 6 then redis.call('HSET', key, unpack(ARGV, 7)) end
+if #ARGV > 7 then redis.call('HSET', key, unpack(ARGV, 8)) end
 redis.call('ZREM', KEYS[1], id)
-if status == 'failed' then redis.call('ZADD', KEYS[2], t[1], id) end
+if status == 'failed' then
+  local failures = redis.call('HINCRBY', key, 'failures', 1)
+  if failures <= tonumber(cur[4] or '0') then
+    local delay = math.min(tonumber(cur[5] or '1') * 1000 * 2 ^ (failures - 1) * jitter, 3600000)
+    redis.call('HSET', key, 'status', 'scheduled', 'ended_at', now)
+    redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + math.floor(delay), id)
+    redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode({id = id, status = 'retrying',
+      worker = worker, attempt = tonumber(attempt), delay = delay / 1000, t = now}))
+    return 2
+  end
+  redis.call('ZADD', KEYS[2], t[1], id)
+end
+redis.call('HSET', key, 'status', status, 'ended_at', now)
 if ttl >= 0 then redis.call('EXPIRE', key, ttl) end
 redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode(
   {id = id, status = status, worker = worker, attempt = tonumber(attempt), t = now}))
