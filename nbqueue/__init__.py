@@ -32,3 +32,24 @@ __all__ = [
     "JobCanceled", "JobExists", "JobFailed", "NbqueueError", "NoSuchJob", "PayloadError", "Queue",
     "ResultTimeout", "Worker", "connect", "get_current_job",
 ]
+
+
+# --- live events, groups and the notebook layer (loaded only when asked for) ---
+from .events import progress  # noqa: E402
+from .group import Group  # noqa: E402
+
+__all__ += ["Group", "dashboard", "load_ipython_extension", "progress"]
+
+
+def load_ipython_extension(ipython):  # noqa: ANN001
+    """``%load_ext nbqueue``: the magics, and live widgets for jobs and groups."""
+    from .notebook import load_ipython_extension as load
+
+    load(ipython)
+
+
+def dashboard(connection=None):  # noqa: ANN001
+    """A live view of queues, workers and recent jobs (in a notebook)."""
+    from .notebook.dashboard import Dashboard
+
+    return Dashboard(connection)

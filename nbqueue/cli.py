@@ -37,10 +37,12 @@ def main() -> None:
 @click.option("--url", help=URL_HELP)
 @click.option("--inline", is_flag=True, help="Run jobs in this process instead of a forked child per job.")
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@click.option("-c", "--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Jobs run at once (a child each in fork mode, a thread each inline).")
 @click.option("--name", help="Worker name (default: host.pid.random).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def worker(queues, url, inline, burst, name, verbose, quiet) -> None:
+def worker(queues, url, inline, burst, concurrency, name, verbose, quiet) -> None:
     """Run jobs from QUEUES (default: default), first = highest priority.
 
     The current folder is put on sys.path, so a tasks.py beside you imports.
@@ -49,19 +51,45 @@ def worker(queues, url, inline, burst, name, verbose, quiet) -> None:
     from .worker import Worker
 
     _logging(verbose, quiet)
-    Worker(queues or ("default",), url, name=name, inline=inline, burst=burst).work()
+    Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency).work()
 
 
 @main.command()
 @click.option("--url", help=URL_HELP)
-def info(url) -> None:
+@click.option("-w", "--watch", is_flag=True, help="Then print every job event as it happens (Ctrl-C to stop).")
+def info(url, watch) -> None:
     """Queues with their counts, live workers and what each is running."""
     from .connection import connect, describe
-    from .info import render, snapshot
+    from .info import render, snapshot, watch_events
 
     conn = connect(url)
     click.echo(f"Redis: {describe(conn)}")
     click.echo(render(snapshot(conn)))
+    if watch:
+        click.echo("\nevents:")
+        try:
+            for line in watch_events(conn):
+                click.echo(line)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_failed", is_flag=True, help="Requeue every failed job of QUEUE.")
+@click.option("--url", help=URL_HELP)
+def requeue(queue, job_ids, all_failed, url) -> None:
+    """Put failed jobs of QUEUE back on it: the given JOB_IDS, or --all."""
+    from . import Job, Queue
+
+    q = Queue(queue, url)
+    if all_failed == bool(job_ids):
+        raise click.UsageError("give either JOB_IDS or --all")
+    ids = q.failed_job_ids if all_failed else list(job_ids)
+    for job_id in ids:
+        Job(job_id, q.connection).requeue()
+    click.echo(f"requeued {len(ids)} job(s) on {queue}")
 
 
 @main.group()

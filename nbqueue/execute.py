@@ -88,8 +88,11 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
         except (PayloadError, CodeMismatchError, ImportError) as exc:
             line = f"{type(exc).__name__}: {exc}"
             return Outcome.failure(line, line + "\n")
+        from .events import capture_output  # here: this function is the only hook of events
+
         try:
-            value = func(*args, **kwargs)
+            with capture_output(jobs.get_current_job()):  # output and logging to the job's log
+                value = func(*args, **kwargs)
         except BaseException as exc:  # the job's own failure, whatever it is
             return _failed(exc)
         try:
@@ -119,6 +122,7 @@ class Child:
         self.taken = taken
         self.stop_reason: Optional[str] = None
         read_fd, write_fd = os.pipe()
+        self._parent = os.getpid()
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - runs in the child, measured by the tests' outcomes
             os.close(read_fd)
@@ -129,6 +133,7 @@ class Child:
     def _child_main(self, write_fd: int, connection: Any) -> None:
         code = 0
         try:
+            _die_with_parent(self._parent)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             outcome = run_job(self.taken, connection)
@@ -183,6 +188,17 @@ class Child:
                 pass
         line = _death(status)
         return Outcome.failure(line, line + "\n")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the child is killed when its worker dies, so a lost worker's job stops with it."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the worker died before prctl took effect
+            os._exit(1)
 
 
 def _death(status: int) -> str:

@@ -1,8 +1,9 @@
 """A snapshot of queues and workers, for ``nbqueue info`` and the notebook dashboard."""
 from __future__ import annotations
 
+import json
 import time
-from typing import NamedTuple, Optional, Union
+from typing import Iterator, NamedTuple, Optional, Union
 
 import redis
 
@@ -85,3 +86,21 @@ def render(snap: Snapshot, now: Optional[float] = None) -> str:
             for job_id, func, t in w.jobs) or "idle"
         lines.append(f"  {w.name}  [{','.join(w.queues)}] {w.mode}  {doing}  (seen {w.seen_ago:.1f} s ago)")
     return "\n".join(lines)
+
+
+def watch_events(connection: Union[redis.Redis, str, None] = None) -> Iterator[str]:
+    """Yield one line per job event, as it is published (blocks)."""
+    conn = get_connection(connection)
+    pubsub = conn.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe(keys.EVENTS_PATTERN)
+    try:
+        for message in pubsub.listen():
+            try:
+                event = json.loads(message["data"])
+            except ValueError:
+                continue
+            stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("t", time.time()))))
+            extra = " ".join(f"{k}={event[k]}" for k in ("queue", "worker", "attempt", "delay") if k in event)
+            yield f"{stamp} {event.get('id')} {event.get('status')} {extra}".rstrip()
+    finally:
+        pubsub.close()

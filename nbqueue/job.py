@@ -14,7 +14,8 @@ from .connection import get_connection
 from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout
 from .serialization import loads_result
 
-QUEUED, STARTED, FINISHED, FAILED, CANCELED = "queued", "started", "finished", "failed", "canceled"
+QUEUED, SCHEDULED, STARTED = "queued", "scheduled", "started"
+FINISHED, FAILED, CANCELED = "finished", "failed", "canceled"
 TERMINAL = frozenset({FINISHED, FAILED, CANCELED})
 
 DEFAULT_TIMEOUT = 3600  # seconds a job may run
@@ -23,7 +24,8 @@ DEFAULT_FAILURE_TTL = 7 * 24 * 3600  # failed jobs a week, to be looked at and r
 DEFAULT_RETRY_DELAY = 1.0  # seconds before the first retry; doubles with each failure
 DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
 
-_FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc")
+_FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc",
+           "workers", "failures", "lost")
 _current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
 
 
@@ -67,12 +69,15 @@ class Job:
         self.started_at = _time(f.get("started_at"))
         self.ended_at = _time(f.get("ended_at"))
         self.worker: Optional[str] = text("worker")
-        self.attempt = int(f["attempt"]) if f.get("attempt") else 0
+        self.attempt = int(f["attempt"]) if f.get("attempt") else 0  # times it was started
+        self.workers: list[str] = (text("workers") or "").split()  # every worker that held it, in order
+        self.failures = int(f["failures"]) if f.get("failures") else 0  # attempts that raised
+        self.lost = int(f["lost"]) if f.get("lost") else 0  # attempts whose worker was lost
         self.exc_info: Optional[str] = text("exc")
 
     @property
     def status(self) -> str:
-        """The job's status now: queued, started, finished, failed or canceled."""
+        """The job's status now: queued, scheduled, started, finished, failed or canceled."""
         status = self.connection.hget(keys.job(self.id), "status")
         if status is None:
             raise NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
@@ -138,14 +143,27 @@ class Job:
         finally:
             pubsub.close()
 
-    def cancel(self, ttl: int = DEFAULT_RESULT_TTL) -> None:
-        """Cancel a queued job: it leaves its queue and will not run."""
-        status = keys.run(self.connection, "cancel", [], [self.id, ttl])
-        if status is None:
+    def cancel(self, wait: Optional[float] = 5.0) -> str:
+        """Cancel the job and return its status after that.
+
+        A queued or scheduled job is canceled at once. A running job's worker is asked to stop it
+        (fork mode kills the child); this waits up to ``wait`` seconds for it to end — "canceled",
+        or "finished"/"failed" if it ended first.
+        """
+        reply = keys.run(self.connection, "cancel", [keys.SCHEDULED], [self.id, DEFAULT_RESULT_TTL])
+        if reply is None:
             raise NoSuchJob(f"No job {self.id!r} to cancel.")
-        if status != 1:
-            raise InvalidTransition(f"job {self.id} is {status.decode()}; only a queued job can be canceled.")
-        self._status = CANCELED
+        if reply == 1:
+            self._status = CANCELED
+        elif reply == 2:
+            try:
+                self._status = self._wait(wait)[0] if wait else STARTED
+            except ResultTimeout:
+                self._status = STARTED
+        else:
+            raise InvalidTransition(
+                f"job {self.id} is {reply.decode()}; only a queued, scheduled or running job can be canceled.")
+        return self._status
 
     def requeue(self) -> None:
         """Put a failed (or canceled) job back at the end of its queue."""
@@ -164,3 +182,19 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self._func()} {self._status or '?'}>"
+
+    @property
+    def progress(self) -> Optional[dict]:
+        """The last progress the job reported (``{"done", "total", "message"}``), or ``None``."""
+        raw = self.connection.hget(keys.job(self.id), "progress")
+        return json.loads(raw) if raw else None
+
+    def logs(self, tail: Optional[int] = None) -> list:
+        """The job's captured output (stdout, stderr, logging), one string per line; its last
+        ``tail`` lines if given. Kept while the job is kept, at most the last 1000 lines."""
+        from .events import log_key
+
+        if tail is not None and tail <= 0:
+            return []
+        start = 0 if tail is None else -tail
+        return [line.decode(errors="replace") for line in self.connection.lrange(log_key(self.id), start, -1)]

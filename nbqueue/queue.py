@@ -243,6 +243,24 @@ class Queue:
     def jobs(self) -> list[Job]:
         return [Job(i, self.connection, {"status": QUEUED.encode()}) for i in self.job_ids]
 
+    @property
+    def failed_job_ids(self) -> list[str]:
+        """Ids of this queue's failed jobs, oldest failure first (expired ones are dropped)."""
+        ids = [i.decode() for i in self.connection.zrange(keys.failed(self.name), 0, -1)]
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(keys.job(job_id))
+            alive = pipe.execute()
+        gone = [i for i, exists in zip(ids, alive) if not exists]
+        if gone:
+            self.connection.zrem(keys.failed(self.name), *gone)
+        return [i for i, exists in zip(ids, alive) if exists]
+
+    @property
+    def failed_jobs(self) -> list[Job]:
+        """This queue's failed jobs (with ``traceback``, ``attempt``, ``workers``), oldest first."""
+        return [Job.fetch(i, self.connection) for i in self.failed_job_ids]
+
     def is_empty(self) -> bool:
         return len(self) == 0
 
@@ -262,3 +280,14 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<Queue {self.name}>"
+
+    def map(self, func: Callable, iterable: Iterable, **job_options: Any) -> "Group":
+        """One job ``func(item)`` per item, enqueued in one step (all or none); returns a ``Group``.
+
+        Each item is the one argument, as with the builtin ``map``. For several arguments map a
+        function taking a tuple, or use ``enqueue_many([(func, (a, b)), ...])`` and ``Group(jobs)``.
+        ``job_options`` are those of ``enqueue_many`` (``timeout``, ``result_ttl``, ...).
+        """
+        from .group import Group
+
+        return Group(self.enqueue_many([Call(func, (item,)) for item in iterable], **job_options))

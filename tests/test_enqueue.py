@@ -188,7 +188,7 @@ def test_cancel_a_queued_job(q, redis_client):
     assert job.status == "canceled"
     assert q.job_ids == [keep.id]
     assert 0 < redis_client.ttl(f"nbq:job:{job.id}") <= 24 * 3600
-    with pytest.raises(InvalidTransition, match="only a queued job"):
+    with pytest.raises(InvalidTransition, match="only a queued, scheduled or running job"):
         job.cancel()
 
 
