@@ -73,3 +73,34 @@ class Greeter:
     @staticmethod
     def shout(text):
         return text.upper()
+
+
+def busy(seconds, flag=None):
+    """Work in Python for ``seconds`` (an inline worker can interrupt this, unlike one long sleep)."""
+    if flag:
+        open(flag, "w").close()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "done"
+
+
+def flaky(counter, failures):
+    """Fail the first ``failures`` calls (counted in the file ``counter``), then succeed."""
+    with open(counter, "a") as f:
+        f.write("x")
+    calls = os.path.getsize(counter)
+    if calls <= failures:
+        raise RuntimeError(f"flaky failure {calls}")
+    return calls
+
+
+def barrier(folder, parties, index, timeout=20):
+    """Wait until ``parties`` jobs have arrived here: proves they run at the same time."""
+    open(os.path.join(folder, str(index)), "w").close()
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(folder)) < parties:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(os.listdir(folder))} of {parties} jobs ran at once")
+        time.sleep(0.01)
+    return index
