@@ -204,11 +204,25 @@ def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
     return func, args, kwargs
 
 
+_seen: dict[Any, str] = {}  # worker side: function -> hash of its source when first run
+
+
 def check_code(path: str, func: Callable, expected: str) -> None:
-    """Fail when the worker's source for ``func`` differs from the caller's."""
+    """Fail when the worker's source for ``func`` differs from the caller's.
+
+    The worker hashes a function's source the first time it runs it: a fork-mode child imports
+    afresh for each job, while an inline worker keeps the code it loaded, so a later edit of
+    the file makes the caller's new hash differ, and the job fails instead of running old code.
+    """
     if not expected:
         return
-    here = source_hash(func)
+    key = getattr(func, "__func__", func)
+    here = _seen.get(key)
+    if here is None:
+        here = source_hash(func)
+        if len(_seen) > 4096:
+            _seen.clear()
+        _seen[key] = here
     if here and here != expected:
         raise CodeMismatchError(
             f"The worker runs different code for {path.replace(':', '.')} than the caller "

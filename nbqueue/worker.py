@@ -61,6 +61,7 @@ class Worker:
         self._lock = threading.Lock()
         self._redis_down = False
         self._take_keys = [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues)]
+        self._take_args = [self.name, int(LEASE * 1000), *self.queues]
         self._wait_keys = [*map(keys.wake, self.queues), keys.worker_wake(self.name)]
 
     # --- the loop -------------------------------------------------------------------------
@@ -89,11 +90,13 @@ class Worker:
         return self.jobs_run
 
     def _slot(self) -> None:
+        taken: Optional[Taken] = None
         try:
-            while not self._stopping:
-                taken = self._take()
+            while taken is not None or not self._stopping:
+                if taken is None:
+                    taken = self._take()
                 if taken is not None:
-                    self._run(taken)
+                    taken = self._run(taken)  # records the outcome and takes the next job in one round trip
                 elif self.burst:
                     break
                 else:
@@ -105,7 +108,7 @@ class Worker:
         if self._stopping:
             return None
         reply = self._redis(lambda: keys.run(
-            self.connection, "dequeue", self._take_keys, [self.name, int(LEASE * 1000), *self.queues]))
+            self.connection, "dequeue", self._take_keys, self._take_args))
         return Taken.from_reply(reply) if reply else None
 
     def _wait_for_work(self) -> None:
@@ -114,7 +117,8 @@ class Worker:
         if popped and self._stopping and popped[0].decode() != self._wait_keys[-1]:
             self._redis(lambda: self.connection.rpush(popped[0], b"1"))  # leave it for another worker
 
-    def _run(self, taken: Taken) -> None:
+    def _run(self, taken: Taken) -> Optional[Taken]:
+        """Run one job, record how it ended, and return the next job (if not stopping)."""
         run = Running(taken)
         with self._lock:
             self._running[taken.id] = run
@@ -125,22 +129,36 @@ class Worker:
             with self._lock:
                 del self._running[taken.id]
         elapsed = time.perf_counter() - started
+        next_taken = None
         if run.reason == "lost":
             log.warning("%s %s: this worker lost the job's lease (it runs elsewhere now); "
                         "its outcome is discarded", taken.id, taken.func)
-        elif not self._finish(taken, outcome):
-            log.warning("%s: not recording the outcome: this attempt no longer holds the job", taken.id)
+        else:
+            written, next_taken = self._finish(taken, outcome, then_take=not self._stopping)
+            if not written:
+                log.warning("%s: not recording the outcome: this attempt no longer holds the job", taken.id)
         with self._lock:
             self.jobs_run += 1
         status = {FINISHED: "ok", CANCELED: "canceled"}.get(outcome.status, f"failed: {outcome.summary}")
         log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed), status)
+        return next_taken
 
-    def _finish(self, taken: Taken, outcome: Outcome) -> bool:
+    def _finish(self, taken: Taken, outcome: Outcome, then_take: bool = False) -> tuple:
+        """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too."""
         ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
-        return bool(self._redis(lambda: keys.run(
-            self.connection, "finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED],
-            [taken.id, self.name, taken.attempt, outcome.status, ttl, jitter, *outcome.fields])))
+        args = [taken.id, self.name, taken.attempt, outcome.status, ttl, jitter, *outcome.fields]
+
+        def call() -> list:
+            with self.connection.pipeline(transaction=False) as pipe:
+                keys.run(pipe, "finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED], args)
+                if then_take:
+                    keys.run(pipe, "dequeue", self._take_keys, self._take_args)
+                return pipe.execute()
+
+        replies = self._redis(call)
+        following = Taken.from_reply(replies[1]) if then_take and replies[1] else None
+        return bool(replies[0]), following
 
     def _redis(self, call: Callable):
         """Run a Redis call, waiting out a lost connection (logged once) instead of dying."""
@@ -232,7 +250,7 @@ class Worker:
         for run in runs:
             try:
                 self._finish(run.taken, Outcome.failure(run.reason_text(), run.reason_text() + "\n"))
-            except _Stop:
+            except (_Stop, redis.RedisError):
                 pass
         self._unregister()
         log.warning("worker %s exits with %d job(s) marked failed", self.name, len(runs))
