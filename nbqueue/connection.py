@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -152,7 +153,8 @@ def connect(url: Optional[str] = None) -> redis.Redis:
         if resolved.source in ("argument", "NBQUEUE_URL"):
             _check_reachable(resolved)
         client = redis.Redis.from_url(
-            resolved.url, decode_responses=False, health_check_interval=30, socket_timeout=None
+            resolved.url, decode_responses=False, health_check_interval=30, socket_timeout=None,
+            **_keepalive(resolved.url),
         )
         with _lock:
             client = _by_url.setdefault(resolved.url, client)
@@ -160,6 +162,18 @@ def connect(url: Optional[str] = None) -> redis.Redis:
         _by_request[request] = client
     _announce(resolved)
     return client
+
+
+def _keepalive(url: str) -> dict:
+    """TCP keepalive, so a connection that died silently (host crash, cut link) fails a blocked
+    read within about ten seconds instead of hanging it forever. Unix sockets can't die so."""
+    if url.startswith("unix:"):
+        return {}
+    options = {}
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            options[getattr(socket, name)] = value
+    return {"socket_keepalive": True, "socket_keepalive_options": options}
 
 
 def _check_reachable(resolved: Resolved) -> None:

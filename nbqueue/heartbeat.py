@@ -28,6 +28,7 @@ log = logging.getLogger("nbqueue.worker")
 LEASE = 5.0  # seconds an attempt holds its job without renewal
 HEARTBEAT = 1.0  # seconds between heartbeats
 BATCH = 100  # jobs recovered or promoted per heartbeat at most
+QUIET = 2.5 * HEARTBEAT  # no heartbeat from any worker for this long: Redis (or every worker) was away
 
 
 class Heartbeat(threading.Thread):
@@ -81,16 +82,16 @@ class Heartbeat(threading.Thread):
             if held:
                 keys.run(pipe, "renew", [keys.ACTIVE], [worker.name, int(LEASE * 1000), *_flat(held)])
             keys.run(pipe, "recover", [keys.ACTIVE, keys.BEAT],
-                     [DEFAULT_LOST_RETRIES, BATCH, DEFAULT_FAILURE_TTL, int(LEASE * 1000)])
+                     [DEFAULT_LOST_RETRIES, BATCH, DEFAULT_FAILURE_TTL, int(LEASE * 1000), int(QUIET * 1000)])
             keys.run(pipe, "promote", [keys.SCHEDULED], [BATCH])
             replies = pipe.execute()
         if held:
             reply = [i.decode() for i in replies[3]]
             split = reply.index("|")
-            for job_id in reply[:split]:
-                worker.interrupt(job_id, "lost")
+            for job_id in reply[:split]:  # the verdicts are about the attempts we sent
+                worker.interrupt(job_id, "lost", attempt=held[job_id])
             for job_id in reply[split + 1:]:
-                worker.interrupt(job_id, "cancel")
+                worker.interrupt(job_id, "cancel", attempt=held[job_id])
         recovered = replies[-2]
         if recovered:
             log.warning("re-queued or failed %d job(s) of lost workers: %s", len(recovered),

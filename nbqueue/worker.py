@@ -129,7 +129,7 @@ class Worker:
             with self._lock:
                 del self._running[taken.id]
         elapsed = time.perf_counter() - started
-        next_taken = None
+        next_taken, written = None, False
         if run.reason == "lost":
             log.warning("%s %s: this worker lost the job's lease (it runs elsewhere now); "
                         "its outcome is discarded", taken.id, taken.func)
@@ -140,6 +140,8 @@ class Worker:
         with self._lock:
             self.jobs_run += 1
         status = {FINISHED: "ok", CANCELED: "canceled"}.get(outcome.status, f"failed: {outcome.summary}")
+        if not written:
+            status = f"discarded ({status})"
         log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed), status)
         return next_taken
 

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sys
 import tempfile
 import time
 from pathlib import Path

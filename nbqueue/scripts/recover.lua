@@ -1,19 +1,20 @@
 -- Deal with attempts whose lease lapsed (worker killed, hung, or cut off): put the job back
 -- at the front of its queue, or fail it with "worker lost" once its re-runs are used up.
--- After a gap with no heartbeat from any worker for a whole lease (Redis was away, or no
--- worker ran), every held attempt first gets a fresh lease, so live workers can renew theirs.
+-- After a quiet spell with no heartbeat from any worker (Redis was away, or no worker ran),
+-- every held attempt first gets a fresh lease, so the live workers can renew theirs.
 -- KEYS[1] active leases, KEYS[2] time of the last heartbeat of any worker
 -- ARGV[1] key prefix, ARGV[2] default number of re-runs after a lost worker, ARGV[3] at most
--- this many jobs per call, ARGV[4] default failure ttl in seconds, ARGV[5] lease in ms.
+-- this many jobs per call, ARGV[4] default failure ttl in seconds, ARGV[5] lease in ms,
+-- ARGV[6] longest quiet spell in ms that is still normal.
 -- Returns the ids dealt with.
 local prefix, default_reruns, limit, default_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local lease = tonumber(ARGV[5])
+local lease, quiet = tonumber(ARGV[5]), tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local now = t[1] .. '.' .. string.format('%06d', t[2])
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 redis.call('SET', KEYS[2], now_ms)
-if now_ms - last > lease then
+if now_ms - last > quiet then
   for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     redis.call('ZADD', KEYS[1], now_ms + lease, id)
   end
