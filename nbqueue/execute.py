@@ -91,7 +91,7 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
         from .events import capture_output  # here: this function is the only hook of events
 
         try:
-            with capture_output(jobs.get_current_job()):  # output and logging to the job's log
+            with capture_output(jobs.get_current_job(), taken.attempt):  # output, logging, progress
                 value = func(*args, **kwargs)
         except BaseException as exc:  # the job's own failure, whatever it is
             return _failed(exc)
@@ -190,13 +190,20 @@ class Child:
         return Outcome.failure(line, line + "\n")
 
 
+def _find_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()  # looked up once, not in every child
+
+
 def _die_with_parent(parent: int) -> None:
     """Linux: the child is killed when its worker dies, so a lost worker's job stops with it."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the worker died before prctl took effect
             os._exit(1)
 

@@ -71,7 +71,8 @@ class Heartbeat(threading.Thread):
         worker = self.worker
         held = worker.held()
         now = time.time()
-        with self.connection.pipeline(transaction=False) as pipe:
+
+        def build(pipe) -> None:
             pipe.hset(keys.worker(worker.name), mapping={
                 "host": socket.gethostname(), "pid": os.getpid(), "queues": ",".join(worker.queues),
                 "mode": worker.mode, "concurrency": worker.concurrency, "seen": now,
@@ -84,7 +85,8 @@ class Heartbeat(threading.Thread):
             keys.run(pipe, "recover", [keys.ACTIVE, keys.BEAT],
                      [DEFAULT_LOST_RETRIES, BATCH, DEFAULT_FAILURE_TTL, int(LEASE * 1000), int(QUIET * 1000)])
             keys.run(pipe, "promote", [keys.SCHEDULED], [BATCH])
-            replies = pipe.execute()
+
+        replies = keys.execute(self.connection, build)
         if held:
             reply = [i.decode() for i in replies[3]]
             split = reply.index("|")

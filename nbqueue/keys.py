@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
+from redis import Redis
+from redis.client import Pipeline
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 PREFIX = "nbq:"
 
@@ -75,11 +78,37 @@ EVENTS_PATTERN = PREFIX + "ev:*"
 
 @lru_cache(maxsize=None)
 def script(name: str) -> Script:
-    """The Lua script ``scripts/<name>.lua``; call it as ``script(name)(keys, args, client=r)``."""
+    """The Lua script ``scripts/<name>.lua``."""
     text = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_bytes()
     return Script(None, text)  # type: ignore[arg-type]  # bytes need no client encoder
 
 
+SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue")
+
+
 def run(client: Any, name: str, keys: list, args: list) -> Any:
-    """Run a script on ``client`` (a Redis client or a pipeline)."""
-    return script(name)(keys, [PREFIX, *args], client=client)
+    """Run a script on ``client``, a Redis client or a pipeline, by EVALSHA.
+
+    On a client, a server that lacks the script (a restarted one) gets it loaded. A plain
+    pipeline sends EVALSHA alone, with no ``SCRIPT EXISTS`` round trip first: run it with
+    ``execute()``, which loads the scripts and resends when the server had lost them.
+    """
+    called = script(name)
+    if isinstance(client, Pipeline) and not client.transaction:
+        return client.evalsha(called.sha, len(keys), *keys, PREFIX, *args)
+    return called(keys, [PREFIX, *args], client=client)
+
+
+def execute(client: Redis, build: Callable[[Pipeline], None]) -> list:
+    """Send the commands ``build`` puts on a pipeline in one round trip; return their replies."""
+    for attempt in range(2):
+        with client.pipeline(transaction=False) as pipe:
+            build(pipe)
+            try:
+                return pipe.execute()
+            except NoScriptError:  # the server lost its script cache (a restart): every script is missing
+                if attempt:
+                    raise
+                for name in SCRIPTS:
+                    client.script_load(script(name).script)
+    raise AssertionError("unreachable")

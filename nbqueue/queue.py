@@ -171,20 +171,23 @@ class Queue:
         checked and pickled before anything is written, so a bad one enqueues nothing.
         """
         stored = Options.from_keywords(options).stored()
-        head = [self.name, "1" if at_front else "0", _delay_ms(delay)]
+        head = [self.name, "1" if at_front else "0", _delay_ms(delay), "0"]
         argv: list = []
         ids: list[str] = []
         funcs: list[bytes] = []
         chosen: list[str] = []  # ids the caller picked; random ones can't clash
+        last_func, ref = None, None
         for call in calls:
             call = call if isinstance(call, Call) else Call(*call)
-            ref = function_ref(call.func)
+            if call.func is not last_func:  # many calls of one function are checked once
+                ref, last_func = function_ref(call.func), call.func
             data = dumps_call(ref, tuple(call.args), dict(call.kwargs or {}))
             job_id = self._job_id(call.job_id)
             ids.append(job_id)
             funcs.append(ref.path.encode())
             if call.job_id is not None:
                 chosen.append(job_id)
+                head[3] = "1"  # the script checks that the ids are new
             argv += [job_id, ref.path, data, ref.code_hash, len(stored) // 2, *stored]
         self._write(head, argv, len(ids), chosen)
         conn, queue = self.connection, self.name.encode()

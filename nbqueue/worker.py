@@ -63,6 +63,9 @@ class Worker:
         self._take_keys = [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues)]
         self._take_args = [self.name, int(LEASE * 1000), *self.queues]
         self._wait_keys = [*map(keys.wake, self.queues), keys.worker_wake(self.name)]
+        socket_timeout = self.connection.connection_pool.connection_kwargs.get("socket_timeout")
+        # block for less than the client's read timeout (redis-py's default is 5 s), or reads get cut off
+        self._idle_wait = IDLE_WAKE if not socket_timeout else max(0.1, min(IDLE_WAKE, socket_timeout - 1))
 
     # --- the loop -------------------------------------------------------------------------
     def work(self) -> int:
@@ -113,7 +116,7 @@ class Worker:
 
     def _wait_for_work(self) -> None:
         """Block until a wake flag of one of our queues is set (or a stop, or a while passes)."""
-        popped = self._redis(lambda: self.connection.blpop(self._wait_keys, timeout=IDLE_WAKE))
+        popped = self._redis(lambda: self.connection.blpop(self._wait_keys, timeout=self._idle_wait))
         if popped and self._stopping and popped[0].decode() != self._wait_keys[-1]:
             self._redis(lambda: self.connection.rpush(popped[0], b"1"))  # leave it for another worker
 
@@ -151,14 +154,12 @@ class Worker:
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         args = [taken.id, self.name, taken.attempt, outcome.status, ttl, jitter, *outcome.fields]
 
-        def call() -> list:
-            with self.connection.pipeline(transaction=False) as pipe:
-                keys.run(pipe, "finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED], args)
-                if then_take:
-                    keys.run(pipe, "dequeue", self._take_keys, self._take_args)
-                return pipe.execute()
+        def build(pipe) -> None:
+            keys.run(pipe, "finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED], args)
+            if then_take:
+                keys.run(pipe, "dequeue", self._take_keys, self._take_args)
 
-        replies = self._redis(call)
+        replies = self._redis(lambda: keys.execute(self.connection, build))
         following = Taken.from_reply(replies[1]) if then_take and replies[1] else None
         return bool(replies[0]), following
 

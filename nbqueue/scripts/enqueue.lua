@@ -1,17 +1,21 @@
 -- Put one or more new jobs on a queue (or, with a delay, in the scheduled set), all or none.
 -- KEYS[1] queue set, KEYS[2] queue list, KEYS[3] queue wake flag, KEYS[4] scheduled set
 -- ARGV[1] key prefix, ARGV[2] queue name, ARGV[3] "1" to put the jobs at the front,
--- ARGV[4] delay in ms ("0": now), then per job: id, func, data, code, n, and n option field/value pairs.
+-- ARGV[4] delay in ms ("0": now), ARGV[5] "1" if the caller chose ids (so they may exist already),
+-- then per job: id, func, data, code, n, and n option field/value pairs.
 -- Returns the number of jobs written, or an error "NBQ_EXISTS <id>".
 local prefix, queue, at_front, delay = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
+local check = ARGV[5] == '1'
 local starts, seen = {}, {}
-local i = 5
+local i = 6
 while i <= #ARGV do
   local id = ARGV[i]
-  if seen[id] or redis.call('EXISTS', prefix .. 'job:' .. id) == 1 then
-    return redis.error_reply('NBQ_EXISTS ' .. id)
+  if check then
+    if seen[id] or redis.call('EXISTS', prefix .. 'job:' .. id) == 1 then
+      return redis.error_reply('NBQ_EXISTS ' .. id)
+    end
+    seen[id] = true
   end
-  seen[id] = true
   starts[#starts + 1] = i
   i = i + 5 + 2 * tonumber(ARGV[i + 4])
 end

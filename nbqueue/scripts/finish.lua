@@ -12,13 +12,14 @@ local cur = redis.call('HMGET', key, 'worker', 'attempt', 'status', 'retries', '
 if cur[1] ~= worker or cur[2] ~= attempt or cur[3] ~= 'started' then return 0 end
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', t[2])
-if #ARGV > 7 then redis.call('HSET', key, unpack(ARGV, 8)) end
+local fields = {'ended_at', now}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('ZREM', KEYS[1], id)
 if status == 'failed' then
   local failures = redis.call('HINCRBY', key, 'failures', 1)
   if failures <= tonumber(cur[4] or '0') then
     local delay = math.min(tonumber(cur[5] or '1') * 1000 * 2 ^ (failures - 1) * jitter, 3600000)
-    redis.call('HSET', key, 'status', 'scheduled', 'ended_at', now)
+    redis.call('HSET', key, 'status', 'scheduled', unpack(fields))
     redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + math.floor(delay), id)
     redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode({id = id, status = 'retrying',
       worker = worker, attempt = tonumber(attempt), delay = delay / 1000, t = now}))
@@ -26,7 +27,7 @@ if status == 'failed' then
   end
   redis.call('ZADD', KEYS[2], t[1], id)
 end
-redis.call('HSET', key, 'status', status, 'ended_at', now)
+redis.call('HSET', key, 'status', status, unpack(fields))
 if ttl >= 0 then redis.call('EXPIRE', key, ttl) end
 redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode(
   {id = id, status = status, worker = worker, attempt = tonumber(attempt), t = now}))
