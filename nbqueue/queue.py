@@ -214,7 +214,7 @@ class Queue:
             self._check_new_ids(chosen)
         try:
             if len(chunks) == 1:
-                keys.run(self.connection, "enqueue", script_keys, head + chunks[0])
+                keys.send(self.connection, keys.evalsha("enqueue", script_keys, head + chunks[0]))
             else:
                 with self.connection.pipeline(transaction=True) as pipe:
                     for chunk in chunks:

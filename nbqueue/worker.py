@@ -60,8 +60,9 @@ class Worker:
         self._running: dict[str, Running] = {}
         self._lock = threading.Lock()
         self._redis_down = False
-        self._take_keys = [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues)]
-        self._take_args = [self.name, int(LEASE * 1000), *self.queues]
+        self._take_command = keys.evalsha(
+            "dequeue", [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues)],
+            [self.name, int(LEASE * 1000), *self.queues])
         self._wait_keys = [*map(keys.wake, self.queues), keys.worker_wake(self.name)]
         socket_timeout = self.connection.connection_pool.connection_kwargs.get("socket_timeout")
         # block for less than the client's read timeout (redis-py's default is 5 s), or reads get cut off
@@ -110,8 +111,7 @@ class Worker:
     def _take(self) -> Optional[Taken]:
         if self._stopping:
             return None
-        reply = self._redis(lambda: keys.run(
-            self.connection, "dequeue", self._take_keys, self._take_args))
+        reply = self._redis(lambda: keys.send(self.connection, self._take_command)[0])
         return Taken.from_reply(reply) if reply else None
 
     def _wait_for_work(self) -> None:
@@ -154,12 +154,10 @@ class Worker:
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         args = [taken.id, self.name, taken.attempt, outcome.status, ttl, jitter, *outcome.fields]
 
-        def build(pipe) -> None:
-            keys.run(pipe, "finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED], args)
-            if then_take:
-                keys.run(pipe, "dequeue", self._take_keys, self._take_args)
-
-        replies = self._redis(lambda: keys.execute(self.connection, build))
+        commands = [keys.evalsha("finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED], args)]
+        if then_take:
+            commands.append(self._take_command)
+        replies = self._redis(lambda: keys.send(self.connection, *commands))
         following = Taken.from_reply(replies[1]) if then_take and replies[1] else None
         return bool(replies[0]), following
 
