@@ -94,17 +94,11 @@ class Worker:
         return self.jobs_run
 
     def _slot(self) -> None:
-        taken: Optional[Taken] = None
         try:
-            while taken is not None or not self._stopping:
-                if taken is None:
-                    taken = self._take()
-                if taken is not None:
-                    taken = self._run(taken)  # records the outcome and takes the next job in one round trip
-                elif self.burst:
-                    break
-                else:
-                    self._wait_for_work()
+            taken = self._take()
+            while taken is not None or not (self._stopping or self.burst):
+                # _run records the outcome and takes the next job in one round trip
+                taken = self._run(taken) if taken is not None else self._wait_and_take()
         except _Stop:
             pass
 
@@ -114,11 +108,13 @@ class Worker:
         reply = self._redis(lambda: keys.send(self.connection, self._take_command)[0])
         return Taken.from_reply(reply) if reply else None
 
-    def _wait_for_work(self) -> None:
-        """Block until a wake flag of one of our queues is set (or a stop, or a while passes)."""
-        popped = self._redis(lambda: self.connection.blpop(self._wait_keys, timeout=self._idle_wait))
-        if popped and self._stopping and popped[0].decode() != self._wait_keys[-1]:
-            self._redis(lambda: self.connection.rpush(popped[0], b"1"))  # leave it for another worker
+    def _wait_and_take(self) -> Optional[Taken]:
+        """Block until a wake flag of one of our queues is set (or a stop, or a while passes), then
+        take a job. Both go in one packet: the server runs the take as soon as the wait returns,
+        with no round trip in between."""
+        _, reply = self._redis(lambda: keys.send(
+            self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command))
+        return Taken.from_reply(reply) if reply else None
 
     def _run(self, taken: Taken) -> Optional[Taken]:
         """Run one job, record how it ended, and return the next job (if not stopping)."""
