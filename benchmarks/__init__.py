@@ -1,0 +1,1 @@
+"""nbqueue vs RQ benchmarks: ``python benchmarks/run.py [--quick]`` (see run.py)."""
