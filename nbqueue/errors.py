@@ -18,6 +18,10 @@ class JobExists(EnqueueError):
     """A job with the requested ``job_id`` already exists."""
 
 
+class WorkerError(NbqueueError, ValueError):
+    """A worker can't start as asked (a bad name or concurrency)."""
+
+
 class NoSuchJob(NbqueueError, LookupError):
     """No job with that id (never enqueued, or expired after its TTL)."""
 

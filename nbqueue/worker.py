@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -21,6 +22,7 @@ import redis
 
 from . import keys
 from .connection import describe, get_connection
+from .errors import WorkerError
 from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
 from .job import CANCELED, FINISHED
@@ -47,9 +49,12 @@ class Worker:
     ):
         self.queues = [check_queue_name(q) for q in queues] or ["default"]
         if not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency={concurrency!r}: give a whole number of jobs at once, 1 or more.")
+            raise WorkerError(f"concurrency={concurrency!r}: give a whole number of jobs at once, 1 or more.")
         self.connection = get_connection(connection)
-        self.name = name or f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(2)}"
+        host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())
+        self.name = name or f"{host}.{os.getpid()}.{secrets.token_hex(2)}"
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", self.name):
+            raise WorkerError(f"Invalid worker name {self.name!r}: use letters, digits, '_', '-' or '.'.")
         self.inline = inline or not hasattr(os, "fork")
         self.mode = "inline" if self.inline else "fork"
         self.burst = burst

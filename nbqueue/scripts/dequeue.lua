@@ -21,8 +21,8 @@ for q = 1, n do
       redis.call('HSET', key, 'status', 'started', 'worker', worker, 'started_at', now,
         'workers', cur[2] and (cur[2] .. ' ' .. worker) or worker)
       redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000) + lease, id)
-      redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode(
-        {id = id, status = 'started', worker = worker, attempt = attempt, t = now}))
+      redis.call('PUBLISH', prefix .. 'ev:' .. id, '{"id":"' .. id .. '","status":"started","worker":"'
+        .. worker .. '","attempt":' .. attempt .. ',"t":"' .. now .. '"}')  -- plain names: no escaping
       local f = redis.call('HMGET', key, 'func', 'data', 'code', 'timeout', 'result_ttl', 'failure_ttl')
       taken = {ARGV[3 + q], id, attempt, f[1], f[2], f[3], f[4], f[5], f[6]}
     end

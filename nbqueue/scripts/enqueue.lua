@@ -33,8 +33,9 @@ for _, j in ipairs(starts) do
   if n > 0 then redis.call('HSET', key, unpack(ARGV, j + 5, j + 4 + 2 * n)) end
   ids[#ids + 1] = id
   if delay > 0 then redis.call('ZADD', KEYS[4], due, id) end
+  -- ids and queue names are plain (letters, digits, '_', '-', '.'): no JSON escaping needed
   redis.call('PUBLISH', prefix .. 'ev:' .. id,
-    cjson.encode({id = id, status = status, queue = queue, t = now}))
+    '{"id":"' .. id .. '","status":"' .. status .. '","queue":"' .. queue .. '","t":"' .. now .. '"}')
 end
 redis.call('SADD', KEYS[1], queue)
 if delay > 0 then return #ids end

@@ -29,6 +29,6 @@ if status == 'failed' then
 end
 redis.call('HSET', key, 'status', status, unpack(fields))
 if ttl >= 0 then redis.call('EXPIRE', key, ttl) end
-redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode(
-  {id = id, status = status, worker = worker, attempt = tonumber(attempt), t = now}))
+redis.call('PUBLISH', prefix .. 'ev:' .. id, '{"id":"' .. id .. '","status":"' .. status .. '","worker":"'
+  .. worker .. '","attempt":' .. attempt .. ',"t":"' .. now .. '"}')  -- plain names: no escaping
 return 1
