@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Optional
 
 import redis
+from redis.commands.core import Script
 
 from . import keys
 from .connection import describe, get_connection
@@ -36,10 +37,6 @@ SYNC = "sync"  # the watcher's own event: "re-read this job, events may have bee
 
 def log_key(job_id: str) -> str:
     return f"{keys.PREFIX}log:{job_id}"
-
-
-def _clock() -> str:
-    return f"{time.time():.6f}"
 
 
 def _line(text: str) -> str:
@@ -65,33 +62,62 @@ def progress(done: float, total: Optional[float] = None, message: Optional[str] 
     if live is not None:  # a thread the job started has no current job; one live job is it
         live.set_progress(record)
     elif job is not None:
-        _publish(job.connection, job.id, None, record)
+        _publish(job.connection, job.id, _attempt(job), None, record)
     else:
         warnings.warn("nbqueue.progress() was called outside a job; nothing was recorded",
                       RuntimeWarning, stacklevel=2)
 
 
-def _publish(conn: redis.Redis, job_id: str, lines: Optional[list], record: Optional[dict],
-             ttl: int = LOG_TTL) -> None:
-    with conn.pipeline(transaction=False) as pipe:
-        if lines:
-            pipe.rpush(log_key(job_id), *lines)
-            pipe.ltrim(log_key(job_id), -LOG_MAX_LINES, -1)
-            pipe.expire(log_key(job_id), ttl)
-            pipe.publish(keys.events(job_id), json.dumps(
-                {"id": job_id, "status": "log", "lines": lines, "t": _clock()}))
-        if record:
-            pipe.hset(keys.job(job_id), "progress", json.dumps(record))
-            pipe.publish(keys.events(job_id), json.dumps(
-                {"id": job_id, "status": "progress", **record, "t": _clock()}))
-        pipe.execute()
+# Append a running attempt's output and progress, unless another attempt holds the job by now
+# (its worker hung past the lease and the job ran again elsewhere): writes are fenced by attempt.
+# KEYS[1] job hash, KEYS[2] log list. ARGV[1] job id, ARGV[2] channel, ARGV[3] attempt,
+# ARGV[4] lines kept, ARGV[5] ttl of the lines (0: keep it), ARGV[6] progress JSON or '', ARGV[7..] lines.
+# Returns 1 if written, 0 if refused. Events carry Redis time, like the other events of a job.
+_WRITE = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+if cur[1] ~= 'started' or cur[2] ~= ARGV[3] then return 0 end
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', t[2])
+if #ARGV > 6 then
+  local lines = {unpack(ARGV, 7)}
+  redis.call('RPUSH', KEYS[2], unpack(lines))
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+  redis.call('PUBLISH', ARGV[2], cjson.encode({id = ARGV[1], status = 'log', lines = lines, t = now}))
+end
+if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[6])
+  local event = cjson.decode(ARGV[6])
+  event.id, event.status, event.t = ARGV[1], 'progress', now
+  redis.call('PUBLISH', ARGV[2], cjson.encode(event))
+end
+return 1
+"""
+_write_script = Script(None, _WRITE.encode())  # type: ignore[arg-type]
+
+
+def _publish(conn: redis.Redis, job_id: str, attempt: int, lines: Optional[list], record: Optional[dict],
+             ttl: int = LOG_TTL) -> bool:
+    """Store and publish output lines and progress of attempt ``attempt``; False if it was refused."""
+    args = [job_id, keys.events(job_id), attempt, LOG_MAX_LINES, ttl, json.dumps(record) if record else "",
+            *(lines or ())]
+    return _write_script([keys.job(job_id), log_key(job_id)], args, client=conn) == 1
+
+
+def _attempt(job: Job) -> int:
+    """The attempt running ``job`` now (read when it starts, so later attempts are told apart)."""
+    if job.attempt:
+        return job.attempt
+    raw = job.connection.hget(keys.job(job.id), "attempt")
+    return int(raw or 0)
 
 
 class _Live:
     """What one running job says (output lines, latest progress), flushed by a small thread."""
 
-    def __init__(self, job: Job):
-        self.job = job
+    def __init__(self, job: Job, attempt: int):
+        self.job, self.attempt = job, attempt
+        self.fenced = False  # another attempt holds the job: write nothing more
         self.lock = threading.Lock()
         self.lines: deque = deque(maxlen=LOG_MAX_LINES)
         self.skipped = 0
@@ -134,12 +160,11 @@ class _Live:
                 lines.insert(0, f"[nbqueue: {self.skipped} earlier lines skipped]")
             self.lines.clear()
             self.skipped, self.progress = 0, None
-        if not (lines or record or final):
+        if self.fenced or not (lines or record or final):
             return
         try:
-            _publish(self.job.connection, self.job.id, lines, record, ttl)
-            if final and not lines:
-                self.job.connection.expire(log_key(self.job.id), ttl)
+            self.fenced = not _publish(self.job.connection, self.job.id, self.attempt, lines, record,
+                                       ttl if final else LOG_TTL)
         except redis.RedisError as exc:
             if not self.warned:
                 self.warned = True
@@ -158,16 +183,54 @@ class _Live:
         self.flush(final=True, ttl=ttl)
 
 
-class _Tee:
-    """A stand-in for ``sys.stdout``/``sys.stderr``: writes through and keeps a copy."""
+class _Router:
+    """Routes output to the job that wrote it: one pair of stand-ins for ``sys.stdout``/``stderr``
+    and one root logging handler per process, installed while any job captures (inline workers
+    may run several jobs at once, each in its own thread)."""
 
-    def __init__(self, original: Any, live: _Live, stream: str):
-        self._original, self._live, self._stream = original, live, stream
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_thread: dict = {}  # thread ident -> _Live
+        self.saved: tuple = ()
+        self.handler = _LogHandler(self)
+
+    def live_for(self, ident: Optional[int], name: str) -> Optional[_Live]:
+        """The job thread's own; a thread the job started (not nbqueue's, not the main thread)
+        goes to the job if only one is running."""
+        live = self.by_thread.get(ident)
+        if live is None and len(self.by_thread) == 1 and not name.startswith("nbqueue-") and name != "MainThread":
+            live = next(iter(self.by_thread.values()))
+        return live
+
+    def add(self, live: _Live) -> None:
+        with self.lock:
+            if not self.by_thread:
+                self.saved = (sys.stdout, sys.stderr)
+                sys.stdout, sys.stderr = _Tee(sys.stdout, self, "stdout"), _Tee(sys.stderr, self, "stderr")
+                logging.getLogger().addHandler(self.handler)
+            self.by_thread[threading.get_ident()] = live
+
+    def remove(self) -> None:
+        with self.lock:
+            self.by_thread.pop(threading.get_ident(), None)
+            if not self.by_thread and self.saved:
+                logging.getLogger().removeHandler(self.handler)
+                sys.stdout, sys.stderr = self.saved
+                self.saved = ()
+
+
+class _Tee:
+    """A stand-in for ``sys.stdout``/``sys.stderr``: writes through and keeps a copy for the job."""
+
+    def __init__(self, original: Any, router: _Router, stream: str):
+        self._original, self._router, self._stream = original, router, stream
 
     def write(self, text: str) -> int:
         written = self._original.write(text)
-        if threading.current_thread() is not self._live.thread:
-            self._live.add_text(self._stream, str(text))
+        thread = threading.current_thread()
+        live = self._router.live_for(thread.ident, thread.name)
+        if live is not None:
+            live.add_text(self._stream, str(text))
         return written
 
     def writelines(self, lines: Iterable[str]) -> None:
@@ -182,48 +245,49 @@ class _Tee:
 
 
 class _LogHandler(logging.Handler):
-    """Keeps the job's ``logging`` records (those that pass the loggers' levels)."""
+    """Keeps each job's ``logging`` records (those that pass the loggers' levels)."""
 
-    def __init__(self, live: _Live):
+    def __init__(self, router: _Router):
         super().__init__()
-        self.live = live
+        self.router = router
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if threading.current_thread() is self.live.thread:
+        live = self.router.live_for(record.thread, record.threadName or "")
+        if live is None:
             return
         try:
-            self.live.add_line(self.format(record))
+            live.add_line(self.format(record))
         except Exception:  # pragma: no cover - logging's own convention
             self.handleError(record)
 
 
-class capture_output:
-    """``with capture_output(job):`` tee stdout, stderr and logging records of a running job to Redis.
+_router = _Router()
 
-    The worker's terminal still shows everything. Lines are flushed every ~0.1 s (never one Redis
-    call per print) to ``nbq:log:<id>`` (its last ``LOG_MAX_LINES``) and published as ``log`` events.
+
+class capture_output:
+    """``with capture_output(job, attempt):`` tee stdout, stderr and logging of a running job to Redis.
+
+    What the job's thread (and threads it starts) writes still reaches the worker's terminal.
+    Lines are flushed every ~0.1 s (never one Redis call per print) to ``nbq:log:<id>`` (its
+    last ``LOG_MAX_LINES``) and published as ``log`` events — only while ``attempt`` (default:
+    the one running when it starts) still holds the job.
     """
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, attempt: Optional[int] = None):
         self.job = job
-        self.live = _Live(job)
-        self._saved: tuple = ()
-        self._handler = _LogHandler(self.live)
+        self.attempt = attempt
 
     def __enter__(self) -> "capture_output":
-        self._saved = (sys.stdout, sys.stderr)
-        sys.stdout = _Tee(sys.stdout, self.live, "stdout")
-        sys.stderr = _Tee(sys.stderr, self.live, "stderr")
-        logging.getLogger().addHandler(self._handler)
+        self.live = _Live(self.job, self.attempt or _attempt(self.job))
+        _router.add(self.live)
         _live[self.job.id] = self.live
         self.live.start()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         _live.pop(self.job.id, None)
-        logging.getLogger().removeHandler(self._handler)
-        sys.stdout, sys.stderr = self._saved
+        _router.remove()
         self.live.stop(self._ttl(failed=exc_type is not None))
 
     def _ttl(self, failed: bool) -> int:
@@ -283,6 +347,9 @@ class Watcher:
         self._channels: dict = {}  # channel name -> set of subscriptions
         self._thread: Optional[threading.Thread] = None
         self._wake = f"{keys.PREFIX}watcher:{uuid.uuid4().hex}"
+        self._barriers: dict = {}  # token -> Event set once the thread has caught up to it
+        self._ready = threading.Event()  # the thread listens (its wake channel is subscribed)
+        self._fresh: list = []  # (subscription, job id) added since the thread last looked
 
     def watch(self, job_ids: Iterable[str] = (), on_event: Callable[[dict], None] = lambda e: None,
               on_tick: Optional[Callable[[], None]] = None, all_jobs: bool = False) -> Subscription:
@@ -290,6 +357,29 @@ class Watcher:
         sub = Subscription(self, on_event, on_tick, all_jobs)
         self._change(sub, add=list(job_ids))
         return sub
+
+    def catch_up(self, timeout: float = 0.5) -> bool:
+        """Wait until the thread has handled every event published before this call, and has
+        ticked once (so coalesced updates are out). False if it did not within ``timeout``."""
+        if not self.running:
+            return True
+        token, done = uuid.uuid4().hex, threading.Event()
+        self._barriers[token] = done
+        deadline = time.monotonic() + timeout
+        try:
+            if not self._ready.wait(timeout):
+                return not self.running
+            self.connection.publish(self._wake, token)
+            while not done.wait(0.02):  # the thread may end meanwhile (nothing left to watch)
+                if not self.running:
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+            return True
+        except redis.RedisError:
+            return False
+        finally:
+            self._barriers.pop(token, None)
 
     @property
     def running(self) -> bool:
@@ -307,6 +397,7 @@ class Watcher:
                 self._subs.add(sub)
             for job_id in add:
                 sub.job_ids.add(job_id)
+                self._fresh.append((sub, job_id))
                 self._channels.setdefault(keys.events(job_id), set()).add(sub)
             for job_id in remove:
                 sub.job_ids.discard(job_id)
@@ -336,14 +427,21 @@ class Watcher:
                     return
                 if not self._subs:
                     self._thread = None
+                    self._ready.clear()
                     break
                 wanted, want_all = set(self._channels), any(s.all_jobs for s in self._subs)
+                fresh, self._fresh = self._fresh, []
             try:
                 if pubsub is None:
+                    self._ready.clear()
                     pubsub = self.connection.pubsub()
                     pubsub.subscribe(self._wake)
                     subscribed, pattern = set(), False
+                active = subscribed
                 subscribed, pattern = self._apply(pubsub, subscribed, pattern, wanted, want_all)
+                for sub, job_id in fresh:  # already subscribed: no confirmation will come, sync now
+                    if keys.events(job_id) in active and not sub.closed:
+                        self._call(sub.on_event, {"id": job_id, "status": SYNC})
                 message = pubsub.get_message(timeout=max(0.0, next_tick - time.monotonic()))
                 for _ in range(1000):
                     if message is None:
@@ -354,8 +452,8 @@ class Watcher:
                     next_tick = time.monotonic() + self.TICK
                     self._tick()
                 delay = 0.1
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.debug("watcher lost Redis (%s); reconnecting", exc)
+            except Exception as exc:  # a lost connection, as redis-py reports it (not always a RedisError)
+                log.debug("watcher lost Redis (%r); reconnecting", exc)
                 self._close(pubsub)
                 pubsub = None
                 time.sleep(delay)  # backoff while Redis is away
@@ -382,7 +480,14 @@ class Watcher:
 
     def _dispatch(self, message: dict) -> None:
         kind, channel = message["type"], _text(message.get("channel"))
-        if kind in ("message", "pmessage") and channel == self._wake:
+        if channel == self._wake:
+            if kind == "subscribe":
+                self._ready.set()
+            elif kind == "message":
+                done = self._barriers.get(_text(message.get("data")))
+                if done is not None:  # everything published before the barrier has been handled
+                    self._tick()
+                    done.set()
             return
         prefix = keys.events("")
         job_id = channel[len(prefix):] if channel.startswith(prefix) else None
@@ -437,9 +542,19 @@ def get_watcher(connection: Any = None) -> Watcher:
         return watcher
 
 
+def catch_up(timeout: float = 0.5) -> None:
+    """Let every watcher of this process handle what was published so far (see ``Watcher.catch_up``)."""
+    for watcher in list(_watchers.values()):
+        watcher.catch_up(timeout)
+
+
 def _after_fork() -> None:
-    global _watchers_lock
+    global _watchers_lock, _router
     _watchers_lock = threading.Lock()
+    if _router.saved:  # a job's child: the parent's jobs are not ours to capture
+        sys.stdout, sys.stderr = _router.saved
+        logging.getLogger().removeHandler(_router.handler)
+    _router = _Router()
     _watchers.clear()
     _live.clear()
     for watcher in list(_watchers_alive):

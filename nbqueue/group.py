@@ -47,11 +47,12 @@ class Group:
             return Counter(s.decode() if s else "expired" for s in pipe.execute())
 
     def cancel(self) -> int:
-        """Cancel every job still queued; returns how many were canceled."""
+        """Cancel every job not done yet (running ones are asked to stop, without waiting);
+        returns how many were canceled or asked to stop."""
         canceled = 0
         for job in self.jobs:
             try:
-                job.cancel()
+                job.cancel(wait=0)
                 canceled += 1
             except (InvalidTransition, NoSuchJob):
                 pass

@@ -1,0 +1,291 @@
+"""Live widgets for a job and a group of jobs, driven by the process's one ``Watcher`` thread.
+
+Created and displayed on the kernel's main thread; after that only the watcher thread writes to
+them, a few times a second at most. Without a widget frontend they show as HTML or text.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any, Iterable, Optional
+
+import ipywidgets as w
+
+from .. import keys
+from ..errors import InvalidTransition, NbqueueError
+from ..events import get_watcher
+from ..group import Group
+from ..job import FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
+from .state import COLORS, GroupState, JobState, esc
+
+call_texts: dict = {}  # job id -> the call as the user wrote it (set by %enqueue), for display
+cell = {"running": False}  # set by the extension's pre/post_run_cell hooks
+_unsent: "weakref.WeakSet[LiveView]" = weakref.WeakSet()  # rendered while no cell ran
+
+
+def remember_call(job_id: str, text: str) -> None:
+    if len(call_texts) > 10_000:
+        call_texts.pop(next(iter(call_texts)))
+    call_texts[job_id] = text
+
+
+def remember_group(group: Group, text: str) -> None:
+    if group.jobs:
+        remember_call(group.jobs[0].id + "#group", text)
+
+
+class LiveView:
+    """A widget box fed by watcher events, re-rendered at most every ``MIN_GAP`` s (coalesced).
+
+    Subclasses define ``box``, ``apply(event)`` (true: render now, e.g. a change of status),
+    ``render()``, ``html()``, ``text()``,
+    ``ticking()`` (re-render on each tick, e.g. to advance a clock) and ``done()`` (stop watching).
+    """
+
+    MIN_GAP = 0.2
+
+    def __init__(self, connection: Any):
+        self._watcher = get_watcher(connection)
+        self._sub = None
+        self._dirty = False
+        self._last = 0.0
+        self._lock = threading.Lock()  # button handlers (main thread) vs the watcher thread
+
+    def watch(self, job_ids: Iterable[str] = (), all_jobs: bool = False) -> None:
+        if self._sub is None or self._sub.closed:
+            self._sub = self._watcher.watch(job_ids, self._on_event, self._on_tick, all_jobs)
+
+    def stop(self) -> None:
+        """Stop following events (the widget keeps its last state)."""
+        if self._sub is not None:
+            self._sub.close()
+
+    @property
+    def live(self) -> bool:
+        return self._sub is not None and not self._sub.closed
+
+    def _on_event(self, event: dict) -> None:
+        with self._lock:
+            urgent = self.apply(event)
+        if urgent or time.monotonic() - self._last >= self.MIN_GAP:
+            self._render()
+        else:
+            self._dirty = True
+
+    def _on_tick(self) -> None:
+        if self._dirty or self.ticking():
+            self._render()
+        elif self in _unsent and cell["running"]:
+            self.resend()
+
+    def _render(self) -> None:
+        self._dirty, self._last = False, time.monotonic()
+        with self._lock:
+            self.render()
+        if cell["running"]:
+            _unsent.discard(self)
+        else:  # a headless run (nbclient) saves only what is sent while a cell runs
+            _unsent.add(self)
+        if self.done():
+            self.stop()
+
+    def resend(self) -> None:
+        """Send the whole state again (within a cell, so a headless run saves the last state).
+        Called by the watcher thread, or on the main thread once the view stopped watching."""
+        _unsent.discard(self)
+        todo, seen = [self.box], set()
+        while todo:
+            widget = todo.pop()
+            if id(widget) in seen:
+                continue
+            seen.add(id(widget))
+            widget.send_state()
+            todo += [getattr(widget, name) for name in ("layout", "style") if isinstance(getattr(widget, name, None), w.Widget)]
+            todo += list(getattr(widget, "children", ()))
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        data = self.box._repr_mimebundle_(**kwargs) or {}
+        data["text/html"] = self.html()
+        data["text/plain"] = self.text()
+        return data
+
+    def __repr__(self) -> str:
+        return self.text()
+
+
+def _html(cls: str) -> w.HTML:
+    widget = w.HTML()
+    widget.add_class(cls)
+    return widget
+
+
+def _show(widget: w.Widget, visible: bool) -> None:
+    display = None if visible else "none"
+    if widget.layout.display != display:
+        widget.layout.display = display
+
+
+def _set(widget: w.Widget, **values: Any) -> None:
+    """Set only the traits that change (each change is a message to the browser)."""
+    changed = {k: v for k, v in values.items() if getattr(widget, k) != v}
+    if changed:
+        with widget.hold_sync():
+            for name, value in changed.items():
+                setattr(widget, name, value)
+
+
+class JobWidget(LiveView):
+    """One job: status, times, worker, progress, output tail, result or traceback, cancel/requeue."""
+
+    def __init__(self, job: Job, call: Optional[str] = None):
+        super().__init__(job.connection)
+        self.job = job
+        self.state = JobState(job.id, call or call_texts.get(job.id) or f"{job._func()}(…)")
+        self.state.load(job)
+        self.header = _html("nbq-job-header")
+        self.bar = w.FloatProgress(min=0.0, max=1.0, layout=w.Layout(width="40%"))
+        self.bar_text = _html("nbq-job-progress")
+        self.output = _html("nbq-job-output")
+        self.outcome = _html("nbq-job-outcome")
+        self.cancel_button = w.Button(description="Cancel", icon="stop", layout=w.Layout(width="auto"))
+        self.requeue_button = w.Button(description="Requeue", icon="redo", layout=w.Layout(width="auto"))
+        self.note = _html("nbq-job-note")
+        self.cancel_button.on_click(lambda _: self._act(lambda: self.job.cancel(wait=0), "cancel"))
+        self.requeue_button.on_click(lambda _: self._act(self.job.requeue, "requeue"))
+        self.progress_row = w.HBox([self.bar, self.bar_text])
+        self.box = w.VBox([self.header, self.progress_row, self.output, self.outcome,
+                           w.HBox([self.cancel_button, self.requeue_button, self.note])])
+        self.box.add_class("nbq-job")
+        self.render()
+        if not self.done():
+            self.watch([job.id])
+
+    def _act(self, action: Any, verb: str) -> None:
+        """A button click (kernel main thread): act, note a refusal; the watcher thread renders."""
+        try:
+            action()
+            note = None
+        except (InvalidTransition, NbqueueError) as exc:
+            note = f"can't {verb}: {exc}"
+        with self._lock:
+            self.state.note = note
+            self.state.load(self.job)  # the state after the action (no widget is written here)
+        self._dirty = True
+        if not self.live:  # an ended job being requeued: follow it again
+            self.watch([self.job.id])
+
+    def apply(self, event: dict) -> bool:
+        if event.get("status") in ("progress", "log"):
+            self.state.apply(event)
+            return False
+        self.state.load(self.job)  # a change of state, or a sync: one round trip reads it all
+        return True
+
+    def ticking(self) -> bool:
+        return self.state.status == STARTED
+
+    def done(self) -> bool:
+        return self.state.status in TERMINAL or self.state.status == "expired"
+
+    def render(self) -> None:
+        s = self.state
+        _set(self.header, value=s.header_html())
+        if s.progress:
+            _set(self.bar, max=float(s.progress.get("total") or 1.0), value=float(s.progress.get("done") or 0),
+                 bar_style="success" if s.status == FINISHED else "danger" if s.status == FAILED else "")
+            _set(self.bar_text, value=esc(s.progress_text()))
+        _show(self.bar, bool(s.progress and s.progress.get("total")))
+        _show(self.progress_row, bool(s.progress))
+        _set(self.output, value=s.output_html())
+        _show(self.output, bool(s.lines))
+        _set(self.outcome, value=s.outcome_html())
+        _show(self.outcome, bool(s.result is not None or s.error))
+        _show(self.cancel_button, s.status in (QUEUED, SCHEDULED, STARTED))
+        _show(self.requeue_button, s.status in (FAILED, "canceled"))
+        _set(self.note, value=f"<span style='color:{COLORS[FAILED]}'>{esc(s.note)}</span>" if s.note else "")
+
+    def html(self) -> str:
+        return self.state.html()
+
+    def text(self) -> str:
+        return self.state.text()
+
+
+class GroupWidget(LiveView):
+    """Many jobs as one: a bar, counts per status, throughput, the first failure, cancel all."""
+
+    def __init__(self, group: Group, call: Optional[str] = None):
+        jobs = list(group)
+        super().__init__(jobs[0].connection if jobs else None)
+        self.group = group
+        self.state = GroupState([j.id for j in jobs], call or self._call(jobs))
+        self.state.load(self._conn())
+        self.header = _html("nbq-group-header")
+        self.bar = w.IntProgress(min=0, max=max(1, len(jobs)), layout=w.Layout(width="60%"))
+        self.failure = _html("nbq-group-failure")
+        self.cancel_button = w.Button(description="Cancel all", icon="stop", layout=w.Layout(width="auto"))
+        self.note = _html("nbq-group-note")
+        self.cancel_button.on_click(lambda _: self._cancel_all())
+        self.box = w.VBox([self.header, self.bar, self.failure, w.HBox([self.cancel_button, self.note])])
+        self.box.add_class("nbq-group")
+        self.render()
+        if not self.done():
+            self.watch(self.state.ids)
+
+    @staticmethod
+    def _call(jobs: list) -> str:
+        if not jobs:
+            return "empty group"
+        return "map " + call_texts.get(jobs[0].id + "#group", jobs[0]._func())
+
+    def _conn(self) -> Any:
+        return self._watcher.connection
+
+    def _cancel_all(self) -> None:
+        canceled = self.group.cancel()
+        with self._lock:
+            self.state.note = f"canceled {canceled} job(s) (running ones stop shortly)"
+        self._dirty = True
+
+    def apply(self, event: dict) -> bool:
+        self.state.apply(event)
+        return False  # many jobs: coalesce
+
+    def ticking(self) -> bool:
+        return True  # the clock and throughput advance; the pending re-reads happen here
+
+    def _on_tick(self) -> None:
+        with self._lock:
+            changed = self.state.reload(self._conn())
+        self._dirty = self._dirty or changed
+        super()._on_tick()
+
+    def done(self) -> bool:
+        return self.state.all_done()
+
+    def render(self) -> None:
+        s = self.state
+        _set(self.header, value=s.header_html())
+        failed = s.counts().get(FAILED, 0)
+        _set(self.bar, value=s.done_count(),
+             bar_style="danger" if failed else "success" if s.all_done() else "")
+        if s.first_failure_id and s.first_failure is None:
+            s.first_failure = (self._conn().hget(keys.job(s.first_failure_id), "error") or b"").decode()
+        _set(self.failure, value=s.failure_html())
+        _show(self.failure, bool(s.first_failure))
+        _show(self.cancel_button, not s.all_done())
+        _set(self.note, value=esc(s.note or ""))
+
+    def html(self) -> str:
+        return self.state.html()
+
+    def text(self) -> str:
+        return self.state.text()
+
+
+def resend_stopped() -> None:
+    """Main thread, at the end of a cell: resend views that ended while no cell ran."""
+    for view in list(_unsent):
+        if not view.live:
+            view.resend()

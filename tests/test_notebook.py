@@ -1,0 +1,104 @@
+"""``notebooks/quickstart.ipynb`` runs top to bottom in a real kernel (nbclient) against a real worker."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def outputs_of(nb, source_start: str) -> list:
+    cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(source_start)]
+    assert len(cells) == 1, f"one cell starts with {source_start!r}"
+    return cells[0].outputs
+
+
+def result_text(nb, source_start: str) -> str:
+    results = [o for o in outputs_of(nb, source_start) if o.output_type == "execute_result"]
+    assert results, f"no result in the cell {source_start!r}: {outputs_of(nb, source_start)}"
+    return results[0].data["text/plain"]
+
+
+def widget_states(nb) -> list:
+    return list(nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values())
+
+
+def test_quickstart_notebook_runs_against_a_real_worker(start_worker, redis_client, tmp_path):
+    work = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOKS, work, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "quick.py"))
+    start_worker("default", cwd=work)
+    nb = nbformat.read(str(work / "quickstart.ipynb"), as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    started = time.monotonic()
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(work)}}).execute()
+    took = time.monotonic() - started
+
+    assert result_text(nb, "job.result") == "42"
+    assert result_text(nb, "doubled =") == "42"
+    assert (work / "quick.py").read_text().startswith("def double")
+    crunch = result_text(nb, "crunch.result")
+    assert "9455" in crunch and "'done': 30, 'total': 30, 'message': 'step 30'" in crunch
+    assert crunch.index("'20 steps done, total so far 2870'") < crunch.index("'INFO tasks: crunched 30 steps'")
+    assert result_text(nb, "sum(squares") == "328350"
+    assert result_text(nb, "mail.result") == "('sent to ada@example.com', 'Report  ready')"
+
+    # the failure shows the worker's traceback, not local frames
+    errors = [o for o in outputs_of(nb, "bad.result") if o.output_type == "error"]
+    assert errors and errors[0].ename == "JobFailed"
+    trace = "\n".join(errors[0].traceback)
+    assert "ZeroDivisionError: division by zero" in trace and "tasks.py" in trace
+    assert "job.py" not in trace
+
+    # each job cell shows a live widget, with an HTML fallback; the saved state is the last one
+    shown = [o for o in outputs_of(nb, "job = %enqueue") if o.output_type == "execute_result"][0]
+    assert WIDGET_VIEW in shown.data and "tasks.add(20, 22)" in shown.data["text/html"]
+    assert shown.data["text/plain"].startswith("Job ")
+    states = widget_states(nb)
+    nbformat.write(nb, str(tmp_path / "executed.ipynb"))  # kept for a look when this test fails
+    headers = [s["state"]["value"] for s in states if "nbq-job-header" in s["state"].get("_dom_classes", ())]
+    assert any("tasks.add(20, 22)" in h and "nbq-status-finished" in h for h in headers), headers
+    assert any("tasks.divide(1, 0)" in h and "nbq-status-failed" in h for h in headers), headers
+    outputs = [s["state"]["value"] for s in states if "nbq-job-output" in s["state"].get("_dom_classes", ())]
+    assert any("30 steps done" in o for o in outputs)
+    bars = [s["state"] for s in states if s["model_name"] == "IntProgressModel"]
+    assert any(b["value"] == 100 and b["max"] == 100 for b in bars), "the group's bar reached 100 of 100"
+    dashboards = [s["state"]["value"] for s in states if "nbq-dashboard" in s["state"].get("_dom_classes", ())]
+    assert dashboards and "default" in dashboards[0]
+    print(f"\nquickstart.ipynb ran in {took:.1f} s")
+
+
+def test_job_widget_buttons_cancel_and_requeue_through_the_watcher(start_worker, redis_client, tmp_path):
+    """The widget outside a browser: buttons act on the job; only the watcher thread renders."""
+    from conftest import wait_for
+    import nbq_tasks
+    from nbqueue import Queue
+    from nbqueue.notebook.widgets import JobWidget
+
+    flag = tmp_path / "started"
+    job = Queue("buttons", redis_client).enqueue(nbq_tasks.sleep_then, 30, "late", str(flag))
+    widget = JobWidget(job)
+    assert "nbq-status-queued" in widget.header.value and widget.cancel_button.layout.display is None
+    bundle = widget._repr_mimebundle_()
+    assert WIDGET_VIEW in bundle and "nbq-status-queued" in bundle["text/html"]
+    assert bundle["text/plain"].startswith(f"Job {job.id} nbq_tasks.sleep_then(…) on buttons: queued")
+    start_worker("buttons")
+    wait_for(lambda: "nbq-status-started" in widget.header.value, 10, message="the widget to show started")
+    widget.cancel_button.click()  # a running job: the worker is asked to stop it
+    wait_for(lambda: "nbq-status-canceled" in widget.header.value, 10, message="the widget to show canceled")
+    wait_for(lambda: not widget.live, 5, message="the widget to stop watching its ended job")
+    assert widget.requeue_button.layout.display is None and widget.cancel_button.layout.display == "none"
+    widget.requeue_button.click()  # watches again and shows the new attempt
+    wait_for(lambda: "attempt 2" in widget.header.value, 10, message="the widget to show the second attempt")
+    job.cancel(wait=0)
+    wait_for(lambda: "nbq-status-canceled" in widget.header.value, 10, message="canceled again")
+    wait_for(lambda: not widget.live, 5, message="the widget to stop watching again")
+    widget.cancel_button.click()  # a stale click on an ended job: one short note, no exception
+    wait_for(lambda: "t cancel: job" in widget.note.value, 5, message="a note saying why")
