@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Optional
 
 from . import job as jobs
 from .errors import CodeMismatchError, PayloadError
+from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
 
 
@@ -88,10 +89,9 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
         except (PayloadError, CodeMismatchError, ImportError) as exc:
             line = f"{type(exc).__name__}: {exc}"
             return Outcome.failure(line, line + "\n")
-        from .events import capture_output  # here: this function is the only hook of events
 
         try:
-            with capture_output(jobs.get_current_job(), taken.attempt):  # output, logging, progress
+            with capture_output(jobs.get_current_job(), taken.attempt, (taken.result_ttl, taken.failure_ttl)):  # output, logging, progress
                 value = func(*args, **kwargs)
         except BaseException as exc:  # the job's own failure, whatever it is
             return _failed(exc)

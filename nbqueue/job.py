@@ -192,9 +192,8 @@ class Job:
     def logs(self, tail: Optional[int] = None) -> list:
         """The job's captured output (stdout, stderr, logging), one string per line; its last
         ``tail`` lines if given. Kept while the job is kept, at most the last 1000 lines."""
-        from .events import log_key
 
         if tail is not None and tail <= 0:
             return []
         start = 0 if tail is None else -tail
-        return [line.decode(errors="replace") for line in self.connection.lrange(log_key(self.id), start, -1)]
+        return [line.decode(errors="replace") for line in self.connection.lrange(keys.log(self.id), start, -1)]

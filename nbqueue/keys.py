@@ -12,6 +12,7 @@ Layout (``nbq:`` prefix):
 - ``scheduled``         sorted set: job id -> time (ms) it is due on its queue (delays, retries)
 - ``beat``              time (ms) of the last heartbeat of any worker (to see Redis was away)
 - ``failed:<name>``     sorted set: failed job id -> time it failed
+- ``log:<id>``          list: the last lines a job printed or logged
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at (expires without heartbeats)
 - ``wake-worker:<name>``  list the worker's own threads block on too, so a stop wakes them
@@ -67,6 +68,11 @@ def events(job_id: str) -> str:
     return f"{PREFIX}ev:{job_id}"
 
 
+def log(job_id: str) -> str:
+    """A job's output lines (the last ones), written while it runs."""
+    return f"{PREFIX}log:{job_id}"
+
+
 def control(worker_name: str) -> str:
     return f"{PREFIX}ctl:{worker_name}"
 
@@ -86,7 +92,7 @@ def script(name: str) -> Script:
     return Script(None, text)  # type: ignore[arg-type]  # bytes need no client encoder
 
 
-SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue")
+SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output")
 
 
 def run(client: Any, name: str, keys: list, args: list) -> Any:

@@ -12,7 +12,9 @@ import pytest
 
 from conftest import wait_for
 from nbqueue import Group, Job, JobFailed, Queue, progress
-from nbqueue.events import LOG_MAX_LINE, LOG_MAX_LINES, SYNC, Watcher, log_key
+from nbqueue.events import LOG_MAX_LINE, LOG_MAX_LINES
+from nbqueue.keys import log as log_key
+from nbqueue.watcher import SYNC, Watcher
 
 MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 

@@ -67,7 +67,7 @@ def _catch_up(result: Any = None) -> None:
     ``result()`` just waited for), and send again what changed while no cell ran, so a headless
     run (nbclient saves only what arrives while a cell runs) keeps the last state. Costs one
     round trip, only while widgets are live."""
-    from ..events import catch_up
+    from ..watcher import catch_up
     from .widgets import cell, resend_stopped
 
     catch_up(0.5)

@@ -12,7 +12,6 @@ from collections import Counter, deque
 from typing import Any, Optional
 
 from .. import keys
-from ..events import log_key
 from ..job import CANCELED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, Job
 
 COLORS = {QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
@@ -68,7 +67,7 @@ class JobState:
         """Read the whole state (one round trip, plus the result of a finished job)."""
         with job.connection.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.job(self.id), *_FIELDS)
-            pipe.lrange(log_key(self.id), -TAIL, -1)
+            pipe.lrange(keys.log(self.id), -TAIL, -1)
             values, lines = pipe.execute()
         f = dict(zip(_FIELDS, (v.decode(errors="replace") if v is not None else None for v in values)))
         if f["status"] is None:

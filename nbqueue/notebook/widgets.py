@@ -14,7 +14,7 @@ import ipywidgets as w
 
 from .. import keys
 from ..errors import InvalidTransition, NbqueueError
-from ..events import get_watcher
+from ..watcher import get_watcher
 from ..group import Group
 from ..job import FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
 from .state import COLORS, GroupState, JobState, esc
