@@ -51,6 +51,9 @@ def worker(queues, url, inline, burst, concurrency, name, verbose, quiet) -> Non
     from .worker import Worker
 
     _logging(verbose, quiet)
+    for stream in (sys.stdout, sys.stderr):  # jobs' prints show as they happen, even in a log file
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency).work()
 
 
