@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import pickle
 import select
@@ -123,10 +124,12 @@ class Child:
         self.stop_reason: Optional[str] = None
         read_fd, write_fd = os.pipe()
         self._parent = os.getpid()
+        gc.freeze()  # the child's collector leaves the parent's objects alone: no copy-on-write storm
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - runs in the child, measured by the tests' outcomes
             os.close(read_fd)
             self._child_main(write_fd, connection)  # never returns
+        gc.unfreeze()  # the parent's own garbage is collected as before
         os.close(write_fd)
         self._fd = read_fd
 

@@ -38,13 +38,40 @@ def _time(value: Optional[bytes]) -> Optional[datetime]:
     return datetime.fromtimestamp(float(value), tz=timezone.utc) if value else None
 
 
+def _text(value: bytes) -> str:
+    return value.decode()
+
+
+# job hash field -> (attribute, how to read it); absent fields leave the class defaults below
+_READ = {
+    "func": ("func_name", _text), "queue": ("queue", _text), "status": ("_status", _text),
+    "enqueued_at": ("enqueued_at", _time), "started_at": ("started_at", _time), "ended_at": ("ended_at", _time),
+    "worker": ("worker", _text), "attempt": ("attempt", int), "workers": ("workers", lambda v: v.decode().split()),
+    "failures": ("failures", int), "lost": ("lost", int), "exc": ("exc_info", _text),
+}
+
+
 class Job:
     """A handle on one job in Redis. Attributes reflect the last ``refresh()``; ``status`` is always fresh."""
+
+    func_name: Optional[str] = None  # "module:qualname"
+    queue: Optional[str] = None
+    _status: Optional[str] = None
+    enqueued_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None
+    ended_at: Optional[datetime] = None
+    worker: Optional[str] = None  # the worker of the last attempt
+    attempt = 0  # times it was started
+    workers: tuple = ()  # every worker that held it, in order
+    failures = 0  # attempts that raised
+    lost = 0  # attempts whose worker was lost
+    exc_info: Optional[str] = None  # "ExceptionType: message" of a failure
 
     def __init__(self, job_id: str, connection: Optional[redis.Redis] = None, fields: Optional[dict] = None):
         self.id = job_id
         self.connection = get_connection(connection)
-        self._load(fields or {})
+        if fields:
+            self._load(fields)
 
     @classmethod
     def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None) -> "Job":
@@ -60,20 +87,10 @@ class Job:
         self._load(dict(zip(_FIELDS, values)))
         return self
 
-    def _load(self, f: dict) -> None:
-        text = lambda name: f[name].decode() if f.get(name) is not None else None  # noqa: E731
-        self.func_name: Optional[str] = text("func")
-        self.queue: Optional[str] = text("queue")
-        self._status: Optional[str] = text("status")
-        self.enqueued_at = _time(f.get("enqueued_at"))
-        self.started_at = _time(f.get("started_at"))
-        self.ended_at = _time(f.get("ended_at"))
-        self.worker: Optional[str] = text("worker")
-        self.attempt = int(f["attempt"]) if f.get("attempt") else 0  # times it was started
-        self.workers: list[str] = (text("workers") or "").split()  # every worker that held it, in order
-        self.failures = int(f["failures"]) if f.get("failures") else 0  # attempts that raised
-        self.lost = int(f["lost"]) if f.get("lost") else 0  # attempts whose worker was lost
-        self.exc_info: Optional[str] = text("exc")
+    def _load(self, fields: dict) -> None:
+        for name, value in fields.items():  # a field Redis doesn't have resets the attribute
+            attribute, read = _READ[name]
+            setattr(self, attribute, getattr(Job, attribute) if value is None else read(value))
 
     @property
     def status(self) -> str:

@@ -18,7 +18,7 @@ from .job import (
 from .serialization import dumps_call, function_ref
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
-_BATCH = 500  # jobs per script call in enqueue_many
+_BATCH = 1000  # jobs per script call in enqueue_many
 
 
 def check_queue_name(name: Any) -> str:
@@ -171,25 +171,26 @@ class Queue:
         checked and pickled before anything is written, so a bad one enqueues nothing.
         """
         stored = Options.from_keywords(options).stored()
-        head = [self.name, "1" if at_front else "0", _delay_ms(delay), "0"]
-        argv: list = []
+        argv: list = []  # per job: id, index of its function, data
         ids: list[str] = []
         funcs: list[bytes] = []
+        table: dict = {}  # (path, code hash) -> index: each function travels once per script call
         chosen: list[str] = []  # ids the caller picked; random ones can't clash
-        last_func, ref = None, None
+        last_func, index = None, 0
         for call in calls:
             call = call if isinstance(call, Call) else Call(*call)
             if call.func is not last_func:  # many calls of one function are checked once
                 ref, last_func = function_ref(call.func), call.func
-            data = dumps_call(ref, tuple(call.args), dict(call.kwargs or {}))
+                index = table.setdefault((ref.path, ref.code_hash), len(table) + 1)
             job_id = self._job_id(call.job_id)
+            argv += [job_id, index, dumps_call(ref, tuple(call.args), dict(call.kwargs or {}))]
             ids.append(job_id)
             funcs.append(ref.path.encode())
             if call.job_id is not None:
                 chosen.append(job_id)
-                head[3] = "1"  # the script checks that the ids are new
-            argv += [job_id, ref.path, data, ref.code_hash, len(stored) // 2, *stored]
-        self._write(head, argv, len(ids), chosen)
+        head = [self.name, "1" if at_front else "0", _delay_ms(delay), "1" if chosen else "0",
+                len(stored) // 2, *stored, len(table), *[x for pair in table for x in pair]]
+        self._write(head, argv, chosen)
         conn, queue = self.connection, self.name.encode()
         status = b"scheduled" if head[2] else b"queued"
         return [Job(i, conn, {"status": status, "queue": queue, "func": f}) for i, f in zip(ids, funcs)]
@@ -202,12 +203,11 @@ class Queue:
             raise EnqueueError(f"job_id={job_id!r} is not valid: use 1 to 100 letters, digits, '_', '-' or '.'.")
         return job_id
 
-    def _write(self, head: list, argv: list, count: int, chosen: list) -> None:
-        if not count:
+    def _write(self, head: list, argv: list, chosen: list) -> None:
+        if not argv:
             return
         script_keys = [keys.QUEUES, self.key, keys.wake(self.name), keys.SCHEDULED]
-        per_job = len(argv) // count
-        chunks = [argv[i:i + _BATCH * per_job] for i in range(0, len(argv), _BATCH * per_job)]
+        chunks = [argv[i:i + 3 * _BATCH] for i in range(0, len(argv), 3 * _BATCH)]
         if head[1] == "1":
             chunks.reverse()  # the first chunk must end up in front
         if len(chunks) > 1 and chosen:  # the script checks ids per chunk; check all before writing any

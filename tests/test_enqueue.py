@@ -92,7 +92,7 @@ def test_enqueue_many_is_all_or_none(q):
     with pytest.raises(JobExists):
         q.enqueue_many([Call(nbq_tasks.add, (1, 1), job_id="new"), Call(nbq_tasks.add, (2, 2), job_id="taken")])
     with pytest.raises(JobExists):  # over several script calls
-        q.enqueue_many([(nbq_tasks.add, (i, i)) for i in range(600)] + [Call(nbq_tasks.add, (0, 0), job_id="taken")])
+        q.enqueue_many([(nbq_tasks.add, (i, i)) for i in range(2100)] + [Call(nbq_tasks.add, (0, 0), job_id="taken")])
     with pytest.raises(JobExists):  # twice in one batch
         q.enqueue_many([Call(nbq_tasks.add, (1, 1), job_id="dup"), Call(nbq_tasks.add, (2, 2), job_id="dup")])
     assert q.job_ids == ["taken"]
