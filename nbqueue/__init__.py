@@ -21,25 +21,22 @@ from .errors import (
     PayloadError,
     ResultTimeout,
 )
+from .events import progress
+from .group import Group
 from .job import Job, get_current_job
-from .queue import Call, Queue
+from .queue import Call, Options, Queue
 from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Call", "CodeMismatchError", "EnqueueError", "InvalidQueueName", "InvalidTransition", "Job",
-    "JobCanceled", "JobExists", "JobFailed", "NbqueueError", "NoSuchJob", "PayloadError", "Queue",
-    "ResultTimeout", "Worker", "connect", "get_current_job",
+    "Call", "CodeMismatchError", "EnqueueError", "Group", "InvalidQueueName", "InvalidTransition", "Job",
+    "JobCanceled", "JobExists", "JobFailed", "NbqueueError", "NoSuchJob", "Options", "PayloadError", "Queue",
+    "ResultTimeout", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension", "progress",
 ]
 
 
-# --- live events, groups and the notebook layer (loaded only when asked for) ---
-from .events import progress  # noqa: E402
-from .group import Group  # noqa: E402
-
-__all__ += ["Group", "dashboard", "load_ipython_extension", "progress"]
-
+# --- the notebook layer, imported only when asked for ---
 
 def load_ipython_extension(ipython):  # noqa: ANN001
     """``%load_ext nbqueue``: the magics, and live widgets for jobs and groups."""

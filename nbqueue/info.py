@@ -9,7 +9,7 @@ import redis
 
 from . import keys
 from .connection import get_connection
-from .worker import HEARTBEAT
+from .heartbeat import HEARTBEAT
 
 
 class QueueStats(NamedTuple):
@@ -50,8 +50,9 @@ def snapshot(connection: Union[redis.Redis, str, None] = None) -> Snapshot:
         for name in live:
             pipe.hgetall(keys.worker(name))
         replies = pipe.execute()
-    counts, jobs, workers = replies[:2 * len(names)], replies[2 * len(names):2 * len(names) + len(active)], \
-        replies[2 * len(names) + len(active):]
+    counts = replies[:2 * len(names)]
+    jobs = replies[2 * len(names):2 * len(names) + len(active)]
+    workers = replies[2 * len(names) + len(active):]
     held: dict = {}
     started: dict = {}
     for job_id, (queue, func, worker, started_at) in zip(active, jobs):
