@@ -99,13 +99,20 @@ class Worker:
         return self.jobs_run
 
     def _slot(self) -> None:
-        try:
-            taken = self._take()
-            while taken is not None or not (self._stopping or self.burst):
-                # _run records the outcome and takes the next job in one round trip
-                taken = self._run(taken) if taken is not None else self._wait_and_take()
-        except _Stop:
-            pass
+        taken: Optional[Taken] = None
+        first = True
+        while first or taken is not None or not (self._stopping or self.burst):
+            try:
+                if first:
+                    first, taken = False, self._take()
+                else:  # _run records the outcome and takes the next job in one round trip
+                    taken = self._run(taken) if taken is not None else self._wait_and_take()
+            except _Stop:
+                return
+            except Exception:  # a bug, or a job hash broken by hand: log it, never die of it
+                log.exception("worker %s: unexpected error; going on", self.name)
+                taken = None
+                time.sleep(1.0)  # not a hot loop if it keeps happening
 
     def _take(self) -> Optional[Taken]:
         if self._stopping:

@@ -89,6 +89,7 @@ def test_corrupt_payload_and_missing_function_fail_only_their_job(start_worker, 
         "nofunc": {"data": b""},
         "nomodule": {"func": "no_such_module_xyz:run", "data": _args()},
         "noattr": {"func": "nbq_tasks:no_such_function", "data": _args()},
+        "badattempt": {"func": "nbq_tasks:add", "data": _args(), "attempt": "x", "retries": "y"},
     }.items():
         redis_client.hset(f"nbq:job:{job_id}", mapping={**fields, "queue": "low", "status": "queued"})
         redis_client.rpush("nbq:queue:low", job_id)
@@ -103,6 +104,7 @@ def test_corrupt_payload_and_missing_function_fail_only_their_job(start_worker, 
         job = Job(job_id, redis_client)
         with pytest.raises(JobFailed, match=message):
             job.result(timeout=10)
+    assert Job(job_id="badattempt", connection=redis_client).result(timeout=10) == 3  # fields broken by hand
     assert q.enqueue(nbq_tasks.add, 2, 3).result(timeout=10) == 5
 
 

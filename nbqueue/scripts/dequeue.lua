@@ -13,12 +13,12 @@ for q = 1, n do
     local id = redis.call('LPOP', KEYS[1 + q])
     if not id then break end
     local key = prefix .. 'job:' .. id
-    local cur = redis.call('HMGET', key, 'status', 'workers')
+    local cur = redis.call('HMGET', key, 'status', 'workers', 'attempt')
     if cur[1] == 'queued' then
       local t = redis.call('TIME')
       local now = t[1] .. '.' .. string.format('%06d', t[2])
-      local attempt = redis.call('HINCRBY', key, 'attempt', 1)
-      redis.call('HSET', key, 'status', 'started', 'worker', worker, 'started_at', now,
+      local attempt = math.floor(tonumber(cur[3]) or 0) + 1  -- no error (and no lost pop) on a field broken by hand
+      redis.call('HSET', key, 'status', 'started', 'worker', worker, 'started_at', now, 'attempt', attempt,
         'workers', cur[2] and (cur[2] .. ' ' .. worker) or worker)
       redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000) + lease, id)
       redis.call('PUBLISH', prefix .. 'ev:' .. id, '{"id":"' .. id .. '","status":"started","worker":"'

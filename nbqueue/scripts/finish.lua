@@ -16,9 +16,10 @@ local fields = {'ended_at', now}
 for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('ZREM', KEYS[1], id)
 if status == 'failed' then
-  local failures = redis.call('HINCRBY', key, 'failures', 1)
-  if failures <= tonumber(cur[4] or '0') then
-    local delay = math.min(tonumber(cur[5] or '1') * 1000 * 2 ^ (failures - 1) * jitter, 3600000)
+  local failures = (tonumber(redis.call('HGET', key, 'failures')) or 0) + 1
+  redis.call('HSET', key, 'failures', failures)
+  if failures <= (tonumber(cur[4]) or 0) then
+    local delay = math.min((tonumber(cur[5]) or 1) * 1000 * 2 ^ (failures - 1) * jitter, 3600000)
     redis.call('HSET', key, 'status', 'scheduled', unpack(fields))
     redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + math.floor(delay), id)
     redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode({id = id, status = 'retrying',

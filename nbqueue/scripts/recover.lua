@@ -26,14 +26,15 @@ for _, id in ipairs(ids) do
   local key = prefix .. 'job:' .. id
   local cur = redis.call('HMGET', key, 'status', 'queue', 'worker', 'lost_retries', 'cancel', 'failure_ttl', 'attempt')
   if cur[1] == 'started' then
-    local lost = redis.call('HINCRBY', key, 'lost', 1)
+    local lost = (tonumber(redis.call('HGET', key, 'lost')) or 0) + 1
+    redis.call('HSET', key, 'lost', lost)
     local event = {id = id, worker = cur[3], attempt = tonumber(cur[7]), t = now}
     event.status = 'lost'
     redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode(event))
     if cur[5] then
       redis.call('HSET', key, 'status', 'canceled', 'ended_at', now)
       event.status = 'canceled'
-    elseif lost <= tonumber(cur[4] or default_reruns) then
+    elseif lost <= (tonumber(cur[4]) or tonumber(default_reruns)) then
       redis.call('HSET', key, 'status', 'queued')
       redis.call('LPUSH', prefix .. 'queue:' .. cur[2], id)
       local wake = prefix .. 'wake:' .. cur[2]
