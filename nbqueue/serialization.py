@@ -55,6 +55,17 @@ def describe(func: Any) -> str:
 _hashes: dict[Any, str] = {}  # function -> source hash, computed once per function object
 
 
+def _hash_once(func: Any) -> str:
+    """``source_hash(func)``, computed the first time a function object is seen (both sides)."""
+    key = getattr(func, "__func__", func)  # a classmethod's bound method is new each time
+    code_hash = _hashes.get(key)
+    if code_hash is None:
+        if len(_hashes) > 4096:
+            _hashes.clear()
+        code_hash = _hashes[key] = source_hash(func)
+    return code_hash
+
+
 def function_ref(func: Callable) -> FunctionRef:
     """Check that a worker can import ``func`` by path, and return that path.
 
@@ -67,14 +78,7 @@ def function_ref(func: Callable) -> FunctionRef:
         bound_to, target = func.__self__, func.__func__
         _check_importable(type(bound_to), what=f"the class of {describe(func)}")
     path = _check_importable(target, what=describe(target))
-    key = getattr(target, "__func__", target)  # a classmethod's bound method is new each time
-    code_hash = _hashes.get(key)
-    if code_hash is None:
-        code_hash = source_hash(target)
-        if len(_hashes) > 4096:
-            _hashes.clear()
-        _hashes[key] = code_hash
-    return FunctionRef(path, bound_to, code_hash)
+    return FunctionRef(path, bound_to, _hash_once(target))
 
 
 def _check_importable(obj: Any, what: str) -> str:
@@ -214,9 +218,6 @@ def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
     return func, args, kwargs
 
 
-_seen: dict[Any, str] = {}  # worker side: function -> hash of its source when first run
-
-
 def check_code(path: str, func: Callable, expected: str) -> None:
     """Fail when the worker's source for ``func`` differs from the caller's.
 
@@ -226,13 +227,7 @@ def check_code(path: str, func: Callable, expected: str) -> None:
     """
     if not expected:
         return
-    key = getattr(func, "__func__", func)
-    here = _seen.get(key)
-    if here is None:
-        here = source_hash(func)
-        if len(_seen) > 4096:
-            _seen.clear()
-        _seen[key] = here
+    here = _hash_once(func)
     if here and here != expected:
         raise CodeMismatchError(
             f"The worker runs different code for {path.replace(':', '.')} than the caller "
