@@ -28,13 +28,14 @@ def run(url: str) -> None:
     queue = Queue("demo", conn)
     worker_url = conn.connection_pool.connection_kwargs.get("path")
     worker_url = f"unix://{worker_url}" if worker_url else url
-    worker = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "worker", "demo", "--url", worker_url])
+    worker = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "worker", "demo", "--concurrency", "4",
+                               "--url", worker_url])
     try:
         click.echo("\n1. One job: add(20, 40)")
         job = queue.enqueue(add, 20, 40)
         click.echo(f"   {job.id} -> {job.result(timeout=30)}")
 
-        click.echo("\n2. Ten jobs in one round trip: slow_square(0..9)")
+        click.echo("\n2. Ten jobs in one round trip: slow_square(0..9), 0.2 s each, 4 at a time")
         jobs = queue.enqueue_many([(slow_square, (i,)) for i in range(10)])
         started = time.perf_counter()
         click.echo(f"   results: {[j.result(timeout=60) for j in jobs]} in {time.perf_counter() - started:.1f} s")
