@@ -192,3 +192,16 @@ def test_job_records_attempts_and_workers(start_worker, q, tmp_path):
     assert job.result(timeout=30) == 2
     job = Job.fetch(job.id, q.connection)
     assert job.attempt == 2 and len(job.workers) == 2 and all(str(worker.pid) in w for w in job.workers)
+
+
+def test_a_job_blocked_in_c_keeps_its_lease(start_worker, q, tmp_path):
+    """An inline job in one long C call (time.sleep releases the GIL) is renewed from the heartbeat
+    thread: another idle worker must not take it over once the lease (5 s) would have lapsed."""
+    holder = start_worker("low", "--inline")
+    flag = tmp_path / "started"
+    job = q.enqueue(nbq_tasks.sleep_then, 7, "kept", str(flag))
+    wait_for(flag.exists, message="job start")
+    start_worker("low")  # would re-run the job if its lease lapsed
+    assert job.result(timeout=20) == "kept"
+    job.refresh()
+    assert job.attempt == 1 and job.lost == 0 and len(job.workers) == 1 and str(holder.pid) in job.worker
