@@ -72,29 +72,30 @@ class Heartbeat(threading.Thread):
         held = worker.held()
         now = time.time()
 
-        def build(pipe) -> None:
-            pipe.hset(keys.worker(worker.name), mapping={
-                "host": socket.gethostname(), "pid": os.getpid(), "queues": ",".join(worker.queues),
-                "mode": worker.mode, "concurrency": worker.concurrency, "seen": now,
-                "jobs": " ".join(held), "started_at": worker.started_at,
-            })
-            pipe.expire(keys.worker(worker.name), int(HEARTBEAT * 10))
-            pipe.zadd(keys.WORKERS, {worker.name: now})
-            if held:
-                keys.run(pipe, "renew", [keys.ACTIVE], [worker.name, int(LEASE * 1000), *_flat(held)])
-            keys.run(pipe, "recover", [keys.ACTIVE, keys.BEAT],
-                     [DEFAULT_LOST_RETRIES, BATCH, DEFAULT_FAILURE_TTL, int(LEASE * 1000), int(QUIET * 1000)])
-            keys.run(pipe, "promote", [keys.SCHEDULED], [BATCH])
-
-        replies = keys.execute(self.connection, build)
+        presence = {
+            "host": socket.gethostname(), "pid": os.getpid(), "queues": ",".join(worker.queues),
+            "mode": worker.mode, "concurrency": worker.concurrency, "seen": now,
+            "jobs": " ".join(held), "started_at": worker.started_at,
+        }
+        commands = [
+            ("HSET", keys.worker(worker.name), *[x for pair in presence.items() for x in pair]),
+            ("EXPIRE", keys.worker(worker.name), int(HEARTBEAT * 10)),
+            ("ZADD", keys.WORKERS, now, worker.name),
+            keys.evalsha("recover", [keys.ACTIVE, keys.BEAT],
+                         [DEFAULT_LOST_RETRIES, BATCH, DEFAULT_FAILURE_TTL, int(LEASE * 1000), int(QUIET * 1000)]),
+            keys.evalsha("promote", [keys.SCHEDULED], [BATCH]),
+        ]
         if held:
-            reply = [i.decode() for i in replies[3]]
+            commands.append(keys.evalsha("renew", [keys.ACTIVE], [worker.name, int(LEASE * 1000), *_flat(held)]))
+        replies = keys.send(self.connection, *commands)
+        if held:
+            reply = [i.decode() for i in replies[5]]
             split = reply.index("|")
             for job_id in reply[:split]:  # the verdicts are about the attempts we sent
                 worker.interrupt(job_id, "lost", attempt=held[job_id])
             for job_id in reply[split + 1:]:
                 worker.interrupt(job_id, "cancel", attempt=held[job_id])
-        recovered = replies[-2]
+        recovered = replies[3]
         if recovered:
             log.warning("re-queued or failed %d job(s) of lost workers: %s", len(recovered),
                         " ".join(i.decode() for i in recovered))

@@ -35,12 +35,17 @@ class Snapshot(NamedTuple):
 
 
 def snapshot(connection: Union[redis.Redis, str, None] = None) -> Snapshot:
-    """Counts per queue and the live workers with what each is running (a few round trips)."""
+    """Counts per queue and the live workers with what each is running (two round trips)."""
     conn = get_connection(connection)
-    names = sorted(n.decode() for n in conn.smembers(keys.QUEUES))
     now = time.time()
-    active = [i.decode() for i in conn.zrange(keys.ACTIVE, 0, -1)]
-    live = [w.decode() for w in conn.zrangebyscore(keys.WORKERS, now - 3 * HEARTBEAT, "+inf")]
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.smembers(keys.QUEUES)
+        pipe.zrange(keys.ACTIVE, 0, -1)
+        pipe.zrangebyscore(keys.WORKERS, now - 3 * HEARTBEAT, "+inf")
+        queue_names, active_ids, worker_names = pipe.execute()
+    names = sorted(n.decode() for n in queue_names)
+    active = [i.decode() for i in active_ids]
+    live = [w.decode() for w in worker_names]
     with conn.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.llen(keys.queue(name))

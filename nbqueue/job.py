@@ -83,7 +83,7 @@ class Job:
     def refresh(self) -> "Job":
         values = self.connection.hmget(keys.job(self.id), _FIELDS)
         if values[2] is None:
-            raise NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
+            raise self._missing()
         self._load(dict(zip(_FIELDS, values)))
         return self
 
@@ -97,7 +97,7 @@ class Job:
         """The job's status now: queued, scheduled, started, finished, failed or canceled."""
         status = self.connection.hget(keys.job(self.id), "status")
         if status is None:
-            raise NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
+            raise self._missing()
         self._status = status.decode()
         return self._status
 
@@ -133,7 +133,7 @@ class Job:
     def _outcome(self) -> list:
         values = self.connection.hmget(keys.job(self.id), "status", "result", "error", "exc")
         if values[0] is None:
-            raise NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
+            raise self._missing()
         values[0] = values[0].decode()
         return values
 
@@ -190,6 +190,9 @@ class Job:
         if status != 1:
             raise InvalidTransition(f"job {self.id} is {status.decode()}; only a failed or canceled job can be requeued.")
         self._status = QUEUED
+
+    def _missing(self) -> NoSuchJob:
+        return NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id

@@ -28,10 +28,9 @@ import threading
 import weakref
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 from redis import Redis
-from redis.client import Pipeline
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
@@ -96,16 +95,9 @@ SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cance
 
 
 def run(client: Any, name: str, keys: list, args: list) -> Any:
-    """Run a script on ``client``, a Redis client or a pipeline, by EVALSHA.
-
-    On a client, a server that lacks the script (a restarted one) gets it loaded. A plain
-    pipeline sends EVALSHA alone, with no ``SCRIPT EXISTS`` round trip first: run it with
-    ``execute()``, which loads the scripts and resends when the server had lost them.
-    """
-    called = script(name)
-    if isinstance(client, Pipeline) and not client.transaction:
-        return client.evalsha(called.sha, len(keys), *keys, PREFIX, *args)
-    return called(keys, [PREFIX, *args], client=client)
+    """Run a script on ``client`` (a client, or a transaction pipeline) by EVALSHA; a server that
+    lacks it (a restarted one) gets it loaded. Hot paths use ``send`` instead."""
+    return script(name)(keys, [PREFIX, *args], client=client)
 
 
 def evalsha(name: str, keys: list, args: list) -> tuple:
@@ -143,19 +135,4 @@ def send(client: Redis, *commands: tuple) -> list:
         except BaseException:
             conn.disconnect()
             raise
-    raise AssertionError("unreachable")
-
-
-def execute(client: Redis, build: Callable[[Pipeline], None]) -> list:
-    """Send the commands ``build`` puts on a pipeline in one round trip; return their replies."""
-    for attempt in range(2):
-        with client.pipeline(transaction=False) as pipe:
-            build(pipe)
-            try:
-                return pipe.execute()
-            except NoScriptError:  # the server lost its script cache (a restart): every script is missing
-                if attempt:
-                    raise
-                for name in SCRIPTS:
-                    client.script_load(script(name).script)
     raise AssertionError("unreachable")

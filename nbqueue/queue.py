@@ -276,11 +276,12 @@ class Queue:
 
     def empty(self) -> int:
         """Cancel every job waiting on this queue (as RQ's ``empty``); returns how many."""
-        canceled = 0
-        for job_id in self.job_ids:
-            if keys.run(self.connection, "cancel", [keys.SCHEDULED], [job_id, DEFAULT_RESULT_TTL]) == 1:
-                canceled += 1
-        return canceled
+        ids = self.job_ids
+        if not ids:
+            return 0
+        replies = keys.send(self.connection, *[
+            keys.evalsha("cancel", [keys.SCHEDULED], [job_id, DEFAULT_RESULT_TTL]) for job_id in ids])
+        return sum(reply == 1 for reply in replies)
 
     @classmethod
     def all(cls, connection: Union[redis.Redis, str, None] = None) -> list["Queue"]:
