@@ -62,8 +62,9 @@ class Outcome(NamedTuple):
     summary: str  # one line for the worker's log ("ok" or the error)
 
     @classmethod
-    def failure(cls, exc_line: str, text: str) -> "Outcome":
-        return cls(jobs.FAILED, ["exc", exc_line, "error", text], exc_line)
+    def failure(cls, exc_line: str, text: Optional[str] = None) -> "Outcome":
+        """A failed attempt: its one-line error and its traceback (by default, just that line)."""
+        return cls(jobs.FAILED, ["exc", exc_line, "error", text or exc_line + "\n"], exc_line)
 
 
 class JobInterrupted(BaseException):
@@ -89,7 +90,7 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
             check_code(taken.func, func, taken.code)
         except (PayloadError, CodeMismatchError, ImportError) as exc:
             line = f"{type(exc).__name__}: {exc}"
-            return Outcome.failure(line, line + "\n")
+            return Outcome.failure(line)
 
         try:
             with capture_output(jobs.get_current_job(), taken.attempt, (taken.result_ttl, taken.failure_ttl)):  # output, logging, progress
@@ -100,7 +101,7 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
             return Outcome(jobs.FINISHED, ["result", dumps_result(value)], "ok")
         except Exception as exc:
             line = f"ResultError: the job returned {type(value).__name__}, which can't be pickled: {exc}"
-            return Outcome.failure(line, line + "\n")
+            return Outcome.failure(line)
     except BaseException as exc:  # a bug of ours or an interrupt; the worker goes on
         return _failed(exc)
     finally:
@@ -143,7 +144,7 @@ class Child:
             try:
                 blob = pickle.dumps(outcome)
             except Exception as exc:
-                blob = pickle.dumps(Outcome.failure(f"ResultError: {exc}", f"ResultError: {exc}\n"))
+                blob = pickle.dumps(Outcome.failure(f"ResultError: {exc}"))
             with os.fdopen(write_fd, "wb") as pipe:
                 pipe.write(blob)
         except BaseException:
@@ -183,14 +184,14 @@ class Child:
         os.close(self._fd)
         _, status = os.waitpid(self.pid, 0)
         if self.stop_reason:
-            return Outcome.failure(self.stop_reason, self.stop_reason + "\n")
+            return Outcome.failure(self.stop_reason)
         if chunks:
             try:
                 return pickle.loads(b"".join(chunks))
             except Exception:
                 pass
         line = _death(status)
-        return Outcome.failure(line, line + "\n")
+        return Outcome.failure(line)
 
 
 def _find_prctl() -> Any:
@@ -245,7 +246,7 @@ class Running:
         if self.reason == "cancel":
             return Outcome(jobs.CANCELED, ["exc", self.reason_text()], "canceled")
         if self.reason in ("timeout", "stop") or (self.reason and outcome is None):
-            return Outcome.failure(self.reason_text(), self.reason_text() + "\n")
+            return Outcome.failure(self.reason_text())
         return outcome
 
     def _run_inline(self, connection: Any) -> Optional[Outcome]:

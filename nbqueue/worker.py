@@ -258,7 +258,7 @@ class Worker:
             runs = list(self._running.values())
         for run in runs:
             try:
-                self._finish(run.taken, Outcome.failure(run.reason_text(), run.reason_text() + "\n"))
+                self._finish(run.taken, Outcome.failure(run.reason_text()))
             except (_Stop, redis.RedisError):
                 pass
         self._unregister()
