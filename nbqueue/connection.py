@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import NbqueueError
+from .errors import ConnectionFailed, InvalidConnection, InvalidURL
 from .server import EmbeddedServer
 
 __all__ = [
@@ -36,14 +36,6 @@ URL_FORMS = (
 )
 
 logger = logging.getLogger("nbqueue")
-
-
-class InvalidURL(NbqueueError, ValueError):
-    """A Redis URL nbqueue can't use."""
-
-
-class ConnectionFailed(NbqueueError, redis.ConnectionError):
-    """nbqueue could not reach the Redis it was told (or chose) to use."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +223,7 @@ def get_connection(connection: Union[redis.Redis, str, None] = None) -> redis.Re
     if isinstance(connection, redis.Redis):
         return connection
     kind = type(connection).__name__
-    raise TypeError(f"connection must be a redis.Redis, a URL or None, not {kind}")
+    raise InvalidConnection(f"connection must be a redis.Redis, a URL or None, not {kind}")
 
 
 def describe(client: redis.Redis) -> str:

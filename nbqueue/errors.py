@@ -1,5 +1,33 @@
-"""Every error nbqueue raises on purpose: each says what went wrong and how to fix it."""
+"""Every error nbqueue raises on purpose, in one tree; each says what went wrong and how to fix it.
+
+::
+
+    NbqueueError
+    ├── EnqueueError (ValueError) ........ the call can't be enqueued; nothing was written
+    │   ├── InvalidQueueName ............. a queue name nbqueue does not accept
+    │   └── JobExists .................... the chosen job_id is taken
+    ├── WorkerError (ValueError) ......... a worker can't start as asked
+    ├── InvalidURL (ValueError) .......... a Redis URL nbqueue can't use
+    ├── InvalidConnection (TypeError) .... connection= is no client, URL or None
+    ├── ConnectionFailed (redis.ConnectionError)  the Redis can't be reached
+    ├── ServerError (RuntimeError) ....... the embedded server can't be found, started or stopped
+    ├── InvalidProgress (TypeError, ValueError)  progress() was given no finite number
+    ├── NoSuchJob (LookupError) .......... no job with that id (or it expired)
+    ├── InvalidTransition ................ the job's state does not allow it
+    ├── ResultTimeout (TimeoutError) ..... result(timeout=...) gave up; the job goes on
+    ├── JobCanceled ...................... the job was canceled: no result
+    ├── JobFailed ........................ the job raised on the worker
+    ├── PayloadError ..................... a stored payload can't be loaded
+    └── CodeMismatchError ................ the worker has other source for the function
+
+A builtin in brackets is a second base, so code that catches it (``except ValueError``) keeps
+working. The first line of a message says it all (the ``nbqueue`` command prints only that line);
+later lines are detail, such as a log tail or a worker's traceback. Errors of redis-py itself
+(``redis.ConnectionError`` while a connection is in use, ``redis.ResponseError``) pass through.
+"""
 from __future__ import annotations
+
+import redis
 
 
 class NbqueueError(Exception):
@@ -20,6 +48,26 @@ class JobExists(EnqueueError):
 
 class WorkerError(NbqueueError, ValueError):
     """A worker can't start as asked (a bad name or concurrency)."""
+
+
+class InvalidURL(NbqueueError, ValueError):
+    """A Redis URL nbqueue can't use."""
+
+
+class InvalidConnection(NbqueueError, TypeError):
+    """``connection=`` is neither a ``redis.Redis`` client, a URL nor None."""
+
+
+class ConnectionFailed(NbqueueError, redis.ConnectionError):
+    """nbqueue could not reach the Redis it was told (or chose) to use."""
+
+
+class ServerError(NbqueueError, RuntimeError):
+    """The embedded server could not be found, started or stopped."""
+
+
+class InvalidProgress(NbqueueError, TypeError, ValueError):
+    """``progress()`` was given something other than a finite number."""
 
 
 class NoSuchJob(NbqueueError, LookupError):

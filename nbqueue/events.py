@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -20,6 +21,7 @@ from typing import Any, Iterable, Optional
 import redis
 
 from . import keys
+from .errors import InvalidProgress
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Job, get_current_job
 
 log = logging.getLogger("nbqueue.events")
@@ -45,8 +47,9 @@ def progress(done: float, total: Optional[float] = None, message: Optional[str] 
     (the last report always). Outside a job this warns and does nothing.
     """
     for name, value in (("done", done), ("total", total)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise TypeError(f"progress({name}={value!r}): give a number")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or (isinstance(value, float) and not math.isfinite(value))):
+            raise InvalidProgress(f"progress({name}={value!r}): give a finite number")
     record = {"done": done, "total": total, "message": None if message is None else str(message)}
     job = get_current_job()
     live = _live.get(job.id) if job else (next(iter(_live.values())) if len(_live) == 1 else None)

@@ -25,14 +25,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .errors import ServerError
+
 __all__ = ["EmbeddedServer", "ServerError", "ensure_embedded", "find_binary"]
 
 # sun_path holds 108 bytes on Linux, 104 on macOS/BSD, including the final NUL.
 MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
-
-
-class ServerError(RuntimeError):
-    """The embedded server could not be found, started or stopped."""
 
 
 def find_binary() -> str:
@@ -75,11 +73,14 @@ def default_data_dir() -> Path:
 
 def _private_dir(path: Path) -> None:
     """Create ``path`` (and missing parents) with mode 0700; refuse other users' folders."""
-    missing = [p for p in [path, *path.parents] if not p.exists()]
-    for p in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            p.mkdir(mode=0o700)
-    st = path.stat()
+    try:
+        missing = [p for p in [path, *path.parents] if not p.exists()]
+        for p in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                p.mkdir(mode=0o700)
+        st = path.stat()
+    except OSError as e:
+        raise ServerError(f"can't make the folder {path} ({e.strerror or e}); set NBQUEUE_RUNTIME_DIR/_DATA_DIR") from None
     if st.st_uid != os.getuid():
         raise ServerError(f"{path} belongs to another user; set NBQUEUE_RUNTIME_DIR/_DATA_DIR")
     if st.st_mode & 0o077:
@@ -275,8 +276,8 @@ class EmbeddedServer:
             raise ServerError(f"could not run {self.binary}: {e}") from e
         if done.returncode != 0:
             raise ServerError(
-                f"{self.binary} exited with code {done.returncode}:\n"
-                f"{(done.stdout + done.stderr).strip()}\n{self._log_tail()}"
+                f"the embedded Redis server ({self.binary}) exited with code {done.returncode} at start; "
+                f"see its log {self.logfile}\n{(done.stdout + done.stderr).strip()}\n{self._log_tail()}"
             )
 
     def _wait(self, predicate: Any, timeout: float, what: str, fail_fast: bool = False) -> None:
@@ -287,8 +288,8 @@ class EmbeddedServer:
             if died or time.monotonic() > deadline:
                 reason = "exited" if died else f"did not {what} within {timeout}s"
                 raise ServerError(
-                    f"embedded Redis server ({self.binary}) {reason}; "
-                    f"log {self.logfile}:\n{self._log_tail()}"
+                    f"the embedded Redis server ({self.binary}) {reason}; see its log {self.logfile}\n"
+                    f"{self._log_tail()}"
                 )
             time.sleep(0.005)
 
