@@ -1,10 +1,15 @@
 """Named queues: put calls on them, look at what waits there."""
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 import re
+import reprlib
 import secrets
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import redis
@@ -40,14 +45,74 @@ class Call(NamedTuple):
     job_id: Optional[str] = None
 
 
+YEAR = 365 * 24 * 3600
+MAX_TIMEOUT = YEAR  # a job may run at most this long; longer: timeout=None
+MAX_TTL = 10 * YEAR  # fits Redis EXPIRE with room to spare; longer: None (kept forever)
+MAX_DELAY = 10 * YEAR  # due times in ms stay far below 2**53, where a sorted-set score is exact
+MAX_RETRY_DELAY = 3600  # finish.lua waits at most an hour between retries
+MAX_RETRIES = 1000
+
+
+def _seconds(value: Any) -> Optional[float]:
+    """``value`` as finite float seconds: a real number (int, float, Decimal, Fraction, numpy) or a
+    timedelta; None for anything else (bools, strings, NaN, infinities)."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
+        return None
+    try:
+        seconds = float(value)
+    except (ValueError, OverflowError):  # a signaling NaN, an int or Fraction beyond float range
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+def check_seconds(name: str, value: Any, maximum: float, *, zero: bool = False, none: str = "") -> Optional[float]:
+    """``value`` as float seconds, if it is a number of seconds (or a timedelta) above 0 (or 0 with
+    ``zero``) and at most ``maximum``; None if ``none`` says what None means. Else ``EnqueueError``."""
+    if value is None and none:
+        return None
+    seconds = _seconds(value)
+    if seconds is None or seconds > maximum or (seconds < 0 if zero else seconds <= 0):
+        low = "0 or more" if zero else "more than 0"
+        raise EnqueueError(
+            f"{name}={reprlib.repr(value)} is not valid: give a number of seconds (or a timedelta), {low} and "
+            f"at most {maximum:.0f} ({_span(maximum)})" + (f", or None {none}." if none else ".") + " Nothing was enqueued.")
+    return seconds
+
+
+def check_count(name: str, value: Any, maximum: int = MAX_RETRIES) -> int:
+    """``value`` as an int from 0 to ``maximum`` (ints and numpy integers; not bools), else ``EnqueueError``."""
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or not 0 <= count <= maximum:
+        raise EnqueueError(f"{name}={reprlib.repr(value)} is not valid: give a whole number from 0 to {maximum}. "
+                           f"Nothing was enqueued.")
+    return count
+
+
+def _span(seconds: float) -> str:
+    """``YEAR`` -> "a year", ``3600`` -> "an hour": a bound for people."""
+    for unit, size, one in (("years", YEAR, "a year"), ("days", 86400, "a day"), ("hours", 3600, "an hour")):
+        if seconds >= size and seconds % size == 0:
+            return one if seconds == size else f"{seconds // size:g} {unit}"
+    return f"{seconds:g} s"
+
+
 @dataclass(frozen=True)
 class Options:
-    """Job options, kept apart from the function's own keywords.
+    """Job options, kept apart from the function's own keywords; checked when made.
 
-    ``timeout``: seconds the job may run (None: no limit). ``result_ttl`` / ``failure_ttl``:
-    seconds a finished / failed job is kept (None: forever). ``retries``: re-runs after the job
-    raises, ``retry_delay`` seconds after the first failure, doubling each time (with jitter).
-    ``lost_retries``: re-runs after the worker running it was lost (killed, hung, cut off).
+    ``timeout``: seconds the job may run, more than 0 and at most a year (None: no limit).
+    ``result_ttl`` / ``failure_ttl``: seconds a finished / failed job is kept, more than 0 and at
+    most 10 years, rounded up to whole seconds (None: forever). ``retries``: re-runs after the job
+    raises (0 to 1000), ``retry_delay`` seconds (0 to 3600) after the first failure, doubling each
+    time (with jitter, at most an hour). ``lost_retries``: re-runs after the worker running it was
+    lost (killed, hung, cut off), 0 to 1000. Seconds may be any real number (int, float, Decimal,
+    Fraction, numpy) or a timedelta; NaN, infinities and bools are refused (``inf`` is no way to
+    say "no limit": None is). A bad value raises ``EnqueueError`` naming the option.
     """
 
     timeout: Optional[float] = DEFAULT_TIMEOUT
@@ -56,6 +121,21 @@ class Options:
     retries: int = 0
     retry_delay: float = DEFAULT_RETRY_DELAY
     lost_retries: int = DEFAULT_LOST_RETRIES
+
+    def __post_init__(self) -> None:
+        timeout = check_seconds("timeout", self.timeout, MAX_TIMEOUT, none="for no limit")
+        ttls = [check_seconds(name, getattr(self, name), MAX_TTL, none="to keep it forever")
+                for name in ("result_ttl", "failure_ttl")]
+        checked = {
+            "timeout": _plain(timeout),
+            "result_ttl": None if ttls[0] is None else math.ceil(ttls[0]),  # EXPIRE counts whole seconds
+            "failure_ttl": None if ttls[1] is None else math.ceil(ttls[1]),
+            "retries": check_count("retries", self.retries),
+            "retry_delay": _plain(check_seconds("retry_delay", self.retry_delay, MAX_RETRY_DELAY, zero=True)),
+            "lost_retries": check_count("lost_retries", self.lost_retries),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_keywords(cls, options: dict) -> "Options":
@@ -76,31 +156,37 @@ class Options:
             return []
         pairs: list = []
         for field in fields(self):
-            value, default = getattr(self, field.name), field.default
-            if field.name in ("retries", "lost_retries"):
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise EnqueueError(f"{field.name}={value!r} is not valid: give a whole number, 0 or more.")
-            elif value is None and field.name != "retry_delay":
-                pairs += [field.name, "none"]  # no time limit / keep forever
-                continue
-            elif not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise EnqueueError(f"{field.name}={value!r} is not valid: give a number of seconds > 0"
-                                   + ("." if field.name == "retry_delay" else ", or None for no limit."))
-            if value != default:
-                pairs += [field.name, repr(value)]
+            value = getattr(self, field.name)
+            if value != field.default:
+                pairs += [field.name, "none" if value is None else repr(value)]  # none: no limit / forever
         return pairs
+
+
+def _plain(seconds: Optional[float]) -> Union[int, float, None]:
+    """Whole seconds as an int (stored as "30", not "30.0"), others as a float."""
+    return int(seconds) if seconds is not None and seconds.is_integer() else seconds
 
 
 _DEFAULTS = Options()
 
 
 def _delay_ms(delay: Union[float, timedelta, None]) -> int:
+    """A delay in whole milliseconds (rounded up, so any delay schedules the job); checked."""
     if delay is None:
         return 0
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-        raise EnqueueError(f"delay={delay!r} is not valid: give seconds or a timedelta.")
-    return max(0, int(seconds * 1000))
+    return math.ceil(check_seconds("delay", delay, MAX_DELAY, zero=True) * 1000)
+
+
+def _until(when: Any) -> timedelta:
+    """The delay until ``when`` (0 if it is past), or ``EnqueueError``."""
+    if not isinstance(when, datetime):
+        raise EnqueueError(f"when={reprlib.repr(when)} is not valid: give a datetime, e.g. datetime.now(timezone.utc) + "
+                           f"timedelta(hours=1) (a naive one means local time). Nothing was enqueued.")
+    now = datetime.now(when.tzinfo) if when.tzinfo else datetime.now()
+    delay = max(when - now, timedelta(0))
+    if delay.total_seconds() > MAX_DELAY:
+        raise EnqueueError(f"when={when!r} is more than {_span(MAX_DELAY)} ahead. Nothing was enqueued.")
+    return delay
 
 
 class Queue:
@@ -153,9 +239,9 @@ class Queue:
         return self.enqueue_call(func, args, kwargs, delay=delay)
 
     def enqueue_at(self, when: datetime, func: Callable, *args: Any, **kwargs: Any) -> Job:
-        """Queue ``func(*args, **kwargs)`` at ``when`` (an aware datetime; naive means local time)."""
-        now = datetime.now(when.tzinfo) if when.tzinfo else datetime.now()
-        return self.enqueue_call(func, args, kwargs, delay=when - now)
+        """Queue ``func(*args, **kwargs)`` at ``when`` (an aware datetime; naive means local time),
+        at most 10 years ahead; a time already past queues it now."""
+        return self.enqueue_call(func, args, kwargs, delay=_until(when))
 
     def enqueue_many(
         self,
