@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Optional
+from urllib.parse import urlsplit
 
 import click
+import redis
 
-from .errors import NbqueueError
+from .errors import InvalidTransition, NbqueueError, NoSuchJob
 
 URL_HELP = "Redis URL (redis://, rediss://, unix://, or 'embedded'); default: $NBQUEUE_URL, localhost, else embedded."
 
@@ -16,14 +20,59 @@ def _logging(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
 
 
-class _Group(click.Group):
-    """Turns nbqueue's own errors into one clear line and exit code 1."""
+def _first_line(text: str, default: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else default
+
+
+def _redis_line(exc: redis.RedisError, url: Optional[str]) -> str:
+    """One line for an error of redis-py itself, naming the Redis (its password masked)."""
+    from .connection import EMBEDDED, mask_url
+
+    given = (url or os.environ.get("NBQUEUE_URL") or "").strip()
+    if given == EMBEDDED:
+        where = "the embedded Redis"
+    elif given:
+        where = f"Redis at {mask_url(given)}"
+    else:
+        where = "Redis (localhost or the embedded one; choose with --url or NBQUEUE_URL)"
+    reason = _first_line(str(exc), type(exc).__name__).rstrip(".")
+    password = _password(given)
+    if password:
+        reason = reason.replace(password, "***")
+    if isinstance(exc, redis.AuthenticationError):
+        return f"{where} refused the credentials: {reason}; check the user and password in the URL"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return f"lost the connection to {where}: {reason}; check that it runs and can be reached"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return f"{where} refused a command: {reason}; give the user the permissions nbqueue needs (see the README)"
+    return f"{where} answered with an error: {reason}"
+
+
+def _password(url: str) -> Optional[str]:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+class _Command(click.Command):
+    """Turns nbqueue's own errors, and redis-py's, into one clear line and exit code 1."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except NbqueueError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_first_line(str(exc), type(exc).__name__)) from None
+        except redis.RedisError as exc:
+            raise click.ClickException(_redis_line(exc, ctx.params.get("url"))) from None
+
+
+class _Group(click.Group):
+    """A group whose commands (and subgroups) are ``_Command``s."""
+
+    command_class = _Command
+    group_class = type  # subgroups are _Groups too
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +114,7 @@ def info(url, watch) -> None:
     from .connection import connect, describe
     from .info import render, snapshot, watch_events
 
+    _logging(verbose=False, quiet=True)  # the first line says which Redis: no announcement on stderr
     conn = connect(url)
     click.echo(f"Redis: {describe(conn)}")
     click.echo(render(snapshot(conn)))
@@ -85,14 +135,22 @@ def info(url, watch) -> None:
 def requeue(queue, job_ids, all_failed, url) -> None:
     """Put failed jobs of QUEUE back on it: the given JOB_IDS, or --all."""
     from . import Job, Queue
+    from .connection import describe
 
-    q = Queue(queue, url)
     if all_failed == bool(job_ids):
         raise click.UsageError("give either JOB_IDS or --all")
+    _logging(verbose=False, quiet=True)  # the result line says which Redis
+    q = Queue(queue, url)
     ids = q.failed_job_ids if all_failed else list(job_ids)
+    problems = []
     for job_id in ids:
-        Job(job_id, q.connection).requeue()
-    click.echo(f"requeued {len(ids)} job(s) on {queue}")
+        try:
+            Job(job_id, q.connection).requeue()
+        except (NoSuchJob, InvalidTransition) as exc:
+            problems.append(str(exc))
+    click.echo(f"requeued {len(ids) - len(problems)} job(s) on {queue} at {describe(q.connection)}")
+    if problems:
+        raise click.ClickException(f"{len(problems)} of {len(ids)} job(s) not requeued: {' '.join(problems)}")
 
 
 @main.group()
