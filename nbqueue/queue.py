@@ -7,7 +7,7 @@ import operator
 import re
 import reprlib
 import secrets
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
@@ -56,12 +56,16 @@ MAX_RETRIES = 1000
 def _seconds(value: Any) -> Optional[float]:
     """``value`` as finite float seconds: a real number (int, float, Decimal, Fraction, numpy) or a
     timedelta; None for anything else (bools, strings, NaN, infinities)."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
+    if type(value) is float or type(value) is int:  # the common case first: no ABC checks
+        seconds = value
+    elif isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
         return None
+    else:
+        seconds = value
     try:
-        seconds = float(value)
+        seconds = float(seconds)
     except (ValueError, OverflowError):  # a signaling NaN, an int or Fraction beyond float range
         return None
     return seconds if math.isfinite(seconds) else None
@@ -75,16 +79,17 @@ def check_seconds(name: str, value: Any, maximum: float, *, zero: bool = False, 
     seconds = _seconds(value)
     if seconds is None or seconds > maximum or (seconds < 0 if zero else seconds <= 0):
         low = "0 or more" if zero else "more than 0"
+        alternative = f", or None {none}" if none else ""
         raise EnqueueError(
             f"{name}={reprlib.repr(value)} is not valid: give a number of seconds (or a timedelta), {low} and "
-            f"at most {maximum:.0f} ({_span(maximum)})" + (f", or None {none}." if none else ".") + " Nothing was enqueued.")
+            f"at most {maximum:.0f} ({_span(maximum)}){alternative}. Nothing was enqueued.")
     return seconds
 
 
 def check_count(name: str, value: Any, maximum: int = MAX_RETRIES) -> int:
     """``value`` as an int from 0 to ``maximum`` (ints and numpy integers; not bools), else ``EnqueueError``."""
     try:
-        count = None if isinstance(value, bool) else operator.index(value)
+        count = None if isinstance(value, bool) else int(operator.index(value))  # exactly an int
     except TypeError:
         count = None
     if count is None or not 0 <= count <= maximum:
@@ -123,29 +128,20 @@ class Options:
     lost_retries: int = DEFAULT_LOST_RETRIES
 
     def __post_init__(self) -> None:
-        timeout = check_seconds("timeout", self.timeout, MAX_TIMEOUT, none="for no limit")
-        ttls = [check_seconds(name, getattr(self, name), MAX_TTL, none="to keep it forever")
-                for name in ("result_ttl", "failure_ttl")]
-        checked = {
-            "timeout": _plain(timeout),
-            "result_ttl": None if ttls[0] is None else math.ceil(ttls[0]),  # EXPIRE counts whole seconds
-            "failure_ttl": None if ttls[1] is None else math.ceil(ttls[1]),
-            "retries": check_count("retries", self.retries),
-            "retry_delay": _plain(check_seconds("retry_delay", self.retry_delay, MAX_RETRY_DELAY, zero=True)),
-            "lost_retries": check_count("lost_retries", self.lost_retries),
-        }
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
+        for name, check in _CHECKS.items():
+            value = getattr(self, name)
+            if value is not getattr(Options, name):  # a default is good as it is
+                object.__setattr__(self, name, check(name, value))
 
     @classmethod
     def from_keywords(cls, options: dict) -> "Options":
         if not options:
             return _DEFAULTS
-        unknown = set(options) - {f.name for f in fields(cls)}
+        unknown = options.keys() - _CHECKS.keys()
         if unknown:
             raise EnqueueError(
                 f"Unknown job option(s) {', '.join(sorted(unknown))}: the options are "
-                f"{', '.join(f.name for f in fields(cls))}. To pass keywords to the function, use "
+                f"{', '.join(_CHECKS)}. To pass keywords to the function, use "
                 f"enqueue(f, ...) or the kwargs= argument."
             )
         return cls(**options)
@@ -155,10 +151,10 @@ class Options:
         if self is _DEFAULTS:
             return []
         pairs: list = []
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if value != field.default:
-                pairs += [field.name, "none" if value is None else repr(value)]  # none: no limit / forever
+        for name in _CHECKS:
+            value = getattr(self, name)
+            if value != getattr(Options, name):
+                pairs += [name, "none" if value is None else repr(value)]  # none: no limit / forever
         return pairs
 
 
@@ -167,6 +163,19 @@ def _plain(seconds: Optional[float]) -> Union[int, float, None]:
     return int(seconds) if seconds is not None and seconds.is_integer() else seconds
 
 
+def _ttl(name: str, value: Any) -> Optional[int]:
+    seconds = check_seconds(name, value, MAX_TTL, none="to keep it forever")
+    return None if seconds is None else math.ceil(seconds)  # EXPIRE counts whole seconds
+
+
+_CHECKS: dict = {  # option -> its check, which returns the value to keep (in the order of Options' fields)
+    "timeout": lambda name, value: _plain(check_seconds(name, value, MAX_TIMEOUT, none="for no limit")),
+    "result_ttl": _ttl,
+    "failure_ttl": _ttl,
+    "retries": check_count,
+    "retry_delay": lambda name, value: _plain(check_seconds(name, value, MAX_RETRY_DELAY, zero=True)),
+    "lost_retries": check_count,
+}
 _DEFAULTS = Options()
 
 
@@ -174,14 +183,15 @@ def _delay_ms(delay: Union[float, timedelta, None]) -> int:
     """A delay in whole milliseconds (rounded up, so any delay schedules the job); checked."""
     if delay is None:
         return 0
-    return math.ceil(check_seconds("delay", delay, MAX_DELAY, zero=True) * 1000)
+    return math.ceil((check_seconds("delay", delay, MAX_DELAY, zero=True) or 0.0) * 1000)
 
 
 def _until(when: Any) -> timedelta:
     """The delay until ``when`` (0 if it is past), or ``EnqueueError``."""
     if not isinstance(when, datetime):
-        raise EnqueueError(f"when={reprlib.repr(when)} is not valid: give a datetime, e.g. datetime.now(timezone.utc) + "
-                           f"timedelta(hours=1) (a naive one means local time). Nothing was enqueued.")
+        raise EnqueueError(f"when={reprlib.repr(when)} is not valid: give a datetime, e.g. "
+                           f"datetime.now(timezone.utc) + timedelta(hours=1) (a naive one means local time). "
+                           f"Nothing was enqueued.")
     now = datetime.now(when.tzinfo) if when.tzinfo else datetime.now()
     delay = max(when - now, timedelta(0))
     if delay.total_seconds() > MAX_DELAY:

@@ -80,7 +80,8 @@ def _private_dir(path: Path) -> None:
                 p.mkdir(mode=0o700)
         st = path.stat()
     except OSError as e:
-        raise ServerError(f"can't make the folder {path} ({e.strerror or e}); set NBQUEUE_RUNTIME_DIR/_DATA_DIR") from None
+        reason = e.strerror or e
+        raise ServerError(f"can't make the folder {path} ({reason}); set NBQUEUE_RUNTIME_DIR/_DATA_DIR") from None
     if st.st_uid != os.getuid():
         raise ServerError(f"{path} belongs to another user; set NBQUEUE_RUNTIME_DIR/_DATA_DIR")
     if st.st_mode & 0o077:

@@ -41,7 +41,8 @@ def test_old_homes_and_builtin_bases_still_work():
     from nbqueue.connection import ConnectionFailed, InvalidURL
     from nbqueue.server import ServerError
 
-    assert (ServerError, InvalidURL, ConnectionFailed) == (errors.ServerError, errors.InvalidURL, errors.ConnectionFailed)
+    assert ServerError is errors.ServerError and InvalidURL is errors.InvalidURL
+    assert ConnectionFailed is errors.ConnectionFailed
     assert issubclass(ServerError, RuntimeError) and issubclass(InvalidURL, ValueError)
     assert issubclass(ConnectionFailed, redis.ConnectionError)
     assert issubclass(errors.EnqueueError, ValueError) and issubclass(errors.NoSuchJob, LookupError)
