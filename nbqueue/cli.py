@@ -1,4 +1,9 @@
-"""The ``nbqueue`` command: a thin shell over the public API."""
+"""The ``nbqueue`` command: a thin shell over the public API.
+
+Exit codes: 0 done; 1 an error, told in one line on stderr (every nbqueue error and every error of
+redis-py, naming the Redis with its password masked; never a traceback); 2 bad usage (click's);
+3 ``server status`` when the server is not running.
+"""
 from __future__ import annotations
 
 import logging

@@ -239,13 +239,13 @@ class Queue:
         """Put a call on the queue with job options (see ``Options``).
 
         ``job_id``: your own id (must be new). ``at_front``: run it before the jobs already
-        waiting. ``delay``: seconds (or a timedelta) to wait before it is queued.
+        waiting. ``delay``: seconds (or a timedelta), 0 to 10 years, to wait before it is queued.
         """
         return self.enqueue_many([Call(func, tuple(args), kwargs, job_id)], at_front=at_front, delay=delay,
                                  **options)[0]
 
     def enqueue_in(self, delay: Union[float, timedelta], func: Callable, *args: Any, **kwargs: Any) -> Job:
-        """Queue ``func(*args, **kwargs)`` after ``delay`` seconds (or a timedelta)."""
+        """Queue ``func(*args, **kwargs)`` after ``delay`` seconds (or a timedelta), 0 to 10 years."""
         return self.enqueue_call(func, args, kwargs, delay=delay)
 
     def enqueue_at(self, when: datetime, func: Callable, *args: Any, **kwargs: Any) -> Job:
