@@ -149,3 +149,23 @@ def test_redis_going_away_under_info_watch_is_one_line(private):
             proc.wait()
     run = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert_one_line_error(run, f"lost the connection to Redis at {private.url}")
+
+
+def test_a_password_changed_under_info_watch_is_one_line(private):
+    with private.client() as admin:
+        admin.acl_setuser("watcher", enabled=True, passwords=[f"+{SECRET}"], keys=["*"], channels=["*"],
+                          commands=["+@all"])
+        url = private.url.replace("unix://", f"unix://watcher:{SECRET}@")
+        proc = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "info", "--watch", "--url", url],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: admin.pubsub_numpat() == 1, timeout=30, message="info --watch to subscribe")
+            admin.acl_setuser("watcher", reset_passwords=True, passwords=["+another-one"], enabled=True)
+            admin.client_kill_filter(user="watcher")  # it reconnects, and its password is refused
+            out, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    run = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_one_line_error(run, "unix://watcher:***@", "refused the credentials")
