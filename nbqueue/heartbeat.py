@@ -132,7 +132,7 @@ class Heartbeat(threading.Thread):
                         self._on_request(message["data"])
                 except TakenOver as exc:
                     return str(exc)
-                except (redis.ConnectionError, redis.TimeoutError):
+                except (redis.ConnectionError, redis.TimeoutError, OSError):  # as redis-py reports a lost link
                     pubsub = _close(pubsub)  # the worker's loop reports the lost connection once
                     self._stopped.wait(HEARTBEAT)
                 except Exception:  # a bug, or Redis state broken by hand: log it, never die of it
