@@ -244,7 +244,8 @@ def start_tls_server(tmp_path: Path, certs: dict) -> Optional["TLSRedis"]:
 def make_certificates(folder: Path) -> dict:
     """A self-signed CA and a server certificate it signed, for 127.0.0.1 (openssl CLI)."""
     folder.mkdir()
-    paths = {name: str(folder / name) for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")}
+    names = [f"{who}.{ext}" for who in ("server", "client") for ext in ("key", "csr", "crt")]
+    paths = {name: str(folder / name) for name in ("ca.key", "ca.crt", *names)}
     (folder / "san").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     steps = [
         ["req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", paths["ca.key"], "-out", paths["ca.crt"],
@@ -253,6 +254,10 @@ def make_certificates(folder: Path) -> dict:
          "-subj", "/CN=127.0.0.1"],
         ["x509", "-req", "-in", paths["server.csr"], "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"],
          "-CAcreateserial", "-out", paths["server.crt"], "-days", "2", "-extfile", str(folder / "san")],
+        ["req", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", paths["client.key"], "-out", paths["client.csr"],
+         "-subj", "/CN=nbqueue test client"],
+        ["x509", "-req", "-in", paths["client.csr"], "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"],
+         "-CAcreateserial", "-out", paths["client.crt"], "-days", "2"],
     ]
     for step in steps:
         subprocess.run(["openssl", *step], check=True, capture_output=True, timeout=60)
@@ -307,5 +312,12 @@ def test_tls_with_a_self_signed_ca(tmp_path: Path):
         untrusted = server.url.split("?")[0]  # no CA given: the system's CAs don't know ours
         with pytest.raises(redis.ConnectionError, match="(?i)certificate"):
             redis.Redis.from_url(untrusted, socket_timeout=5).ping()
+
+        admin.config_set("tls-auth-clients", "yes")  # now clients must show a certificate of the CA too
+        with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+            redis.Redis.from_url(server.url, socket_timeout=5, retry=None).ping()
+        mutual = f"{server.url}&ssl_certfile={certs['client.crt']}&ssl_keyfile={certs['client.key']}"
+        assert Queue("tls", mutual).enqueue(nbq_tasks.add, 5, 5).id  # the README's URL form, as given
+        assert redis.Redis.from_url(mutual, socket_timeout=5).llen("nbq:queue:tls") == 1
     finally:
         server.kill()
