@@ -321,3 +321,23 @@ def test_a_canceled_job_is_kept_for_its_result_ttl(redis_client):
         assert job.cancel() == "canceled"
         low, high = expected
         assert low <= redis_client.ttl(f"nbq:job:{job.id}") <= high, options
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_job_key_overwritten_by_hand_does_not_stop_other_renewals(start_worker, redis_client, tmp_path, mode):
+    """One held job's hash replaced by a string made the renew script fail for every job after it."""
+    worker = start_worker("low", "-c", "2", *mode)
+    q = Queue("low", redis_client)
+    broken = _running_job(q, tmp_path, "broken")  # renewed first: the attempts go in the order they started
+    kept = _running_job(q, tmp_path, "kept", 8, "kept")
+    start_worker("low")  # would run the kept job again if its lease lapsed
+    redis_client.delete(f"nbq:job:{broken.id}")
+    redis_client.set(f"nbq:job:{broken.id}", "not a hash")
+    sent, _ = redis_client.time()
+    wait_for(lambda: (redis_client.zscore("nbq:active", kept.id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
+             message="the kept job's lease renewed after the other job's key broke")
+    assert kept.result(timeout=30) == "kept"
+    kept.refresh()
+    assert (kept.attempt, kept.lost, len(kept.workers)) == (1, 0, 1), worker.log()
+    wait_for(lambda: f"{broken.id} nbq_tasks:busy low" in worker.log(), message="the broken job stopped as lost")
+    assert worker.proc.poll() is None
