@@ -4,21 +4,28 @@ Every ``HEARTBEAT`` seconds, in one round trip, it says the worker is alive, ren
 of each attempt the worker holds (learning which it lost and which were canceled), re-queues
 the jobs of workers whose leases lapsed, and moves due scheduled jobs to their queues. In
 between it listens on the worker's control channel, so a cancel arrives at once.
+
+It never dies of a bad message or an error: a malformed request is logged (rate-limited) and
+ignored, any other error is logged and the beat goes on. It ends on purpose only when another
+worker took over its name (leases are held by name, so two workers must not share one); the
+worker then stops taking jobs, gives back the running ones and exits with an error.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import secrets
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import redis
 
 from . import keys
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES
+from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
 
 if TYPE_CHECKING:  # pragma: no cover
     from .worker import Worker
@@ -29,42 +36,113 @@ LEASE = 5.0  # seconds an attempt holds its job without renewal
 HEARTBEAT = 1.0  # seconds between heartbeats
 BATCH = 100  # jobs recovered or promoted per heartbeat at most
 QUIET = 2.5 * HEARTBEAT  # no heartbeat from any worker for this long: Redis (or every worker) was away
+MAX_REQUEST = 1024  # bytes: a control request is a small JSON object
+LOG_EVERY = 10.0  # seconds between two log lines about the same kind of trouble
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+_ATTEMPT = re.compile(r"[0-9]{1,18}")
+
+
+class TakenOver(Exception):
+    """Another worker registered under this worker's name: this one must stop."""
+
+
+class Throttled:
+    """Logs a warning at most once every ``every`` seconds, counting the ones it held back."""
+
+    def __init__(self, every: float = LOG_EVERY):
+        self.every = every
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, message: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        if self._held:
+            message += f" (and {self._held} more like it in the last {self.every:g} s)"
+        log.warning(message, *args, exc_info=exc_info)
+        self._next, self._held = now + self.every, 0
+
+
+def parse_request(data: object) -> tuple:
+    """The ``(job id, attempt)`` of a control request ``{"cancel": id, "attempt": n}`` (attempt 0:
+    whichever attempt runs); ``ValueError`` saying what is wrong with anything else."""
+    if not isinstance(data, bytes) or len(data) > MAX_REQUEST:
+        raise ValueError(f"not a request of at most {MAX_REQUEST} bytes")
+    try:
+        request = json.loads(data.decode())
+    except ValueError:  # not UTF-8, not JSON
+        raise ValueError("not JSON") from None
+    if not isinstance(request, dict):
+        raise ValueError("not a JSON object")
+    job_id, attempt = request.get("cancel"), request.get("attempt")
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise ValueError("'cancel' is not a job id")
+    if attempt is None or attempt is False:  # cancel.lua sends false for a job with no attempt field
+        return job_id, 0
+    if isinstance(attempt, str) and _ATTEMPT.fullmatch(attempt):  # cancel.lua sends the hash field as is
+        attempt = int(attempt)
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+        raise ValueError("'attempt' is not a whole number")
+    return job_id, attempt
 
 
 class Heartbeat(threading.Thread):
-    """The thread; ``stop()`` ends it."""
+    """The thread; ``stop()`` ends it. Ending any other way, it tells ``worker.heartbeat_ended``."""
 
     def __init__(self, worker: "Worker"):
         super().__init__(name=f"nbqueue-heartbeat-{worker.name}", daemon=True)
         self.worker = worker
         self.connection = worker.connection
+        self.token = secrets.token_hex(8)  # tells this worker from another one of the same name
+        self._register = True  # write the token with the next beat
         self._stopped = threading.Event()
+        self._bad_requests = Throttled()
+        self._errors = Throttled()
 
     def stop(self) -> None:
         self._stopped.set()
 
     def run(self) -> None:
+        why = "the heartbeat thread ended unexpectedly"
+        try:
+            why = self._loop() or why
+        finally:  # whatever ended it (a BaseException goes on to threading's excepthook)
+            if not self._stopped.is_set():
+                self.worker.heartbeat_ended(why)
+
+    def _loop(self) -> Optional[str]:
         pubsub = None
         next_beat = 0.0
-        while not self._stopped.is_set():
-            try:
-                if pubsub is None:
-                    pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(keys.control(self.worker.name))
-                now = time.monotonic()
-                if now >= next_beat:
-                    self.beat()
-                    next_beat = now + HEARTBEAT
-                self.worker.enforce_deadlines()
-                wait = min(next_beat, self.worker.next_deadline()) - time.monotonic()
-                message = pubsub.get_message(timeout=max(0.0, wait))
-                if message:
-                    self._on_request(message["data"])
-            except redis.RedisError:
-                pubsub = None  # the worker's loop reports the lost connection once
-                self._stopped.wait(HEARTBEAT)
-        if pubsub is not None:
-            pubsub.close()
+        try:
+            while not self._stopped.is_set():
+                try:
+                    if pubsub is None:
+                        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
+                        pubsub.subscribe(keys.control(self.worker.name))
+                    now = time.monotonic()
+                    if now >= next_beat:
+                        self.beat()
+                        next_beat = now + HEARTBEAT
+                    self.worker.enforce_deadlines()
+                    wait = min(next_beat, self.worker.next_deadline()) - time.monotonic()
+                    message = pubsub.get_message(timeout=max(0.0, wait))
+                    if message:
+                        self._on_request(message["data"])
+                except TakenOver as exc:
+                    return str(exc)
+                except (redis.ConnectionError, redis.TimeoutError, OSError):  # as redis-py reports a lost link
+                    pubsub = _close(pubsub)  # the worker's loop reports the lost connection once
+                    self._stopped.wait(HEARTBEAT)
+                except Exception:  # a bug, or Redis state broken by hand: log it, never die of it
+                    self._errors.warning("worker %s: error in the heartbeat; going on", self.worker.name,
+                                         exc_info=True)
+                    pubsub = _close(pubsub)
+                    self._stopped.wait(HEARTBEAT)
+        finally:
+            _close(pubsub)
+        return None
 
     def beat(self) -> None:
         """One round trip: presence, renewals, recovery, promotion."""
@@ -77,36 +155,59 @@ class Heartbeat(threading.Thread):
             "mode": worker.mode, "concurrency": worker.concurrency, "seen": now,
             "jobs": " ".join(held), "started_at": worker.started_at,
         }
+        registering, self._register = self._register, False
+        if registering:  # only then: a worker that lost its name to another must not write it back
+            presence["token"] = self.token
         commands = [
+            ("HGET", keys.worker(worker.name), "token"),
             ("HSET", keys.worker(worker.name), *[x for pair in presence.items() for x in pair]),
             ("EXPIRE", keys.worker(worker.name), int(HEARTBEAT * 10)),
             ("ZADD", keys.WORKERS, now, worker.name),
             keys.evalsha("recover", [keys.ACTIVE, keys.BEAT],
-                         [DEFAULT_LOST_RETRIES, BATCH, DEFAULT_FAILURE_TTL, int(LEASE * 1000), int(QUIET * 1000)]),
+                         [DEFAULT_LOST_RETRIES, BATCH, DEFAULT_FAILURE_TTL, int(LEASE * 1000), int(QUIET * 1000),
+                          DEFAULT_RESULT_TTL]),
             keys.evalsha("promote", [keys.SCHEDULED], [BATCH]),
         ]
         if held:
             commands.append(keys.evalsha("renew", [keys.ACTIVE], [worker.name, int(LEASE * 1000), *_flat(held)]))
         replies = keys.send(self.connection, *commands)
+        owner = replies[0]
+        if owner is None:  # the hash expired (Redis was away long) or was deleted: register again
+            self._register = True
+        elif owner != self.token.encode() and not registering:
+            raise TakenOver(f"another worker registered as {worker.name} (token {owner[:40]!r}); "
+                            f"two workers must not share a name, as leases are held by name")
         if held:
-            reply = [i.decode() for i in replies[5]]
+            reply = [i.decode() for i in replies[6]]
             split = reply.index("|")
             for job_id in reply[:split]:  # the verdicts are about the attempts we sent
                 worker.interrupt(job_id, "lost", attempt=held[job_id])
             for job_id in reply[split + 1:]:
                 worker.interrupt(job_id, "cancel", attempt=held[job_id])
-        recovered = replies[3]
+        recovered = replies[4]
         if recovered:
             log.warning("re-queued or failed %d job(s) of lost workers: %s", len(recovered),
-                        " ".join(i.decode() for i in recovered))
+                        " ".join(i.decode(errors="replace") for i in recovered))
 
-    def _on_request(self, data: bytes) -> None:
+    def _on_request(self, data: object) -> None:
         try:
-            request = json.loads(data)
-        except ValueError:
+            job_id, attempt = parse_request(data)
+        except ValueError as exc:
+            junk = data[:60] if isinstance(data, bytes) else data
+            self._bad_requests.warning("worker %s: ignored a malformed control message (%s): %r%s",
+                                       self.worker.name, exc, junk, "..." if junk != data else "")
             return
-        if "cancel" in request:
-            self.worker.interrupt(str(request["cancel"]), "cancel", attempt=int(request.get("attempt") or 0))
+        self.worker.interrupt(job_id, "cancel", attempt=attempt)
+
+
+def _close(pubsub: Optional[redis.client.PubSub]) -> None:
+    """Close a pubsub, if any, whatever state its connection is in; returns None."""
+    if pubsub is not None:
+        try:
+            pubsub.close()
+        except Exception:  # its connection is already broken: nothing to close cleanly
+            pass
+    return None
 
 
 def _flat(held: dict) -> list:

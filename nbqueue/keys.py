@@ -14,7 +14,8 @@ Layout (``nbq:`` prefix):
 - ``failed:<name>``     sorted set: failed job id -> time it failed
 - ``log:<id>``          list: the last lines a job printed or logged
 - ``workers``           sorted set: worker name -> last heartbeat (s)
-- ``worker:<name>``     hash: host, pid, queues, mode, started_at (expires without heartbeats)
+- ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
+                        name apart); expires without heartbeats
 - ``wake-worker:<name>``  list the worker's own threads block on too, so a stop wakes them
 - channel ``ev:<id>``   one JSON message per state change of the job
 - channel ``ctl:<worker>``  requests to a worker (cancel a job it runs)

@@ -65,6 +65,7 @@ class Worker:
         self._running: dict[str, Running] = {}
         self._lock = threading.Lock()
         self._redis_down = False
+        self._failure: Optional[str] = None  # why the heartbeat ended, if it did
         self._take_command = keys.evalsha(
             "dequeue", [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues)],
             [self.name, int(LEASE * 1000), *self.queues])
@@ -96,6 +97,8 @@ class Worker:
             restore()
             self._unregister()
             log.info("worker %s stopped after %d job(s)", self.name, self.jobs_run)
+        if self._failure:
+            raise WorkerError(f"worker {self.name} stopped because its heartbeat ended: {self._failure}")
         return self.jobs_run
 
     def _slot(self) -> None:
@@ -133,6 +136,8 @@ class Worker:
         run = Running(taken)
         with self._lock:
             self._running[taken.id] = run
+        if self._failure:  # taken just as the heartbeat ended: nobody would renew its lease
+            run.interrupt("lost")
         started = time.perf_counter()
         try:
             outcome = run.execute(self.connection, self.inline)
@@ -217,6 +222,17 @@ class Worker:
         with self._lock:
             deadlines = [run.deadline for run in self._running.values() if run.deadline is not None and not run.reason]
         return min(deadlines, default=float("inf"))
+
+    def heartbeat_ended(self, why: str) -> None:
+        """Nobody renews the leases any more: take no more jobs, give the running ones back (another
+        worker re-runs them once their leases lapse) and let ``work`` raise ``WorkerError``."""
+        log.error("worker %s: %s; stopping: no more jobs taken, running ones given back", self.name, why)
+        self._failure = why
+        self.request_stop()
+        with self._lock:
+            runs = list(self._running.values())
+        for run in runs:
+            run.interrupt("lost")
 
     # --- stopping -------------------------------------------------------------------------
     def _install_signals(self) -> Callable[[], None]:

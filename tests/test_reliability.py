@@ -12,6 +12,7 @@ import pytest
 import nbq_tasks
 from conftest import wait_for
 from nbqueue import Job, JobCanceled, JobFailed, Queue
+from nbqueue.heartbeat import LEASE
 
 MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 
@@ -27,8 +28,11 @@ class Events:
     def __init__(self, client):
         self.seen: list = []
         self._stop = threading.Event()
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()
         pubsub.psubscribe("nbq:ev:*")
+        confirmed = pubsub.get_message(timeout=10)  # listening for sure before the test goes on
+        assert confirmed and confirmed["type"] == "psubscribe", confirmed
+        pubsub.ignore_subscribe_messages = True
         self._thread = threading.Thread(target=self._listen, args=(pubsub,), daemon=True)
         self._thread.start()
 
@@ -40,7 +44,12 @@ class Events:
                     self.seen.append(json.loads(message["data"]))
 
     def of(self, job_id: str) -> list:
-        return [e for e in self.seen if e["id"] == job_id]
+        return [e for e in list(self.seen) if e["id"] == job_id]
+
+    def wait_for(self, job_id: str, predicate, message: str, timeout: float = 10) -> list:
+        """Wait until ``predicate`` holds for the job's events (they arrive from another thread)."""
+        wait_for(lambda: predicate(self.of(job_id)), timeout, message=f"{message}; events: {self.of(job_id)}")
+        return self.of(job_id)
 
     def close(self) -> None:
         self._stop.set()
@@ -76,8 +85,9 @@ def test_retries_with_growing_delays(start_worker, q, tmp_path, events):
     assert job.result(timeout=30) == 3
     job.refresh()
     assert (job.attempt, job.failures) == (3, 2)
-    delays = [e["delay"] for e in events.of(job.id) if e["status"] == "retrying"]
-    assert len(delays) == 2
+    seen = events.wait_for(job.id, lambda es: [e["status"] for e in es].count("retrying") == 2 and
+                           es[-1]["status"] == "finished", message="two retrying events, then finished")
+    delays = [e["delay"] for e in seen if e["status"] == "retrying"]
     assert 0.1 <= delays[0] <= 0.3 and 0.2 <= delays[1] <= 0.6  # 0.2 s, then 0.4 s, with jitter ±50%
 
 
@@ -110,10 +120,11 @@ def test_cancel_a_running_job(start_worker, q, tmp_path, mode, events):
     assert job.cancel(wait=5) == "canceled"
     with pytest.raises(JobCanceled):
         job.result(timeout=1)
-    statuses = [e["status"] for e in events.of(job.id)]
-    assert statuses[-1] == "canceled"
+    events.wait_for(job.id, lambda es: es and es[-1]["status"] == "canceled", message="the canceled event")
     assert q.enqueue(nbq_tasks.add, 1, 1).result(timeout=10) == 2
-    assert worker.proc.poll() is None and " canceled" in worker.log()
+    line = wait_for(lambda: next((x for x in worker.log().splitlines() if f"{job.id} nbq_tasks:busy low" in x), None),
+                    message="the worker's line for the job")
+    assert worker.proc.poll() is None and line.endswith(" canceled"), line
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -205,3 +216,132 @@ def test_a_job_blocked_in_c_keeps_its_lease(start_worker, q, tmp_path):
     assert job.result(timeout=20) == "kept"
     job.refresh()
     assert job.attempt == 1 and job.lost == 0 and len(job.workers) == 1 and str(holder.pid) in job.worker
+
+
+# --- the heartbeat can't die silently (issue 8, row 3) ----------------------------------------
+JUNK = [
+    b'["cancel"]', b'{"cancel": 5}', b'{"cancel": "x", "attempt": "NaN"}', b'{"cancel": "x", "attempt": NaN}',
+    b'{"cancel": "x", "attempt": Infinity}', b'{"cancel": "x", "attempt": -1}', b'{"cancel": "x", "attempt": 1e308}',
+    b'{"cancel": "x", "attempt": [1]}', b'{"cancel": null}', b'{"cancel": {"id": "x"}}', b'{"cancel": ""}',
+    b'{"cancel": "../../etc"}', b'{}', b"not json {", b"", b"\xff\xfe\x00junk" * 10, bytes(range(256)),
+    b"[1, 2, 3]", b"5", b"null", b"true", b'"cancel"', b"[" * 100_000, b'{"cancel": "' + b"y" * 5000 + b'"}',
+    b"x" * 1_000_000,
+]
+
+
+def _running_job(q, tmp_path, name, *args):
+    flag = tmp_path / name
+    job = q.enqueue(nbq_tasks.sleep_then, *args, str(flag)) if args else q.enqueue(nbq_tasks.busy, 60, str(flag))
+    wait_for(flag.exists, timeout=20, message=f"{name} job start")
+    return job
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_junk_on_the_control_channel_leaves_the_heartbeat_alive(start_worker, redis_client, tmp_path, mode):
+    """Row 3: one `["cancel"]` killed the heartbeat thread; the job's lease lapsed and another
+    worker ran it again. Now each bad message is logged (rate-limited) and ignored."""
+    channel = "nbq:ctl:junk-target"
+    worker = start_worker("low", "solo", "--name", "junk-target", *mode)
+    wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 1, message="the worker listens")
+    job = _running_job(Queue("low", redis_client), tmp_path, "long", 8, "kept")
+    start_worker("low")  # would run the job again if its lease lapsed
+    valid_but_wrong = [{"cancel": job.id, "attempt": "NaN"}, {"cancel": job.id, "attempt": True},
+                       {"cancel": job.id, "attempt": 2}, {"cancel": job.id, "attempt": "2"}]
+    for junk in JUNK + [json.dumps(m).encode() for m in valid_but_wrong]:
+        redis_client.publish(channel, junk)
+    redis_client.zadd("nbq:active", {b"\xff\xfe not utf-8": 0})  # a lapsed lease of junk: the beat logs it
+    redis_client.set("nbq:job:clobbered", "not a hash")  # recover.lua fails on it once: logged, and on we go
+    redis_client.zadd("nbq:active", {"clobbered": 0})
+    for _ in range(300):  # a flood must not flood the log
+        redis_client.publish(channel, b'["cancel"]')
+    sent, _ = redis_client.time()
+    wait_for(lambda: (redis_client.zscore("nbq:active", job.id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
+             message="the lease renewed by beats after the junk")
+
+    assert job.result(timeout=30) == "kept"
+    job.refresh()
+    assert (job.attempt, job.lost, len(job.workers)) == (1, 0, 1), worker.log()
+    log = worker.log()
+    assert "ignored a malformed control message" in log
+    assert log.count("ignored a malformed control message") <= 3, log  # one line per 10 s at most
+    assert worker.proc.poll() is None, log
+    errors = [line for line in log.splitlines() if "error in the heartbeat; going on" in line]
+    assert len(errors) <= 1 and log.count("Traceback") == len(errors), log  # the one error, logged once
+
+    # and a valid request still cancels at once (straight on the channel: no cancel flag for the beat to see)
+    running = _running_job(Queue("solo", redis_client), tmp_path, "solo")
+    assert redis_client.publish(channel, json.dumps({"cancel": running.id, "attempt": 1})) == 1
+    wait_for(lambda: running.status == "canceled", timeout=10, message="the canceled job")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_worker_whose_heartbeat_ends_stops_and_exits_1(start_worker, redis_client, tmp_path, mode):
+    """The heartbeat ends when another worker registers under its name (here: written by hand);
+    the worker must then give back its running job, take no other, and exit 1 — not run on
+    with leases that nobody renews."""
+    worker = start_worker("low", "--name", "twin", "-c", "2", *mode)
+    q = Queue("low", redis_client)
+    job = _running_job(q, tmp_path, "held")
+    wait_for(lambda: redis_client.hget("nbq:worker:twin", "token"), message="the worker's token")
+    redis_client.hset("nbq:worker:twin", "token", "another-process")
+    assert worker.wait(timeout=30) == 1
+    log = worker.log()
+    assert "another worker registered as twin" in log and "its heartbeat ended" in log, log
+    assert f"{job.id} nbq_tasks:busy low" in log and "discarded" in log, log  # its copy was stopped
+    left = q.enqueue(nbq_tasks.add, 1, 1)
+    start_worker("low")  # recovers the job whose lease lapsed, and runs the rest
+    assert left.result(timeout=20) == 2
+    wait_for(lambda: Job.fetch(job.id, redis_client).attempt == 2, timeout=20, message="the job re-run elsewhere")
+    assert Job.fetch(job.id, redis_client).lost == 1
+
+
+# --- every terminal path has its TTL (row 10) ---------------------------------------------------
+def test_a_job_canceled_while_its_worker_is_lost_gets_its_ttl(start_worker, redis_client, tmp_path, events):
+    """Row 10: canceled by the recovery of a lost worker, the job was kept for ever."""
+    lost = start_worker("low", "--name", "doomed", "-c", "2")
+    q = Queue("low", redis_client)
+    flags = [tmp_path / "a", tmp_path / "b"]
+    own = q.enqueue_call(nbq_tasks.busy, (60, str(flags[0])), result_ttl=600)
+    default = q.enqueue_call(nbq_tasks.busy, (60, str(flags[1])))
+    wait_for(lambda: all(f.exists() for f in flags), message="both jobs start")
+    lost.signal(signal.SIGKILL)
+    lost.wait()
+    assert own.cancel(wait=0) == "started" and default.cancel(wait=0) == "started"  # pending: nobody to stop them
+    start_worker("low")  # its heartbeat recovers the lapsed leases
+    for job, ttl in ((own, 600), (default, 24 * 3600)):
+        wait_for(lambda: job.status == "canceled", timeout=30, message="canceled by the recovery")
+        assert ttl - 60 < redis_client.ttl(f"nbq:job:{job.id}") <= ttl
+        seen = events.wait_for(job.id, lambda es: es and es[-1]["status"] == "canceled", message="canceled event")
+        assert {k: seen[-1][k] for k in ("id", "worker", "attempt")} == {"id": job.id, "worker": "doomed", "attempt": 1}
+        with pytest.raises(JobCanceled):
+            job.result(timeout=1)
+
+
+def test_a_canceled_job_is_kept_for_its_result_ttl(redis_client):
+    q = Queue("low", redis_client)
+    for options, expected in (({"result_ttl": 600}, (540, 600)), ({"result_ttl": None}, (-1, -1)),
+                              ({}, (24 * 3600 - 60, 24 * 3600))):
+        job = q.enqueue_call(nbq_tasks.add, (1, 1), delay=60, **options)
+        assert job.cancel() == "canceled"
+        low, high = expected
+        assert low <= redis_client.ttl(f"nbq:job:{job.id}") <= high, options
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_job_key_overwritten_by_hand_does_not_stop_other_renewals(start_worker, redis_client, tmp_path, mode):
+    """One held job's hash replaced by a string made the renew script fail for every job after it."""
+    worker = start_worker("low", "-c", "2", *mode)
+    q = Queue("low", redis_client)
+    broken = _running_job(q, tmp_path, "broken")  # renewed first: the attempts go in the order they started
+    kept = _running_job(q, tmp_path, "kept", 8, "kept")
+    start_worker("low")  # would run the kept job again if its lease lapsed
+    redis_client.delete(f"nbq:job:{broken.id}")
+    redis_client.set(f"nbq:job:{broken.id}", "not a hash")
+    sent, _ = redis_client.time()
+    wait_for(lambda: (redis_client.zscore("nbq:active", kept.id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
+             message="the kept job's lease renewed after the other job's key broke")
+    assert kept.result(timeout=30) == "kept"
+    kept.refresh()
+    assert (kept.attempt, kept.lost, len(kept.workers)) == (1, 0, 1), worker.log()
+    wait_for(lambda: f"{broken.id} nbq_tasks:busy low" in worker.log(), message="the broken job stopped as lost")
+    assert worker.proc.poll() is None

@@ -5,10 +5,15 @@
 -- KEYS[1] active leases, KEYS[2] time of the last heartbeat of any worker
 -- ARGV[1] key prefix, ARGV[2] default number of re-runs after a lost worker, ARGV[3] at most
 -- this many jobs per call, ARGV[4] default failure ttl in seconds, ARGV[5] lease in ms,
--- ARGV[6] longest quiet spell in ms that is still normal.
+-- ARGV[6] longest quiet spell in ms that is still normal, ARGV[7] default result (and cancel) ttl in seconds.
+-- A job canceled or failed here is kept for its own result_ttl / failure_ttl, as on the other paths.
 -- Returns the ids dealt with.
-local prefix, default_reruns, limit, default_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local prefix, default_reruns, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease, quiet = tonumber(ARGV[5]), tonumber(ARGV[6])
+local function expire(key, ttl, default)  -- ttl: the job's field ('none': keep it), else the default
+  if ttl == 'none' then return end
+  redis.call('EXPIRE', key, math.max(1, math.floor(tonumber(ttl) or tonumber(default))))
+end
 local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local now = t[1] .. '.' .. string.format('%06d', t[2])
@@ -24,7 +29,8 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, lim
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local key = prefix .. 'job:' .. id
-  local cur = redis.call('HMGET', key, 'status', 'queue', 'worker', 'lost_retries', 'cancel', 'failure_ttl', 'attempt')
+  local cur = redis.call('HMGET', key, 'status', 'queue', 'worker', 'lost_retries', 'cancel', 'failure_ttl', 'attempt',
+    'result_ttl')
   if cur[1] == 'started' then
     local lost = (tonumber(redis.call('HGET', key, 'lost')) or 0) + 1
     redis.call('HSET', key, 'lost', lost)
@@ -32,7 +38,9 @@ for _, id in ipairs(ids) do
     event.status = 'lost'
     redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode(event))
     if cur[5] then
-      redis.call('HSET', key, 'status', 'canceled', 'ended_at', now)
+      redis.call('HSET', key, 'status', 'canceled', 'ended_at', now,
+        'exc', 'Canceled: the job was canceled while it ran (its worker was lost before it could stop it)')
+      expire(key, cur[8], ARGV[7])
       event.status = 'canceled'
     elseif lost <= (tonumber(cur[4]) or tonumber(default_reruns)) then
       redis.call('HSET', key, 'status', 'queued')
@@ -46,8 +54,7 @@ for _, id in ipairs(ids) do
         .. '(killed, hung or cut off from Redis); its workers were lost ' .. lost .. ' time(s), more than its lost_retries allow'
       redis.call('HSET', key, 'status', 'failed', 'ended_at', now, 'exc', line, 'error', line .. '\n')
       redis.call('ZADD', prefix .. 'failed:' .. cur[2], t[1], id)
-      local ttl = cur[6] or default_ttl
-      if ttl ~= 'none' then redis.call('EXPIRE', key, math.floor(tonumber(ttl))) end
+      expire(key, cur[6], ARGV[4])
       event.status = 'failed'
     end
     redis.call('PUBLISH', prefix .. 'ev:' .. id, cjson.encode(event))

@@ -9,8 +9,9 @@ local deadline = t[1] * 1000 + math.floor(t[2] / 1000) + lease
 local lost, cancel = {}, {}
 for i = 4, #ARGV, 2 do
   local id, attempt = ARGV[i], ARGV[i + 1]
-  local cur = redis.call('HMGET', prefix .. 'job:' .. id, 'worker', 'attempt', 'status', 'cancel')
-  if cur[1] == worker and cur[2] == attempt and cur[3] == 'started' then
+  -- pcall: a job key overwritten by hand (not a hash) counts as lost, and the others are still renewed
+  local cur = redis.pcall('HMGET', prefix .. 'job:' .. id, 'worker', 'attempt', 'status', 'cancel')
+  if cur.err == nil and cur[1] == worker and cur[2] == attempt and cur[3] == 'started' then
     redis.call('ZADD', KEYS[1], deadline, id)
     if cur[4] then cancel[#cancel + 1] = id end
   else
