@@ -6,7 +6,8 @@
     ├── EnqueueError (ValueError) ........ the call can't be enqueued; nothing was written
     │   ├── InvalidQueueName ............. a queue name nbqueue does not accept
     │   └── JobExists .................... the chosen job_id is taken
-    ├── WorkerError (ValueError) ......... a worker can't start as asked
+    ├── WorkerError (ValueError) ......... a worker can't start as asked (or can't go on)
+    │   └── WorkerTakenOver .............. another worker registered under this worker's name
     ├── InvalidURL (ValueError) .......... a Redis URL nbqueue can't use
     ├── InvalidConnection (TypeError) .... connection= is no client, URL or None
     ├── ConnectionFailed (redis.ConnectionError)  the Redis can't be reached
@@ -121,3 +122,7 @@ class JobFailed(NbqueueError):
             return [f"JobFailed: {self.args[0]}"]
         header = f"JobFailed: job {self.job_id} ({self.func}) failed on the worker. Worker traceback:"
         return [header, *self.traceback.rstrip().splitlines()]
+
+
+class WorkerTakenOver(WorkerError):
+    """Another worker registered under this worker's name (leases are held by name): this one stops."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Optional
 import redis
 
 from . import keys
+from .errors import WorkerTakenOver
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,10 +41,6 @@ MAX_REQUEST = 1024  # bytes: a control request is a small JSON object
 LOG_EVERY = 10.0  # seconds between two log lines about the same kind of trouble
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 _ATTEMPT = re.compile(r"[0-9]{1,18}")
-
-
-class TakenOver(Exception):
-    """Another worker registered under this worker's name: this one must stop."""
 
 
 class Throttled:
@@ -130,7 +127,7 @@ class Heartbeat(threading.Thread):
                     message = pubsub.get_message(timeout=max(0.0, wait))
                     if message:
                         self._on_request(message["data"])
-                except TakenOver as exc:
+                except WorkerTakenOver as exc:
                     return str(exc)
                 except (redis.ConnectionError, redis.TimeoutError, OSError):  # as redis-py reports a lost link
                     pubsub = _close(pubsub)  # the worker's loop reports the lost connection once
@@ -175,7 +172,7 @@ class Heartbeat(threading.Thread):
         if owner is None:  # the hash expired (Redis was away long) or was deleted: register again
             self._register = True
         elif owner != self.token.encode() and not registering:
-            raise TakenOver(f"another worker registered as {worker.name} (token {owner[:40]!r}); "
+            raise WorkerTakenOver(f"another worker registered as {worker.name} (token {owner[:40]!r}); "
                             f"two workers must not share a name, as leases are held by name")
         if held:
             reply = [i.decode() for i in replies[6]]
