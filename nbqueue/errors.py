@@ -73,3 +73,12 @@ class JobFailed(NbqueueError):
             return [f"JobFailed: {self.args[0]}"]
         header = f"JobFailed: job {self.job_id} ({self.func}) failed on the worker. Worker traceback:"
         return [header, *self.traceback.rstrip().splitlines()]
+
+
+class RedisFull(NbqueueError):
+    """Redis refused a write because it is full (used memory at ``maxmemory``): nothing was written."""
+
+
+class EvictingRedis(NbqueueError):
+    """Redis may evict keys when full (a ``maxmemory-policy`` other than ``noeviction``), which
+    drops jobs silently; a worker refuses it unless allowed (``--allow-eviction``)."""

@@ -46,11 +46,14 @@ class Worker:
         inline: bool = False,
         burst: bool = False,
         concurrency: int = 1,
+        allow_eviction: bool = False,
     ):
+        """``allow_eviction``: run even on a Redis whose ``maxmemory-policy`` evicts keys (else
+        ``EvictingRedis`` is raised: eviction drops jobs silently)."""
         self.queues = [check_queue_name(q) for q in queues] or ["default"]
         if not isinstance(concurrency, int) or concurrency < 1:
             raise WorkerError(f"concurrency={concurrency!r}: give a whole number of jobs at once, 1 or more.")
-        self.connection = get_connection(connection)
+        self.connection = get_connection(connection, evicting="allow" if allow_eviction else "refuse")
         host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())
         self.name = name or f"{host}.{os.getpid()}.{secrets.token_hex(2)}"
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", self.name):
@@ -170,16 +173,18 @@ class Worker:
         return bool(replies[0]), following
 
     def _redis(self, call: Callable):
-        """Run a Redis call, waiting out a lost connection (logged once) instead of dying."""
+        """Run a Redis call, waiting out a lost connection or a full Redis (logged once) instead of
+        dying. A full Redis refuses a script before it writes anything, so sending again is safe."""
         delay = 0.05
         while True:
             try:
                 result = call()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError) as exc:
                 with self._lock:
                     if not self._redis_down:
                         self._redis_down = True
-                        log.warning("lost Redis at %s (%s); retrying with backoff", describe(self.connection), exc)
+                        what = "Redis is full" if isinstance(exc, redis.exceptions.OutOfMemoryError) else "lost Redis"
+                        log.warning("%s at %s (%s); retrying with backoff", what, describe(self.connection), exc)
                 if self._stopping and not self._running:
                     raise _Stop() from None
                 time.sleep(delay)  # waiting for Redis to come back, not for a job
