@@ -173,18 +173,16 @@ class Worker:
         return bool(replies[0]), following
 
     def _redis(self, call: Callable):
-        """Run a Redis call, waiting out a lost connection or a full Redis (logged once) instead of
-        dying. A full Redis refuses a script before it writes anything, so sending again is safe."""
+        """Run a Redis call, waiting out a lost connection (logged once) instead of dying."""
         delay = 0.05
         while True:
             try:
                 result = call()
-            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
                 with self._lock:
                     if not self._redis_down:
                         self._redis_down = True
-                        what = "Redis is full" if isinstance(exc, redis.exceptions.OutOfMemoryError) else "lost Redis"
-                        log.warning("%s at %s (%s); retrying with backoff", what, describe(self.connection), exc)
+                        log.warning("lost Redis at %s (%s); retrying with backoff", describe(self.connection), exc)
                 if self._stopping and not self._running:
                     raise _Stop() from None
                 time.sleep(delay)  # waiting for Redis to come back, not for a job
