@@ -362,6 +362,9 @@ def check_eviction(client: redis.Redis, evicting: str = "warn") -> None:
             raise
         return  # Redis away: ask at the next contact
     if policy in ("", "noeviction"):
+        if not policy and evicting == "refuse" and client.connection_pool not in _told:
+            logger.warning("nbqueue: could not read the maxmemory-policy of Redis at %s (INFO memory): make sure it "
+                           "is noeviction, or jobs can be evicted silently", describe(client))
         _told.add(client.connection_pool)
         return
     where = describe(client)

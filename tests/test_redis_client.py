@@ -197,3 +197,14 @@ def test_a_full_redis_is_an_nbqueue_error_and_nothing_is_enqueued(private):
         client.config_set("maxmemory", 0)
     q.enqueue(nbq_tasks.add, 1, 2)
     assert len(q) == 2
+
+
+def test_a_worker_that_may_not_read_the_policy_says_so_and_runs(private, workers):
+    with private.client() as admin:
+        admin.acl_setuser("noinfo", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                          commands=["+@all", "-info"], reset=True)
+    url = f"unix://noinfo:pw@{private.unix_socket}"
+    worker = workers("noinfo", "--inline", "--url", url)
+    assert "could not read the maxmemory-policy" in worker.log()
+    job = Queue("noinfo", redis.Redis.from_url(url)).enqueue(nbq_tasks.add, 1, 2)
+    assert job.result(timeout=30) == 3
