@@ -113,6 +113,18 @@ def test_the_first_enqueue_of_each_thread_after_a_restart_succeeds(private, how)
     assert len(q) == 7
 
 
+def test_a_connection_the_server_closed_is_reopened_and_the_command_runs_once(private):
+    client = redis.Redis.from_url(private.url)
+    keys.send(client, ("CLIENT", "SETNAME", "hot-path"))
+    with private.client() as admin:
+        hot = [c for c in admin.client_list() if c["name"] == "hot-path"]
+        assert len(hot) == 1
+        admin.client_kill_filter(_id=hot[0]["id"])  # the server closes it while it is idle
+        assert keys.send(client, ("INCR", "once"), ("INCR", "once")) == [1, 2]
+        assert admin.get("once") == b"2"
+        assert not [c for c in admin.client_list() if c["name"] == "hot-path"]  # a new connection
+
+
 # --- Redis SIGKILLed under workers and under blocked clients ---------------------------------------
 def test_redis_killed_under_workers_and_blocked_clients_loses_nothing(private, workers, tmp_path, caplog):
     executions = tmp_path / "executions.log"
