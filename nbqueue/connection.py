@@ -13,8 +13,8 @@ import os
 import socket
 import sys
 import threading
-from dataclasses import dataclass, field
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple, Union
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -27,8 +27,8 @@ from .errors import EvictingRedis, NbqueueError
 from .server import EmbeddedServer
 
 __all__ = [
-    "ConnectionFailed", "InvalidURL", "Resolved", "client_for", "connect", "describe", "get_connection",
-    "mask_url", "resolve",
+    "ConnectionFailed", "InvalidURL", "Resolved", "SentinelURL", "check_eviction", "client_for", "connect",
+    "describe", "eviction_policy", "get_connection", "mask_url", "resolve",
 ]
 
 LOCAL_URL = "redis://localhost:6379/0"  # probed when nothing is configured
