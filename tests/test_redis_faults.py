@@ -128,19 +128,20 @@ def test_a_connection_the_server_closed_is_reopened_and_the_command_runs_once(pr
 # --- Redis SIGKILLed under workers and under blocked clients ---------------------------------------
 def test_redis_killed_under_workers_and_blocked_clients_loses_nothing(private, workers, tmp_path, caplog):
     executions = tmp_path / "executions.log"
-    client = redis.Redis.from_url(private.url)
+    client = redis.Redis(unix_socket_path=private.unix_socket)  # redis-py's default retries (about 3 s of them)
     q = Queue("killed", client)
-    n = 120
-    jobs = q.enqueue_many([(chaos_tasks.counted, (i, 0.03, str(executions))) for i in range(n)])
-    slow = q.enqueue(nbq_tasks.sleep_then, 3.0, "slow", str(tmp_path / "slow-started"))
+    n = 200
+    slow = q.enqueue(nbq_tasks.sleep_then, 3.0, "slow", str(tmp_path / "slow-started"))  # first: runs at once
+    jobs = q.enqueue_many([(chaos_tasks.counted, (i, 0.05, str(executions))) for i in range(n)])
     fork = workers("killed", "--url", private.url, "-c", "2")
     inline = workers("killed", "--inline", "--url", private.url)
     with caplog.at_level(logging.WARNING, logger="nbqueue"):
         one = _Waiting(lambda: jobs[-1].result(timeout=120))
         blocked = _Waiting(lambda: slow.result(timeout=120))
         group = _Waiting(lambda: Group(jobs).results(timeout=120))
-        wait_for(lambda: sum(_executions(executions).values()) >= 20, 60, message="some jobs to run")
         wait_for(lambda: (tmp_path / "slow-started").exists(), 60, message="the slow job to start")
+        wait_for(lambda: sum(_executions(executions).values()) >= 20, 60, message="some jobs to run")
+        assert one.is_alive() and group.is_alive(), "the jobs ran out before Redis was killed"
 
         def down() -> None:  # keep Redis away well past redis-py's own retries (the old 3 s)
             wait_for(lambda: "lost Redis" in fork.log() and "lost Redis" in inline.log(), 30,
