@@ -16,7 +16,7 @@ import redis
 import chaos_tasks
 import nbq_tasks
 from conftest import TESTS_DIR, WorkerProcess, wait_for
-from nbqueue import Group, Queue, keys
+from nbqueue import Group, Job, Queue, keys
 from nbqueue.connection import client_for, connect
 from nbqueue.job import TERMINAL
 from sentinels import SentinelSetup
@@ -210,16 +210,22 @@ def test_sentinel_failover_while_jobs_run(tmp_path, workers):
                     time.sleep(0.05)
                 time.sleep(0.005)
 
+        gate = tmp_path / "gate"
+        gated = q.enqueue(chaos_tasks.gated, str(gate), "gated")  # runs through the failover, ends after it
         producer = threading.Thread(target=enqueue, daemon=True)
         producer.start()
         try:
             wait_for(lambda: len(acked) >= FAILOVER_JOBS_BEFORE, 60, message="jobs enqueued before the kill")
+            first = dict(list(acked.items())[:FAILOVER_JOBS_BEFORE])
+            group = _Waiting(lambda: Group([Job(i, client) for i in first.values()] + [gated]).results(timeout=120))
             wait_for(lambda: sum(_executions(executions).values()) >= 50, 60, message="jobs running")
             at_kill = len(acked)
             began = time.monotonic()
             setup.kill_master()
             setup.wait_failover()
             failover = time.monotonic() - began
+            assert group.is_alive(), f"Group.results() gave up during the failover: {group.error!r}"
+            gate.touch()
             wait_for(lambda: len(acked) >= at_kill + FAILOVER_JOBS_AFTER, 90, message="enqueues after the failover")
         finally:
             stop.set()
@@ -245,5 +251,8 @@ def test_sentinel_failover_while_jobs_run(tmp_path, workers):
         assert not [s for s in statuses if s not in ("finished", "missing")], collections.Counter(statuses)
         assert len(missing) <= 10, missing  # async replication: at most the last few writes before the kill
         assert fork.proc.poll() is None and inline.proc.poll() is None
+        group.join(timeout=120)  # a client blocked in Group.results() through the failover
+        if not missing:
+            assert group.error is None and group.value == [2 * i for i in first] + ["gated"], group.error
         more = q.enqueue(nbq_tasks.add, 2, 3)  # the deployment goes on
         assert more.result(timeout=60) == 5
