@@ -17,7 +17,8 @@ import redis
 
 from .errors import InvalidTransition, NbqueueError, NoSuchJob
 
-URL_HELP = "Redis URL (redis://, rediss://, unix://, or 'embedded'); default: $NBQUEUE_URL, localhost, else embedded."
+URL_HELP = ("Redis URL (redis://, rediss://, unix://, redis+sentinel://host:port[,...]/service, or 'embedded'); "
+            "default: $NBQUEUE_URL, localhost, else embedded.")
 
 
 def _logging(verbose: bool, quiet: bool) -> None:
@@ -94,9 +95,11 @@ def main() -> None:
 @click.option("-c", "--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
               help="Jobs run at once (a child each in fork mode, a thread each inline).")
 @click.option("--name", help="Worker name (default: host.pid.random).")
+@click.option("--allow-eviction", is_flag=True,
+              help="Run even if Redis's maxmemory-policy evicts keys (which drops jobs silently).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def worker(queues, url, inline, burst, concurrency, name, verbose, quiet) -> None:
+def worker(queues, url, inline, burst, concurrency, name, allow_eviction, verbose, quiet) -> None:
     """Run jobs from QUEUES (default: default), first = highest priority.
 
     The current folder is put on sys.path, so a tasks.py beside you imports.
@@ -108,7 +111,8 @@ def worker(queues, url, inline, burst, concurrency, name, verbose, quiet) -> Non
     for stream in (sys.stdout, sys.stderr):  # jobs' prints show as they happen, even in a log file
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
-    Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency).work()
+    Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency,
+           allow_eviction=allow_eviction).work()
 
 
 @main.command()

@@ -2,7 +2,9 @@
 
 Order: an explicit URL → ``$NBQUEUE_URL`` → a Redis answering on
 ``redis://localhost:6379/0`` → the embedded server (started if needed).
-The URL ``"embedded"`` forces the embedded server.
+The URL ``"embedded"`` forces the embedded server; ``redis+sentinel://`` URLs
+reach the master of a Sentinel-monitored service. On first contact with a Redis
+nbqueue reads its ``maxmemory-policy``: one that evicts keys would drop jobs.
 """
 from __future__ import annotations
 
@@ -11,28 +13,34 @@ import os
 import socket
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field
-from typing import Optional, Union
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Any, Optional, Tuple, Union
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from .errors import ConnectionFailed, InvalidConnection, InvalidURL
+from .errors import ConnectionFailed, EvictingRedis, InvalidConnection, InvalidURL
 from .server import EmbeddedServer
 
 __all__ = [
-    "ConnectionFailed", "InvalidURL", "Resolved", "connect", "describe", "get_connection", "mask_url", "resolve",
+    "ConnectionFailed", "InvalidURL", "Resolved", "SentinelURL", "check_eviction", "client_for", "connect",
+    "describe", "eviction_policy", "get_connection", "mask_url", "resolve",
 ]
 
 LOCAL_URL = "redis://localhost:6379/0"  # probed when nothing is configured
 PROBE_TIMEOUT = 0.25  # seconds for the localhost probe
 CHECK_TIMEOUT = 5.0  # seconds for the first PING of a configured URL
+SENTINEL_TIMEOUT = 2.0  # seconds for a sentinel's answer (which master), so a hung one can't hang us
 EMBEDDED = "embedded"
+SENTINEL_SCHEME = "redis+sentinel"
 URL_FORMS = (
     "redis://[user:password@]host[:port][/db], rediss://... (TLS), "
-    "unix://[user:password@]/path/to/socket[?db=N], or 'embedded'"
+    "unix://[user:password@]/path/to/socket[?db=N], "
+    "redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db], or 'embedded'"
 )
 
 logger = logging.getLogger("nbqueue")
@@ -56,7 +64,7 @@ def mask_url(url: str) -> str:
             userinfo, _, hostinfo = parts.netloc.rpartition("@")
             parts = parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hostinfo}")
         if "password" in parts.query:
-            query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+            query = [(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)]
             parts = parts._replace(query=urlencode(query, safe="*"))
         query = f"?{parts.query}" if parts.query else ""
         return f"{parts.scheme}://{parts.netloc}{parts.path}{query}"
@@ -64,8 +72,91 @@ def mask_url(url: str) -> str:
         return "<unparsable URL>"
 
 
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``.
+
+    The user and password are the Redis servers' (the master's); the query parameters
+    ``sentinel_username`` and ``sentinel_password`` are the sentinels' own, if they need any.
+    """
+
+    sentinels: Tuple[Tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: Optional[str] = None
+    password: Optional[str] = None
+    sentinel_username: Optional[str] = None
+    sentinel_password: Optional[str] = None
+
+    @classmethod
+    def parse(cls, url: str) -> "SentinelURL":
+        """Parse ``url``; ``InvalidURL`` if it is not a well-formed Sentinel URL."""
+        def bad(why: str) -> InvalidURL:
+            return InvalidURL(f"invalid Sentinel URL {mask_url(url)!r} ({why}); use "
+                              f"{SENTINEL_SCHEME}://[user:password@]host:port[,host:port...]/service_name[/db]")
+
+        scheme, sep, rest = url.partition("://")
+        if scheme.lower() != SENTINEL_SCHEME or not sep:
+            raise bad(f"the scheme must be {SENTINEL_SCHEME}")
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        userinfo, at, hostlist = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            username, password = unquote(user) or None, unquote(secret) if colon else None
+        sentinels = tuple(_host_port(item, bad) for item in hostlist.split(","))
+        parts = [unquote(p) for p in path.split("/") if p]
+        if not parts or len(parts) > 2:
+            raise bad("give the service name, and optionally the db, as the path")
+        db = parts[1] if len(parts) == 2 else "0"
+        if not db.isdigit():
+            raise bad(f"db {db!r} is not a number")
+        options = dict(parse_qsl(query))
+        unknown = set(options) - {"sentinel_username", "sentinel_password"}
+        if unknown:
+            raise bad(f"unknown option {sorted(unknown)[0]!r}")
+        return cls(sentinels, parts[0], int(db), username, password,
+                   options.get("sentinel_username"), options.get("sentinel_password"))
+
+
+def _host_port(item: str, bad: Any) -> Tuple[str, int]:
+    """``host:port`` (port 26379 if left out; IPv6 in brackets) of one sentinel."""
+    item = item.strip()
+    if item.startswith("["):
+        host, _, port = item[1:].partition("]")
+        port = port[1:] if port.startswith(":") else port
+    else:
+        host, _, port = item.partition(":")
+    if not host:
+        raise bad("a sentinel address has no host")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise bad(f"sentinel port {port!r} is not a port number")
+    return host, int(port or 26379)
+
+
+def client_for(url: str, **options: Any) -> redis.Redis:
+    """A redis-py client for ``url`` (any form nbqueue accepts but 'embedded'), with ``options``
+    for its connections. A Sentinel URL gives ``Sentinel(...).master_for(service)``: every
+    connection asks the sentinels for the master when it opens."""
+    if not url.lower().startswith(SENTINEL_SCHEME + "://"):
+        return redis.Redis.from_url(url, **options)
+    parsed = SentinelURL.parse(url)
+    sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        sentinel_options[name] = min(options.get(name) or SENTINEL_TIMEOUT, SENTINEL_TIMEOUT)
+    if parsed.sentinel_password is not None:
+        sentinel_options.update(username=parsed.sentinel_username, password=parsed.sentinel_password)
+    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_options)
+    return sentinel.master_for(parsed.service, db=parsed.db, username=parsed.username,
+                               password=parsed.password, **options)
+
+
 def _check_url(url: str) -> None:
     """Raise ``InvalidURL`` unless redis-py accepts ``url``."""
+    if url.lower().startswith(SENTINEL_SCHEME + "://"):
+        SentinelURL.parse(url)
+        return
     try:
         redis.ConnectionPool.from_url(url)
     except (ValueError, TypeError) as e:
@@ -74,9 +165,7 @@ def _check_url(url: str) -> None:
 
 def _ping(url: str, timeout: float) -> None:
     """PING ``url`` once, without retries; raise redis errors."""
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
-    )
+    client = client_for(url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
     try:
         client.ping()
     finally:
@@ -144,7 +233,7 @@ def connect(url: Optional[str] = None) -> redis.Redis:
     if client is None:
         if resolved.source in ("argument", "NBQUEUE_URL"):
             _check_reachable(resolved)
-        client = redis.Redis.from_url(
+        client = client_for(
             resolved.url, decode_responses=False, health_check_interval=30, socket_timeout=None,
             **_keepalive(resolved.url),
         )
@@ -216,24 +305,93 @@ def _announce(resolved: Resolved) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def get_connection(connection: Union[redis.Redis, str, None] = None) -> redis.Redis:
-    """``connection`` if it is a client, else :func:`connect` to it (a URL or None)."""
+def get_connection(connection: Union[redis.Redis, str, None] = None, evicting: str = "warn") -> redis.Redis:
+    """``connection`` if it is a client, else :func:`connect` to it (a URL or None).
+
+    ``evicting`` says what to do if that Redis may evict keys (see :func:`check_eviction`).
+    """
     if connection is None or isinstance(connection, str):
-        return connect(connection)
-    if isinstance(connection, redis.Redis):
-        return connection
-    kind = type(connection).__name__
-    raise InvalidConnection(f"connection must be a redis.Redis, a URL or None, not {kind}")
+        client = connect(connection)
+    elif isinstance(connection, redis.Redis):
+        client = connection
+    else:
+        kind = type(connection).__name__
+        raise InvalidConnection(f"connection must be a redis.Redis, a URL or None, not {kind}")
+    check_eviction(client, evicting)
+    return client
+
+
+# Per connection pool (per client): its server's maxmemory-policy, read once per process.
+_policies: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_told: "weakref.WeakSet[Any]" = weakref.WeakSet()  # pools whose eviction was logged
+
+
+def eviction_policy(client: redis.Redis) -> str:
+    """The ``maxmemory-policy`` of ``client``'s Redis ("" if it can't be read, e.g. a user not
+    allowed INFO), read from ``INFO memory`` (no CONFIG rights needed) once per process."""
+    pool = client.connection_pool
+    policy = _policies.get(pool)
+    if policy is None:
+        try:
+            policy = str(client.info("memory").get("maxmemory_policy", ""))
+        except redis.ResponseError as exc:  # e.g. NOPERM: don't ask again
+            logger.debug("nbqueue: cannot read maxmemory-policy of %s: %s", describe(client), exc)
+            policy = ""
+        _policies[pool] = policy
+    return policy
+
+
+def check_eviction(client: redis.Redis, evicting: str = "warn") -> None:
+    """Act on a Redis that may evict keys when full (a ``maxmemory-policy`` other than
+    ``noeviction``), which drops jobs silently: ``"refuse"`` raises ``EvictingRedis`` (a worker),
+    ``"warn"`` logs a warning once per client (a client), ``"allow"`` logs that it was allowed."""
+    if evicting == "warn" and client.connection_pool in _told:
+        return  # fast: Job() calls this for every job
+    try:
+        policy = eviction_policy(client)
+    except (redis.ConnectionError, redis.TimeoutError):
+        if evicting == "refuse":
+            raise
+        return  # Redis away: ask at the next contact
+    if policy in ("", "noeviction"):
+        if not policy and evicting == "refuse" and client.connection_pool not in _told:
+            logger.warning("nbqueue: could not read the maxmemory-policy of Redis at %s (INFO memory): make sure it "
+                           "is noeviction, or jobs can be evicted silently", describe(client))
+        _told.add(client.connection_pool)
+        return
+    where = describe(client)
+    fix = "CONFIG SET maxmemory-policy noeviction (and in its config file)"
+    if evicting == "refuse":
+        raise EvictingRedis(
+            f"Redis at {where} has maxmemory-policy {policy}: when full it evicts keys, which drops jobs "
+            f"silently; set it to noeviction ({fix}), or start the worker with --allow-eviction.")
+    if client.connection_pool not in _told:
+        _told.add(client.connection_pool)
+        if evicting == "allow":
+            logger.warning("nbqueue: Redis at %s has maxmemory-policy %s, allowed by --allow-eviction: "
+                           "when full it evicts keys, and jobs are lost silently", where, policy)
+        else:
+            logger.warning("nbqueue: Redis at %s has maxmemory-policy %s: when full it evicts keys, which drops "
+                           "jobs silently; set it to noeviction: %s", where, policy, fix)
 
 
 def describe(client: redis.Redis) -> str:
     """A URL-like description of ``client`` with any password masked."""
-    kw = client.connection_pool.connection_kwargs
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
     user = kw.get("username") or ""
     auth = f"{user}:***@" if kw.get("password") else (f"{user}@" if user else "")
     db = int(kw.get("db") or 0)
+    if isinstance(pool, SentinelConnectionPool):
+        hosts = ",".join(_address(s.connection_pool.connection_kwargs) for s in pool.sentinel_manager.sentinels)
+        return f"{SENTINEL_SCHEME}://{auth}{hosts}/{pool.service_name}/{db}"
     if kw.get("path"):
         return f"unix://{auth}{kw['path']}" + (f"?db={db}" if db else "")
-    tls = issubclass(client.connection_pool.connection_class, redis.SSLConnection)
+    tls = issubclass(pool.connection_class, redis.SSLConnection)
     scheme = "rediss" if tls else "redis"
-    return f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{db}"
+    return f"{scheme}://{auth}{_address(kw)}/{db}"
+
+
+def _address(kw: dict) -> str:
+    host = str(kw.get("host", "localhost"))
+    return f"[{host}]:{kw.get('port', 6379)}" if ":" in host else f"{host}:{kw.get('port', 6379)}"

@@ -11,6 +11,8 @@
     ├── InvalidURL (ValueError) .......... a Redis URL nbqueue can't use
     ├── InvalidConnection (TypeError) .... connection= is no client, URL or None
     ├── ConnectionFailed (redis.ConnectionError)  the Redis can't be reached
+    ├── RedisFull ........................ Redis is full (maxmemory): nothing was written
+    ├── EvictingRedis .................... Redis may evict keys when full; a worker refuses it
     ├── ServerError (RuntimeError) ....... the embedded server can't be found, started or stopped
     ├── InvalidProgress (TypeError, ValueError)  progress() was given no finite number
     ├── NoSuchJob (LookupError) .......... no job with that id (or it expired)
@@ -122,6 +124,15 @@ class JobFailed(NbqueueError):
             return [f"JobFailed: {self.args[0]}"]
         header = f"JobFailed: job {self.job_id} ({self.func}) failed on the worker. Worker traceback:"
         return [header, *self.traceback.rstrip().splitlines()]
+
+
+class RedisFull(NbqueueError):
+    """Redis refused a write because it is full (used memory at ``maxmemory``): nothing was written."""
+
+
+class EvictingRedis(NbqueueError):
+    """Redis may evict keys when full (a ``maxmemory-policy`` other than ``noeviction``), which
+    drops jobs silently; a worker refuses it unless allowed (``--allow-eviction``)."""
 
 
 class WorkerTakenOver(WorkerError):

@@ -7,7 +7,7 @@ from typing import Any, Iterator, List, Optional, Sequence
 
 from . import keys
 from .errors import InvalidTransition, NoSuchJob, ResultTimeout
-from .job import Job
+from .job import Job, Waiter
 
 
 class Group:
@@ -22,17 +22,22 @@ class Group:
 
     def results(self, timeout: Optional[float] = None) -> list:
         """Every job's result, in order, waiting up to ``timeout`` seconds in all (``None``: as long
-        as it takes). The first failed job in order raises its ``JobFailed`` (``JobCanceled``)."""
+        as it takes). The first failed job in order raises its ``JobFailed`` (``JobCanceled``).
+        Waits on one connection for all the jobs, through a Redis restart or outage."""
         deadline = None if timeout is None else time.monotonic() + timeout
         values = []
-        for job in self.jobs:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                values.append(job.result(timeout=remaining))
-            except ResultTimeout:
-                done = sum(n for s, n in self.statuses().items() if s in ("finished", "failed", "canceled"))
-                raise ResultTimeout(f"{done} of {len(self)} jobs are done after {timeout} s; "
-                                    f"they go on: call results() again to wait longer.") from None
+        if not self.jobs:
+            return values
+        with Waiter(self.jobs[0].connection, self.ids) as waiter:
+            for job in self.jobs:
+                outcome = waiter.outcome(job.id, deadline)
+                if outcome is None:
+                    unreachable = " (Redis is unreachable)" if waiter.lost else ""
+                    raise ResultTimeout(f"{len(waiter.outcomes)} of {len(self)} jobs are done after {timeout} s"
+                                        f"{unreachable}; they go on: call results() again to wait longer.")
+                if outcome[0] is None:
+                    raise job._missing()
+                values.append(job._value(outcome))
         return values
 
     def statuses(self) -> Counter:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import redis
 
@@ -13,6 +14,8 @@ from . import keys
 from .connection import get_connection
 from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout
 from .serialization import loads_result
+
+logger = logging.getLogger("nbqueue")
 
 QUEUED, SCHEDULED, STARTED = "queued", "scheduled", "started"
 FINISHED, FAILED, CANCELED = "finished", "failed", "canceled"
@@ -26,6 +29,8 @@ DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
 
 _FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc",
            "workers", "failures", "lost")
+OUTCOME = ("status", "result", "error", "exc")  # the job hash fields a waiter reads
+RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
 _current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
 
 
@@ -115,11 +120,14 @@ class Job:
         """The job's return value, waiting up to ``timeout`` seconds (``None``: as long as it takes).
 
         Raises ``JobFailed`` with the worker's traceback, ``JobCanceled``, or ``ResultTimeout``.
-        Waits on the job's event channel, not by polling.
+        Waits on the job's event channel, not by polling, and through a Redis restart or outage.
         """
-        status, result, error, exc = self._outcome()
-        if status not in TERMINAL:
-            status, result, error, exc = self._wait(timeout)
+        return self._value(self._wait(timeout))
+
+    def _value(self, outcome: list) -> Any:
+        """The return value of a job that ended (``outcome``: its ``OUTCOME`` fields, the status
+        decoded, as a ``Waiter`` reads them), or its error raised."""
+        status, result, error, exc = outcome
         if status == FINISHED:
             return loads_result(result)
         if status == FAILED:
@@ -130,35 +138,18 @@ class Job:
     def _func(self) -> str:
         return (self.func_name or "?").replace(":", ".")
 
-    def _outcome(self) -> list:
-        values = self.connection.hmget(keys.job(self.id), "status", "result", "error", "exc")
-        if values[0] is None:
-            raise self._missing()
-        values[0] = values[0].decode()
-        return values
-
     def _wait(self, timeout: Optional[float]) -> list:
+        """The job's outcome once it ended (see ``_value``), waiting up to ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(keys.events(self.id))
-            while True:
-                outcome = self._outcome()  # read after subscribing, so no change is missed
-                if outcome[0] in TERMINAL:
-                    return outcome
-                while True:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise ResultTimeout(
-                            f"job {self.id} ({self._func()}) is still {outcome[0]} after {timeout} s; "
-                            f"it goes on: call result() again to wait longer."
-                        )
-                    # wake at least every few seconds to re-read, in case the connection dropped
-                    message = pubsub.get_message(timeout=5.0 if remaining is None else min(remaining, 5.0))
-                    if message is None or json.loads(message["data"]).get("status") in TERMINAL:
-                        break
-        finally:
-            pubsub.close()
+        with Waiter(self.connection, [self.id]) as waiter:
+            outcome = waiter.outcome(self.id, deadline)
+            if outcome is None:
+                state = "has had no answer from Redis" if waiter.lost else f"is still {waiter.status(self.id)}"
+                raise ResultTimeout(f"job {self.id} ({self._func()}) {state} after {timeout} s; "
+                                    f"it goes on: call result() again to wait longer.")
+        if outcome[0] is None:
+            raise self._missing()
+        return outcome
 
     def cancel(self, wait: Optional[float] = 5.0) -> str:
         """Cancel the job and return its status after that.
@@ -217,3 +208,124 @@ class Job:
             return []
         start = 0 if tail is None else -tail
         return [line.decode(errors="replace") for line in self.connection.lrange(keys.log(self.id), start, -1)]
+
+
+class Waiter:
+    """Waits for jobs to end on one pub/sub connection subscribed to all their event channels,
+    reading their outcomes in pipelines; through a lost or restarted Redis it re-subscribes with
+    backoff and re-reads, until the caller's deadline. Statuses are read after subscribing (and
+    again every ``RECHECK`` s), so no change is missed."""
+
+    def __init__(self, connection: redis.Redis, ids: Iterable[str]):
+        self.connection = connection
+        self.waiting: Dict[str, Optional[str]] = dict.fromkeys(ids)  # id -> last status seen, in order
+        self.outcomes: Dict[str, list] = {}  # id -> outcome of a job that ended (status None: no such job)
+        self._channels = {keys.events(i).encode(): i for i in self.waiting}
+        self._pubsub: Optional[redis.client.PubSub] = None
+        self._read_once = False
+        self.lost = False  # Redis is away (logged once)
+
+    def status(self, job_id: str) -> str:
+        """The status last seen of a job (``?`` if none was read yet)."""
+        outcome = self.outcomes.get(job_id)
+        return (outcome[0] if outcome else self.waiting.get(job_id)) or "?"
+
+    def outcome(self, job_id: str, deadline: Optional[float]) -> Optional[list]:
+        """The outcome of ``job_id`` once it ended; ``None`` if it has not by ``deadline`` (monotonic)."""
+        delay, tried = 0.05, False
+        while job_id not in self.outcomes:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0 and tried:
+                return None
+            tried = True
+            try:
+                if not self._read_once:  # a job that ended already needs no subscription
+                    self._read(list(self.waiting))
+                    self._read_once = True
+                elif self._pubsub is None:
+                    self._subscribe()
+                    self._read(list(self.waiting))
+                else:
+                    ended = self._listen(RECHECK if remaining is None else min(remaining, RECHECK))
+                    self._read(list(self.waiting) if ended is None else ended)
+                if self.lost:
+                    self.lost = False
+                    logger.warning("nbqueue: Redis is back; still waiting for %d job(s)", len(self.waiting))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._close_pubsub()
+                if not self.lost:
+                    self.lost = True
+                    logger.warning("nbqueue: lost Redis while waiting for job(s) (%s); waiting for it to come back",
+                                   exc)
+                pause = delay if remaining is None else max(0.0, min(delay, remaining))
+                time.sleep(pause)  # Redis is away: wait for it, not for a job
+                delay = min(delay * 2, 2.0)
+        return self.outcomes[job_id]
+
+    def _subscribe(self) -> None:
+        pubsub = self.connection.pubsub()
+        try:
+            channels = [keys.events(i).encode() for i in self.waiting]
+            for start in range(0, len(channels), 10_000):
+                pubsub.subscribe(*channels[start:start + 10_000])
+        except BaseException:
+            pubsub.close()
+            raise
+        self._pubsub = pubsub
+
+    def _listen(self, timeout: float) -> Optional[list]:
+        """Ids of jobs whose channel said they ended within ``timeout`` s (every message already
+        there is taken); ``None`` if none did (time to re-read them all)."""
+        assert self._pubsub is not None
+        ended: Dict[str, None] = {}
+        end = time.monotonic() + timeout
+        while len(ended) < 1000:
+            left = 0.0 if ended else end - time.monotonic()
+            message = self._pubsub.get_message(timeout=max(0.0, left))
+            if message is None:
+                if ended or time.monotonic() >= end:
+                    break
+                continue
+            job_id = self._channels.get(message.get("channel"))
+            if message.get("type") != "message" or job_id not in self.waiting:
+                continue
+            try:
+                status = json.loads(message["data"]).get("status")
+            except (ValueError, AttributeError):
+                status = None  # unreadable: read the job itself
+            if status is None or status in TERMINAL:
+                ended[job_id] = None
+        return list(ended) or None
+
+    def _read(self, ids: list) -> None:
+        """Read the outcome of jobs in pipelines; the ones that ended move to ``outcomes``."""
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            with self.connection.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    pipe.hmget(keys.job(job_id), OUTCOME)
+                rows = pipe.execute()
+            for job_id, row in zip(chunk, rows):
+                row[0] = row[0].decode() if row[0] is not None else None
+                if row[0] is None or row[0] in TERMINAL:
+                    self.outcomes[job_id] = row
+                    self.waiting.pop(job_id, None)
+                else:
+                    self.waiting[job_id] = row[0]
+
+    def _close_pubsub(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:  # a dead connection may fail to close; it is dropped either way
+                pass
+            self._pubsub = None
+
+    def close(self) -> None:
+        self._close_pubsub()
+
+    def __enter__(self) -> "Waiter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -25,6 +25,7 @@ Scripts (``scripts/*.lua``) take the prefix as ``ARGV[1]`` and are sent with EVA
 from __future__ import annotations
 
 import os
+import select
 import threading
 import weakref
 from functools import lru_cache
@@ -112,10 +113,14 @@ _local = threading.local()  # per thread: connection pool -> the thread's own co
 def send(client: Redis, *commands: tuple) -> list:
     """Send ``commands`` in one round trip on this thread's own connection; return the replies.
 
-    The hot paths (enqueue, take, finish) use this instead of the client: redis-py's per-command
-    machinery costs more than the round trip itself on loopback (25k vs 65k PINGs/s here). A
-    server that lost its scripts gets them loaded and the commands resent; any other error
-    drops the connection (the next call reconnects) and is raised.
+    The hot paths (enqueue, take, finish, heartbeat) use this instead of the client: redis-py's
+    per-command machinery costs more than the round trip itself on loopback (25k vs 65k PINGs/s
+    here). The connection is one of the client's own pool, opened the pool's way (its Sentinel
+    master lookup, TLS, AUTH), never to a host the client was not given. One found dead before
+    anything was sent on it (the server closed it: a restart) is reopened first; a server that
+    lost its scripts gets them loaded and the commands resent. Any other error drops the
+    connection (the next call reconnects) and is raised: a command that may have run is never
+    sent twice.
     """
     if getattr(_local, "pid", None) != os.getpid():  # a forked child must not share the parent's sockets
         _local.pid, _local.connections = os.getpid(), weakref.WeakKeyDictionary()
@@ -123,9 +128,11 @@ def send(client: Redis, *commands: tuple) -> list:
     conn = _local.connections.get(pool)
     if conn is None:
         conn = _local.connections[pool] = pool.make_connection()
+    packed = conn.pack_commands(commands)
     for attempt in range(2):
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            _ready(conn)
+            conn.send_packed_command(packed)
             return [conn.read_response() for _ in commands]
         except NoScriptError:  # every script is gone (a restart) and every reply read up to here
             conn.disconnect()
@@ -137,3 +144,19 @@ def send(client: Redis, *commands: tuple) -> list:
             conn.disconnect()
             raise
     raise AssertionError("unreachable")
+
+
+def _ready(conn: Any) -> None:
+    """Make ``conn`` fit to send on: connected through ``connect()`` (which a Sentinel-managed
+    connection overrides to ask for the master; sending alone would dial its default host), and
+    with nothing to read while idle: an idle socket that is readable was closed by the server (a
+    restart: it reads EOF) or holds a stray reply; either way it is reopened before anything was
+    sent on it. A poll of the socket costs about a microsecond (redis-py's ``can_read`` several)."""
+    sock = conn._sock  # redis-py's socket (None: not connected); its public is_connected is 5.x+ only
+    if sock is not None:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
+            return
+        conn.disconnect()
+    conn.connect()

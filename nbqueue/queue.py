@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 import redis
 
 from . import keys
-from .connection import get_connection
-from .errors import EnqueueError, InvalidQueueName, JobExists
+from .connection import describe, get_connection
+from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import (
     DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, QUEUED, Job,
 )
@@ -315,7 +315,14 @@ class Queue:
                 with self.connection.pipeline(transaction=True) as pipe:
                     for chunk in chunks:
                         keys.run(pipe, "enqueue", script_keys, head + chunk)
-                    pipe.execute()
+                    replies = pipe.execute(raise_on_error=False)
+                errors = [r for r in replies if isinstance(r, Exception)]
+                if errors:  # each chunk's script runs or not as a whole; the ones before a refusal ran
+                    done = sum(len(c) // 3 for c, r in zip(chunks, replies) if not isinstance(r, Exception))
+                    raise _full(self.connection, done, len(argv) // 3) if isinstance(
+                        errors[0], redis.exceptions.OutOfMemoryError) else errors[0]
+        except redis.exceptions.OutOfMemoryError:
+            raise _full(self.connection, 0, len(argv) // 3) from None
         except redis.ResponseError as exc:
             if "NBQ_EXISTS" in str(exc):
                 job_id = str(exc).split("NBQ_EXISTS", 1)[1].strip()
@@ -398,3 +405,11 @@ class Queue:
         from .group import Group
 
         return Group(self.enqueue_many([Call(func, (item,)) for item in iterable], **job_options))
+
+
+def _full(connection: redis.Redis, done: int, total: int) -> RedisFull:
+    """The error for a Redis that refused to enqueue (OOM), saying how many jobs it took (most often none)."""
+    took = "nothing was enqueued" if not done else f"only {done} of the {total} jobs were enqueued"
+    return RedisFull(f"Redis at {describe(connection)} is full (its used memory reached maxmemory), so it "
+                     f"refused the job(s): {took}. Free memory there (fewer or shorter-lived results, "
+                     f"result_ttl=) or raise its maxmemory (CONFIG SET maxmemory ...).")

@@ -46,11 +46,14 @@ class Worker:
         inline: bool = False,
         burst: bool = False,
         concurrency: int = 1,
+        allow_eviction: bool = False,
     ):
+        """``allow_eviction``: run even on a Redis whose ``maxmemory-policy`` evicts keys (else
+        ``EvictingRedis`` is raised: eviction drops jobs silently)."""
         self.queues = [check_queue_name(q) for q in queues] or ["default"]
         if not isinstance(concurrency, int) or concurrency < 1:
             raise WorkerError(f"concurrency={concurrency!r}: give a whole number of jobs at once, 1 or more.")
-        self.connection = get_connection(connection)
+        self.connection = get_connection(connection, evicting="allow" if allow_eviction else "refuse")
         host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())
         self.name = name or f"{host}.{os.getpid()}.{secrets.token_hex(2)}"
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", self.name):

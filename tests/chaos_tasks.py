@@ -40,3 +40,13 @@ def counted(index, seconds, log_path):
 def _touch(path, text):
     with open(path, "w") as f:
         f.write(text)
+
+
+def gated(path, value, timeout=120):
+    """Wait until the file ``path`` exists (the test opens the gate), then return ``value``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+    return value
