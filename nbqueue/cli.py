@@ -40,13 +40,18 @@ def main() -> None:
 @click.option("-c", "--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
               help="Jobs run at once (a child each in fork mode, a thread each inline).")
 @click.option("--name", help="Worker name (default: host.pid.random).")
+@click.option("--require-signed", is_flag=True,
+              help="Refuse to start without a signing secret ($NBQUEUE_SECRET, $NBQUEUE_SECRET_FILE or the "
+                   "embedded server's).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def worker(queues, url, inline, burst, concurrency, name, verbose, quiet) -> None:
+def worker(queues, url, inline, burst, concurrency, name, require_signed, verbose, quiet) -> None:
     """Run jobs from QUEUES (default: default), first = highest priority.
 
     The current folder is put on sys.path, so a tasks.py beside you imports.
     Ctrl-C (or SIGTERM) finishes the current job, then exits; a second one stops at once.
+    Jobs are checked with the signing secret ($NBQUEUE_SECRET, $NBQUEUE_SECRET_FILE, or the embedded
+    server's) before anything is imported; without a secret it warns that jobs are unsigned.
     """
     from .worker import Worker
 
@@ -54,7 +59,8 @@ def worker(queues, url, inline, burst, concurrency, name, verbose, quiet) -> Non
     for stream in (sys.stdout, sys.stderr):  # jobs' prints show as they happen, even in a log file
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
-    Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency).work()
+    Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency,
+           require_signed=require_signed).work()
 
 
 @main.command()

@@ -73,3 +73,14 @@ class JobFailed(NbqueueError):
             return [f"JobFailed: {self.args[0]}"]
         header = f"JobFailed: job {self.job_id} ({self.func}) failed on the worker. Worker traceback:"
         return [header, *self.traceback.rstrip().splitlines()]
+
+
+class SecretError(NbqueueError, ValueError):
+    """The signing secret can't be used (an empty secret, an unreadable key file)."""
+
+
+class SignatureError(NbqueueError):
+    """A job's or result's signature does not match (or is missing where a secret requires one).
+
+    Nothing was imported or unpickled: the data was changed in Redis, or signed with another secret.
+    """

@@ -9,9 +9,9 @@ from typing import Any, Optional
 
 import redis
 
-from . import keys
+from . import keys, signing
 from .connection import get_connection
-from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout
+from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout, SignatureError
 from .serialization import loads_result
 
 QUEUED, SCHEDULED, STARTED = "queued", "scheduled", "started"
@@ -67,16 +67,19 @@ class Job:
     lost = 0  # attempts whose worker was lost
     exc_info: Optional[str] = None  # "ExceptionType: message" of a failure
 
-    def __init__(self, job_id: str, connection: Optional[redis.Redis] = None, fields: Optional[dict] = None):
+    def __init__(self, job_id: str, connection: Optional[redis.Redis] = None, fields: Optional[dict] = None, *,
+                 secret: signing.Secret = None):
+        """``secret``: to check the result's signature (see ``signing``); default: the queue's default."""
         self.id = job_id
         self.connection = get_connection(connection)
+        self._secret = secret
         if fields:
             self._load(fields)
 
     @classmethod
-    def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None) -> "Job":
+    def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None, *, secret: signing.Secret = None) -> "Job":
         """The job with this id; ``NoSuchJob`` if it does not exist (or has expired)."""
-        job = cls(job_id, connection)
+        job = cls(job_id, connection, secret=secret)
         job.refresh()
         return job
 
@@ -114,13 +117,16 @@ class Job:
     def result(self, timeout: Optional[float] = None) -> Any:
         """The job's return value, waiting up to ``timeout`` seconds (``None``: as long as it takes).
 
-        Raises ``JobFailed`` with the worker's traceback, ``JobCanceled``, or ``ResultTimeout``.
+        Raises ``JobFailed`` with the worker's traceback, ``JobCanceled``, or ``ResultTimeout``;
+        ``SignatureError`` (nothing unpickled) if the result's signature does not match.
         Waits on the job's event channel, not by polling.
         """
-        status, result, error, exc = self._outcome()
-        if status not in TERMINAL:
-            status, result, error, exc = self._wait(timeout)
+        outcome = self._outcome()
+        if outcome[0] not in TERMINAL:
+            outcome = self._wait(timeout)
+        status, result, error, exc = outcome[:4]
         if status == FINISHED:
+            self._check_result(result, outcome[4], outcome[5])
             return loads_result(result)
         if status == FAILED:
             raise JobFailed(self.id, self._func(), exc.decode() if exc else "failed",
@@ -130,8 +136,21 @@ class Job:
     def _func(self) -> str:
         return (self.func_name or "?").replace(":", ".")
 
+    def _check_result(self, result: Optional[bytes], attempt: Optional[bytes], sig: Optional[bytes]) -> None:
+        """Raise ``SignatureError`` unless a worker with our secret wrote this result (when we have one)."""
+        signer = signing.get(self.connection, self._secret)
+        if signer is None:
+            return
+        if signer.outcome_matches(sig, self.id.encode(), attempt or b"", FINISHED.encode(), result or b"", b"", b""):
+            return
+        why = ("carries no signature: the worker that ran it has no secret (give workers the clients' secret)"
+               if not sig else "signature does not match: it was changed in Redis, or signed with another secret")
+        raise SignatureError(f"job {self.id} ({self._func()}): the result {why}; it was not unpickled "
+                             f"(secret from {signer.source}).")
+
     def _outcome(self) -> list:
-        values = self.connection.hmget(keys.job(self.id), "status", "result", "error", "exc")
+        """status, result, error, exc, attempt, rsig (the outcome's signature)."""
+        values = self.connection.hmget(keys.job(self.id), "status", "result", "error", "exc", "attempt", "rsig")
         if values[0] is None:
             raise self._missing()
         values[0] = values[0].decode()

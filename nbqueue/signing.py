@@ -1,0 +1,187 @@
+"""Signed jobs and results: HMAC-SHA256 with a secret the clients and workers share.
+
+A client signs each job over everything a worker acts on (job id, function path, source hash,
+the job options stored with it, and the pickled arguments); the worker checks that signature
+before it imports or unpickles anything, and refuses an unsigned job when it has a secret. The
+worker signs what it records at the end of an attempt (result, or error text), bound to the job
+id, attempt and status; the client checks a result's signature before unpickling it.
+
+The secret, first found wins: ``secret=`` (a string or bytes; or a list, the first signs and all
+verify, for rotation) → ``$NBQUEUE_SECRET`` (with ``$NBQUEUE_OLD_SECRETS``, comma-separated, also
+accepted) → ``$NBQUEUE_SECRET_FILE`` (first line the secret, further lines old secrets) → with the
+embedded server, a per-user secret file created next to its data → none: jobs are unsigned.
+
+Job hash fields: ``sig`` (the job's signature) and ``rsig`` (the outcome's), raw 32-byte digests.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from .errors import SecretError
+
+# the job options a worker acts on, in the order they are signed (the job hash fields of Options)
+OPTION_FIELDS = ("timeout", "result_ttl", "failure_ttl", "retries", "retry_delay", "lost_retries")
+
+Secret = Union[str, bytes, Sequence[Union[str, bytes]], "Signer", None]
+UNSET: Any = object()  # a signer not looked up yet
+
+
+def _netstrings(*parts: bytes) -> bytes:
+    """An unambiguous concatenation: no two different field lists give the same bytes."""
+    return b"".join([b"%d:%b," % (len(p), p) for p in parts])
+
+
+def job_head(func: bytes, code: bytes, options: Sequence[Optional[bytes]]) -> bytes:
+    """The part of a job's signed message shared by jobs of one function and options."""
+    return _netstrings(func, code, *[value or b"" for value in options])  # absent and "" alike
+
+
+def options_of(stored: Sequence) -> list:
+    """The signed option values from ``Options.stored()``'s field/value pairs (absent: None)."""
+    given = dict(zip(stored[::2], stored[1::2]))
+    unknown = set(given) - set(OPTION_FIELDS)
+    if unknown:  # an option the worker would act on but nobody signs: a bug, caught by the tests
+        raise AssertionError(f"options {sorted(unknown)} are not in signing.OPTION_FIELDS")
+    return [str(given[name]).encode() if name in given else None for name in OPTION_FIELDS]
+
+
+class Signer:
+    """Signs with the first secret, verifies against all of them; ``source`` says where they came from."""
+
+    __slots__ = ("_macs", "source")
+
+    def __init__(self, secrets: Sequence[bytes], source: str):
+        if not secrets or not all(secrets):
+            raise SecretError(f"The signing secret from {source} is empty: give at least one character, "
+                              f"e.g. NBQUEUE_SECRET=$(python -c 'import secrets; print(secrets.token_hex(32))').")
+        self._macs = [hmac.new(s, digestmod=hashlib.sha256) for s in secrets]
+        self.source = source
+
+    @staticmethod
+    def _digest(mac: Any, head: bytes, data: bytes) -> bytes:
+        """HMAC of ``head`` then ``data`` with its length (``data`` is not copied: it may be large)."""
+        mac = mac.copy()
+        mac.update(b"%b%d:" % (head, len(data)))
+        mac.update(data)
+        return mac.digest()
+
+    def _matches(self, sig: Optional[bytes], head: bytes, data: bytes) -> bool:
+        return bool(sig) and any(hmac.compare_digest(sig, self._digest(mac, head, data)) for mac in self._macs)
+
+    # a job: the worker checks it before importing or unpickling anything
+    def sign_job(self, job_id: bytes, head: bytes, data: bytes) -> bytes:
+        return self._digest(self._macs[0], b"job,%d:%b,%b" % (len(job_id), job_id, head), data)
+
+    def job_matches(self, sig: Optional[bytes], job_id: bytes, head: bytes, data: bytes) -> bool:
+        return self._matches(sig, b"job,%d:%b,%b" % (len(job_id), job_id, head), data)
+
+    # an outcome: the client checks a result before unpickling it
+    @staticmethod
+    def _outcome_head(job_id: bytes, attempt: bytes, status: bytes, exc: bytes, error: bytes) -> bytes:
+        return b"outcome," + _netstrings(job_id, attempt, status, exc, error)
+
+    def sign_outcome(self, job_id: bytes, attempt: bytes, status: bytes, result: bytes, exc: bytes,
+                     error: bytes) -> bytes:
+        return self._digest(self._macs[0], self._outcome_head(job_id, attempt, status, exc, error), result)
+
+    def outcome_matches(self, sig: Optional[bytes], job_id: bytes, attempt: bytes, status: bytes, result: bytes,
+                        exc: bytes, error: bytes) -> bool:
+        return self._matches(sig, self._outcome_head(job_id, attempt, status, exc, error), result)
+
+    def __repr__(self) -> str:
+        return f"<Signer from {self.source}, {len(self._macs)} secret(s)>"
+
+
+def _encode(value: Union[str, bytes]) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise SecretError(f"A secret must be a string or bytes, not {type(value).__name__}.")
+
+
+def from_value(secret: Secret, source: str = "secret=") -> Optional["Signer"]:
+    """A ``Signer`` for ``secret=``: a string, bytes, a list (first signs), a ``Signer``, or None."""
+    if secret is None or isinstance(secret, Signer):
+        return secret
+    if isinstance(secret, (str, bytes)):
+        return Signer([_encode(secret)], source)
+    return Signer([_encode(s) for s in secret], source)
+
+
+def read_file(path: Union[str, os.PathLike]) -> list:
+    """The secrets in a key file: one a line, the first signs; blank lines are skipped."""
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as exc:
+        raise SecretError(f"Can't read the signing key file {path} ({exc.strerror or exc}): fix the path in "
+                          f"NBQUEUE_SECRET_FILE, or its permissions.") from None
+    secrets = [line.strip() for line in lines if line.strip()]
+    if not secrets:
+        raise SecretError(f"The signing key file {path} is empty: put a secret on its first line.")
+    return secrets
+
+
+def _embedded_secret(connection: Any) -> Optional[Signer]:
+    """The embedded server's per-user secret, if ``connection`` talks to the embedded server."""
+    path = connection.connection_pool.connection_kwargs.get("path")
+    if not path:
+        return None
+    from .server import EmbeddedServer, ServerError
+
+    try:
+        server = EmbeddedServer()
+    except ServerError:  # no embedded server can live here (its socket path would be too long)
+        return None
+    if os.path.realpath(path) != os.path.realpath(server.socket_path):
+        return None
+    try:
+        return Signer([server.secret()], f"the embedded server's key file {server.secret_path}")
+    except (ServerError, OSError) as exc:
+        raise SecretError(f"Can't use the embedded server's signing secret: {exc}") from None
+
+
+_ENV = ("NBQUEUE_SECRET", "NBQUEUE_OLD_SECRETS", "NBQUEUE_SECRET_FILE", "NBQUEUE_RUNTIME_DIR", "NBQUEUE_DATA_DIR")
+_defaults: dict = {}  # (environment, socket path) -> Signer or None, found once
+_lock = threading.Lock()
+
+
+def default(connection: Any) -> Optional[Signer]:
+    """The secret from the environment, a key file, or the embedded server (see the module docstring)."""
+    env = tuple(os.environ.get(name) or "" for name in _ENV)
+    cache_key = (env, connection.connection_pool.connection_kwargs.get("path"))
+    try:
+        return _defaults[cache_key]
+    except KeyError:
+        pass
+    secret, old, key_file = env[:3]
+    if secret:
+        found: Optional[Signer] = Signer(
+            [secret.encode(), *[s.strip().encode() for s in old.split(",") if s.strip()]],
+            "NBQUEUE_SECRET" + (" and NBQUEUE_OLD_SECRETS" if old.strip() else ""))
+    elif key_file:
+        found = Signer(read_file(key_file), f"the key file {key_file} (NBQUEUE_SECRET_FILE)")
+    else:
+        found = _embedded_secret(connection)
+    with _lock:
+        if len(_defaults) > 64:
+            _defaults.clear()
+        _defaults[cache_key] = found
+    return found
+
+
+def get(connection: Any, secret: Secret = None) -> Optional[Signer]:
+    """The ``Signer`` for ``secret=`` if given, else the default for ``connection``; None: unsigned."""
+    return from_value(secret) if secret is not None else default(connection)
+
+
+UNSIGNED_WARNING = (
+    "jobs are unsigned: no secret is set (NBQUEUE_SECRET, NBQUEUE_SECRET_FILE or secret=), so anyone who can "
+    "write to this Redis can make this worker run any code; give clients and workers one secret, and start "
+    "workers with --require-signed to refuse to run without one"
+)
