@@ -59,7 +59,7 @@ class Worker:
         self.signer = signing.get(self.connection, secret)
         if self.signer is None and require_signed:
             raise WorkerError("--require-signed: no signing secret is set; set NBQUEUE_SECRET (or "
-                              "NBQUEUE_SECRET_FILE) to the secret the clients use, or pass secret=.")
+                              "NBQUEUE_SECRET_FILE) to the clients' secret (in Python: Worker(secret=...)).")
         host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())
         self.name = name or f"{host}.{os.getpid()}.{secrets.token_hex(2)}"
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", self.name):
@@ -173,7 +173,8 @@ class Worker:
         """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too."""
         ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
-        args = [taken.id, self.name, taken.attempt, outcome.status, ttl, jitter, *outcome.fields]
+        status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
+        args = [taken.id, self.name, taken.attempt, status, ttl, jitter, *outcome.fields]
         if self.signer is not None:
             args += ["rsig", self._sign(taken, outcome)]
 
