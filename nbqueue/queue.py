@@ -180,7 +180,7 @@ class Queue:
         checked and pickled before anything is written, so a bad one enqueues nothing.
         """
         stored = Options.from_keywords(options).stored()
-        signer, signed = self.signer, signing.options_of(stored)
+        signer = self.signer
         argv: list = []  # per job: id, index of its function, data, signature
         ids: list[str] = []
         funcs: list[bytes] = []
@@ -192,7 +192,7 @@ class Queue:
             if call.func is not last_func:  # many calls of one function are checked once
                 ref, last_func = function_ref(call.func), call.func
                 index = table.setdefault((ref.path, ref.code_hash), len(table) + 1)
-                head = signing.job_head(ref.path.encode(), ref.code_hash.encode(), signed)
+                head = signing.head_for(ref.path, ref.code_hash, stored) if signer else b""
             job_id = self._job_id(call.job_id)
             data = dumps_call(ref, tuple(call.args), dict(call.kwargs or {}))
             argv += [job_id, index, data, signer.sign_job(job_id.encode(), head, data) if signer else b""]

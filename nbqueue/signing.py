@@ -41,6 +41,20 @@ def job_head(func: bytes, code: bytes, options: Sequence[Optional[bytes]]) -> by
     return _netstrings(func, code, *[value or b"" for value in options])  # absent and "" alike
 
 
+_heads: dict = {}  # (path, code hash, *stored options) -> job_head: computed once, not per enqueue
+
+
+def head_for(path: str, code: str, stored: Sequence) -> bytes:
+    """``job_head`` for a function path, its source hash and ``Options.stored()`` pairs (cached)."""
+    key = (path, code, *stored)
+    head = _heads.get(key)
+    if head is None:
+        if len(_heads) > 4096:
+            _heads.clear()
+        head = _heads[key] = job_head(path.encode(), code.encode(), options_of(stored))
+    return head
+
+
 def options_of(stored: Sequence) -> list:
     """The signed option values from ``Options.stored()``'s field/value pairs (absent: None)."""
     given = dict(zip(stored[::2], stored[1::2]))
@@ -50,48 +64,64 @@ def options_of(stored: Sequence) -> list:
     return [str(given[name]).encode() if name in given else None for name in OPTION_FIELDS]
 
 
+def _keyed(secret: bytes) -> Any:
+    """A keyed HMAC-SHA256 to copy for each message: OpenSSL's own object when ``hmac`` uses one
+    (its ``copy()`` costs a third of the wrapper's, on the enqueue path), else the wrapper."""
+    mac = hmac.new(secret, digestmod=hashlib.sha256)
+    inner = getattr(mac, "_hmac", None)
+    return inner if inner is not None and hasattr(inner, "copy") else mac
+
+
 class Signer:
     """Signs with the first secret, verifies against all of them; ``source`` says where they came from."""
 
-    __slots__ = ("_macs", "source")
+    __slots__ = ("_macs", "_heads", "source")
 
     def __init__(self, secrets: Sequence[bytes], source: str):
         if not secrets or not all(secrets):
             raise SecretError(f"The signing secret from {source} is empty: give at least one character, "
                               f"e.g. NBQUEUE_SECRET=$(python -c 'import secrets; print(secrets.token_hex(32))').")
-        self._macs = [hmac.new(s, digestmod=hashlib.sha256) for s in secrets]
+        self._macs = [_keyed(s) for s in secrets]
+        self._heads: dict = {}  # job head -> the signing HMAC with b"job," + head absorbed already
         self.source = source
 
     @staticmethod
     def _digest(mac: Any, head: bytes, data: bytes) -> bytes:
-        """HMAC of ``head`` then ``data`` with its length (``data`` is not copied: it may be large)."""
+        """HMAC of ``head`` then ``data`` (not copied: it may be large); ``head`` ends with its length."""
         mac = mac.copy()
-        mac.update(b"%b%d:" % (head, len(data)))
+        mac.update(head)
         mac.update(data)
         return mac.digest()
 
     def _matches(self, sig: Optional[bytes], head: bytes, data: bytes) -> bool:
         return bool(sig) and any(hmac.compare_digest(sig, self._digest(mac, head, data)) for mac in self._macs)
 
-    # a job: the worker checks it before importing or unpickling anything
+    # a job, b"job," + head + id + data: the worker checks it before importing or unpickling anything
     def sign_job(self, job_id: bytes, head: bytes, data: bytes) -> bytes:
-        return self._digest(self._macs[0], b"job,%d:%b,%b" % (len(job_id), job_id, head), data)
+        mac = self._heads.get(head)
+        if mac is None:  # once per function and options
+            mac = self._macs[0].copy()
+            mac.update(b"job," + head)
+            if len(self._heads) > 1024:
+                self._heads.clear()
+            self._heads[head] = mac
+        return self._digest(mac, b"%d:%b,%d:" % (len(job_id), job_id, len(data)), data)
 
     def job_matches(self, sig: Optional[bytes], job_id: bytes, head: bytes, data: bytes) -> bool:
-        return self._matches(sig, b"job,%d:%b,%b" % (len(job_id), job_id, head), data)
+        return self._matches(sig, b"job,%b%d:%b,%d:" % (head, len(job_id), job_id, len(data)), data)
 
     # an outcome: the client checks a result before unpickling it
     @staticmethod
-    def _outcome_head(job_id: bytes, attempt: bytes, status: bytes, exc: bytes, error: bytes) -> bytes:
-        return b"outcome," + _netstrings(job_id, attempt, status, exc, error)
+    def _outcome_head(job_id: bytes, attempt: bytes, status: bytes, exc: bytes, error: bytes, result: bytes) -> bytes:
+        return b"outcome,%b%d:" % (_netstrings(job_id, attempt, status, exc, error), len(result))
 
     def sign_outcome(self, job_id: bytes, attempt: bytes, status: bytes, result: bytes, exc: bytes,
                      error: bytes) -> bytes:
-        return self._digest(self._macs[0], self._outcome_head(job_id, attempt, status, exc, error), result)
+        return self._digest(self._macs[0], self._outcome_head(job_id, attempt, status, exc, error, result), result)
 
     def outcome_matches(self, sig: Optional[bytes], job_id: bytes, attempt: bytes, status: bytes, result: bytes,
                         exc: bytes, error: bytes) -> bool:
-        return self._matches(sig, self._outcome_head(job_id, attempt, status, exc, error), result)
+        return self._matches(sig, self._outcome_head(job_id, attempt, status, exc, error, result), result)
 
     def __repr__(self) -> str:
         return f"<Signer from {self.source}, {len(self._macs)} secret(s)>"

@@ -31,9 +31,13 @@ local ids = {}
 for i = first, #ARGV, 4 do
   local id, fn = ARGV[i], funcs + 2 * (tonumber(ARGV[i + 1]) - 1)
   local key = prefix .. 'job:' .. id
-  redis.call('HSET', key, 'func', ARGV[fn], 'data', ARGV[i + 2], 'code', ARGV[fn + 1],
-    'queue', queue, 'status', status, 'enqueued_at', now, unpack(options))
-  if ARGV[i + 3] ~= '' then redis.call('HSET', key, 'sig', ARGV[i + 3]) end
+  if ARGV[i + 3] == '' then  -- unsigned
+    redis.call('HSET', key, 'func', ARGV[fn], 'data', ARGV[i + 2], 'code', ARGV[fn + 1],
+      'queue', queue, 'status', status, 'enqueued_at', now, unpack(options))
+  else
+    redis.call('HSET', key, 'func', ARGV[fn], 'data', ARGV[i + 2], 'code', ARGV[fn + 1], 'sig', ARGV[i + 3],
+      'queue', queue, 'status', status, 'enqueued_at', now, unpack(options))
+  end
   ids[#ids + 1] = id
   if delay > 0 then redis.call('ZADD', KEYS[4], due, id) end
   -- ids and queue names are plain (letters, digits, '_', '-', '.'): no JSON escaping needed
