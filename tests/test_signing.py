@@ -158,7 +158,7 @@ def test_a_forged_result_is_refused_without_unpickling(start_worker, redis_clien
         forged.result()
     assert not unpickled.exists()
     monkeypatch.delenv("NBQUEUE_SECRET")  # the control: a client without a secret unpickles it
-    Job.fetch("forged", redis_client).result()
+    Job.fetch("forged", redis_client).result().close()  # the file object its unpickling opened
     assert unpickled.exists()
 
 
@@ -260,3 +260,20 @@ def test_racing_starters_agree_on_one_secret():
     with pytest.raises(ServerError, match="mode 0600"):
         EmbeddedServer(tmp_path / "run", data).secret()
     shutil.rmtree(tmp_path)
+
+
+def test_the_python_api_takes_the_secret(redis_client, monkeypatch):
+    """``Queue(secret=)``, ``Worker(secret=)``, ``Job.fetch(secret=)``; a burst worker in this process."""
+    from nbqueue import Worker
+    from nbqueue.errors import WorkerError
+
+    monkeypatch.delenv("NBQUEUE_SECRET")
+    with pytest.raises(WorkerError, match="--require-signed: no signing secret"):
+        Worker(["api"], redis_client, require_signed=True)
+    ours, theirs = Queue("api", redis_client, secret="ours"), Queue("api", redis_client, secret="theirs")
+    good, bad = ours.enqueue(nbq_tasks.add, 1, 2), theirs.enqueue(nbq_tasks.add, 1, 2)
+    assert Worker(["api"], redis_client, secret=["ours", "older"], inline=True, burst=True,
+                  require_signed=True).work() == 2
+    assert good.result() == 3 and Job.fetch(good.id, redis_client, secret="ours").result() == 3
+    with pytest.raises(JobFailed, match=MISMATCH):
+        bad.result()
