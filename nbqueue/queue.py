@@ -186,16 +186,16 @@ class Queue:
         funcs: list[bytes] = []
         table: dict = {}  # (path, code hash) -> index: each function travels once per script call
         chosen: list[str] = []  # ids the caller picked; random ones can't clash
-        last_func, index, head = None, 0, b""
+        last_func, index, mac = None, 0, None
         for call in calls:
             call = call if isinstance(call, Call) else Call(*call)
             if call.func is not last_func:  # many calls of one function are checked once
                 ref, last_func = function_ref(call.func), call.func
                 index = table.setdefault((ref.path, ref.code_hash), len(table) + 1)
-                head = signing.head_for(ref.path, ref.code_hash, stored) if signer else b""
+                mac = signer.job_mac(ref.path, ref.code_hash, stored) if signer else None
             job_id = self._job_id(call.job_id)
             data = dumps_call(ref, tuple(call.args), dict(call.kwargs or {}))
-            argv += [job_id, index, data, signer.sign_job(job_id.encode(), head, data) if signer else b""]
+            argv += [job_id, index, data, signing.Signer.sign_job(mac, job_id, data) if mac is not None else b""]
             ids.append(job_id)
             funcs.append(ref.path.encode())
             if call.job_id is not None:

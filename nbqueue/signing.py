@@ -41,20 +41,6 @@ def job_head(func: bytes, code: bytes, options: Sequence[Optional[bytes]]) -> by
     return _netstrings(func, code, *[value or b"" for value in options])  # absent and "" alike
 
 
-_heads: dict = {}  # (path, code hash, *stored options) -> job_head: computed once, not per enqueue
-
-
-def head_for(path: str, code: str, stored: Sequence) -> bytes:
-    """``job_head`` for a function path, its source hash and ``Options.stored()`` pairs (cached)."""
-    key = (path, code, *stored)
-    head = _heads.get(key)
-    if head is None:
-        if len(_heads) > 4096:
-            _heads.clear()
-        head = _heads[key] = job_head(path.encode(), code.encode(), options_of(stored))
-    return head
-
-
 def options_of(stored: Sequence) -> list:
     """The signed option values from ``Options.stored()``'s field/value pairs (absent: None)."""
     given = dict(zip(stored[::2], stored[1::2]))
@@ -82,7 +68,7 @@ class Signer:
             raise SecretError(f"The signing secret from {source} is empty: give at least one character, "
                               f"e.g. NBQUEUE_SECRET=$(python -c 'import secrets; print(secrets.token_hex(32))').")
         self._macs = [_keyed(s) for s in secrets]
-        self._heads: dict = {}  # job head -> the signing HMAC with b"job," + head absorbed already
+        self._heads: dict = {}  # (path, code hash, *stored options) -> job_mac
         self.source = source
 
     @staticmethod
@@ -97,15 +83,23 @@ class Signer:
         return bool(sig) and any(hmac.compare_digest(sig, self._digest(mac, head, data)) for mac in self._macs)
 
     # a job, b"job," + head + id + data: the worker checks it before importing or unpickling anything
-    def sign_job(self, job_id: bytes, head: bytes, data: bytes) -> bytes:
-        mac = self._heads.get(head)
-        if mac is None:  # once per function and options
+    def job_mac(self, path: str, code: str, stored: Sequence) -> Any:
+        """The signing HMAC with what jobs of one function and options share absorbed (made once)."""
+        key = (path, code, *stored)
+        mac = self._heads.get(key)
+        if mac is None:
             mac = self._macs[0].copy()
-            mac.update(b"job," + head)
+            mac.update(b"job," + job_head(path.encode(), code.encode(), options_of(stored)))
             if len(self._heads) > 1024:
                 self._heads.clear()
-            self._heads[head] = mac
-        return self._digest(mac, b"%d:%b,%d:" % (len(job_id), job_id, len(data)), data)
+            self._heads[key] = mac
+        return mac
+
+    @staticmethod
+    def sign_job(mac: Any, job_id: str, data: bytes) -> bytes:
+        """A job's signature, from ``job_mac`` of its function and options."""
+        job_id_bytes = job_id.encode()
+        return Signer._digest(mac, b"%d:%b,%d:" % (len(job_id_bytes), job_id_bytes, len(data)), data)
 
     def job_matches(self, sig: Optional[bytes], job_id: bytes, head: bytes, data: bytes) -> bool:
         return self._matches(sig, b"job,%b%d:%b,%d:" % (head, len(job_id), job_id, len(data)), data)

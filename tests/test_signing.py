@@ -184,9 +184,14 @@ def test_key_file_with_old_secrets(tmp_path, monkeypatch, redis_client):
     monkeypatch.setenv("NBQUEUE_SECRET_FILE", str(key_file))
     signer = signing.default(redis_client)
     head = signing.job_head(b"m:f", b"", [None] * 6)
-    assert signer.job_matches(signing.Signer([b"previous"], "x").sign_job(b"id", head, b"data"), b"id", head, b"data")
-    assert signer.sign_job(b"id", head, b"data") == signing.Signer([b"current"], "x").sign_job(b"id", head, b"data")
-    assert not signer.job_matches(signing.Signer([b"other"], "x").sign_job(b"id", head, b"data"), b"id", head, b"data")
+
+    def sign(by: signing.Signer) -> bytes:
+        return by.sign_job(by.job_mac("m:f", "", []), "id", b"data")
+
+    assert signer.job_matches(sign(signing.Signer([b"previous"], "x")), b"id", head, b"data")
+    assert sign(signer) == sign(signing.Signer([b"current"], "x"))
+    assert not signer.job_matches(sign(signing.Signer([b"other"], "x")), b"id", head, b"data")
+    assert not signer.job_matches(sign(signer), b"id2", head, b"data")
     key_file.write_text("\n")
     monkeypatch.setenv("NBQUEUE_SECRET_FILE", str(tmp_path / "key"))  # same name: cached ...
     monkeypatch.setenv("NBQUEUE_OLD_SECRETS", "x")  # ... until the environment changes
