@@ -66,6 +66,29 @@ def test_every_option_a_worker_acts_on_is_signed():
     assert {f.name for f in fields(Options)} == set(signing.OPTION_FIELDS)
 
 
+@pytest.mark.parametrize("secret", [b"k", os.urandom(64), os.urandom(65), "ünïcode".encode()])
+def test_signatures_are_hmac_sha256_of_the_canonical_message(secret):
+    """What both sides compute: netstrings of function, source hash, the six options, the id, the data."""
+    import hmac
+
+    signer = signing.Signer([secret], "test")
+    stored = ["timeout", "30", "retries", "2"]
+    options = [b"30", None, None, b"2", None, None]
+    head = signing.job_head(b"m:f", b"c0de", options)
+    assert head == b"3:m:f,4:c0de,2:30,0:,0:,1:2,0:,0:,"
+    data = os.urandom(5000)
+    sig = signer.sign_job(signer.job_mac("m:f", "c0de", stored), "job1", data)
+    assert sig == hmac.new(secret, b"job," + head + b"4:job1,5000:" + data, "sha256").digest()
+    assert signer.job_matches(sig, b"job1", head, data)
+    for changed in ((b"job2", head, data), (b"job1", signing.job_head(b"m:g", b"c0de", options), data),
+                    (b"job1", head, data[:-1])):
+        assert not signer.job_matches(sig, *changed)
+    result = signer.sign_outcome(b"job1", b"1", b"finished", b"\x80result", b"", b"")
+    assert signer.outcome_matches(result, b"job1", b"1", b"finished", b"\x80result", b"", b"")
+    assert not signer.outcome_matches(result, b"job1", b"2", b"finished", b"\x80result", b"", b"")
+    assert not signer.outcome_matches(None, b"job1", b"1", b"finished", b"\x80result", b"", b"")
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_signed_jobs_run_and_their_results_are_checked(start_worker, redis_client, mode):
     start_worker("sig", "--require-signed", *mode)
