@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     with Server(args.server_binary or find_binary(), unix=args.unix) as server:
         client = redis.Redis.from_url(server.url, socket_timeout=None)
-        queues = {"unsigned": Queue("bench", client, secret=None), "signed": Queue("bench", client, secret="bench")}
+        queues = {"unsigned": Queue("bench", client), "signed": Queue("bench", client, secret="bench")}
         queues["unsigned"]._signer = None  # not the environment's default: no secret at all
         for q in queues.values():
             for _ in range(200):
