@@ -20,6 +20,7 @@ from .errors import (
     NoSuchJob,
     PayloadError,
     ResultTimeout,
+    SignatureError,
 )
 from .events import progress
 from .group import Group
@@ -32,7 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Call", "CodeMismatchError", "EnqueueError", "Group", "InvalidQueueName", "InvalidTransition", "Job",
     "JobCanceled", "JobExists", "JobFailed", "NbqueueError", "NoSuchJob", "Options", "PayloadError", "Queue",
-    "ResultTimeout", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension", "progress",
+    "ResultTimeout", "SignatureError", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension",
+    "progress",
 ]
 
 

@@ -97,13 +97,18 @@ def main() -> None:
 @click.option("--name", help="Worker name (default: host.pid.random).")
 @click.option("--allow-eviction", is_flag=True,
               help="Run even if Redis's maxmemory-policy evicts keys (which drops jobs silently).")
+@click.option("--require-signed", is_flag=True,
+              help="Refuse to start without a signing secret ($NBQUEUE_SECRET, $NBQUEUE_SECRET_FILE or the "
+                   "embedded server's).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def worker(queues, url, inline, burst, concurrency, name, allow_eviction, verbose, quiet) -> None:
+def worker(queues, url, inline, burst, concurrency, name, allow_eviction, require_signed, verbose, quiet) -> None:
     """Run jobs from QUEUES (default: default), first = highest priority.
 
     The current folder is put on sys.path, so a tasks.py beside you imports.
     Ctrl-C (or SIGTERM) finishes the current job, then exits; a second one stops at once.
+    Jobs are checked with the signing secret ($NBQUEUE_SECRET, $NBQUEUE_SECRET_FILE, or the embedded
+    server's) before anything is imported; without a secret it warns that jobs are unsigned.
     """
     from .worker import Worker
 
@@ -112,7 +117,7 @@ def worker(queues, url, inline, burst, concurrency, name, allow_eviction, verbos
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
     Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency,
-           allow_eviction=allow_eviction).work()
+           allow_eviction=allow_eviction, require_signed=require_signed).work()
 
 
 @main.command()

@@ -137,3 +137,14 @@ class EvictingRedis(NbqueueError):
 
 class WorkerTakenOver(WorkerError):
     """Another worker registered under this worker's name (leases are held by name): this one stops."""
+
+
+class SecretError(NbqueueError, ValueError):
+    """The signing secret can't be used (an empty secret, an unreadable key file)."""
+
+
+class SignatureError(NbqueueError):
+    """A job's or result's signature does not match (or is missing where a secret requires one).
+
+    Nothing was imported or unpickled: the data was changed in Redis, or signed with another secret.
+    """

@@ -14,6 +14,7 @@ import traceback
 from typing import Any, NamedTuple, Optional
 
 from . import job as jobs
+from . import signing
 from .errors import CodeMismatchError, PayloadError
 from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
@@ -31,16 +32,34 @@ class Taken(NamedTuple):
     timeout: Optional[float]  # None: no limit
     result_ttl: int  # -1: keep forever
     failure_ttl: int
+    refused: str = ""  # why the signature check refused the job ("": it may run)
 
     @classmethod
-    def from_reply(cls, reply: list) -> "Taken":
-        queue, job_id, attempt, func, data, code, timeout, result_ttl, failure_ttl = reply
+    def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> "Taken":
+        """The dequeue script's reply, its signature checked with ``signer`` (None: unsigned mode)."""
+        queue, job_id, attempt, func, data, code, timeout, result_ttl, failure_ttl = reply[:9]
+        refused = "" if signer is None else _refusal(signer, reply)
+        if refused:  # nothing of it is acted on, not even its options
+            timeout = result_ttl = failure_ttl = None
         return cls(
-            queue.decode(), job_id.decode(), int(attempt), func.decode() if func else None, data,
-            code.decode() if code else "",
+            queue.decode(), job_id.decode(), int(attempt), func.decode(errors="replace") if func else None, data,
+            code.decode(errors="replace") if code else "",
             _seconds(timeout, jobs.DEFAULT_TIMEOUT), _ttl(result_ttl, jobs.DEFAULT_RESULT_TTL),
-            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL),
+            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused,
         )
+
+
+def _refusal(signer: signing.Signer, reply: list) -> str:
+    """"" if the job's signature matches, else the error line it fails with."""
+    job_id, func, data, code, options, sig = reply[1], reply[3], reply[4], reply[5], reply[6:12], reply[12]
+    if not sig:
+        return ("SignatureError: unsigned job refused: this worker has a secret and the job carries no signature, "
+                "so it was not enqueued by a client with that secret; it was not imported or unpickled")
+    head = signing.job_head(func or b"", code or b"", options)
+    if signer.job_matches(sig, job_id, head, data or b""):
+        return ""
+    return ("SignatureError: signature does not match: the job's function, arguments or options were changed "
+            "after it was enqueued, or it was signed with another secret; it was not imported or unpickled")
 
 
 def _seconds(raw: Optional[bytes], default: float) -> Optional[float]:
@@ -83,6 +102,8 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
     """Import, check and call the job's function here; never raises."""
     token = jobs._current.set(jobs.Job(taken.id, connection, {"status": b"started", "queue": taken.queue.encode()}))
     try:
+        if taken.refused:  # checked before anything is imported or unpickled
+            return Outcome.failure(taken.refused)
         if not taken.func:
             raise PayloadError("The job has no function recorded; it was not written by nbqueue's enqueue.")
         try:

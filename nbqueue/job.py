@@ -10,9 +10,9 @@ from typing import Any, Dict, Iterable, Optional
 
 import redis
 
-from . import keys
+from . import keys, signing
 from .connection import get_connection
-from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout
+from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout, SignatureError
 from .serialization import loads_result
 
 logger = logging.getLogger("nbqueue")
@@ -29,7 +29,7 @@ DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
 
 _FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc",
            "workers", "failures", "lost")
-OUTCOME = ("status", "result", "error", "exc")  # the job hash fields a waiter reads
+OUTCOME = ("status", "result", "error", "exc", "attempt", "rsig")  # the job hash fields a waiter reads
 RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
 _current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
 
@@ -72,16 +72,19 @@ class Job:
     lost = 0  # attempts whose worker was lost
     exc_info: Optional[str] = None  # "ExceptionType: message" of a failure
 
-    def __init__(self, job_id: str, connection: Optional[redis.Redis] = None, fields: Optional[dict] = None):
+    def __init__(self, job_id: str, connection: Optional[redis.Redis] = None, fields: Optional[dict] = None, *,
+                 secret: signing.Secret = None):
+        """``secret``: to check the result's signature (see ``signing``); default: the queue's default."""
         self.id = job_id
         self.connection = get_connection(connection)
+        self._secret = secret
         if fields:
             self._load(fields)
 
     @classmethod
-    def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None) -> "Job":
+    def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None, *, secret: signing.Secret = None) -> "Job":
         """The job with this id; ``NoSuchJob`` if it does not exist (or has expired)."""
-        job = cls(job_id, connection)
+        job = cls(job_id, connection, secret=secret)
         job.refresh()
         return job
 
@@ -119,7 +122,8 @@ class Job:
     def result(self, timeout: Optional[float] = None) -> Any:
         """The job's return value, waiting up to ``timeout`` seconds (``None``: as long as it takes).
 
-        Raises ``JobFailed`` with the worker's traceback, ``JobCanceled``, or ``ResultTimeout``.
+        Raises ``JobFailed`` with the worker's traceback, ``JobCanceled``, or ``ResultTimeout``;
+        ``SignatureError`` (nothing unpickled) if the result's signature does not match.
         Waits on the job's event channel, not by polling, and through a Redis restart or outage.
         """
         return self._value(self._wait(timeout))
@@ -127,8 +131,9 @@ class Job:
     def _value(self, outcome: list) -> Any:
         """The return value of a job that ended (``outcome``: its ``OUTCOME`` fields, the status
         decoded, as a ``Waiter`` reads them), or its error raised."""
-        status, result, error, exc = outcome
+        status, result, error, exc, attempt, sig = outcome
         if status == FINISHED:
+            self._check_result(result, attempt, sig)
             return loads_result(result)
         if status == FAILED:
             raise JobFailed(self.id, self._func(), exc.decode() if exc else "failed",
@@ -137,6 +142,18 @@ class Job:
 
     def _func(self) -> str:
         return (self.func_name or "?").replace(":", ".")
+
+    def _check_result(self, result: Optional[bytes], attempt: Optional[bytes], sig: Optional[bytes]) -> None:
+        """Raise ``SignatureError`` unless a worker with our secret wrote this result (when we have one)."""
+        signer = signing.get(self.connection, self._secret)
+        if signer is None:
+            return
+        if signer.outcome_matches(sig, self.id.encode(), attempt or b"", FINISHED.encode(), result or b"", b"", b""):
+            return
+        why = ("carries no signature: the worker that ran it has no secret (give workers the clients' secret)"
+               if not sig else "signature does not match: it was changed in Redis, or signed with another secret")
+        raise SignatureError(f"job {self.id} ({self._func()}): the result {why}; it was not unpickled "
+                             f"(secret from {signer.source}).")
 
     def _wait(self, timeout: Optional[float]) -> list:
         """The job's outcome once it ended (see ``_value``), waiting up to ``timeout`` seconds."""

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import redis
 
-from . import keys
+from . import keys, signing
 from .connection import describe, get_connection
 from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import (
@@ -207,9 +207,18 @@ class Queue:
     >>> job.result(timeout=10)
     """
 
-    def __init__(self, name: str = "default", connection: Union[redis.Redis, str, None] = None):
+    def __init__(self, name: str = "default", connection: Union[redis.Redis, str, None] = None, *,
+                 secret: signing.Secret = None):
         self.name = check_queue_name(name)
         self._connection = connection
+        self._signer: Any = signing.UNSET if secret is None else signing.from_value(secret)
+
+    @property
+    def signer(self) -> Optional[signing.Signer]:
+        """What signs this queue's jobs and checks their results (``secret=``, else the default); None: unsigned."""
+        if self._signer is signing.UNSET:
+            self._signer = signing.default(self.connection)  # found on first use: the connection is lazy
+        return self._signer
 
     @property
     def connection(self) -> redis.Redis:
@@ -267,19 +276,22 @@ class Queue:
         checked and pickled before anything is written, so a bad one enqueues nothing.
         """
         stored = Options.from_keywords(options).stored()
-        argv: list = []  # per job: id, index of its function, data
+        signer = self.signer
+        argv: list = []  # per job: id, index of its function, data, signature
         ids: list[str] = []
         funcs: list[bytes] = []
         table: dict = {}  # (path, code hash) -> index: each function travels once per script call
         chosen: list[str] = []  # ids the caller picked; random ones can't clash
-        last_func, index = None, 0
+        last_func, index, mac = None, 0, None
         for call in calls:
             call = call if isinstance(call, Call) else Call(*call)
             if call.func is not last_func:  # many calls of one function are checked once
                 ref, last_func = function_ref(call.func), call.func
                 index = table.setdefault((ref.path, ref.code_hash), len(table) + 1)
+                mac = signer.job_mac(ref.path, ref.code_hash, stored) if signer else None
             job_id = self._job_id(call.job_id)
-            argv += [job_id, index, dumps_call(ref, tuple(call.args), dict(call.kwargs or {}))]
+            data = dumps_call(ref, tuple(call.args), dict(call.kwargs or {}))
+            argv += [job_id, index, data, signing.Signer.sign_job(mac, job_id, data) if mac is not None else b""]
             ids.append(job_id)
             funcs.append(ref.path.encode())
             if call.job_id is not None:
@@ -289,7 +301,7 @@ class Queue:
         self._write(head, argv, chosen)
         conn, queue = self.connection, self.name.encode()
         status = b"scheduled" if head[2] else b"queued"
-        return [Job(i, conn, {"status": status, "queue": queue, "func": f}) for i, f in zip(ids, funcs)]
+        return [Job(i, conn, {"status": status, "queue": queue, "func": f}, secret=signer) for i, f in zip(ids, funcs)]
 
     @staticmethod
     def _job_id(job_id: Optional[str]) -> str:
@@ -303,7 +315,7 @@ class Queue:
         if not argv:
             return
         script_keys = [keys.QUEUES, self.key, keys.wake(self.name), keys.SCHEDULED]
-        chunks = [argv[i:i + 3 * _BATCH] for i in range(0, len(argv), 3 * _BATCH)]
+        chunks = [argv[i:i + 4 * _BATCH] for i in range(0, len(argv), 4 * _BATCH)]
         if head[1] == "1":
             chunks.reverse()  # the first chunk must end up in front
         if len(chunks) > 1 and chosen:  # the script checks ids per chunk; check all before writing any
@@ -354,7 +366,7 @@ class Queue:
 
     @property
     def jobs(self) -> list[Job]:
-        return [Job(i, self.connection, {"status": QUEUED.encode()}) for i in self.job_ids]
+        return [Job(i, self.connection, {"status": QUEUED.encode()}, secret=self.signer) for i in self.job_ids]
 
     @property
     def failed_job_ids(self) -> list[str]:
@@ -372,7 +384,7 @@ class Queue:
     @property
     def failed_jobs(self) -> list[Job]:
         """This queue's failed jobs (with ``traceback``, ``attempt``, ``workers``), oldest first."""
-        return [Job.fetch(i, self.connection) for i in self.failed_job_ids]
+        return [Job.fetch(i, self.connection, secret=self.signer) for i in self.failed_job_ids]
 
     def is_empty(self) -> bool:
         return len(self) == 0

@@ -11,7 +11,10 @@ Wire format of a call, kept in the job hash (see ``job.py``):
 - ``data``: ``cloudpickle((args, kwargs))``, or ``cloudpickle((instance, args, kwargs))`` when
   ``func`` is a bound method and the instance travels pickled;
 - ``code``: a short hash of the function's source, so a worker can tell it runs other code;
-- ``sig``: reserved for a signature over ``func``, ``code`` and ``data`` (absent for now).
+- ``sig``: an HMAC over the job id, ``func``, ``code``, the job options and ``data`` (``signing.py``),
+  which a worker with a secret checks before ``loads_call`` imports or unpickles anything;
+- ``result`` / ``rsig``: the pickled return value and the worker's signature over it, which
+  ``Job.result()`` checks before ``loads_result`` unpickles it.
 """
 from __future__ import annotations
 
@@ -263,4 +266,5 @@ def dumps_result(value: Any) -> bytes:
 
 
 def loads_result(data: bytes) -> Any:
+    """Unpickle a result: only after its signature was checked (``Job.result``), as unpickling runs code."""
     return pickle.loads(data)

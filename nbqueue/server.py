@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -146,6 +147,37 @@ class EmbeddedServer:
     @property
     def logfile(self) -> str:
         return str(self.runtime_dir / "redis.log")
+
+    @property
+    def secret_path(self) -> Path:
+        """The per-user signing secret of this server's jobs, next to its data (mode 0600)."""
+        return self.data_dir / "nbqueue.secret"
+
+    def secret(self) -> bytes:
+        """The signing secret, created on first use: written to a private temporary file, then
+        linked into place, so starters racing each other all end up with the one that won."""
+        path = self.secret_path
+        if not path.exists():
+            _private_dir(self.data_dir)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)  # atomic, and never replaces a secret already there
+            finally:
+                os.unlink(tmp)
+        st = path.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise ServerError(f"{path} must belong to you with mode 0600 (chmod 600 {path}): it is the "
+                              f"signing secret of the embedded server's jobs")
+        value = path.read_bytes().strip().splitlines()
+        if not value or not value[0].strip():
+            raise ServerError(f"{path} is empty: delete it, and nbqueue makes a new signing secret")
+        return value[0].strip()
 
     def client(self, timeout: float | None = 0.5) -> redis.Redis:
         """A client on the socket (short timeouts by default, for checks)."""

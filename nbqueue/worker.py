@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import redis
 
-from . import keys
+from . import keys, signing
 from .connection import describe, get_connection
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
@@ -47,13 +47,21 @@ class Worker:
         burst: bool = False,
         concurrency: int = 1,
         allow_eviction: bool = False,
+        secret: signing.Secret = None,
+        require_signed: bool = False,
     ):
         """``allow_eviction``: run even on a Redis whose ``maxmemory-policy`` evicts keys (else
-        ``EvictingRedis`` is raised: eviction drops jobs silently)."""
+        ``EvictingRedis`` is raised: eviction drops jobs silently). ``secret``: checks jobs and signs
+        outcomes (a list: the first signs, all verify); default: ``$NBQUEUE_SECRET``, a key file, or the
+        embedded server's. ``require_signed``: refuse to start without one."""
         self.queues = [check_queue_name(q) for q in queues] or ["default"]
         if not isinstance(concurrency, int) or concurrency < 1:
             raise WorkerError(f"concurrency={concurrency!r}: give a whole number of jobs at once, 1 or more.")
         self.connection = get_connection(connection, evicting="allow" if allow_eviction else "refuse")
+        self.signer = signing.get(self.connection, secret)
+        if self.signer is None and require_signed:
+            raise WorkerError("--require-signed: no signing secret is set; set NBQUEUE_SECRET (or "
+                              "NBQUEUE_SECRET_FILE) to the clients' secret (in Python: Worker(secret=...)).")
         host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())
         self.name = name or f"{host}.{os.getpid()}.{secrets.token_hex(2)}"
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", self.name):
@@ -85,6 +93,10 @@ class Worker:
         heartbeat = Heartbeat(self)
         heartbeat.beat()  # register before taking anything
         restore = self._install_signals()
+        if self.signer is None:
+            log.warning("worker %s: %s", self.name, signing.UNSIGNED_WARNING)
+        else:
+            log.info("worker %s checks job signatures (secret from %s)", self.name, self.signer.source)
         log.info("worker %s serving %s (%s mode%s) on %s", self.name, ", ".join(self.queues), self.mode,
                  f", {self.concurrency} at once" if self.concurrency > 1 else "", describe(self.connection))
         heartbeat.start()
@@ -124,7 +136,7 @@ class Worker:
         if self._stopping:
             return None
         reply = self._redis(lambda: keys.send(self.connection, self._take_command)[0])
-        return Taken.from_reply(reply) if reply else None
+        return Taken.from_reply(reply, self.signer) if reply else None
 
     def _wait_and_take(self) -> Optional[Taken]:
         """Block until a wake flag of one of our queues is set (or a stop, or a while passes), then
@@ -132,7 +144,7 @@ class Worker:
         with no round trip in between."""
         _, reply = self._redis(lambda: keys.send(
             self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command))
-        return Taken.from_reply(reply) if reply else None
+        return Taken.from_reply(reply, self.signer) if reply else None
 
     def _run(self, taken: Taken) -> Optional[Taken]:
         """Run one job, record how it ended, and return the next job (if not stopping)."""
@@ -168,14 +180,25 @@ class Worker:
         """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too."""
         ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
-        args = [taken.id, self.name, taken.attempt, outcome.status, ttl, jitter, *outcome.fields]
+        status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
+        args = [taken.id, self.name, taken.attempt, status, ttl, jitter, *outcome.fields]
+        if self.signer is not None:
+            args += ["rsig", self._sign(taken, outcome)]
 
         commands = [keys.evalsha("finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED], args)]
         if then_take:
             commands.append(self._take_command)
         replies = self._redis(lambda: keys.send(self.connection, *commands))
-        following = Taken.from_reply(replies[1]) if then_take and replies[1] else None
+        following = Taken.from_reply(replies[1], self.signer) if then_take and replies[1] else None
         return bool(replies[0]), following
+
+    def _sign(self, taken: Taken, outcome: Outcome) -> bytes:
+        """The outcome's signature: its result or error text, bound to the job id, attempt and status."""
+        fields = dict(zip(outcome.fields[::2], outcome.fields[1::2]))
+        text = [value if isinstance(value, bytes) else str(value).encode()
+                for value in (fields.get("result", b""), fields.get("exc", ""), fields.get("error", ""))]
+        assert self.signer is not None
+        return self.signer.sign_outcome(taken.id.encode(), str(taken.attempt).encode(), outcome.status.encode(), *text)
 
     def _redis(self, call: Callable):
         """Run a Redis call, waiting out a lost connection (logged once) instead of dying."""

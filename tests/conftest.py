@@ -4,7 +4,7 @@ Tests never touch the machine's Redis on localhost:6379 (unless the user
 points ``NBQUEUE_TEST_URL`` at it) nor the user's real embedded server:
 ``NBQUEUE_URL``, ``NBQUEUE_RUNTIME_DIR`` and ``NBQUEUE_DATA_DIR`` are set for
 the session, so code under test and worker subprocesses (which inherit the
-environment) use the private server.
+environment) use the private server; ``NBQUEUE_SECRET`` too, so jobs are signed.
 """
 from __future__ import annotations
 
@@ -121,6 +121,8 @@ def _isolated_nbqueue_env(redis_url: str) -> Iterator[None]:
         "NBQUEUE_URL": redis_url,
         "NBQUEUE_RUNTIME_DIR": os.path.join(tmp, "run"),
         "NBQUEUE_DATA_DIR": os.path.join(tmp, "data"),
+        "NBQUEUE_SECRET": "test-session-secret",  # jobs and results signed, as with the embedded server;
+        # tests of unsigned mode unset it (monkeypatch.delenv) before starting workers
     }
     old = {k: os.environ.get(k) for k in new}
     os.environ.update(new)

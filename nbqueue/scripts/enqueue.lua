@@ -4,7 +4,7 @@
 -- ARGV[4] delay in ms ("0": now), ARGV[5] "1" if the caller chose ids (so they may exist already),
 -- ARGV[6] k, then k option field/value pairs stored with every job,
 -- then f, and f pairs of function path and source hash,
--- then per job: id, index of its function (1 .. f), data.
+-- then per job: id, index of its function (1 .. f), data, signature ('': unsigned).
 -- Returns the number of jobs written, or an error "NBQ_EXISTS <id>".
 local prefix, queue, at_front, delay = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
 local check = ARGV[5] == '1'
@@ -15,7 +15,7 @@ local funcs = 8 + 2 * k  -- where the function pairs start
 local first = funcs + 2 * f  -- where the jobs start
 if check then
   local seen = {}
-  for i = first, #ARGV, 3 do
+  for i = first, #ARGV, 4 do
     local id = ARGV[i]
     if seen[id] or redis.call('EXISTS', prefix .. 'job:' .. id) == 1 then
       return redis.error_reply('NBQ_EXISTS ' .. id)
@@ -28,11 +28,16 @@ local now = t[1] .. '.' .. string.format('%06d', t[2])
 local status = delay > 0 and 'scheduled' or 'queued'
 local due = t[1] * 1000 + math.floor(t[2] / 1000) + delay
 local ids = {}
-for i = first, #ARGV, 3 do
+for i = first, #ARGV, 4 do
   local id, fn = ARGV[i], funcs + 2 * (tonumber(ARGV[i + 1]) - 1)
   local key = prefix .. 'job:' .. id
-  redis.call('HSET', key, 'func', ARGV[fn], 'data', ARGV[i + 2], 'code', ARGV[fn + 1],
-    'queue', queue, 'status', status, 'enqueued_at', now, unpack(options))
+  if ARGV[i + 3] == '' then  -- unsigned
+    redis.call('HSET', key, 'func', ARGV[fn], 'data', ARGV[i + 2], 'code', ARGV[fn + 1],
+      'queue', queue, 'status', status, 'enqueued_at', now, unpack(options))
+  else
+    redis.call('HSET', key, 'func', ARGV[fn], 'data', ARGV[i + 2], 'code', ARGV[fn + 1], 'sig', ARGV[i + 3],
+      'queue', queue, 'status', status, 'enqueued_at', now, unpack(options))
+  end
   ids[#ids + 1] = id
   if delay > 0 then redis.call('ZADD', KEYS[4], due, id) end
   -- ids and queue names are plain (letters, digits, '_', '-', '.'): no JSON escaping needed

@@ -2,11 +2,14 @@
 -- A failed attempt with retries left is scheduled again after a growing delay instead.
 -- KEYS[1] active leases, KEYS[2] the queue's failed registry, KEYS[3] scheduled set
 -- ARGV[1] key prefix, ARGV[2] job id, ARGV[3] worker, ARGV[4] attempt,
--- ARGV[5] status ("finished", "failed" or "canceled"), ARGV[6] ttl in seconds (-1: keep),
+-- ARGV[5] status ("finished", "failed", "canceled", or "refused": failed, never retried, as its
+-- signature did not match), ARGV[6] ttl in seconds (-1: keep),
 -- ARGV[7] jitter factor for the retry delay, then field/value pairs to store.
 -- Returns 1 if recorded, 2 if scheduled for a retry, 0 if the attempt no longer holds the job.
 local prefix, id, worker, attempt, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, jitter = tonumber(ARGV[6]), tonumber(ARGV[7])
+local refused = status == 'refused'  -- its retries option is not to be trusted
+if refused then status = 'failed' end
 local key = prefix .. 'job:' .. id
 local cur = redis.call('HMGET', key, 'worker', 'attempt', 'status', 'retries', 'retry_delay', 'failures')
 if cur[1] ~= worker or cur[2] ~= attempt or cur[3] ~= 'started' then return 0 end
@@ -18,7 +21,7 @@ redis.call('ZREM', KEYS[1], id)
 if status == 'failed' then
   local failures = (tonumber(redis.call('HGET', key, 'failures')) or 0) + 1
   redis.call('HSET', key, 'failures', failures)
-  if failures <= (tonumber(cur[4]) or 0) then
+  if not refused and failures <= (tonumber(cur[4]) or 0) then
     local delay = math.min((tonumber(cur[5]) or 1) * 1000 * 2 ^ (failures - 1) * jitter, 3600000)
     redis.call('HSET', key, 'status', 'scheduled', unpack(fields))
     redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + math.floor(delay), id)
