@@ -21,6 +21,8 @@
     ├── JobCanceled ...................... the job was canceled: no result
     ├── JobFailed ........................ the job raised on the worker
     ├── PayloadError ..................... a stored payload can't be loaded
+    ├── SecretError (ValueError) ......... the signing secret can't be used
+    ├── SignatureError ................... a job's or result's signature does not match
     └── CodeMismatchError ................ the worker has other source for the function
 
 A builtin in brackets is a second base, so code that catches it (``except ValueError``) keeps
