@@ -47,6 +47,7 @@ def worker(queues, url, inline, burst, concurrency, name, verbose, quiet) -> Non
 
     The current folder is put on sys.path, so a tasks.py beside you imports.
     Ctrl-C (or SIGTERM) finishes the current job, then exits; a second one stops at once.
+    Exit codes: 0 stopped (warm or cold, or --burst found the queues empty), 1 error, 2 usage.
     """
     from .worker import Worker
 
@@ -54,7 +55,8 @@ def worker(queues, url, inline, burst, concurrency, name, verbose, quiet) -> Non
     for stream in (sys.stdout, sys.stderr):  # jobs' prints show as they happen, even in a log file
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
-    Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency).work()
+    Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency,
+           adopt_orphans=True).work()  # this process runs only the worker: it may adopt what jobs leave
 
 
 @main.command()
