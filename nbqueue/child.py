@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import math
 import os
 import select
 import signal
@@ -98,6 +99,10 @@ class Forked:
         message = _Message()
         timed_out = False
         sent_at: Optional[float] = None
+        poller = select.poll()  # not select(): no limit on descriptor numbers
+        for fd in (self._pipe, self._pidfd):
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
         try:
             while not self._exited():
                 now = time.monotonic()
@@ -115,10 +120,12 @@ class Forked:
                     waits.append(sent_at + FINISH_GRACE - now)
                 if self._pidfd is None:
                     waits.append(POLL)
-                fds = [fd for fd in (self._pipe, self._pidfd) if fd is not None]
-                ready = select.select(fds, [], [], max(0.0, min(waits)))[0] if fds else time.sleep(POLL)
-                if ready and self._pipe in ready:
+                pipe = self._pipe
+                ready = {fd for fd, _ in poller.poll(math.ceil(max(0.0, min(waits)) * 1000))}
+                if pipe is not None and pipe in ready:
                     self._read(message)
+                    if self._pipe is None:
+                        poller.unregister(pipe)
             self._drain(message)
             return Ended(message.data(), self._reap(), timed_out)
         finally:

@@ -298,7 +298,8 @@ def _mend_streams() -> None:
             setattr(sys, name, fresh)
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is old:
-                handler.setStream(fresh)
+                with handler.lock:  # not setStream: it flushes the closed stream first
+                    handler.stream = fresh
 
 
 def _raise_in_thread(thread_id: int, exc_type: Optional[type]) -> None:
