@@ -32,7 +32,7 @@ POLL = 0.05  # seconds between exit checks where there is no pidfd
 MAX_WAIT = 60.0  # one select call at most (keeps huge timeouts within select's range)
 EXIT_BUG = 70  # the child failed before or while sending (a bug, or no memory left)
 EXIT_NO_PIPE = 75  # the child could not write to its pipe (the job closed or broke it)
-_CATCHABLE = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+_CATCHABLE = frozenset(signal.valid_signals()) - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)}
 
 _spawn_lock = threading.Lock()
 _kept: set = set()  # this process's ends of its children's pipes and their pidfds: a new child closes them

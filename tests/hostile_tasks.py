@@ -55,11 +55,12 @@ def keyboard_interrupt(record):
     raise KeyboardInterrupt
 
 
-def close_streams(record):
-    """Row 1 of issue 8: the child's flush raised, and it became a second worker."""
+def close_streams(record, stderr=True):
+    """Row 1 of issue 8 (stdout only): the child's flush raised, and it became a second worker."""
     note(record)
     sys.stdout.close()
-    sys.stderr.close()
+    if stderr:
+        sys.stderr.close()
     return "closed"
 
 

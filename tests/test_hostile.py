@@ -54,6 +54,7 @@ CASES = [
     _case("signal handler from a thread", INLINE, lambda r, m: (ht.alarm_storm, (r,), {}),
           "failed:signal only works in main thread"),
     # --- streams and descriptors ---
+    _case("close stdout", BOTH, lambda r, m: (ht.close_streams, (r, False), {}), "ok:'closed'"),
     _case("close stdout and stderr", BOTH, lambda r, m: (ht.close_streams, (r,), {}), "ok:'closed'"),
     _case("replace stdout and stderr", BOTH, lambda r, m: (ht.replace_streams, (r,), {}), "ok:'replaced'"),
     _case("close all descriptors", FORK, lambda r, m: (ht.close_all_fds, (r,), {}),

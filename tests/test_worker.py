@@ -386,3 +386,47 @@ def test_help_everywhere():
         run = subprocess.run([sys.executable, "-m", "nbqueue.cli", *args, "--help"],
                              capture_output=True, text=True, timeout=30)
         assert run.returncode == 0 and "Usage:" in run.stdout
+
+
+# --- the fork machinery itself (real children of the test process), with and without pidfd -------
+@pytest.fixture(params=["pidfd", "polling"])
+def forked(request, monkeypatch):
+    """``nbqueue.child.Forked``; in the "polling" run as on a system without ``os.pidfd_open``."""
+    from nbqueue import child
+
+    if request.param == "polling":
+        monkeypatch.setattr(child, "_pidfd", lambda pid: None)
+    before = len(os.listdir("/proc/self/fd"))
+    yield child.Forked
+    assert len(os.listdir("/proc/self/fd")) == before, "a descriptor was left open"
+
+
+def test_a_child_sends_a_large_outcome(forked):
+    ended = forked(lambda: b"y" * (30 * 2**20)).wait(timeout=60)
+    assert ended.data == b"y" * (30 * 2**20) and ended.status == 0 and not ended.timed_out
+
+
+def test_a_child_that_stops_talking_is_still_stopped_at_its_deadline(forked):
+    """It closes every descriptor (its pipe too) and ignores SIGTERM: killed at the deadline, reaped."""
+    def run() -> bytes:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.closerange(0, 65536)
+        time.sleep(60)
+        return b"never"
+
+    started = time.monotonic()
+    child = forked(run)
+    ended = child.wait(timeout=0.5)
+    assert ended.timed_out and ended.data is None
+    assert os.WIFSIGNALED(ended.status) and os.WTERMSIG(ended.status) == signal.SIGKILL
+    assert time.monotonic() - started < 10
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child.pid, os.WNOHANG)  # reaped already
+
+
+def test_a_child_that_raises_or_returns_junk_still_ends(forked):
+    def run() -> bytes:
+        raise SystemExit(5)  # nbqueue's run_job never raises, but the guard holds anyway
+
+    ended = forked(run).wait(timeout=10)
+    assert ended.data is None and os.waitstatus_to_exitcode(ended.status) == 70
