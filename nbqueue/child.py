@@ -37,6 +37,7 @@ _CATCHABLE = frozenset(signal.valid_signals()) - {getattr(signal, "SIGKILL", 0),
 _spawn_lock = threading.Lock()
 _kept: set = set()  # this process's ends of its children's pipes and their pidfds: a new child closes them
 _live: set = set()  # pids of the children forked here and not yet reaped
+_adopting = False  # this process is a subreaper (``adopt_orphans``)
 
 
 class Ended(NamedTuple):
@@ -315,7 +316,9 @@ def end_children(keep: frozenset = frozenset()) -> int:
 
 
 def end_orphans() -> int:
-    """In a worker that is a subreaper: end the processes killed jobs left (adopted by it)."""
+    """In a process that adopts orphans: end those that dead children left (kept: live children)."""
+    if not _adopting:
+        return 0
     with _spawn_lock:
         return end_children(frozenset(_live))
 
@@ -336,14 +339,22 @@ def _children() -> set:
     return kids
 
 
-def become_subreaper() -> Callable[[], None]:
-    """Linux: adopt the processes that this process's dead children leave; returns the undo."""
+def adopt_orphans() -> Callable[[], None]:
+    """Linux: become a subreaper, so what dead children leave (even after ``setsid``) is adopted
+    here and ended by ``end_orphans()``; returns the undo. For a process that runs only a worker."""
+    global _adopting
     if _PRCTL is None:
         return lambda: None
     before = ctypes.c_int(0)
     _PRCTL(PR_GET_CHILD_SUBREAPER, ctypes.byref(before))
     _PRCTL(PR_SET_CHILD_SUBREAPER, 1)
-    return lambda: _PRCTL(PR_SET_CHILD_SUBREAPER, before.value)
+    _adopting = True
+
+    def undo() -> None:
+        global _adopting
+        _adopting = False
+        _PRCTL(PR_SET_CHILD_SUBREAPER, before.value)
+    return undo
 
 
 # --- small helpers ----------------------------------------------------------------------------------

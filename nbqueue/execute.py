@@ -11,10 +11,10 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from . import job as jobs
-from .child import EXIT_NO_PIPE, Forked, become_subreaper, end_orphans, exit_now
+from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now
 from .errors import CodeMismatchError, PayloadError
 from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
@@ -169,9 +169,8 @@ class Child:
         ended = self._process.wait(self.taken.timeout)
         if ended.timed_out and not self.stop_reason:
             self.stop_reason = REASONS["timeout"].format(timeout=self.taken.timeout) + " (killed)"
-        if self.stop_reason or ended.data is None:
-            if _ADOPTING:
-                end_orphans()  # processes of a killed child, even those that left its group
+        if self._process.killed or ended.data is None:  # it could not end what it started
+            end_orphans()  # (if adopting) its processes, even those that left its group (setsid)
         if self.stop_reason:
             return Outcome.failure(self.stop_reason)
         if ended.data is not None:
@@ -180,22 +179,6 @@ class Child:
             except Exception:
                 pass
         return Outcome.failure(_death(ended.status))
-
-
-_ADOPTING = False  # this process is a subreaper (see ``adopt_orphans``)
-
-
-def adopt_orphans() -> Callable[[], None]:
-    """Make this process adopt what killed children leave (Linux); returns the undo."""
-    global _ADOPTING
-    undo = become_subreaper()
-    _ADOPTING = True
-
-    def restore() -> None:
-        global _ADOPTING
-        _ADOPTING = False
-        undo()
-    return restore
 
 
 def _outcome_bytes(outcome: Outcome) -> bytes:

@@ -21,11 +21,10 @@ from typing import Callable, Iterable, Optional, Union
 
 import redis
 
-from . import keys
+from . import child, keys
 from .connection import describe, get_connection
 from .errors import WorkerError
-from .child import exit_now
-from .execute import Outcome, Running, Taken, adopt_orphans
+from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
 from .job import CANCELED, FINISHED
 from .queue import check_queue_name
@@ -97,7 +96,7 @@ class Worker:
         for fd in self._wake:
             os.set_blocking(fd, False)
         heartbeat = Heartbeat(self)
-        undo_adopt = adopt_orphans() if self.adopt_orphans else (lambda: None)
+        undo_adopt = child.adopt_orphans() if self.adopt_orphans else (lambda: None)
         restore = lambda: None  # noqa: E731
         try:
             heartbeat.beat()  # register before taking anything
@@ -167,7 +166,7 @@ class Worker:
         first = True
         while first or taken is not None or not (self._stopping or self.burst):
             if os.getpid() != self._pid:  # a process a job forked came back here: never a second worker
-                exit_now(0)
+                child.exit_now(0)
             try:
                 if first:
                     first, taken = False, self._take()
