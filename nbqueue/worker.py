@@ -92,17 +92,17 @@ class Worker:
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())  # so tasks.py beside the worker imports
         self._pid = os.getpid()
+        self._signals, self._slots_ended, self._grace_until = [], 0, None
+        heartbeat = Heartbeat(self)
+        heartbeat.beat()  # register before taking anything
         self._wake = os.pipe()
         for fd in self._wake:
             os.set_blocking(fd, False)
-        heartbeat = Heartbeat(self)
         undo_adopt = child.adopt_orphans() if self.adopt_orphans else (lambda: None)
-        restore = lambda: None  # noqa: E731
+        restore = self._install_signals()
+        log.info("worker %s serving %s (%s mode%s) on %s", self.name, ", ".join(self.queues), self.mode,
+                 f", {self.concurrency} at once" if self.concurrency > 1 else "", describe(self.connection))
         try:
-            heartbeat.beat()  # register before taking anything
-            restore = self._install_signals()
-            log.info("worker %s serving %s (%s mode%s) on %s", self.name, ", ".join(self.queues), self.mode,
-                     f", {self.concurrency} at once" if self.concurrency > 1 else "", describe(self.connection))
             heartbeat.start()
             slots = [threading.Thread(target=self._slot, name=f"nbqueue-slot-{i}", daemon=True)
                      for i in range(self.concurrency)]
