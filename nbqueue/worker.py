@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import secrets
-import select
+import selectors
 import signal
 import socket
 import sys
@@ -74,7 +74,7 @@ class Worker:
         self._lock = threading.Lock()
         self._redis_down = False
         self._pid = os.getpid()
-        self._wake: tuple = ()  # the main thread's wake-up pipe while it works (read, write)
+        self._wake: tuple = ()  # the main thread's wake-up socket pair while it works (read end, write end)
         self._signals: list = []  # the stop signals received, in order
         self._slots_ended = 0
         self._grace_until: Optional[float] = None  # a stop now waits this long for inline jobs
@@ -95,9 +95,9 @@ class Worker:
         self._signals, self._slots_ended, self._grace_until = [], 0, None
         heartbeat = Heartbeat(self)
         heartbeat.beat()  # register before taking anything
-        self._wake = os.pipe()
-        for fd in self._wake:
-            os.set_blocking(fd, False)
+        self._wake = socket.socketpair()  # portable, unlike a pipe in select()
+        for end in self._wake:
+            end.setblocking(False)
         undo_adopt = child.adopt_orphans() if self.adopt_orphans else (lambda: None)
         restore = self._install_signals()
         log.info("worker %s serving %s (%s mode%s) on %s", self.name, ", ".join(self.queues), self.mode,
@@ -114,8 +114,8 @@ class Worker:
             restore()
             undo_adopt()
             self._unregister()
-            for fd in self._wake:
-                os.close(fd)
+            for end in self._wake:
+                end.close()
             self._wake = ()
             log.info("worker %s stopped after %d job(s)", self.name, self.jobs_run)
         return self.jobs_run
@@ -123,33 +123,40 @@ class Worker:
     def _wait_for_slots(self, count: int) -> None:
         """The main thread: act on signals (handlers only wake it) until every slot has ended."""
         handled = 0
-        while True:
-            with self._lock:
-                if self._slots_ended == count:
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(self._wake[0], selectors.EVENT_READ)
+            while True:
+                with self._lock:
+                    if self._slots_ended == count:
+                        return
+                grace = None if self._grace_until is None else self._grace_until - time.monotonic()
+                if grace is not None and grace <= 0:
+                    self._abandon()
                     return
-            grace = None if self._grace_until is None else self._grace_until - time.monotonic()
-            if grace is not None and grace <= 0:
-                self._abandon()
-                return
-            select.select([self._wake[0]], [], [], grace)
-            try:
-                os.read(self._wake[0], 4096)
-            except BlockingIOError:
-                pass
-            while handled < len(self._signals):
-                name = signal.Signals(self._signals[handled]).name
-                handled += 1
-                if handled == 1:
-                    log.warning("warm shutdown (%s): finishing the current job(s); send it again to stop now", name)
-                    self.request_stop()
-                elif handled == 2:
-                    log.warning("stopping now (%s again): running jobs are marked failed", name)
-                    self.stop_now()
+                waiting.select(grace)
+                try:
+                    self._wake[0].recv(4096)
+                except BlockingIOError:
+                    pass
+                handled = self._act_on_signals(handled)
+
+    def _act_on_signals(self, handled: int) -> int:
+        """The first stop signal asks for a warm stop, the second stops now; returns how many were seen."""
+        for signum in self._signals[handled:]:
+            handled += 1
+            name = signal.Signals(signum).name
+            if handled == 1:
+                log.warning("warm shutdown (%s): finishing the current job(s); send it again to stop now", name)
+                self.request_stop()
+            elif handled == 2:
+                log.warning("stopping now (%s again): running jobs are marked failed", name)
+                self.stop_now()
+        return handled
 
     def _poke(self) -> None:
         """Wake the main thread (from a signal handler, a slot, another thread)."""
         try:
-            os.write(self._wake[1], b"!")
+            self._wake[1].send(b"!")
         except (IndexError, OSError):  # not working, or the pipe is full: it is awake anyway
             pass
 
