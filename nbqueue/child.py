@@ -38,6 +38,7 @@ _spawn_lock = threading.Lock()
 _kept: set = set()  # this process's ends of its children's pipes and their pidfds: a new child closes them
 _live: set = set()  # pids of the children forked here and not yet reaped
 _adopting = False  # this process is a subreaper (``adopt_orphans``)
+_in_child = False  # this process is a child forked here (``settle`` mutes its signals)
 
 
 class Ended(NamedTuple):
@@ -50,9 +51,9 @@ class Ended(NamedTuple):
 
 
 class Forked:
-    """A child running ``run()`` (bytes to send back); ``wait()`` returns how it ended."""
+    """A child running ``run()`` (bytes to send back, ``fallback`` if it raises); ``wait()`` says how it ended."""
 
-    def __init__(self, run: Callable[[], bytes]):
+    def __init__(self, run: Callable[[], bytes], fallback: bytes = b""):
         self._lock = threading.Lock()
         self._reaped = False
         self.killed = False
@@ -72,7 +73,7 @@ class Forked:
                 try:
                     for fd in (*_kept, read_fd):
                         _close(fd)
-                    code = _child_main(write_fd, run, parent)
+                    code = _child_main(write_fd, run, fallback, parent)
                 finally:
                     exit_now(code)
             gc.unfreeze()  # the parent's own garbage is collected as before
@@ -222,8 +223,10 @@ class _Message:
 
 
 # --- the child's side ---------------------------------------------------------------------------
-def _child_main(write_fd: int, run: Callable[[], bytes], parent: int) -> int:  # pragma: no cover
+def _child_main(write_fd: int, run: Callable[[], bytes], fallback: bytes, parent: int) -> int:  # pragma: no cover
     """Run in the child: prepare, run, send, clean up. The caller ``os._exit``\\ s with the code."""
+    global _in_child
+    _in_child = True
     me = os.getpid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -238,12 +241,17 @@ def _child_main(write_fd: int, run: Callable[[], bytes], parent: int) -> int:  #
         return EXIT_BUG
     if os.isatty(0):  # in its own group it could not read the terminal (SIGTTIN would stop it)
         _to_devnull(0)
+    data = fallback
     try:
-        data = run()
-    finally:
-        if os.getpid() != me:  # a process the job forked came back here: it ends now, silently
-            exit_now(0)
-        _mute_signals()
+        try:
+            data = run()
+        finally:  # first a C call: no handler of the job's can run between the job and the mask
+            signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
+    except BaseException:  # raised past run() (a handler of the job's, for a signal that came before the mask)
+        pass
+    if os.getpid() != me:  # a process the job forked came back here: it ends now, silently
+        exit_now(0)
+    _mute_signals()
     code = _send(write_fd, data)
     end_children()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
@@ -254,12 +262,23 @@ def _child_main(write_fd: int, run: Callable[[], bytes], parent: int) -> int:  #
     return code
 
 
+def settle() -> None:
+    """Call when the job's own code has returned: in a forked child, no signal can interrupt what
+    follows (a handler of the job's that raises, a timer it left running); elsewhere nothing."""
+    if _in_child:
+        _mute_signals()
+
+
 def _mute_signals() -> None:
-    """No signal (the job's handlers, its alarms) can interrupt the end of the child."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
-    for signum in _CATCHABLE:
-        if callable(signal.getsignal(signum)):
-            signal.signal(signum, signal.SIG_IGN)
+    for _ in range(100):  # a handler of the job's may raise (once per signal) before the mask holds
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
+            for signum in _CATCHABLE:
+                if callable(signal.getsignal(signum)):
+                    signal.signal(signum, signal.SIG_IGN)
+            return
+        except BaseException:
+            continue
 
 
 def _send(fd: int, data: bytes) -> int:

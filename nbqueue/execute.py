@@ -14,7 +14,7 @@ import traceback
 from typing import Any, NamedTuple, Optional
 
 from . import job as jobs
-from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now
+from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
 from .errors import CodeMismatchError, PayloadError
 from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
@@ -118,6 +118,7 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
                 finally:
                     if os.getpid() != me:  # a process the job forked returned into nbqueue: it ends here
                         exit_now(0)
+                    settle()
         except BaseException as exc:  # the job's own failure, whatever it is
             return _failed(exc)
         return _result(value)
@@ -156,7 +157,7 @@ class Child:
     def __init__(self, taken: Taken, connection: Any):
         self.taken = taken
         self.stop_reason: Optional[str] = None
-        self._process = Forked(lambda: _outcome_bytes(run_job(taken, connection)))
+        self._process = Forked(lambda: _outcome_bytes(run_job(taken, connection)), _INTERRUPTED)
         self.pid = self._process.pid
 
     def kill(self, reason: str) -> None:
@@ -186,6 +187,11 @@ def _outcome_bytes(outcome: Outcome) -> bytes:
         return pickle.dumps(tuple(outcome), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # only str and bytes inside, so no memory left
         return pickle.dumps(tuple(Outcome.failure(f"ResultError: {type(exc).__name__}: {exc}")))
+
+
+_INTERRUPTED = _outcome_bytes(Outcome.failure(
+    "JobInterrupted: a signal handler the job installed raised after the job's code returned, "
+    "while nbqueue recorded how it ended"))  # what a child sends when it can't tell
 
 
 def _death(status: int) -> str:

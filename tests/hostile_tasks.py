@@ -125,15 +125,15 @@ def ignore_sigterm_and_sleep(record, seconds):
     return "woke"
 
 
-def alarm_storm(record):
-    """A raising SIGALRM handler firing every millisecond, still going when the job returns."""
+def alarm_storm(record, interval=0.001):
+    """A raising SIGALRM handler firing every ``interval`` s, still going when the job returns."""
     note(record)
 
     def handler(signum, frame):
         raise RuntimeError("alarm from the job's own handler")
 
     signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    signal.setitimer(signal.ITIMER_REAL, interval, interval)
     deadline = time.monotonic() + 0.1
     while time.monotonic() < deadline:
         try:

@@ -50,7 +50,7 @@ CASES = [
     _case("SystemExit", BOTH, lambda r, m: (ht.system_exit, (r,), {}), "failed:SystemExit: 3"),
     _case("KeyboardInterrupt", BOTH, lambda r, m: (ht.keyboard_interrupt, (r,), {}), "failed:KeyboardInterrupt"),
     _case("raising SIGALRM handler still firing", FORK, lambda r, m: (ht.alarm_storm, (r,), {}),
-          "ok-or-failed:'stormed'|alarm from the job's own handler"),
+          "ok-or-failed:'stormed'|alarm from the job's own handler|JobInterrupted: a signal handler the job"),
     _case("signal handler from a thread", INLINE, lambda r, m: (ht.alarm_storm, (r,), {}),
           "failed:signal only works in main thread"),
     # --- streams and descriptors ---
@@ -237,11 +237,11 @@ def _check_outcome(job: Job, kind: str, detail: str) -> None:
             job.result(timeout=60)
         assert re.search(detail, info.value.exc_info), info.value.exc_info
     elif kind == "ok-or-failed":
-        value, message = detail.split("|")
+        value, *messages = detail.split("|")
         try:
             assert repr(job.result(timeout=60)) == value
         except JobFailed as exc:
-            assert message in exc.exc_info, exc.exc_info
+            assert any(message in exc.exc_info for message in messages), exc.exc_info
     else:
         assert kind == "canceled"
         with pytest.raises(JobCanceled):
