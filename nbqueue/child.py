@@ -32,7 +32,11 @@ POLL = 0.05  # seconds between exit checks where there is no pidfd
 MAX_WAIT = 60.0  # one select call at most (keeps huge timeouts within select's range)
 EXIT_BUG = 70  # the child failed before or while sending (a bug, or no memory left)
 EXIT_NO_PIPE = 75  # the child could not write to its pipe (the job closed or broke it)
-_CATCHABLE = frozenset(signal.valid_signals()) - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)}
+try:  # the C module: plain ints, without the enum conversions that cost ~0.3 ms per child
+    import _signal as _sig
+except ImportError:  # pragma: no cover - not CPython
+    _sig = signal  # type: ignore[misc]
+_CATCHABLE = frozenset(map(int, signal.valid_signals())) - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)}
 
 _spawn_lock = threading.Lock()
 _kept: set = set()  # this process's ends of its children's pipes and their pidfds: a new child closes them
@@ -246,7 +250,7 @@ def _child_main(write_fd: int, run: Callable[[], bytes], fallback: bytes, parent
         try:
             data = run()
         finally:  # first a C call: no handler of the job's can run between the job and the mask
-            signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
+            _sig.pthread_sigmask(_sig.SIG_BLOCK, _CATCHABLE)
     except BaseException:  # raised past run() (a handler of the job's, for a signal that came before the mask)
         pass
     if os.getpid() != me:  # a process the job forked came back here: it ends now, silently
@@ -272,10 +276,10 @@ def settle() -> None:
 def _mute_signals() -> None:
     for _ in range(100):  # a handler of the job's may raise (once per signal) before the mask holds
         try:
-            signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
+            _sig.pthread_sigmask(_sig.SIG_BLOCK, _CATCHABLE)
             for signum in _CATCHABLE:
-                if callable(signal.getsignal(signum)):
-                    signal.signal(signum, signal.SIG_IGN)
+                if callable(_sig.getsignal(signum)):
+                    _sig.signal(signum, _sig.SIG_IGN)
             return
         except BaseException:
             continue
