@@ -109,6 +109,7 @@ def worker(queues, url, inline, burst, concurrency, name, allow_eviction, requir
     Ctrl-C (or SIGTERM) finishes the current job, then exits; a second one stops at once.
     Jobs are checked with the signing secret ($NBQUEUE_SECRET, $NBQUEUE_SECRET_FILE, or the embedded
     server's) before anything is imported; without a secret it warns that jobs are unsigned.
+    Exit codes: 0 stopped (warm or cold, or --burst found the queues empty), 1 error, 2 usage.
     """
     from .worker import Worker
 
@@ -117,7 +118,8 @@ def worker(queues, url, inline, burst, concurrency, name, allow_eviction, requir
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
     Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency,
-           allow_eviction=allow_eviction, require_signed=require_signed).work()
+           allow_eviction=allow_eviction, require_signed=require_signed,
+           adopt_orphans=True).work()  # this process runs only the worker: it may adopt what jobs leave
 
 
 @main.command()

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import ctypes
-import gc
+import logging
+import math
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
@@ -15,9 +15,15 @@ from typing import Any, NamedTuple, Optional
 
 from . import job as jobs
 from . import signing
+from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
 from .errors import CodeMismatchError, PayloadError
 from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
+
+log = logging.getLogger("nbqueue.worker")
+
+MAX_TTL = 2**31 - 1  # seconds (68 years): the longest TTL passed to Redis
+RESULT_MAX = 64 * 2**20  # bytes: the largest pickled result a job may store in Redis
 
 
 class Taken(NamedTuple):
@@ -63,14 +69,26 @@ def _refusal(signer: signing.Signer, reply: list) -> str:
 
 
 def _seconds(raw: Optional[bytes], default: float) -> Optional[float]:
+    """A job's timeout as stored: ``none`` or infinite is no limit; junk, NaN or <= 0 the default."""
     if raw is None:
         return default
-    return None if raw == b"none" else float(raw)
+    if raw == b"none":
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if value == math.inf:
+        return None
+    if not value > 0:  # NaN, zero, negative, junk: written by hand, not by enqueue
+        log.warning("a job's stored timeout or TTL %r is not a number of seconds above 0; using %g", raw, default)
+        return default
+    return value
 
 
 def _ttl(raw: Optional[bytes], default: int) -> int:
     value = _seconds(raw, default)
-    return -1 if value is None else max(1, int(value))
+    return -1 if value is None else int(min(max(1.0, value), MAX_TTL))
 
 
 class Outcome(NamedTuple):
@@ -113,20 +131,36 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
             line = f"{type(exc).__name__}: {exc}"
             return Outcome.failure(line)
 
+        me = os.getpid()
         try:
             with capture_output(jobs.get_current_job(), taken.attempt, (taken.result_ttl, taken.failure_ttl)):  # output, logging, progress
-                value = func(*args, **kwargs)
+                try:
+                    value = func(*args, **kwargs)
+                finally:
+                    if os.getpid() != me:  # a process the job forked returned into nbqueue: it ends here
+                        exit_now(0)
+                    settle()
         except BaseException as exc:  # the job's own failure, whatever it is
             return _failed(exc)
-        try:
-            return Outcome(jobs.FINISHED, ["result", dumps_result(value)], "ok")
-        except Exception as exc:
-            line = f"ResultError: the job returned {type(value).__name__}, which can't be pickled: {exc}"
-            return Outcome.failure(line)
+        return _result(value)
     except BaseException as exc:  # a bug of ours or an interrupt; the worker goes on
         return _failed(exc)
     finally:
         jobs._current.reset(token)
+
+
+def _result(value: Any) -> Outcome:
+    try:
+        blob = dumps_result(value)
+    except BaseException as exc:  # pickling runs the value's own code (__reduce__), which can raise anything
+        line = f"ResultError: the job returned {type(value).__name__}, which can't be pickled: {type(exc).__name__}: {exc}"
+        return Outcome.failure(line)
+    if len(blob) > RESULT_MAX:
+        return Outcome.failure(
+            f"ResultTooLarge: the job returned {type(value).__name__} of {len(blob) / 2**20:.1f} MiB pickled, over "
+            f"nbqueue's limit of {RESULT_MAX / 2**20:.0f} MiB for a result kept in Redis; write big results to a "
+            f"file or a store and return where they are")
+    return Outcome(jobs.FINISHED, ["result", blob], "ok")
 
 
 def _failed(exc: BaseException) -> Outcome:
@@ -139,105 +173,57 @@ def _failed(exc: BaseException) -> Outcome:
 
 
 class Child:
-    """A forked child running one job; the parent reads its ``Outcome`` from a pipe."""
+    """A forked child running one job; the parent reads its ``Outcome`` from the child's pipe."""
 
     def __init__(self, taken: Taken, connection: Any):
         self.taken = taken
         self.stop_reason: Optional[str] = None
-        read_fd, write_fd = os.pipe()
-        self._parent = os.getpid()
-        gc.freeze()  # the child's collector leaves the parent's objects alone: no copy-on-write storm
-        self.pid = os.fork()
-        if self.pid == 0:  # pragma: no cover - runs in the child, measured by the tests' outcomes
-            os.close(read_fd)
-            self._child_main(write_fd, connection)  # never returns
-        gc.unfreeze()  # the parent's own garbage is collected as before
-        os.close(write_fd)
-        self._fd = read_fd
-
-    def _child_main(self, write_fd: int, connection: Any) -> None:
-        code = 0
-        try:
-            _die_with_parent(self._parent)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            outcome = run_job(self.taken, connection)
-            try:
-                blob = pickle.dumps(outcome)
-            except Exception as exc:
-                blob = pickle.dumps(Outcome.failure(f"ResultError: {exc}"))
-            with os.fdopen(write_fd, "wb") as pipe:
-                pipe.write(blob)
-        except BaseException:
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        self._process = Forked(lambda: _outcome_bytes(run_job(taken, connection)), _INTERRUPTED)
+        self.pid = self._process.pid
 
     def kill(self, reason: str) -> None:
-        """Stop the child now; its attempt fails with ``reason``."""
+        """Stop the child (and its process group) now; its attempt fails with ``reason``."""
         self.stop_reason = reason
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self._process.kill()
 
     def wait(self) -> Outcome:
-        """Wait for the outcome, killing the child at the job's timeout."""
-        deadline = None if self.taken.timeout is None else time.monotonic() + self.taken.timeout
-        chunks = []
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                self.kill(REASONS["timeout"].format(timeout=self.taken.timeout) + " (killed)")
-                remaining = None
-            try:
-                ready, _, _ = select.select([self._fd], [], [], remaining)
-            except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
-                continue
-            if not ready:
-                continue
-            chunk = os.read(self._fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        os.close(self._fd)
-        _, status = os.waitpid(self.pid, 0)
+        """Wait for the outcome, killing the child at the job's timeout; always reaps it."""
+        ended = self._process.wait(self.taken.timeout)
+        if ended.timed_out and not self.stop_reason:
+            self.stop_reason = REASONS["timeout"].format(timeout=self.taken.timeout) + " (killed)"
+        if self._process.killed or ended.data is None:  # it could not end what it started
+            end_orphans()  # (if adopting) its processes, even those that left its group (setsid)
         if self.stop_reason:
             return Outcome.failure(self.stop_reason)
-        if chunks:
+        if ended.data is not None:
             try:
-                return pickle.loads(b"".join(chunks))
+                return Outcome(*pickle.loads(ended.data))
             except Exception:
                 pass
-        line = _death(status)
-        return Outcome.failure(line)
+        return Outcome.failure(_death(ended.status))
 
 
-def _find_prctl() -> Any:
+def _outcome_bytes(outcome: Outcome) -> bytes:
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-    except (OSError, AttributeError):
-        return None
+        return pickle.dumps(tuple(outcome), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # only str and bytes inside, so no memory left
+        return pickle.dumps(tuple(Outcome.failure(f"ResultError: {type(exc).__name__}: {exc}")))
 
 
-_PRCTL = _find_prctl()  # looked up once, not in every child
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: the child is killed when its worker dies, so a lost worker's job stops with it."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the worker died before prctl took effect
-            os._exit(1)
+_INTERRUPTED = _outcome_bytes(Outcome.failure(
+    "JobInterrupted: a signal handler the job installed raised after the job's code returned, "
+    "while nbqueue recorded how it ended"))  # what a child sends when it can't tell
 
 
 def _death(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = signal.Signals(os.WTERMSIG(status)).name
         return f"JobProcessDied: the job's process was killed by {sig} before it finished"
-    return f"JobProcessDied: the job's process exited with code {os.waitstatus_to_exitcode(status)} before it finished"
+    code = os.waitstatus_to_exitcode(status)
+    if code == EXIT_NO_PIPE:
+        return ("JobProcessDied: the job's process could not send its outcome to the worker: the job closed "
+                "or broke the pipe nbqueue reads it from (did it close file descriptors it did not open?)")
+    return f"JobProcessDied: the job's process exited with code {code} before it finished"
 
 
 class Running:
@@ -282,6 +268,8 @@ class Running:
             outcome = run_job(self.taken, connection)
         except JobInterrupted:
             pass  # arrived just after the job returned; self.reason says why
+        finally:
+            _mend_streams()
         while True:  # disarm, even if a late interrupt lands in the middle of it
             try:
                 with self._lock:
@@ -303,6 +291,25 @@ class Running:
                 self._child.kill(self.reason_text())
             elif self._thread_id is not None:
                 _raise_in_thread(self._thread_id, JobInterrupted)
+
+
+def _mend_streams() -> None:
+    """An inline job closed the worker's stdout or stderr: open them again on their descriptors."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        old = getattr(sys, f"__{name}__")
+        if old is None or not old.closed:
+            continue  # the usual case: one attribute read
+        try:
+            fresh = open(fd, "w", buffering=1, closefd=False, errors="backslashreplace")
+        except OSError:
+            continue  # the descriptor itself is gone
+        setattr(sys, f"__{name}__", fresh)
+        if getattr(sys, name) is old:
+            setattr(sys, name, fresh)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+                with handler.lock:  # not setStream: it flushes the closed stream first
+                    handler.stream = fresh
 
 
 def _raise_in_thread(thread_id: int, exc_type: Optional[type]) -> None:

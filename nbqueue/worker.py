@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import secrets
+import selectors
 import signal
 import socket
 import sys
@@ -20,7 +21,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import redis
 
-from . import keys, signing
+from . import child, keys, signing
 from .connection import describe, get_connection
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
@@ -31,11 +32,16 @@ from .queue import check_queue_name
 log = logging.getLogger("nbqueue.worker")
 
 IDLE_WAKE = 5.0  # an idle slot looks around at least this often
-STOP_GRACE = 3.0  # seconds a "stop now" waits for jobs to be recorded before exiting anyway
+STOP_GRACE = 3.0  # seconds a "stop now" waits for an inline job that ignores it before exiting anyway
 
 
 class Worker:
-    """Serve ``queues`` (first = highest priority), running each job in a forked child or inline."""
+    """Serve ``queues`` (first = highest priority), running each job in a forked child or inline.
+
+    ``adopt_orphans`` (fork mode, Linux): this process becomes a subreaper, so the processes a
+    killed job leaves, even those that left its process group (``setsid``), come to it and are
+    killed and reaped; for a process that runs only the worker, as ``nbqueue worker`` does.
+    """
 
     def __init__(
         self,
@@ -49,6 +55,7 @@ class Worker:
         allow_eviction: bool = False,
         secret: signing.Secret = None,
         require_signed: bool = False,
+        adopt_orphans: bool = False,
     ):
         """``allow_eviction``: run even on a Redis whose ``maxmemory-policy`` evicts keys (else
         ``EvictingRedis`` is raised: eviction drops jobs silently). ``secret``: checks jobs and signs
@@ -70,6 +77,7 @@ class Worker:
         self.mode = "inline" if self.inline else "fork"
         self.burst = burst
         self.concurrency = concurrency
+        self.adopt_orphans = adopt_orphans and not self.inline
         self.started_at = time.time()
         self.jobs_run = 0
         self._stopping = False
@@ -77,6 +85,11 @@ class Worker:
         self._lock = threading.Lock()
         self._redis_down = False
         self._failure: Optional[str] = None  # why the heartbeat ended, if it did
+        self._pid = os.getpid()
+        self._wake: tuple = ()  # the main thread's wake-up socket pair while it works (read end, write end)
+        self._signals: list = []  # the stop signals received, in order
+        self._slots_ended = 0
+        self._grace_until: Optional[float] = None  # a stop now waits this long for inline jobs
         self._take_command = keys.evalsha(
             "dequeue", [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues)],
             [self.name, int(LEASE * 1000), *self.queues])
@@ -90,8 +103,14 @@ class Worker:
         """Run jobs until stopped (or, with ``burst``, until the queues are empty); returns jobs run."""
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())  # so tasks.py beside the worker imports
+        self._pid = os.getpid()
+        self._signals, self._slots_ended, self._grace_until = [], 0, None
         heartbeat = Heartbeat(self)
         heartbeat.beat()  # register before taking anything
+        self._wake = socket.socketpair()  # portable, unlike a pipe in select()
+        for end in self._wake:
+            end.setblocking(False)
+        undo_adopt = child.adopt_orphans() if self.adopt_orphans else (lambda: None)
         restore = self._install_signals()
         if self.signer is None:
             log.warning("worker %s: %s", self.name, signing.UNSIGNED_WARNING)
@@ -99,27 +118,80 @@ class Worker:
             log.info("worker %s checks job signatures (secret from %s)", self.name, self.signer.source)
         log.info("worker %s serving %s (%s mode%s) on %s", self.name, ", ".join(self.queues), self.mode,
                  f", {self.concurrency} at once" if self.concurrency > 1 else "", describe(self.connection))
-        heartbeat.start()
-        slots = [threading.Thread(target=self._slot, name=f"nbqueue-slot-{i}", daemon=True)
-                 for i in range(self.concurrency)]
         try:
+            heartbeat.start()
+            slots = [threading.Thread(target=self._slot, name=f"nbqueue-slot-{i}", daemon=True)
+                     for i in range(self.concurrency)]
             for slot in slots:
                 slot.start()
-            for slot in slots:
-                slot.join()  # signal handlers still run while the main thread waits here
+            self._wait_for_slots(len(slots))
         finally:
             heartbeat.stop()
             restore()
+            undo_adopt()
             self._unregister()
+            for end in self._wake:
+                end.close()
+            self._wake = ()
             log.info("worker %s stopped after %d job(s)", self.name, self.jobs_run)
         if self._failure:
             raise WorkerError(f"worker {self.name} stopped because its heartbeat ended: {self._failure}")
         return self.jobs_run
 
+    def _wait_for_slots(self, count: int) -> None:
+        """The main thread: act on signals (handlers only wake it) until every slot has ended."""
+        handled = 0
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(self._wake[0], selectors.EVENT_READ)
+            while True:
+                with self._lock:
+                    if self._slots_ended == count:
+                        return
+                grace = None if self._grace_until is None else self._grace_until - time.monotonic()
+                if grace is not None and grace <= 0:
+                    self._abandon()
+                    return
+                waiting.select(grace)
+                try:
+                    self._wake[0].recv(4096)
+                except BlockingIOError:
+                    pass
+                handled = self._act_on_signals(handled)
+
+    def _act_on_signals(self, handled: int) -> int:
+        """The first stop signal asks for a warm stop, the second stops now; returns how many were seen."""
+        for signum in self._signals[handled:]:
+            handled += 1
+            name = signal.Signals(signum).name
+            if handled == 1:
+                log.warning("warm shutdown (%s): finishing the current job(s); send it again to stop now", name)
+                self.request_stop()
+            elif handled == 2:
+                log.warning("stopping now (%s again): running jobs are marked failed", name)
+                self.stop_now()
+        return handled
+
+    def _poke(self) -> None:
+        """Wake the main thread (from a signal handler, a slot, another thread)."""
+        try:
+            self._wake[1].send(b"!")
+        except (IndexError, OSError):  # not working, or the pipe is full: it is awake anyway
+            pass
+
     def _slot(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._lock:
+                self._slots_ended += 1
+            self._poke()
+
+    def _serve(self) -> None:
         taken: Optional[Taken] = None
         first = True
         while first or taken is not None or not (self._stopping or self.burst):
+            if os.getpid() != self._pid:  # a process a job forked came back here: never a second worker
+                child.exit_now(0)
             try:
                 if first:
                     first, taken = False, self._take()
@@ -158,7 +230,7 @@ class Worker:
             outcome = run.execute(self.connection, self.inline)
         finally:
             with self._lock:
-                del self._running[taken.id]
+                self._running.pop(taken.id, None)  # gone already if a stop now gave up on it
         elapsed = time.perf_counter() - started
         next_taken, written = None, False
         if run.reason == "lost":
@@ -268,44 +340,47 @@ class Worker:
         return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
     def _on_signal(self, signum: int, frame) -> None:
-        name = signal.Signals(signum).name
-        if self._stopping:
-            log.warning("stopping now (%s again): running jobs are marked failed", name)
-            self.stop_now()
-        else:
-            log.warning("warm shutdown (%s): finishing the current job(s); send it again to stop now", name)
-            self.request_stop()
+        """Only counts and wakes the main thread, which acts (never re-entered, never blocked)."""
+        if os.getpid() == self._pid:  # not in a job's child that has not reset its handlers yet
+            self._signals.append(signum)
+            self._poke()
 
     def request_stop(self) -> None:
         """Stop after the running jobs."""
         self._stopping = True
+        self._poke()
         try:
             self.connection.rpush(keys.worker_wake(self.name), *[b"stop"] * self.concurrency)
         except redis.RedisError:
             pass  # idle slots notice within IDLE_WAKE seconds
 
     def stop_now(self) -> None:
-        """Stop at once: running jobs are interrupted and marked failed, not left started."""
+        """Stop at once: running jobs are interrupted and marked failed, not left started.
+
+        A fork-mode child is killed, so its slot records the failure at once; an inline job that
+        ignores the interrupt (blocked in C code) is given ``STOP_GRACE`` seconds, then recorded
+        failed by ``work()``, which returns.
+        """
         self.request_stop()
         with self._lock:
             runs = list(self._running.values())
         for run in runs:
             run.interrupt("stop")
-        if runs:
-            threading.Timer(STOP_GRACE, self._abandon).start()
+        if runs and self.inline and self._grace_until is None:
+            self._grace_until = time.monotonic() + STOP_GRACE
+            self._poke()
 
     def _abandon(self) -> None:
-        """A job that ignored the interrupt (blocked in C code, inline): record it failed and exit."""
+        """Inline jobs that ignored a stop now: record them failed (their threads are left behind)."""
         with self._lock:
             runs = list(self._running.values())
+            self._running.clear()  # so a Redis that is away ends the recording instead of waiting for it
         for run in runs:
             try:
                 self._finish(run.taken, Outcome.failure(run.reason_text()))
             except (_Stop, redis.RedisError):
                 pass
-        self._unregister()
-        log.warning("worker %s exits with %d job(s) marked failed", self.name, len(runs))
-        os._exit(1)
+        log.warning("worker %s exits with %d job(s) marked failed that ignored the stop", self.name, len(runs))
 
     def _unregister(self) -> None:
         try:

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 import nbq_tasks
-from conftest import wait_for
+from conftest import TESTS_DIR, wait_for
 from nbqueue import Job, JobFailed, Queue
+from nbqueue.worker import STOP_GRACE
 
 MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 
@@ -191,18 +193,161 @@ def test_warm_shutdown_finishes_the_job(start_worker, redis_client, tmp_path, mo
     assert redis_client.zcard("nbq:workers") == 0
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_second_signal_stops_now_and_fails_the_job(start_worker, redis_client, tmp_path, mode):
+@pytest.mark.parametrize("mode, task", [
+    pytest.param([], nbq_tasks.sleep_then, id="fork"),
+    pytest.param(["--inline"], nbq_tasks.busy, id="inline"),  # Python code: the interrupt lands at once
+])
+def test_second_signal_stops_now_and_fails_the_job(start_worker, redis_client, tmp_path, mode, task):
+    """Rows 9 and 13 of issue 8: a "stop now" exits 0 as soon as the job is recorded failed (no 3 s
+    timer, no exit code 1), and signals only wake the main thread."""
     worker = start_worker("low", *mode)
     flag = tmp_path / "started"
-    job = Queue("low", redis_client).enqueue(nbq_tasks.sleep_then, 30, None, str(flag))
+    job = Queue("low", redis_client).enqueue(task, 30, str(flag)) if task is nbq_tasks.busy else \
+        Queue("low", redis_client).enqueue(task, 30, None, str(flag))
     wait_for(flag.exists, message="job start")
     worker.signal(signal.SIGINT)
     wait_for(lambda: "warm shutdown" in worker.log(), message="first signal handled")
+    started = time.monotonic()
     worker.signal(signal.SIGINT)
-    worker.wait()
+    assert worker.wait() == 0
+    assert time.monotonic() - started < STOP_GRACE - 0.2, "waited for nothing after the job was recorded"
     with pytest.raises(JobFailed, match="told to stop now"):
         job.result(timeout=1)
+    assert "ignored the stop" not in worker.log()
+    assert redis_client.zcard("nbq:workers") == 0
+
+
+def test_stop_now_gives_up_on_an_inline_job_blocked_in_c(start_worker, redis_client, tmp_path):
+    """The grace wait is only for an inline job that can't be interrupted; then it is recorded failed, exit 0."""
+    worker = start_worker("low", "--inline")
+    flag = tmp_path / "started"
+    job = Queue("low", redis_client).enqueue(nbq_tasks.sleep_then, 60, None, str(flag))
+    wait_for(flag.exists, message="job start")
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "warm shutdown" in worker.log(), message="first signal handled")
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert time.monotonic() - started >= STOP_GRACE - 0.5
+    with pytest.raises(JobFailed, match="told to stop now"):
+        job.result(timeout=1)
+    assert "1 job(s) marked failed that ignored the stop" in worker.log()
+
+
+def test_a_storm_of_signals_to_a_burst_workers_group(redis_client, redis_url, tmp_path):
+    """Row 13 of issue 8: SIGTERMs to the process group of a burst worker while it waits for its
+    slots: the job's child is in its own group (not hit), the worker stops now and exits 0."""
+    flag = tmp_path / "started"
+    q = Queue("low", redis_client)
+    job = q.enqueue(nbq_tasks.sleep_then, 30, None, str(flag))
+    rest = q.enqueue_many([(nbq_tasks.add, (1, 1))] * 3)
+    log = open(tmp_path / "worker.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "worker", "low", "--burst", "--url", redis_url],
+                            cwd=str(TESTS_DIR), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(flag.exists, 20, message="job start")
+        for _ in range(25):  # the kernel merges a burst into one or two: a first signal
+            os.killpg(proc.pid, signal.SIGTERM)
+        wait_for(lambda: "warm shutdown" in (tmp_path / "worker.log").read_text(), message="first signal handled")
+        assert proc.poll() is None and job.status == "started"  # the first burst did not stop it now
+        for _ in range(25):  # and a second
+            os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    with pytest.raises(JobFailed, match="told to stop now"):
+        job.result(timeout=1)
+    assert [j.status for j in rest] == ["queued"] * 3  # nothing lost: still there for the next worker
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
+
+
+def test_cancel_with_busy_siblings_is_prompt(start_worker, redis_client, tmp_path):
+    """Row 2 of issue 8: with several children forked at once, a child held its sibling's pipe and
+    a cancel waited for the sibling (5-60 s here). Many rounds: every cancel ends its job at once."""
+    start_worker("low", "--concurrency", "3")
+    q = Queue("low", redis_client)
+    slowest = 0.0
+    for round_ in range(8):
+        folder = tmp_path / f"round{round_}"
+        folder.mkdir()
+        jobs = q.enqueue_many([(nbq_tasks.sleep_then, (60, None, str(folder / str(i)))) for i in range(3)])
+        wait_for(lambda: len(os.listdir(folder)) == 3, 20, message="three jobs running at once")
+        for job in jobs:
+            started = time.monotonic()
+            job.cancel()
+            wait_for(lambda: job.status == "canceled", 10, message="the cancel")
+            slowest = max(slowest, time.monotonic() - started)
+    assert slowest < 2.5, f"a cancel took {slowest:.2f} s"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_junk_timeouts_and_ttls_written_by_hand(start_worker, redis_client, mode):
+    """Row 7 of issue 8 (worker side): NaN, infinite, negative, huge or junk numbers in a job hash
+    never break the worker: a bad timeout means the default, infinity no limit; TTLs stay valid."""
+    worker = start_worker("low", *mode)
+    fields = {
+        "nan": {"timeout": "nan", "result_ttl": "nan"},
+        "inf": {"timeout": "inf", "result_ttl": "inf"},
+        "negative": {"timeout": "-1", "result_ttl": "-5"},
+        "junk": {"timeout": "soon", "result_ttl": "later", "failure_ttl": "x"},
+        "huge": {"timeout": "1e300", "result_ttl": "1e300"},
+        "zero": {"timeout": "0", "result_ttl": "0"},
+    }
+    for job_id, extra in fields.items():
+        redis_client.hset(f"nbq:job:{job_id}", mapping={"func": "nbq_tasks:add", "data": _args(), "queue": "low",
+                                                        "status": "queued", **extra})
+        redis_client.rpush("nbq:queue:low", job_id)
+    redis_client.rpush("nbq:wake:low", "1")
+    for job_id in fields:
+        assert Job(job_id, redis_client).result(timeout=20) == 3, job_id
+        assert Job.fetch(job_id, redis_client).attempt == 1  # ran once: no lost attempts
+    assert redis_client.ttl("nbq:job:inf") == -1  # kept forever
+    for job_id in ("nan", "negative", "junk", "zero"):
+        assert 0 < redis_client.ttl(f"nbq:job:{job_id}") <= 24 * 3600, job_id
+    assert 24 * 3600 < redis_client.ttl("nbq:job:huge") <= 2**31
+    assert "unexpected error" not in worker.log()
+
+
+def test_fork_mode_leaks_no_descriptor_and_no_zombie(start_worker, redis_client):
+    """Each attempt closes its pipe and pidfd and reaps its child, however the job ended."""
+    worker = start_worker("low")
+    q = Queue("low", redis_client)
+    assert q.enqueue(nbq_tasks.add, 1, 1).result(timeout=10) == 2
+    before = _pipes_and_pidfds(worker.pid)
+    for func, args, options in [(nbq_tasks.add, (1, 2), {}), (nbq_tasks.die_hard, (), {}),
+                                (nbq_tasks.sleep_then, (30,), {"timeout": 0.2}), (nbq_tasks.exit_process, (), {})] * 5:
+        job = q.enqueue_call(func, args, **options)
+        wait_for(lambda: job.status in ("finished", "failed"), 20, message="the job's end")
+    wait_for(lambda: _pipes_and_pidfds(worker.pid) == before, 10, message="no pipe or pidfd left open")
+    kids = [c for t in os.listdir(f"/proc/{worker.pid}/task")
+            for c in open(f"/proc/{worker.pid}/task/{t}/children").read().split()]
+    assert kids == [], "a child left unreaped"
+
+
+def _pipes_and_pidfds(pid: int) -> int:
+    """A worker's descriptors for its children (not its Redis connections, whose pool may grow)."""
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return sum(link.startswith(("pipe:", "anon_inode:[pidfd]")) for link in links)
+
+
+@pytest.mark.parametrize("args, code", [
+    (["worker", "--concurrency", "0"], 2),
+    (["worker", "--no-such-option"], 2),
+    (["worker", "--url", "redis://127.0.0.1:1/0"], 1),
+])
+def test_worker_exit_codes(args, code):
+    """0 clean stop (the tests above), 1 error, 2 usage."""
+    run = subprocess.run([sys.executable, "-m", "nbqueue.cli", *args], capture_output=True, text=True, timeout=30)
+    assert run.returncode == code, run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_idle_worker_stops_at_once_on_a_signal(start_worker):
@@ -253,3 +398,47 @@ def test_help_everywhere():
         run = subprocess.run([sys.executable, "-m", "nbqueue.cli", *args, "--help"],
                              capture_output=True, text=True, timeout=30)
         assert run.returncode == 0 and "Usage:" in run.stdout
+
+
+# --- the fork machinery itself (real children of the test process), with and without pidfd -------
+@pytest.fixture(params=["pidfd", "polling"])
+def forked(request, monkeypatch):
+    """``nbqueue.child.Forked``; in the "polling" run as on a system without ``os.pidfd_open``."""
+    from nbqueue import child
+
+    if request.param == "polling":
+        monkeypatch.setattr(child, "_pidfd", lambda pid: None)
+    before = len(os.listdir("/proc/self/fd"))
+    yield child.Forked
+    assert len(os.listdir("/proc/self/fd")) == before, "a descriptor was left open"
+
+
+def test_a_child_sends_a_large_outcome(forked):
+    ended = forked(lambda: b"y" * (30 * 2**20)).wait(timeout=60)
+    assert ended.data == b"y" * (30 * 2**20) and ended.status == 0 and not ended.timed_out
+
+
+def test_a_child_that_stops_talking_is_still_stopped_at_its_deadline(forked):
+    """It closes every descriptor (its pipe too) and ignores SIGTERM: killed at the deadline, reaped."""
+    def run() -> bytes:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.closerange(0, 65536)
+        time.sleep(60)
+        return b"never"
+
+    started = time.monotonic()
+    child = forked(run)
+    ended = child.wait(timeout=0.5)
+    assert ended.timed_out and ended.data is None
+    assert os.WIFSIGNALED(ended.status) and os.WTERMSIG(ended.status) == signal.SIGKILL
+    assert time.monotonic() - started < 10
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child.pid, os.WNOHANG)  # reaped already
+
+
+def test_a_child_whose_run_raises_sends_the_fallback(forked):
+    def run() -> bytes:
+        raise SystemExit(5)  # nbqueue's run_job never raises, but the guard holds anyway
+
+    ended = forked(run, b"it raised").wait(timeout=10)
+    assert ended.data == b"it raised" and ended.status == 0  # the guard sends the fallback and exits

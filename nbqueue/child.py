@@ -1,0 +1,416 @@
+"""A forked child: its whole life inside one guard, and how the worker waits for it and ends it.
+
+``Forked(run)`` forks from one place, under a process-wide lock: the pipe is made, the child
+forked and the parent's write end closed before any other slot can fork, and each new child
+closes the worker's ends of its siblings' pipes, so no child holds another's pipe open. The child
+makes its own process group, adopts (as subreaper) whatever the job leaves behind, runs
+``run()``, writes what it returns to the pipe (length-prefixed, before touching any stream), ends
+every process the job left, and leaves by ``os._exit`` whatever the job did to its streams,
+signals or file descriptors. The parent waits on the pipe and a pidfd, so a child that stops
+talking is still stopped at its deadline or on ``kill()``; it always reaps the child, kills the
+child's process group and closes its descriptors.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import os
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+from typing import Callable, NamedTuple, Optional
+
+exit_now = os._exit  # kept here: a job may replace os._exit, the child must still end
+_HEADER = struct.Struct("!Q")
+READ_SIZE = 1 << 16
+FINISH_GRACE = 5.0  # seconds a child may take to exit after it sent its outcome
+POLL = 0.05  # seconds between exit checks where there is no pidfd
+MAX_WAIT = 60.0  # one select call at most (keeps huge timeouts within select's range)
+EXIT_BUG = 70  # the child failed before or while sending (a bug, or no memory left)
+EXIT_NO_PIPE = 75  # the child could not write to its pipe (the job closed or broke it)
+try:  # the C module: plain ints, without the enum conversions that cost ~0.3 ms per child
+    import _signal as _sig
+except ImportError:  # pragma: no cover - not CPython
+    _sig = signal  # type: ignore[misc]
+_CATCHABLE = frozenset(map(int, signal.valid_signals())) - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)}
+
+_spawn_lock = threading.Lock()
+_kept: set = set()  # this process's ends of its children's pipes and their pidfds: a new child closes them
+_live: set = set()  # pids of the children forked here and not yet reaped
+_adopting = False  # this process is a subreaper (``adopt_orphans``)
+_in_child = False  # this process is a child forked here (``settle`` mutes its signals)
+
+
+class Ended(NamedTuple):
+    """How a child ended: what it sent (None: nothing complete), its wait status, and whether
+    it was killed at its deadline."""
+
+    data: Optional[bytes]
+    status: int
+    timed_out: bool
+
+
+class Forked:
+    """A child running ``run()`` (bytes to send back, ``fallback`` if it raises); ``wait()`` says how it ended."""
+
+    def __init__(self, run: Callable[[], bytes], fallback: bytes = b""):
+        self._lock = threading.Lock()
+        self._reaped = False
+        self.killed = False
+        parent = os.getpid()
+        with _spawn_lock:
+            read_fd, write_fd = os.pipe()
+            gc.freeze()  # the child's collector leaves the parent's objects alone: no copy-on-write storm
+            try:
+                pid = os.fork()
+            except BaseException:
+                gc.unfreeze()
+                os.close(read_fd)
+                os.close(write_fd)
+                raise
+            if pid == 0:  # pragma: no cover - the child, measured by the tests' outcomes
+                code = EXIT_BUG
+                try:
+                    for fd in (*_kept, read_fd):
+                        _close(fd)
+                    code = _child_main(write_fd, run, fallback, parent)
+                finally:
+                    exit_now(code)
+            gc.unfreeze()  # the parent's own garbage is collected as before
+            os.close(write_fd)
+            try:
+                os.setpgid(pid, pid)  # as the child does: whoever runs first, the group exists
+            except OSError:
+                pass
+            self.pid, self._pipe, self._pidfd = pid, read_fd, _pidfd(pid)
+            _kept.update(fd for fd in (read_fd, self._pidfd) if fd is not None)
+            _live.add(pid)
+
+    def kill(self) -> None:
+        """SIGKILL the child and its process group, from any thread; nothing once it is reaped."""
+        with self._lock:
+            if not self._reaped:
+                self.killed = True
+                _signal_group(self.pid)
+
+    def wait(self, timeout: Optional[float] = None) -> Ended:
+        """Read what the child sends until it exits, killing it ``timeout`` seconds after now."""
+        if timeout is not None and not timeout < float("inf"):
+            timeout = None  # NaN or infinity: no limit
+        deadline = None if timeout is None else time.monotonic() + timeout
+        message = _Message()
+        timed_out = False
+        sent_at: Optional[float] = None
+        poller = select.poll()  # not select(): no limit on descriptor numbers
+        for fd in (self._pipe, self._pidfd):
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
+        try:
+            while not self._exited():
+                now = time.monotonic()
+                if sent_at is None and message.complete:
+                    sent_at = now
+                if deadline is not None and now >= deadline and sent_at is None and not timed_out:
+                    timed_out = True
+                    self.kill()
+                if sent_at is not None and now >= sent_at + FINISH_GRACE:
+                    self.kill()  # sent its outcome but hangs (a stuck flush): the outcome stands
+                waits = [MAX_WAIT]
+                if deadline is not None and sent_at is None and not timed_out:
+                    waits.append(deadline - now)
+                if sent_at is not None:
+                    waits.append(sent_at + FINISH_GRACE - now)
+                if self._pidfd is None:
+                    waits.append(POLL)
+                pipe = self._pipe
+                ready = {fd for fd, _ in poller.poll(math.ceil(max(0.0, min(waits)) * 1000))}
+                if pipe is not None and pipe in ready:
+                    self._read(message)
+                    if self._pipe is None:
+                        poller.unregister(pipe)
+            self._drain(message)
+            return Ended(message.data(), self._reap(), timed_out)
+        finally:
+            self._release()
+
+    # --- the parent's side, in steps ------------------------------------------------------------
+    def _exited(self) -> bool:
+        """The child has exited (a zombie, not reaped yet: its pid and group can't be reused)."""
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def _read(self, message: "_Message") -> None:
+        try:
+            chunk = os.read(self._pipe, READ_SIZE)
+        except BlockingIOError:
+            return
+        if chunk:
+            message.feed(chunk)
+        else:  # end of file: the child closed its end (it goes on until it exits)
+            self._close_pipe()
+
+    def _drain(self, message: "_Message") -> None:
+        """Read what the exited child left in the pipe (a process it left may hold the pipe open)."""
+        if self._pipe is None:
+            return
+        os.set_blocking(self._pipe, False)
+        while self._pipe is not None and not message.complete:
+            try:
+                chunk = os.read(self._pipe, READ_SIZE)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            message.feed(chunk)
+
+    def _reap(self) -> int:
+        with self._lock:
+            if self._reaped:
+                return 0
+            try:
+                os.killpg(self.pid, signal.SIGKILL)  # what the job left in its group, while the zombie holds it
+            except OSError:
+                pass
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                status = 0
+            self._reaped = True
+            return status
+
+    def _release(self) -> None:
+        if not self._reaped:  # an error while waiting: never leave the child running or a zombie
+            self.kill()
+            self._reap()
+        self._close_pipe()
+        with _spawn_lock:
+            if self._pidfd is not None:
+                _kept.discard(self._pidfd)
+                _close(self._pidfd)
+                self._pidfd = None
+            _live.discard(self.pid)
+
+    def _close_pipe(self) -> None:
+        with _spawn_lock:  # under the lock: a child forked meanwhile must not close a reused number
+            if self._pipe is not None:
+                _kept.discard(self._pipe)
+                _close(self._pipe)
+                self._pipe = None
+
+
+class _Message:
+    """A length-prefixed message arriving in chunks."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._size: Optional[int] = None
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+        if self._size is None and len(self._buf) >= _HEADER.size:
+            self._size = _HEADER.unpack_from(self._buf)[0]
+
+    @property
+    def complete(self) -> bool:
+        return self._size is not None and len(self._buf) >= _HEADER.size + self._size
+
+    def data(self) -> Optional[bytes]:
+        if not self.complete:
+            return None
+        return bytes(memoryview(self._buf)[_HEADER.size:_HEADER.size + self._size])
+
+
+# --- the child's side ---------------------------------------------------------------------------
+def _child_main(write_fd: int, run: Callable[[], bytes], fallback: bytes, parent: int) -> int:  # pragma: no cover
+    """Run in the child: prepare, run, send, clean up. The caller ``os._exit``\\ s with the code."""
+    global _in_child
+    _in_child = True
+    me = os.getpid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        os.setpgid(0, 0)  # its own group: the worker kills the job's subprocesses with it
+    except OSError:
+        pass
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)  # the job stops when its worker dies
+        _PRCTL(PR_SET_CHILD_SUBREAPER, 1)  # what the job leaves (even after setsid) comes back here
+    if os.getppid() != parent:  # the worker died before that took effect
+        return EXIT_BUG
+    if os.isatty(0):  # in its own group it could not read the terminal (SIGTTIN would stop it)
+        _to_devnull(0)
+    data = fallback
+    try:
+        try:
+            data = run()
+        finally:  # first a C call: no handler of the job's can run between the job and the mask
+            _sig.pthread_sigmask(_sig.SIG_BLOCK, _CATCHABLE)
+    except BaseException:  # raised past run() (a handler of the job's, for a signal that came before the mask)
+        pass
+    if os.getpid() != me:  # a process the job forked came back here: it ends now, silently
+        exit_now(0)
+    _mute_signals()
+    code = _send(write_fd, data)
+    end_children()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:  # after the outcome is sent: a closed, replaced or full stream can't lose it
+            stream.flush()
+        except BaseException:
+            pass
+    return code
+
+
+def settle() -> None:
+    """Call when the job's own code has returned: in a forked child, no signal can interrupt what
+    follows (a handler of the job's that raises, a timer it left running); elsewhere nothing."""
+    if _in_child:
+        _mute_signals()
+
+
+def _mute_signals() -> None:
+    for _ in range(100):  # a handler of the job's may raise (once per signal) before the mask holds
+        try:
+            _sig.pthread_sigmask(_sig.SIG_BLOCK, _CATCHABLE)
+            for signum in _CATCHABLE:
+                if callable(_sig.getsignal(signum)):
+                    _sig.signal(signum, _sig.SIG_IGN)
+            return
+        except BaseException:
+            continue
+
+
+def _send(fd: int, data: bytes) -> int:
+    try:
+        os.set_blocking(fd, True)  # in case the job changed it
+        for piece in (_HEADER.pack(len(data)), data):
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view):]
+        os.close(fd)
+    except OSError:
+        return EXIT_NO_PIPE
+    return 0
+
+
+def _to_devnull(fd: int) -> None:
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except OSError:
+        pass
+
+
+# --- processes left behind ------------------------------------------------------------------------
+def end_children(keep: frozenset = frozenset()) -> int:
+    """SIGKILL and reap this process's children but ``keep`` (and theirs, as they are adopted).
+
+    Returns how many were ended. Costs one system call when there are none.
+    """
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return 0  # the usual case: no children at all
+    except (AttributeError, OSError):
+        pass
+    ended = 0
+    for _ in range(100):  # each round ends a generation; their children come to us (subreaper)
+        kids = _children() - keep
+        if not kids:
+            break
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in kids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        ended += len(kids)
+    return ended
+
+
+def end_orphans() -> int:
+    """In a process that adopts orphans: end those that dead children left (kept: live children)."""
+    if not _adopting:
+        return 0
+    with _spawn_lock:
+        return end_children(frozenset(_live))
+
+
+def _children() -> set:
+    """Pids of this process's children (Linux /proc; an empty set elsewhere)."""
+    kids: set = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                kids.update(int(pid) for pid in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return kids
+
+
+def adopt_orphans() -> Callable[[], None]:
+    """Linux: become a subreaper, so what dead children leave (even after ``setsid``) is adopted
+    here and ended by ``end_orphans()``; returns the undo. For a process that runs only a worker."""
+    global _adopting
+    if _PRCTL is None:
+        return lambda: None
+    before = ctypes.c_int(0)
+    _PRCTL(PR_GET_CHILD_SUBREAPER, ctypes.byref(before))
+    _PRCTL(PR_SET_CHILD_SUBREAPER, 1)
+    _adopting = True
+
+    def undo() -> None:
+        global _adopting
+        _adopting = False
+        _PRCTL(PR_SET_CHILD_SUBREAPER, before.value)
+    return undo
+
+
+# --- small helpers ----------------------------------------------------------------------------------
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 1, 36, 37
+
+
+def _find_prctl() -> Optional[Callable]:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()  # looked up once, not in every child
+
+
+def _pidfd(pid: int) -> Optional[int]:
+    try:
+        return os.pidfd_open(pid)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return None  # not Linux 5.3+: the wait polls
+
+
+def _signal_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):  # the group; the child itself, in case it had none yet
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
