@@ -69,8 +69,8 @@ CASES = [
           "failed:ResultError: .*RuntimeError: refuses to be pickled"),
     _case("200 MB result", BOTH, lambda r, m: (ht.huge_result, (r, 200), {}),
           "failed:ResultTooLarge: the job returned bytes of 200.0 MiB pickled, over nbqueue's limit of 64 MiB"),
-    _case("generator function", BOTH, lambda r, m: (ht.generator_job, (r,), {}),
-          "failed:ResultError: the job returned generator, which can't be pickled"),
+    _case("generator function", ENQUEUE, lambda r, m: (ht.generator_job, (r,), {}),
+          "refused:it is a generator function"),
     # --- time and processes ---
     _case("ignore SIGTERM, sleep past the timeout", FORK,
           lambda r, m: (ht.ignore_sigterm_and_sleep, (r, 60), {"timeout": 1}), "failed:longer than its timeout of 1 s"),

@@ -13,7 +13,7 @@ import pytest
 
 import nbq_tasks
 from conftest import TESTS_DIR, wait_for
-from nbqueue import Job, JobFailed, Queue
+from nbqueue import Job, JobFailed, Queue, signing
 from nbqueue.worker import STOP_GRACE
 
 MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
@@ -296,9 +296,12 @@ def test_junk_timeouts_and_ttls_written_by_hand(start_worker, redis_client, mode
         "huge": {"timeout": "1e300", "result_ttl": "1e300"},
         "zero": {"timeout": "0", "result_ttl": "0"},
     }
+    signer = signing.from_value(os.environ["NBQUEUE_SECRET"])  # signed with the junk: only parsing can stop it
     for job_id, extra in fields.items():
+        stored = [x for pair in extra.items() for x in pair]
+        sig = signer.sign_job(signer.job_mac("nbq_tasks:add", "", stored), job_id, _args())
         redis_client.hset(f"nbq:job:{job_id}", mapping={"func": "nbq_tasks:add", "data": _args(), "queue": "low",
-                                                        "status": "queued", **extra})
+                                                        "status": "queued", "sig": sig, **extra})
         redis_client.rpush("nbq:queue:low", job_id)
     redis_client.rpush("nbq:wake:low", "1")
     for job_id in fields:
