@@ -16,12 +16,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 import redis
+
+if TYPE_CHECKING:  # pragma: no cover
+    from servers import PrivateRedis
 
 
 def wait_for(
@@ -189,15 +193,39 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``nbqueue worker`` processes (killed at teardown): ``start_worker("low", "--inline")``."""
-    workers: list = []
+def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``nbqueue worker`` processes with explicit args (no URL added, not waited for; from
+    any thread); ``spawn_worker.all`` lists them; killed at teardown."""
+    started: list = []
+    lock = threading.Lock()
+
+    def spawn(*args: str, cwd: Path = TESTS_DIR) -> WorkerProcess:
+        with lock:
+            worker = WorkerProcess(list(args), cwd, tmp_path / f"worker-{len(started)}.log")
+            started.append(worker)
+        return worker
+
+    spawn.all = started  # type: ignore[attr-defined]
+    yield spawn
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def start_worker(redis_url: str, spawn_worker: Callable[..., WorkerProcess]) -> Callable[..., WorkerProcess]:
+    """Start ``nbqueue worker`` processes on the session's server: ``start_worker("low", "--inline")``."""
 
     def start(*args: str, cwd: Path = TESTS_DIR, ready: bool = True) -> WorkerProcess:
-        worker = WorkerProcess([*args, "--url", redis_url], cwd, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker)
+        worker = spawn_worker(*args, "--url", redis_url, cwd=cwd)
         return worker.wait_ready() if ready else worker
 
-    yield start
-    for worker in workers:
-        worker.stop()
+    return start
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator["PrivateRedis"]:
+    """A Redis of this test's own (unix socket, append-only file) to restart, pause or kill."""
+    from servers import PrivateRedis
+
+    with PrivateRedis.unix(tmp_path / "redis") as server:
+        yield server

@@ -8,7 +8,6 @@ about 6 s; the bounds below allow for a loaded 2-core machine.
 from __future__ import annotations
 
 import collections
-import os
 import random
 import re
 import signal
@@ -16,14 +15,13 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
 import chaos_tasks
-from conftest import TESTS_DIR, WorkerProcess, wait_for
+from conftest import wait_for
 from nbqueue import Job, Queue
 from nbqueue.serialization import loads_result
-from servers import EventLog, PrivateRedis, pid_alive, tolerant
+from servers import EventLog, pid_alive, tolerant
 
 RERUN_BOUND = 10.0  # seconds from a worker's death to the re-run's start (LEASE + HEARTBEAT + slack)
 DISCARDED = re.compile(r"lost the job's lease .*its outcome is discarded|not recording the outcome: "
@@ -130,31 +128,6 @@ def test_a_stale_attempts_output_and_progress_do_not_land_on_the_rerun(start_wor
 
 
 # --- Redis restarted under a worker -------------------------------------------------------------
-@pytest.fixture
-def private_redis(tmp_path):
-    server = PrivateRedis.unix(tmp_path / "redis")
-    with server:
-        yield server
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    """Start ``nbqueue worker`` processes with explicit args (no URL added); killed at teardown."""
-    started: list = []
-    lock = threading.Lock()
-
-    def start(*args: str) -> WorkerProcess:
-        with lock:
-            worker = WorkerProcess(list(args), TESTS_DIR, tmp_path / f"worker-{len(started)}.log")
-            started.append(worker)
-        return worker
-
-    start.all = started
-    yield start
-    for worker in started:
-        worker.stop()
-
-
 def _statuses(client: redis.Redis, ids: list, deadline: float) -> list:
     def read():
         with client.pipeline(transaction=False) as pipe:
@@ -196,14 +169,14 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def test_jobs_survive_a_redis_restart_under_the_worker(private_redis, spawn, tmp_path):
+def test_jobs_survive_a_redis_restart_under_the_worker(private_redis, spawn_worker, tmp_path):
     executions = tmp_path / "executions.log"
     client = private_redis.client(timeout=2)
     aof = client.config_get("append*")
     assert (aof["appendonly"], aof["appendfsync"]) == ("yes", "always")  # a restart loses nothing
     jobs = Queue("restart", client).enqueue_many(
         [(chaos_tasks.counted, (i, 0.02, str(executions))) for i in range(100)])
-    worker = spawn("restart", "--url", private_redis.url).wait_ready()
+    worker = spawn_worker("restart", "--url", private_redis.url).wait_ready()
     wait_for(lambda: _lines(executions) >= 25, 30, message="a quarter of the jobs to run")
     away = private_redis.restart(while_down=lambda: wait_for(
         lambda: "lost Redis" in worker.log(), 10, message="the worker to notice Redis is away"))
@@ -236,9 +209,9 @@ DEADLINE = 80.0  # seconds for the whole test
 class Killer(threading.Thread):
     """SIGKILLs a random live worker every few tenths of a second and starts a replacement."""
 
-    def __init__(self, spawn, args: list, workers: list, jobs_done, rng: random.Random):
+    def __init__(self, spawn_worker, args: list, workers: list, jobs_done, rng: random.Random):
         super().__init__(name="killer", daemon=True)
-        self.spawn, self.args, self.workers, self.jobs_done, self.rng = spawn, args, workers, jobs_done, rng
+        self.spawn_worker, self.args, self.workers, self.jobs_done, self.rng = spawn_worker, args, workers, jobs_done, rng
         self.kills = 0
         self.busy_kills = 0  # kills of a worker that had a job child at that moment
         self.stop_event = threading.Event()
@@ -257,7 +230,7 @@ class Killer(threading.Thread):
                     victim.wait(timeout=10)
                     self.kills += 1
                     self.busy_kills += busy
-                self.workers.append(self.spawn(*self.args))
+                self.workers.append(self.spawn_worker(*self.args))
         except BaseException as exc:  # reported by the test
             self.error = exc
 
@@ -283,7 +256,7 @@ def _until(predicate, seconds: float) -> bool:
     return True
 
 
-def test_chaos_kills_and_a_redis_restart_lose_no_job(private_redis, spawn, tmp_path):
+def test_chaos_kills_and_a_redis_restart_lose_no_job(private_redis, spawn_worker, tmp_path):
     began = time.monotonic()
     deadline = began + DEADLINE
     executions = tmp_path / "executions.log"
@@ -295,11 +268,11 @@ def test_chaos_kills_and_a_redis_restart_lose_no_job(private_redis, spawn, tmp_p
         [(chaos_tasks.counted, (i, durations[i], str(executions))) for i in range(CHAOS_JOBS)], lost_retries=100)
     ids = [j.id for j in jobs]
     args = ["chaos", "--url", private_redis.url]
-    workers = [spawn(*args) for _ in range(CHAOS_WORKERS)]
+    workers = [spawn_worker(*args) for _ in range(CHAOS_WORKERS)]
     for worker in workers:
         worker.wait_ready()
 
-    killer = Killer(spawn, args, workers, lambda: _lines(executions) >= CHAOS_JOBS, rng)
+    killer = Killer(spawn_worker, args, workers, lambda: _lines(executions) >= CHAOS_JOBS, rng)
     killer.start()
     try:
         # one graceful restart in the middle: half the jobs run, or half the killing time passed
@@ -321,9 +294,9 @@ def test_chaos_kills_and_a_redis_restart_lose_no_job(private_redis, spawn, tmp_p
     wrong = [(i, o["result"]) for i, o in enumerate(outcomes) if o["status"] == "finished" and o["result"] != 2 * i]
     duplicates = sum(counts.values()) - len(counts)
     over = [(i, counts[i], o["attempt"]) for i, o in enumerate(outcomes) if counts[i] > o["attempt"]]
-    logs = [w.log() for w in spawn.all]
-    exited = [(w.proc.returncode, w.log()[-300:]) for w in spawn.all if w.proc.poll() not in (None, -signal.SIGKILL)]
-    print(f"\n[chaos] seed {seed}: {CHAOS_JOBS} jobs, {len(spawn.all)} workers started, {killer.kills} kills "
+    logs = [w.log() for w in spawn_worker.all]
+    exited = [(w.proc.returncode, w.log()[-300:]) for w in spawn_worker.all if w.proc.poll() not in (None, -signal.SIGKILL)]
+    print(f"\n[chaos] seed {seed}: {CHAOS_JOBS} jobs, {len(spawn_worker.all)} workers started, {killer.kills} kills "
           f"({killer.busy_kills} while running a job), 1 Redis restart (away {away:.2f} s, after "
           f"{done_at_restart} executions and {kills_at_restart} kills); lost {len(lost)}, wrong results {len(wrong)}, "
           f"executions {sum(counts.values())}, duplicated executions {duplicates}, jobs re-run after a lost worker "

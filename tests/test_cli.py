@@ -16,7 +16,7 @@ import pytest
 import nbq_tasks
 from conftest import wait_for
 from nbqueue import Queue
-from servers import PrivateRedis, free_port
+from servers import free_port
 
 SECRET = "hunter2-secret"
 
@@ -95,27 +95,17 @@ def test_requeue_goes_on_past_unknown_ids_and_says_which_failed(redis_client, re
 
 
 # --- errors of redis-py itself, after the connection was made --------------------------------------
-@pytest.fixture
-def private(tmp_path):
-    server = PrivateRedis.unix(tmp_path / "redis")
-    server.start()
-    yield server
-    if server.pid:
-        os.kill(server.pid, signal.SIGCONT)
-    server.stop()
-
-
-def test_info_while_redis_is_down(private):
-    url = private.url
-    private.stop()
+def test_info_while_redis_is_down(private_redis):
+    url = private_redis.url
+    private_redis.stop()
     assert_one_line_error(nbqueue("info", "--url", url), f"cannot connect to Redis at {url}", "start Redis there")
     assert_one_line_error(nbqueue("info", env={"NBQUEUE_URL": url}), "unset NBQUEUE_URL")
 
 
-def test_a_hung_redis_is_one_line_too(private):
-    os.kill(private.pid, signal.SIGSTOP)
+def test_a_hung_redis_is_one_line_too(private_redis):
+    os.kill(private_redis.pid, signal.SIGSTOP)
     started = time.monotonic()
-    assert_one_line_error(nbqueue("info", "--url", private.url), private.url, "Timeout")
+    assert_one_line_error(nbqueue("info", "--url", private_redis.url), private_redis.url, "Timeout")
     assert time.monotonic() - started < 30
 
 
@@ -125,37 +115,37 @@ def test_a_response_error_names_the_redis(redis_client, redis_url):
     assert_one_line_error(run, f"Redis at {redis_url} answered with an error: ", "WRONGTYPE")
 
 
-def test_a_user_without_permissions_gets_one_line_and_the_password_is_masked(private):
-    with private.client() as admin:
+def test_a_user_without_permissions_gets_one_line_and_the_password_is_masked(private_redis):
+    with private_redis.client() as admin:
         admin.acl_setuser("limited", enabled=True, passwords=[f"+{SECRET}"], keys=["*"], channels=["*"],
                           commands=["+ping", "+hello", "+auth", "+client"])
-    url = private.url.replace("unix://", f"unix://limited:{SECRET}@")
+    url = private_redis.url.replace("unix://", f"unix://limited:{SECRET}@")
     run = nbqueue("info", "--url", url)
     assert_one_line_error(run, "unix://limited:***@", "refused a command", "no permissions to run the 'smembers'")
-    wrong = private.url.replace("unix://", "unix://limited:wrong@")
+    wrong = private_redis.url.replace("unix://", "unix://limited:wrong@")
     assert_one_line_error(nbqueue("info", "--url", wrong), "refused the credentials")
 
 
-def test_redis_going_away_under_info_watch_is_one_line(private):
-    proc = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "info", "--watch", "--url", private.url],
+def test_redis_going_away_under_info_watch_is_one_line(private_redis):
+    proc = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "info", "--watch", "--url", private_redis.url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
-        wait_for(lambda: private.client().pubsub_numpat() == 1, timeout=30, message="info --watch to subscribe")
-        private.stop()
+        wait_for(lambda: private_redis.client().pubsub_numpat() == 1, timeout=30, message="info --watch to subscribe")
+        private_redis.stop()
         out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     run = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    assert_one_line_error(run, f"lost the connection to Redis at {private.url}")
+    assert_one_line_error(run, f"lost the connection to Redis at {private_redis.url}")
 
 
-def test_a_password_changed_under_info_watch_is_one_line(private):
-    with private.client() as admin:
+def test_a_password_changed_under_info_watch_is_one_line(private_redis):
+    with private_redis.client() as admin:
         admin.acl_setuser("watcher", enabled=True, passwords=[f"+{SECRET}"], keys=["*"], channels=["*"],
                           commands=["+@all"])
-        url = private.url.replace("unix://", f"unix://watcher:{SECRET}@")
+        url = private_redis.url.replace("unix://", f"unix://watcher:{SECRET}@")
         proc = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "info", "--watch", "--url", url],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         try:

@@ -12,34 +12,13 @@ import redis
 from redis.sentinel import Sentinel
 
 import nbq_tasks
-from conftest import TESTS_DIR, WorkerProcess, wait_for
+from conftest import TESTS_DIR, wait_for
 from nbqueue import Queue, keys
 from nbqueue.connection import InvalidURL, SentinelURL, client_for, connect, describe, mask_url
 from nbqueue.errors import EvictingRedis, NbqueueError, RedisFull
 from nbqueue.worker import Worker
 from sentinels import HOST, SERVICE, SentinelSetup
-from servers import PrivateRedis, free_port
-
-
-@pytest.fixture
-def private(tmp_path):
-    with PrivateRedis.unix(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-def workers(tmp_path):
-    """Start ``nbqueue worker`` processes with explicit args; killed at teardown."""
-    started: list = []
-
-    def start(*args: str, ready: bool = True) -> WorkerProcess:
-        worker = WorkerProcess(list(args), TESTS_DIR, tmp_path / f"worker-{len(started)}.log")
-        started.append(worker)
-        return worker.wait_ready() if ready else worker
-
-    yield start
-    for worker in started:
-        worker.stop()
+from servers import free_port
 
 
 # --- Sentinel URLs (no server needed) ----------------------------------------------------------
@@ -79,7 +58,7 @@ def sentinel(tmp_path):
         yield setup
 
 
-def test_a_sentinel_client_passed_as_connection_enqueues_on_its_master(sentinel, workers):
+def test_a_sentinel_client_passed_as_connection_enqueues_on_its_master(sentinel, spawn_worker):
     # the client's default host is a port where nothing listens: a hot path that dialled it
     # instead of asking the sentinel for the master (as before: localhost:6379) fails at once
     nowhere = free_port(HOST)
@@ -90,13 +69,13 @@ def test_a_sentinel_client_passed_as_connection_enqueues_on_its_master(sentinel,
     with sentinel.master.client() as master:
         assert master.llen(keys.queue("sentinel")) == 5  # on the master, not anywhere else
         assert all(master.exists(keys.job(j.id)) for j in jobs)
-    workers("sentinel", "--inline", "--url", sentinel.url)
+    spawn_worker("sentinel", "--inline", "--url", sentinel.url).wait_ready()
     assert [j.result(timeout=30) for j in jobs] == [i + 1 for i in range(5)]
 
 
-def test_a_sentinel_url_works_everywhere(sentinel, workers, monkeypatch, caplog):
+def test_a_sentinel_url_works_everywhere(sentinel, spawn_worker, monkeypatch, caplog):
     monkeypatch.setenv("NBQUEUE_URL", sentinel.url)
-    worker = workers("surl", "--url", sentinel.url)
+    worker = spawn_worker("surl", "--url", sentinel.url).wait_ready()
     assert f"on {sentinel.url}/0" in worker.log()
     with caplog.at_level(logging.INFO, logger="nbqueue"):
         job = Queue("surl").enqueue(nbq_tasks.add, 20, 22)
@@ -106,10 +85,10 @@ def test_a_sentinel_url_works_everywhere(sentinel, workers, monkeypatch, caplog)
 
 
 # --- row 11: a group waits on one connection -----------------------------------------------------
-def test_group_results_wait_on_one_connection(private, workers):
-    client = redis.Redis.from_url(private.url)
+def test_group_results_wait_on_one_connection(private_redis, spawn_worker):
+    client = redis.Redis.from_url(private_redis.url)
     group = Queue("grp", client).map(nbq_tasks.sleep_then, [0.005] * 400)
-    workers("grp", "--inline", "--url", private.url)
+    spawn_worker("grp", "--inline", "--url", private_redis.url).wait_ready()
     wait_for(lambda: client.hget(keys.job(group[0].id), "status") == b"finished", 30, message="the first job to run")
     before = client.info("stats")["total_connections_received"]
     assert group.results(timeout=60) == [None] * 400
@@ -120,23 +99,23 @@ def test_group_results_wait_on_one_connection(private, workers):
     assert client.info("stats")["total_connections_received"] - before == opened
 
 
-def test_group_results_raise_the_first_failure_in_order(private, workers):
-    client = redis.Redis.from_url(private.url)
+def test_group_results_raise_the_first_failure_in_order(private_redis, spawn_worker):
+    client = redis.Redis.from_url(private_redis.url)
     q = Queue("grpfail", client)
     jobs = q.enqueue_many([(nbq_tasks.sleep_then, (0.5, 1)), (nbq_tasks.fail, ("second",)),
                            (nbq_tasks.fail, ("third",))])
     from nbqueue.group import Group
 
-    workers("grpfail", "--inline", "-c", "3", "--url", private.url)
+    spawn_worker("grpfail", "--inline", "-c", "3", "--url", private_redis.url).wait_ready()
     with pytest.raises(NbqueueError, match="second"):
         Group(jobs).results(timeout=30)
 
 
 # --- row 6: an evicting Redis is refused; a full one says so -----------------------------------
-def test_a_worker_refuses_an_evicting_redis(private):
-    with private.client() as admin:
+def test_a_worker_refuses_an_evicting_redis(private_redis):
+    with private_redis.client() as admin:
         admin.config_set("maxmemory-policy", "allkeys-lru")
-    out = subprocess.run([sys.executable, "-m", "nbqueue.cli", "worker", "--burst", "--url", private.url],
+    out = subprocess.run([sys.executable, "-m", "nbqueue.cli", "worker", "--burst", "--url", private_redis.url],
                          cwd=TESTS_DIR, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1, out.stderr
     lines = [line for line in out.stderr.splitlines() if "maxmemory-policy" in line]
@@ -144,24 +123,24 @@ def test_a_worker_refuses_an_evicting_redis(private):
     assert "allkeys-lru" in lines[0] and "CONFIG SET maxmemory-policy noeviction" in lines[0]
     assert "--allow-eviction" in lines[0]
     with pytest.raises(EvictingRedis, match="volatile-lru"):
-        with private.client() as admin:
+        with private_redis.client() as admin:
             admin.config_set("maxmemory-policy", "volatile-lru")
-        Worker(["x"], redis.Redis.from_url(private.url))
+        Worker(["x"], redis.Redis.from_url(private_redis.url))
 
 
-def test_allow_eviction_starts_the_worker_with_a_warning(private, workers):
-    with private.client() as admin:
+def test_allow_eviction_starts_the_worker_with_a_warning(private_redis, spawn_worker):
+    with private_redis.client() as admin:
         admin.config_set("maxmemory-policy", "allkeys-lru")
-    worker = workers("evict", "--inline", "--allow-eviction", "--url", private.url)
+    worker = spawn_worker("evict", "--inline", "--allow-eviction", "--url", private_redis.url).wait_ready()
     assert "allowed by --allow-eviction" in worker.log()
-    job = Queue("evict", redis.Redis.from_url(private.url)).enqueue(nbq_tasks.add, 1, 2)
+    job = Queue("evict", redis.Redis.from_url(private_redis.url)).enqueue(nbq_tasks.add, 1, 2)
     assert job.result(timeout=30) == 3
 
 
-def test_a_client_warns_once_about_an_evicting_redis(private, caplog):
-    with private.client() as admin:
+def test_a_client_warns_once_about_an_evicting_redis(private_redis, caplog):
+    with private_redis.client() as admin:
         admin.config_set("maxmemory-policy", "allkeys-random")
-    client = redis.Redis.from_url(private.url)
+    client = redis.Redis.from_url(private_redis.url)
     with caplog.at_level(logging.WARNING, logger="nbqueue"):
         q = Queue("warned", client)
         jobs = [q.enqueue(nbq_tasks.add, i, 1) for i in range(20)]
@@ -172,14 +151,14 @@ def test_a_client_warns_once_about_an_evicting_redis(private, caplog):
     assert len(jobs) == 20
 
 
-def test_no_warning_with_noeviction(private, caplog):
+def test_no_warning_with_noeviction(private_redis, caplog):
     with caplog.at_level(logging.WARNING, logger="nbqueue"):
-        Queue("quiet", redis.Redis.from_url(private.url)).enqueue(nbq_tasks.add, 1, 2)
+        Queue("quiet", redis.Redis.from_url(private_redis.url)).enqueue(nbq_tasks.add, 1, 2)
     assert not [r for r in caplog.records if "maxmemory" in r.getMessage()]
 
 
-def test_a_full_redis_is_an_nbqueue_error_and_nothing_is_enqueued(private):
-    client = redis.Redis.from_url(private.url)
+def test_a_full_redis_is_an_nbqueue_error_and_nothing_is_enqueued(private_redis):
+    client = redis.Redis.from_url(private_redis.url)
     q = Queue("full", client)
     q.enqueue(nbq_tasks.add, 0, 0)  # scripts loaded, policy read: the refusals below are OOM's
     client.config_set("maxmemory", 1)  # less than Redis uses already: every write that adds is refused
@@ -198,12 +177,12 @@ def test_a_full_redis_is_an_nbqueue_error_and_nothing_is_enqueued(private):
     assert len(q) == 2
 
 
-def test_a_worker_that_may_not_read_the_policy_says_so_and_runs(private, workers):
-    with private.client() as admin:
+def test_a_worker_that_may_not_read_the_policy_says_so_and_runs(private_redis, spawn_worker):
+    with private_redis.client() as admin:
         admin.acl_setuser("noinfo", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
                           commands=["+@all", "-info"], reset=True)
-    url = f"unix://noinfo:pw@{private.unix_socket}"
-    worker = workers("noinfo", "--inline", "--url", url)
+    url = f"unix://noinfo:pw@{private_redis.unix_socket}"
+    worker = spawn_worker("noinfo", "--inline", "--url", url).wait_ready()
     assert "could not read the maxmemory-policy" in worker.log()
     job = Queue("noinfo", redis.Redis.from_url(url)).enqueue(nbq_tasks.add, 1, 2)
     assert job.result(timeout=30) == 3

@@ -15,32 +15,12 @@ import redis
 
 import chaos_tasks
 import nbq_tasks
-from conftest import TESTS_DIR, WorkerProcess, wait_for
+from conftest import wait_for
 from nbqueue import Group, Job, Queue, keys
 from nbqueue.connection import client_for, connect
 from nbqueue.job import TERMINAL
 from sentinels import SentinelSetup
 from servers import PrivateRedis, tolerant
-
-
-@pytest.fixture
-def private(tmp_path):
-    with PrivateRedis.unix(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-def workers(tmp_path):
-    started: list = []
-
-    def start(*args: str) -> WorkerProcess:
-        worker = WorkerProcess(list(args), TESTS_DIR, tmp_path / f"worker-{len(started)}.log")
-        started.append(worker)
-        return worker.wait_ready()
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def _executions(path: Path) -> collections.Counter:
@@ -82,8 +62,8 @@ def _kill_and_restart(server: PrivateRedis, while_down) -> float:
 
 # --- row 4: the first enqueue after a restart -----------------------------------------------------
 @pytest.mark.parametrize("how", ["sigkill", "graceful"])
-def test_the_first_enqueue_of_each_thread_after_a_restart_succeeds(private, how):
-    client = connect(private.url)  # nbqueue's own client, as Queue(name, url) gets it
+def test_the_first_enqueue_of_each_thread_after_a_restart_succeeds(private_redis, how):
+    client = connect(private_redis.url)  # nbqueue's own client, as Queue(name, url) gets it
     q = Queue("first", client)
     barrier = threading.Barrier(4)
     errors: list = []
@@ -102,9 +82,9 @@ def test_the_first_enqueue_of_each_thread_after_a_restart_succeeds(private, how)
         t.start()
     barrier.wait(timeout=30)
     if how == "sigkill":
-        _kill_and_restart(private, lambda: None)
+        _kill_and_restart(private_redis, lambda: None)
     else:
-        private.restart()
+        private_redis.restart()
     barrier.wait(timeout=30)
     for t in threads:
         t.join(timeout=30)
@@ -113,10 +93,10 @@ def test_the_first_enqueue_of_each_thread_after_a_restart_succeeds(private, how)
     assert len(q) == 7
 
 
-def test_a_connection_the_server_closed_is_reopened_and_the_command_runs_once(private):
-    client = redis.Redis.from_url(private.url)
+def test_a_connection_the_server_closed_is_reopened_and_the_command_runs_once(private_redis):
+    client = redis.Redis.from_url(private_redis.url)
     keys.send(client, ("CLIENT", "SETNAME", "hot-path"))
-    with private.client() as admin:
+    with private_redis.client() as admin:
         hot = [c for c in admin.client_list() if c["name"] == "hot-path"]
         assert len(hot) == 1
         admin.client_kill_filter(_id=hot[0]["id"])  # the server closes it while it is idle
@@ -126,15 +106,15 @@ def test_a_connection_the_server_closed_is_reopened_and_the_command_runs_once(pr
 
 
 # --- Redis SIGKILLed under workers and under blocked clients ---------------------------------------
-def test_redis_killed_under_workers_and_blocked_clients_loses_nothing(private, workers, tmp_path, caplog):
+def test_redis_killed_under_workers_and_blocked_clients_loses_nothing(private_redis, spawn_worker, tmp_path, caplog):
     executions = tmp_path / "executions.log"
-    client = redis.Redis(unix_socket_path=private.unix_socket)  # redis-py's default retries (about 3 s of them)
+    client = redis.Redis(unix_socket_path=private_redis.unix_socket)  # redis-py's default retries (about 3 s of them)
     q = Queue("killed", client)
     n = 200
     slow = q.enqueue(nbq_tasks.sleep_then, 3.0, "slow", str(tmp_path / "slow-started"))  # first: runs at once
     jobs = q.enqueue_many([(chaos_tasks.counted, (i, 0.05, str(executions))) for i in range(n)])
-    fork = workers("killed", "--url", private.url, "-c", "2")
-    inline = workers("killed", "--inline", "--url", private.url)
+    fork = spawn_worker("killed", "--url", private_redis.url, "-c", "2").wait_ready()
+    inline = spawn_worker("killed", "--inline", "--url", private_redis.url).wait_ready()
     with caplog.at_level(logging.WARNING, logger="nbqueue"):
         one = _Waiting(lambda: jobs[-1].result(timeout=120))
         blocked = _Waiting(lambda: slow.result(timeout=120))
@@ -150,7 +130,7 @@ def test_redis_killed_under_workers_and_blocked_clients_loses_nothing(private, w
                      message="the three blocked clients to notice")
             assert one.is_alive() and blocked.is_alive() and group.is_alive(), "a client gave up while Redis was away"
 
-        away = _kill_and_restart(private, down)
+        away = _kill_and_restart(private_redis, down)
         for waiting in (one, blocked, group):
             waiting.join(timeout=120)
     assert (one.error, blocked.error, group.error) == (None, None, None)
@@ -167,13 +147,13 @@ def test_redis_killed_under_workers_and_blocked_clients_loses_nothing(private, w
     assert fork.proc.poll() is None and inline.proc.poll() is None
 
 
-def test_a_blocked_result_times_out_in_time_while_redis_is_away(private, caplog):
-    client = redis.Redis.from_url(private.url)
+def test_a_blocked_result_times_out_in_time_while_redis_is_away(private_redis, caplog):
+    client = redis.Redis.from_url(private_redis.url)
     job = Queue("away", client).enqueue(nbq_tasks.add, 1, 2)  # no worker: it stays queued
     with caplog.at_level(logging.WARNING, logger="nbqueue"):
         waiting = _Waiting(lambda: job.result(timeout=6))
         wait_for(lambda: client.pubsub_numsub(keys.events(job.id))[0][1] == 1, 30, message="the client to subscribe")
-        private.kill()
+        private_redis.kill()
         began = time.monotonic()
         waiting.join(timeout=60)
     assert not waiting.is_alive()
@@ -188,11 +168,11 @@ FAILOVER_JOBS_BEFORE = 150  # acknowledged enqueues before the master is killed
 FAILOVER_JOBS_AFTER = 100  # and after the failover
 
 
-def test_sentinel_failover_while_jobs_run(tmp_path, workers):
+def test_sentinel_failover_while_jobs_run(tmp_path, spawn_worker):
     executions = tmp_path / "executions.log"
     with SentinelSetup(tmp_path) as setup:
-        fork = workers("fo", "--url", setup.url, "-c", "2")
-        inline = workers("fo", "--inline", "--url", setup.url)
+        fork = spawn_worker("fo", "--url", setup.url, "-c", "2").wait_ready()
+        inline = spawn_worker("fo", "--inline", "--url", setup.url).wait_ready()
         client = client_for(setup.url, socket_timeout=5)
         q = Queue("fo", client)
         acked: dict = {}  # index -> job id, for every enqueue that returned

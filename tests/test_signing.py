@@ -20,7 +20,7 @@ import pytest
 import redis
 
 import nbq_tasks
-from conftest import TESTS_DIR, WorkerProcess, wait_for
+from conftest import TESTS_DIR, WorkerProcess
 from nbqueue import Job, JobFailed, Options, Queue, signing
 from nbqueue.errors import SecretError, SignatureError
 from nbqueue.server import EmbeddedServer
