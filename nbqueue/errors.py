@@ -18,6 +18,7 @@
     ├── NoSuchJob (LookupError) .......... no job with that id (or it expired)
     ├── InvalidTransition ................ the job's state does not allow it
     ├── ResultTimeout (TimeoutError) ..... result(timeout=...) gave up; the job goes on
+    ├── InvalidTimeout (ValueError) ...... a wait was given no number of seconds (NaN, negative, ...)
     ├── JobCanceled ...................... the job was canceled: no result
     ├── JobFailed ........................ the job raised on the worker
     ├── PayloadError ..................... a stored payload can't be loaded
@@ -150,3 +151,8 @@ class SignatureError(NbqueueError):
 
     Nothing was imported or unpickled: the data was changed in Redis, or signed with another secret.
     """
+
+
+class InvalidTimeout(NbqueueError, ValueError):
+    """A wait (``result(timeout=)``, ``cancel(wait=)``, ``Group.results(timeout=)``) was given NaN, a
+    negative number or no number: give seconds, 0 or more, or None."""

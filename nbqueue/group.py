@@ -1,13 +1,13 @@
 """A group of jobs handled as one: what ``Queue.map`` returns."""
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Any, Iterator, List, Optional, Sequence
 
 from . import keys
 from .errors import InvalidTransition, NoSuchJob, ResultTimeout
 from .job import Job, Waiter
+from .seconds import deadline
 
 
 class Group:
@@ -24,13 +24,13 @@ class Group:
         """Every job's result, in order, waiting up to ``timeout`` seconds in all (``None``: as long
         as it takes). The first failed job in order raises its ``JobFailed`` (``JobCanceled``).
         Waits on one connection for all the jobs, through a Redis restart or outage."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        until = deadline(timeout)
         values = []
         if not self.jobs:
             return values
         with Waiter(self.jobs[0].connection, self.ids) as waiter:
             for job in self.jobs:
-                outcome = waiter.outcome(job.id, deadline)
+                outcome = waiter.outcome(job.id, until)
                 if outcome is None:
                     unreachable = " (Redis is unreachable)" if waiter.lost else ""
                     raise ResultTimeout(f"{len(waiter.outcomes)} of {len(self)} jobs are done after {timeout} s"

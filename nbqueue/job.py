@@ -13,6 +13,7 @@ import redis
 from . import keys, signing
 from .connection import get_connection
 from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout, SignatureError
+from .seconds import deadline
 from .serialization import loads_result
 
 logger = logging.getLogger("nbqueue")
@@ -157,9 +158,9 @@ class Job:
 
     def _wait(self, timeout: Optional[float]) -> list:
         """The job's outcome once it ended (see ``_value``), waiting up to ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        until = deadline(timeout)
         with Waiter(self.connection, [self.id]) as waiter:
-            outcome = waiter.outcome(self.id, deadline)
+            outcome = waiter.outcome(self.id, until)
             if outcome is None:
                 state = "has had no answer from Redis" if waiter.lost else f"is still {waiter.status(self.id)}"
                 raise ResultTimeout(f"job {self.id} ({self._func()}) {state} after {timeout} s; "
@@ -175,6 +176,7 @@ class Job:
         (fork mode kills the child); this waits up to ``wait`` seconds for it to end — "canceled",
         or "finished"/"failed" if it ended first.
         """
+        deadline(wait, "wait")  # a bad wait is refused before anything is asked
         reply = keys.run(self.connection, "cancel", [keys.SCHEDULED], [self.id, DEFAULT_RESULT_TTL])
         if reply is None:
             raise NoSuchJob(f"No job {self.id!r} to cancel.")

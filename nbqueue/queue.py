@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 import re
 import reprlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import redis
@@ -20,6 +18,7 @@ from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import (
     DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, QUEUED, Job,
 )
+from .seconds import as_seconds
 from .serialization import dumps_call, function_ref
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
@@ -53,30 +52,12 @@ MAX_RETRY_DELAY = 3600  # finish.lua waits at most an hour between retries
 MAX_RETRIES = 1000
 
 
-def _seconds(value: Any) -> Optional[float]:
-    """``value`` as finite float seconds: a real number (int, float, Decimal, Fraction, numpy) or a
-    timedelta; None for anything else (bools, strings, NaN, infinities)."""
-    if type(value) is float or type(value) is int:  # the common case first: no ABC checks
-        seconds = value
-    elif isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
-        return None
-    else:
-        seconds = value
-    try:
-        seconds = float(seconds)
-    except (ValueError, OverflowError):  # a signaling NaN, an int or Fraction beyond float range
-        return None
-    return seconds if math.isfinite(seconds) else None
-
-
 def check_seconds(name: str, value: Any, maximum: float, *, zero: bool = False, none: str = "") -> Optional[float]:
     """``value`` as float seconds, if it is a number of seconds (or a timedelta) above 0 (or 0 with
     ``zero``) and at most ``maximum``; None if ``none`` says what None means. Else ``EnqueueError``."""
     if value is None and none:
         return None
-    seconds = _seconds(value)
+    seconds = as_seconds(value)
     if seconds is None or seconds > maximum or (seconds < 0 if zero else seconds <= 0):
         low = "0 or more" if zero else "more than 0"
         alternative = f", or None {none}" if none else ""

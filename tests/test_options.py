@@ -293,3 +293,39 @@ def test_magic_accepts_the_bounds(ip, redis_client):
     assert stored == [b"31536000", b"none", b"1000"]
     job = ip.run_line_magic("enqueue", "nbq_tasks.add(1, 2) --timeout 0.5 --retry-delay 0")
     assert redis_client.hmget(f"nbq:job:{job.id}", "timeout", "retry_delay") == [b"0.5", b"0"]
+
+
+# --- waits: result(timeout=), cancel(wait=), Group.results(timeout=) ------------------------------
+BAD_WAITS = [float("nan"), -1, -0.001, "5", True, b"1", [1], complex(1, 0)]
+
+
+@pytest.mark.parametrize("bad", BAD_WAITS, ids=repr)
+def test_bad_waits_are_refused_at_once_and_change_nothing(redis_client, bad):
+    """NaN used to wait for ever, a string raised a raw TypeError from select; a bad cancel wait
+    must not cancel the job before it is refused."""
+    from nbqueue.errors import InvalidTimeout
+
+    q = Queue("waits", redis_client)
+    job = q.enqueue(nbq_tasks.add, 1, 2)
+    group = q.map(nbq_tasks.echo, [1, 2])
+    started = time.monotonic()
+    with pytest.raises(InvalidTimeout, match="is not valid: give seconds to wait"):
+        job.result(timeout=bad)
+    with pytest.raises(InvalidTimeout, match="wait="):
+        job.cancel(wait=bad)
+    with pytest.raises(InvalidTimeout):
+        group.results(timeout=bad)
+    assert time.monotonic() - started < 2  # refused, not waited on
+    assert job.status == "queued" and len(q) == 3  # nothing was canceled
+
+
+def test_zero_and_infinite_waits(redis_client, start_worker):
+    from nbqueue import ResultTimeout
+
+    q = Queue("waits", redis_client)
+    job = q.enqueue(nbq_tasks.add, 1, 2)
+    with pytest.raises(ResultTimeout):
+        job.result(timeout=0)  # not done, and no time to wait: says so at once
+    start_worker("waits", "--inline")
+    assert job.result(timeout=float("inf")) == 3  # inf: as long as it takes
+    assert job.result(timeout=Decimal("0")) == 3  # done: no wait needed
