@@ -7,7 +7,8 @@ Layout (``nbq:`` prefix):
 - ``wake:<name>``       a one-element flag list, present while ``queue:<name>`` holds jobs;
                         idle workers block on these with BLPOP (several queues at once)
 - ``job:<id>``          hash: the call (``func``, ``data``, ``code``), ``status``, times,
-                        ``worker``, ``attempt``, ``result`` or ``error``/``exc``, options
+                        ``worker``, ``attempt``, ``result`` or ``error``/``exc``, options,
+                        ``sig`` / ``rsig``: the job's and its outcome's signatures (``signing.py``)
 - ``active``            sorted set: job id -> lease deadline (ms) of the attempt holding it
 - ``scheduled``         sorted set: job id -> time (ms) it is due on its queue (delays, retries)
 - ``beat``              time (ms) of the last heartbeat of any worker (to see Redis was away)
@@ -19,6 +20,7 @@ Layout (``nbq:`` prefix):
 - ``wake-worker:<name>``  list the worker's own threads block on too, so a stop wakes them
 - channel ``ev:<id>``   one JSON message per state change of the job
 - channel ``ctl:<worker>``  requests to a worker (cancel a job it runs)
+- channel ``watcher:<token>``  wakes one process's event watcher (``watcher.py``)
 
 Scripts (``scripts/*.lua``) take the prefix as ``ARGV[1]`` and are sent with EVALSHA.
 """
@@ -76,6 +78,11 @@ def log(job_id: str) -> str:
 
 def control(worker_name: str) -> str:
     return f"{PREFIX}ctl:{worker_name}"
+
+
+def watcher_wake(token: str) -> str:
+    """The channel that wakes one process's event watcher (to subscribe anew, or to catch up)."""
+    return f"{PREFIX}watcher:{token}"
 
 
 def worker_wake(worker_name: str) -> str:

@@ -19,6 +19,7 @@ from .job import (
     DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, QUEUED, Job,
 )
 from .seconds import as_seconds
+from .serialization import describe as describe_func
 from .serialization import dumps_call, function_ref
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
@@ -42,6 +43,15 @@ class Call(NamedTuple):
     args: tuple = ()
     kwargs: Optional[dict] = None
     job_id: Optional[str] = None
+
+
+def _as_call(call: Any) -> Call:
+    """A ``(func, args[, kwargs])`` tuple as a ``Call``; ``EnqueueError`` for any other shape."""
+    try:
+        return Call(*call)
+    except TypeError:
+        raise EnqueueError(f"{reprlib.repr(call)} is no call: give Call(func, args, kwargs) or a tuple (func, args) "
+                           f"or (func, args, kwargs), e.g. enqueue_many([(tasks.add, (1, 2))]). Nothing was enqueued.") from None
 
 
 YEAR = 365 * 24 * 3600
@@ -231,7 +241,7 @@ class Queue:
         ``job_id``: your own id (must be new). ``at_front``: run it before the jobs already
         waiting. ``delay``: seconds (or a timedelta), 0 to 10 years, to wait before it is queued.
         """
-        return self.enqueue_many([Call(func, tuple(args), kwargs, job_id)], at_front=at_front, delay=delay,
+        return self.enqueue_many([Call(func, args, kwargs, job_id)], at_front=at_front, delay=delay,
                                  **options)[0]
 
     def enqueue_in(self, delay: Union[float, timedelta], func: Callable, *args: Any, **kwargs: Any) -> Job:
@@ -257,6 +267,8 @@ class Queue:
         checked and pickled before anything is written, so a bad one enqueues nothing.
         """
         stored = Options.from_keywords(options).stored()
+        if not isinstance(at_front, bool):
+            raise EnqueueError(f"at_front={reprlib.repr(at_front)} is not valid: give True or False. Nothing was enqueued.")
         signer = self.signer
         argv: list = []  # per job: id, index of its function, data, signature
         ids: list[str] = []
@@ -265,13 +277,19 @@ class Queue:
         chosen: list[str] = []  # ids the caller picked; random ones can't clash
         last_func, index, mac = None, 0, None
         for call in calls:
-            call = call if isinstance(call, Call) else Call(*call)
+            call = call if isinstance(call, Call) else _as_call(call)
             if call.func is not last_func:  # many calls of one function are checked once
                 ref, last_func = function_ref(call.func), call.func
                 index = table.setdefault((ref.path, ref.code_hash), len(table) + 1)
                 mac = signer.job_mac(ref.path, ref.code_hash, stored) if signer else None
             job_id = self._job_id(call.job_id)
-            data = dumps_call(ref, tuple(call.args), dict(call.kwargs or {}))
+            try:
+                args, kwargs = tuple(call.args), dict(call.kwargs or {})
+            except (TypeError, ValueError):
+                raise EnqueueError(f"Can't enqueue {describe_func(call.func)}: its arguments must be a tuple (or list) and "
+                                   f"its keyword arguments a dict, not {reprlib.repr(call.args)} and "
+                                   f"{reprlib.repr(call.kwargs)}. Nothing was enqueued.") from None
+            data = dumps_call(ref, args, kwargs)
             argv += [job_id, index, data, signing.Signer.sign_job(mac, job_id, data) if mac is not None else b""]
             ids.append(job_id)
             funcs.append(ref.path.encode())

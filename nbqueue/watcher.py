@@ -66,7 +66,7 @@ class Watcher:
         self._subs: set = set()
         self._channels: dict = {}  # channel name -> set of subscriptions
         self._thread: Optional[threading.Thread] = None
-        self._wake = f"{keys.PREFIX}watcher:{uuid.uuid4().hex}"
+        self._wake = keys.watcher_wake(uuid.uuid4().hex)
         self._barriers: dict = {}  # token -> Event set once the thread has caught up to it
         self._ready = threading.Event()  # the thread listens (its wake channel is subscribed)
         self._fresh: list = []  # (subscription, job id) added since the thread last looked

@@ -62,7 +62,7 @@ class Worker:
         outcomes (a list: the first signs, all verify); default: ``$NBQUEUE_SECRET``, a key file, or the
         embedded server's. ``require_signed``: refuse to start without one."""
         self.queues = [check_queue_name(q) for q in queues] or ["default"]
-        if not isinstance(concurrency, int) or concurrency < 1:
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise WorkerError(f"concurrency={concurrency!r}: give a whole number of jobs at once, 1 or more.")
         self.connection = get_connection(connection, evicting="allow" if allow_eviction else "refuse")
         self.signer = signing.get(self.connection, secret)

@@ -329,3 +329,28 @@ def test_zero_and_infinite_waits(redis_client, start_worker):
     start_worker("waits", "--inline")
     assert job.result(timeout=float("inf")) == 3  # inf: as long as it takes
     assert job.result(timeout=Decimal("0")) == 3  # done: no wait needed
+
+
+@pytest.mark.parametrize("enqueue", [
+    lambda q: q.enqueue_call(nbq_tasks.add, 5),
+    lambda q: q.enqueue_call(nbq_tasks.add, (1, 2), kwargs=5),
+    lambda q: q.enqueue_many([nbq_tasks.add]),
+    lambda q: q.enqueue_many([(nbq_tasks.add, (1, 2)), (nbq_tasks.add,) * 5]),
+    lambda q: q.enqueue_many([(nbq_tasks.add, 3)]),
+    lambda q: q.enqueue_call(nbq_tasks.add, (1, 2), at_front="no"),
+    lambda q: q.enqueue_many([(nbq_tasks.add, (1, 2))], at_front=1),
+], ids=["args-int", "kwargs-int", "bare-func", "five-tuple", "args-int-many", "at_front-str", "at_front-int"])
+def test_calls_of_the_wrong_shape_are_enqueue_errors(redis_client, enqueue):
+    """They raised raw TypeErrors (and at_front="no" put the job at the front)."""
+    q = Queue("shapes", redis_client)
+    with pytest.raises(EnqueueError, match="Nothing was enqueued"):
+        enqueue(q)
+    assert len(q) == 0 and not redis_client.keys("nbq:job:*")
+
+
+def test_a_worker_refuses_a_bool_concurrency(redis_client):
+    from nbqueue import Worker
+    from nbqueue.errors import WorkerError
+
+    with pytest.raises(WorkerError, match="concurrency=True"):
+        Worker(["x"], redis_client, concurrency=True)
