@@ -126,18 +126,23 @@ def test_a_user_without_permissions_gets_one_line_and_the_password_is_masked(pri
     assert_one_line_error(nbqueue("info", "--url", wrong), "refused the credentials")
 
 
-def test_redis_going_away_under_info_watch_is_one_line(private_redis):
-    proc = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "info", "--watch", "--url", private_redis.url],
+def _info_watch_until(url: str, admin, break_it) -> subprocess.CompletedProcess:
+    """Run ``nbqueue info --watch``, ``break_it()`` once it follows the events, and return how it ended."""
+    proc = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "info", "--watch", "--url", url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
-        wait_for(lambda: private_redis.client().pubsub_numpat() == 1, timeout=30, message="info --watch to subscribe")
-        private_redis.stop()
+        wait_for(lambda: admin.pubsub_numpat() == 1, timeout=30, message="info --watch to subscribe")
+        break_it()
         out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    run = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_redis_going_away_under_info_watch_is_one_line(private_redis):
+    run = _info_watch_until(private_redis.url, private_redis.client(), private_redis.stop)
     assert_one_line_error(run, f"lost the connection to Redis at {private_redis.url}")
 
 
@@ -145,17 +150,11 @@ def test_a_password_changed_under_info_watch_is_one_line(private_redis):
     with private_redis.client() as admin:
         admin.acl_setuser("watcher", enabled=True, passwords=[f"+{SECRET}"], keys=["*"], channels=["*"],
                           commands=["+@all"])
-        url = private_redis.url.replace("unix://", f"unix://watcher:{SECRET}@")
-        proc = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "info", "--watch", "--url", url],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: admin.pubsub_numpat() == 1, timeout=30, message="info --watch to subscribe")
+
+        def change_password() -> None:
             admin.acl_setuser("watcher", reset_passwords=True, passwords=["+another-one"], enabled=True)
             admin.client_kill_filter(user="watcher")  # it reconnects, and its password is refused
-            out, err = proc.communicate(timeout=90)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    run = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+        run = _info_watch_until(private_redis.url.replace("unix://", f"unix://watcher:{SECRET}@"), admin,
+                                change_password)
     assert_one_line_error(run, "unix://watcher:***@", "refused the credentials")
