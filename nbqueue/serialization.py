@@ -117,15 +117,18 @@ def _check_importable(obj: Any, what: str) -> str:
             f"such as tasks.py and enqueue that."
         )
     name = qualname.rsplit(".", 1)[-1]
+    if not name.isidentifier():  # a lambda: no name to suggest
+        name = "my_function"
+    if "<lambda>" in qualname:
+        raise EnqueueError(
+            f"Can't enqueue the lambda {module}.{qualname}: a lambda has no name a worker could import. "
+            f"Define it with def in a module such as tasks.py (or in a %%nbqueue.module cell), import it "
+            f"and enqueue that function."
+        )
     if module in ("__main__", "__mp_main__"):
         raise EnqueueError(
             f"Can't enqueue {qualname}: it is defined in __main__ (a notebook cell or the script "
             f"being run), which a worker cannot import. " + _TASKS_HINT.format(name=name)
-        )
-    if "<lambda>" in qualname:
-        raise EnqueueError(
-            f"Can't enqueue the lambda {module}.{qualname}: a lambda has no name a worker could import. "
-            f"Define it with def in a module such as tasks.py and enqueue that function."
         )
     if "<locals>" in qualname:
         raise EnqueueError(

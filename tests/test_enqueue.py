@@ -208,3 +208,19 @@ def test_result_of_a_queued_job_times_out(q):
     job = q.enqueue(nbq_tasks.add, 1, 2)
     with pytest.raises(TimeoutError, match="still queued after 0.2 s"):
         job.result(timeout=0.2)
+
+
+def test_a_notebook_lambda_is_told_to_become_a_def(q):
+    """A lambda from a notebook cell (``__main__``) was told to "enqueue tasks.<lambda>"."""
+    func = lambda x: x  # noqa: E731
+    func.__module__ = "__main__"
+    with pytest.raises(EnqueueError, match=r"the lambda __main__\..*<lambda>: .*Define it with def") as info:
+        q.enqueue(func, 1)
+    assert "tasks.<lambda>" not in str(info.value)
+
+
+def test_the_call_text_keeps_its_spaces_in_html():
+    from nbqueue.notebook.state import JobState
+
+    html = JobState("j1", "tasks.f('a  b',   c)").header_html()
+    assert "white-space: pre-wrap" in html and "&#x27;a  b&#x27;,   c" in html

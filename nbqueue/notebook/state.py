@@ -112,7 +112,7 @@ class JobState:
         return f"{text} {message}" if message else text
 
     def header_html(self) -> str:
-        parts = [status_badge(self.status), f"<b>{esc(short(self.call))}</b>"]
+        parts = [status_badge(self.status), f"<b style='white-space: pre-wrap'>{esc(short(self.call))}</b>"]
         parts += [f"queue <code>{esc(self.queue)}</code>"] if self.queue else []
         parts += [f"job <code>{esc(self.id)}</code>"]
         parts += [esc(self.elapsed())] if self.elapsed() else []
@@ -233,7 +233,7 @@ class GroupState:
         order = [QUEUED, SCHEDULED, STARTED, FINISHED, FAILED, CANCELED, "expired", "?"]
         counts = " ".join(f"{status_badge(s)} {c[s]}" for s in order if c[s])
         rate = self.throughput()
-        parts = [f"<b>{esc(short(self.call))}</b>", f"{self.done_count()}/{len(self.ids)} done", counts]
+        parts = [f"<b style='white-space: pre-wrap'>{esc(short(self.call))}</b>", f"{self.done_count()}/{len(self.ids)} done", counts]
         parts += [f"{rate:.1f} jobs/s"] if rate else []
         return '<div style="line-height:1.8">' + " · ".join(parts) + "</div>"
 
