@@ -301,8 +301,13 @@ def _announce(resolved: Resolved) -> None:
         line = f"nbqueue: using Redis at {masked} ({how})"
     if logger.hasHandlers():
         logger.info(line)
-    else:
-        print(line, file=sys.stderr, flush=True)
+    else:  # in a notebook, a quiet line: a kernel shows stderr as an error
+        print(line, file=sys.stdout if _in_kernel() else sys.stderr, flush=True)
+
+
+def _in_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (its stdout is ipykernel's stream)."""
+    return type(sys.stdout).__module__.startswith("ipykernel")
 
 
 def get_connection(connection: Union[redis.Redis, str, None] = None, evicting: str = "warn") -> redis.Redis:

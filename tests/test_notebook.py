@@ -42,6 +42,9 @@ def test_quickstart_notebook_runs_against_a_real_worker(start_worker, redis_clie
     took = time.monotonic() - started
 
     assert result_text(nb, "job.result") == "42"
+    said = [(o.name, o.text) for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if o.output_type == "stream" and "nbqueue: using" in o.text]
+    assert len(said) == 1 and said[0][0] == "stdout", said  # once per kernel, not as an error (stderr)
     assert result_text(nb, "doubled =") == "42"
     assert (work / "quick.py").read_text().startswith("def double")
     crunch = result_text(nb, "crunch.result")
