@@ -39,7 +39,6 @@ BATCH = 100  # jobs recovered or promoted per heartbeat at most
 QUIET = 2.5 * HEARTBEAT  # no heartbeat from any worker for this long: Redis (or every worker) was away
 MAX_REQUEST = 1024  # bytes: a control request is a small JSON object
 LOG_EVERY = 10.0  # seconds between two log lines about the same kind of trouble
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 _ATTEMPT = re.compile(r"[0-9]{1,18}")
 
 
@@ -74,7 +73,7 @@ def parse_request(data: object) -> tuple:
     if not isinstance(request, dict):
         raise ValueError("not a JSON object")
     job_id, attempt = request.get("cancel"), request.get("attempt")
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+    if not isinstance(job_id, str) or not keys.NAME.fullmatch(job_id):
         raise ValueError("'cancel' is not a job id")
     if attempt is None or attempt is False:  # cancel.lua sends false for a job with no attempt field
         return job_id, 0
@@ -130,15 +129,17 @@ class Heartbeat(threading.Thread):
                 except WorkerTakenOver as exc:
                     return str(exc)
                 except (redis.ConnectionError, redis.TimeoutError, OSError):  # as redis-py reports a lost link
-                    pubsub = _close(pubsub)  # the worker's loop reports the lost connection once
+                    keys.close_pubsub(pubsub)  # the worker's loop reports the lost connection once
+                    pubsub = None
                     self._stopped.wait(HEARTBEAT)
                 except Exception:  # a bug, or Redis state broken by hand: log it, never die of it
                     self._errors.warning("worker %s: error in the heartbeat; going on", self.worker.name,
                                          exc_info=True)
-                    pubsub = _close(pubsub)
+                    keys.close_pubsub(pubsub)
+                    pubsub = None
                     self._stopped.wait(HEARTBEAT)
         finally:
-            _close(pubsub)
+            keys.close_pubsub(pubsub)
         return None
 
     def beat(self) -> None:
@@ -195,16 +196,6 @@ class Heartbeat(threading.Thread):
                                        self.worker.name, exc, junk, "..." if junk != data else "")
             return
         self.worker.interrupt(job_id, "cancel", attempt=attempt)
-
-
-def _close(pubsub: Optional[redis.client.PubSub]) -> None:
-    """Close a pubsub, if any, whatever state its connection is in; returns None."""
-    if pubsub is not None:
-        try:
-            pubsub.close()
-        except Exception:  # its connection is already broken: nothing to close cleanly
-            pass
-    return None
 
 
 def _flat(held: dict) -> list:

@@ -333,12 +333,8 @@ class Waiter:
                     self.waiting[job_id] = row[0]
 
     def _close_pubsub(self) -> None:
-        if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except Exception:  # a dead connection may fail to close; it is dropped either way
-                pass
-            self._pubsub = None
+        keys.close_pubsub(self._pubsub)
+        self._pubsub = None
 
     def close(self) -> None:
         self._close_pubsub()

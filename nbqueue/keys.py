@@ -27,6 +27,7 @@ Scripts (``scripts/*.lua``) take the prefix as ``ARGV[1]`` and are sent with EVA
 from __future__ import annotations
 
 import os
+import re
 import select
 import threading
 import weakref
@@ -39,6 +40,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 PREFIX = "nbq:"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")  # queue names and job ids, as they go into keys
 
 QUEUES = PREFIX + "queues"
 ACTIVE = PREFIX + "active"
@@ -167,3 +169,13 @@ def _ready(conn: Any) -> None:
             return
         conn.disconnect()
     conn.connect()
+
+
+def close_pubsub(pubsub: Any) -> None:
+    """Close a pub/sub (if any) whatever state its connection is in: a dead one may fail to close,
+    and is dropped either way."""
+    if pubsub is not None:
+        try:
+            pubsub.close()
+        except Exception:
+            pass

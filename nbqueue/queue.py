@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 import reprlib
 import secrets
 from dataclasses import dataclass
@@ -22,13 +21,12 @@ from .seconds import as_seconds
 from .serialization import describe as describe_func
 from .serialization import dumps_call, function_ref
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
 _BATCH = 1000  # jobs per script call in enqueue_many
 
 
 def check_queue_name(name: Any) -> str:
     """Return ``name`` if nbqueue accepts it as a queue name, else raise ``InvalidQueueName``."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not keys.NAME.fullmatch(name):
         raise InvalidQueueName(
             f"Invalid queue name {name!r}: use 1 to 100 letters, digits, '_', '-' or '.', "
             f"starting with a letter or digit, e.g. Queue('low') or Queue('reports-2024')."
@@ -306,7 +304,7 @@ class Queue:
     def _job_id(job_id: Optional[str]) -> str:
         if job_id is None:
             return secrets.token_hex(16)  # 128 random bits, like uuid4, in a sixth of the time
-        if not isinstance(job_id, str) or not _NAME.match(job_id):
+        if not isinstance(job_id, str) or not keys.NAME.fullmatch(job_id):
             raise EnqueueError(f"job_id={job_id!r} is not valid: use 1 to 100 letters, digits, '_', '-' or '.'.")
         return job_id
 

@@ -174,19 +174,11 @@ class Watcher:
                 delay = 0.1
             except Exception as exc:  # a lost connection, as redis-py reports it (not always a RedisError)
                 log.debug("watcher lost Redis (%r); reconnecting", exc)
-                self._close(pubsub)
+                keys.close_pubsub(pubsub)
                 pubsub = None
                 time.sleep(delay)  # backoff while Redis is away
                 delay = min(delay * 2, 5.0)
-        self._close(pubsub)
-
-    @staticmethod
-    def _close(pubsub: Any) -> None:
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:
-                pass
+        keys.close_pubsub(pubsub)
 
     def _apply(self, pubsub: Any, subscribed: set, pattern: bool, wanted: set, want_all: bool) -> tuple:
         new, gone = sorted(wanted - subscribed), sorted(subscribed - wanted)
