@@ -254,9 +254,7 @@ def test_junk_on_the_control_channel_leaves_the_heartbeat_alive(start_worker, re
     redis_client.zadd("nbq:active", {"clobbered": 0})
     for _ in range(300):  # a flood must not flood the log
         redis_client.publish(channel, b'["cancel"]')
-    sent, _ = redis_client.time()
-    wait_for(lambda: (redis_client.zscore("nbq:active", job.id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
-             message="the lease renewed by beats after the junk")
+    _wait_for_renewals(redis_client, job.id, "the lease renewed by beats after the junk")
 
     assert job.result(timeout=30) == "kept"
     job.refresh()
@@ -337,11 +335,16 @@ def test_a_job_key_overwritten_by_hand_does_not_stop_other_renewals(start_worker
     start_worker("low")  # would run the kept job again if its lease lapsed
     redis_client.delete(f"nbq:job:{broken.id}")
     redis_client.set(f"nbq:job:{broken.id}", "not a hash")
-    sent, _ = redis_client.time()
-    wait_for(lambda: (redis_client.zscore("nbq:active", kept.id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
-             message="the kept job's lease renewed after the other job's key broke")
+    _wait_for_renewals(redis_client, kept.id, "the kept job's lease renewed after the other job's key broke")
     assert kept.result(timeout=30) == "kept"
     kept.refresh()
     assert (kept.attempt, kept.lost, len(kept.workers)) == (1, 0, 1), worker.log()
     wait_for(lambda: f"{broken.id} nbq_tasks:busy low" in worker.log(), message="the broken job stopped as lost")
     assert worker.proc.poll() is None
+
+
+def _wait_for_renewals(client, job_id: str, message: str) -> None:
+    """Wait until the job's lease runs more than two seconds past now: beats renewed it since."""
+    sent, _ = client.time()
+    wait_for(lambda: (client.zscore("nbq:active", job_id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
+             message=message)
