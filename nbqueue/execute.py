@@ -44,7 +44,8 @@ class Taken(NamedTuple):
     def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> "Taken":
         """The dequeue script's reply, its signature checked with ``signer`` (None: unsigned mode)."""
         queue, job_id, attempt, func, data, code, timeout, result_ttl, failure_ttl = reply[:9]
-        refused = "" if signer is None else _refusal(signer, reply)
+        refused = "" if signer is None else signer.job_refusal(reply[1], reply[3], reply[5], reply[6:12], reply[4],
+                                                               reply[12])
         if refused:  # nothing of it is acted on, not even its options
             timeout = result_ttl = failure_ttl = None
         return cls(
@@ -53,19 +54,6 @@ class Taken(NamedTuple):
             _seconds(timeout, jobs.DEFAULT_TIMEOUT), _ttl(result_ttl, jobs.DEFAULT_RESULT_TTL),
             _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused,
         )
-
-
-def _refusal(signer: signing.Signer, reply: list) -> str:
-    """"" if the job's signature matches, else the error line it fails with."""
-    job_id, func, data, code, options, sig = reply[1], reply[3], reply[4], reply[5], reply[6:12], reply[12]
-    if not sig:
-        return ("SignatureError: unsigned job refused: this worker has a secret and the job carries no signature, "
-                "so it was not enqueued by a client with that secret; it was not imported or unpickled")
-    head = signing.job_head(func or b"", code or b"", options)
-    if signer.job_matches(sig, job_id, head, data or b""):
-        return ""
-    return ("SignatureError: signature does not match: the job's function, arguments or options were changed "
-            "after it was enqueued, or it was signed with another secret; it was not imported or unpickled")
 
 
 def _seconds(raw: Optional[bytes], default: float) -> Optional[float]:

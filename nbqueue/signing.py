@@ -140,6 +140,18 @@ class Signer:
     def job_matches(self, sig: Optional[bytes], job_id: bytes, head: bytes, data: bytes) -> bool:
         return self._matches(sig, b"job,%b%d:%b,%d:" % (head, len(job_id), job_id, len(data)), data)
 
+    def job_refusal(self, job_id: bytes, func: Optional[bytes], code: Optional[bytes],
+                    options: Sequence[Optional[bytes]], data: Optional[bytes], sig: Optional[bytes]) -> str:
+        """"" if a job as stored (its fields in ``OPTION_FIELDS`` order) is signed with our secrets,
+        else the error line it fails with, before anything of it is imported or unpickled."""
+        if not sig:
+            return ("SignatureError: unsigned job refused: this worker has a secret and the job carries no "
+                    "signature, so it was not enqueued by a client with that secret; it was not imported or unpickled")
+        if self.job_matches(sig, job_id, job_head(func or b"", code or b"", options), data or b""):
+            return ""
+        return ("SignatureError: signature does not match: the job's function, arguments or options were changed "
+                "after it was enqueued, or it was signed with another secret; it was not imported or unpickled")
+
     # an outcome: the client checks a result before unpickling it
     @staticmethod
     def _outcome_head(job_id: bytes, attempt: bytes, status: bytes, exc: bytes, error: bytes, result: bytes) -> bytes:
