@@ -70,7 +70,7 @@ def _catch_up(result: Any = None) -> None:
     from ..watcher import catch_up
     from .widgets import cell, resend_stopped
 
-    catch_up(0.5)
+    catch_up(2.0)  # returns as soon as the watcher caught up; longer only on a loaded machine
     resend_stopped()
     cell["running"] = False
 

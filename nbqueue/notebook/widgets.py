@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from typing import Any, Iterable, Optional
 
 import ipywidgets as w
@@ -21,7 +20,9 @@ from .state import COLORS, GroupState, JobState, esc
 
 call_texts: dict = {}  # job id -> the call as the user wrote it (set by %enqueue), for display
 cell = {"running": False}  # set by the extension's pre/post_run_cell hooks
-_unsent: "weakref.WeakSet[LiveView]" = weakref.WeakSet()  # rendered while no cell ran
+# rendered while no cell ran, to send again within the next cell; held strongly (a view that ended is
+# referenced by nothing else, and must not be collected before its last state went out)
+_unsent: "set[LiveView]" = set()
 
 
 def remember_call(job_id: str, text: str) -> None:
