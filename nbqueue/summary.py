@@ -181,6 +181,15 @@ def _describe(value: Any) -> dict:
     return {"type": name, "text": f"{name} object", "repr": _cut(r, REPR_MAX)}
 
 
+def _clean(value: Any) -> Any:
+    """Strings that encode as UTF-8 (a lone surrogate, from a str cell or a ``__str__``, becomes ``?``)."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
 def summarise(value: Any, size: int) -> Optional[str]:
     """The summary JSON of a return value whose pickle is ``size`` bytes; None only if all failed."""
     kind = type(value)
@@ -192,7 +201,8 @@ def summarise(value: Any, size: int) -> Optional[str]:
         except BaseException as exc:  # the value's own code: anything, even an interrupt (the caller decides)
             summary = {"type": type(value).__name__, "text": f"{type(value).__name__} object",
                        "repr": f"(no summary: {type(exc).__name__})"}
-        summary["text"] = _cut(str(summary["text"]), TEXT_MAX)
+        summary = _clean(summary)
+        summary["text"] = _cut(summary["text"], TEXT_MAX)
         summary["size"] = size
         text = json.dumps(summary, separators=(",", ":"))  # ASCII: \u escapes, lone surrogates too
         if len(text) > MAX_BYTES:
@@ -215,6 +225,10 @@ def parse(raw: Optional[bytes]) -> Optional[dict]:
     try:
         summary = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
+        return None
+    try:
+        json.dumps(summary, ensure_ascii=False).encode("utf-8")  # no lone surrogates (written by hand)
+    except (UnicodeEncodeError, ValueError, RecursionError):
         return None
     if not isinstance(summary, dict) or not isinstance(summary.get("text"), str) or not isinstance(
             summary.get("type"), str) or len(summary["text"]) > TEXT_MAX:

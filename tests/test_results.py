@@ -109,6 +109,13 @@ def test_a_repr_that_raises_or_is_huge_is_contained():
     assert parse(summarise(Lying(), 7).encode())["size"] == 7
 
 
+def test_lone_surrogates_in_cells_are_replaced():
+    pandas = pytest.importorskip("pandas")
+    made = summarise(pandas.DataFrame({"\ud800x": ["a\udfffb"] * 3}), 9)
+    made.encode("ascii")  # what the worker stores
+    assert parse(made.encode())["table"] == {"columns": ["?x"], "index": ["0", "1", "2"], "rows": [["a?b"]] * 3}
+
+
 def test_summarising_a_small_result_costs_about_a_microsecond():
     """What each job pays on the worker for the common case (a small builtin)."""
     for value in (42, 1.5, None):
@@ -128,6 +135,7 @@ def test_summarising_a_small_result_costs_about_a_microsecond():
     b'{"type": "x", "text": "1", "size": 1, "table": {"columns": ["a"], "index": [], "rows": [[1]]}}',
     json.dumps({"type": "x", "text": "1", "size": 1, "repr": "y" * 10**6}).encode(),
     json.dumps({"type": "x", "text": "t" * 500, "size": 1}).encode(), b'{"type": "int", "text": "1", "size": NaN}',
+    b'{"type": "x", "text": "\\ud800", "size": 1}',  # a lone surrogate: no frontend could be sent it
 ])
 def test_junk_summaries_are_refused(junk):
     assert parse(junk) is None
