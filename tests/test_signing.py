@@ -116,9 +116,12 @@ def test_signed_jobs_run_and_their_results_are_checked(start_worker, redis_clien
     q = Queue("sig", redis_client)
     job = q.enqueue_call(nbq_tasks.add, (2, 3), retries=1, timeout=30)
     assert job.result(timeout=20) == 5
-    raw = redis_client.hmget(f"nbq:job:{job.id}", "sig", "rsig", "ssig")
-    assert all(len(value) == 32 for value in raw)  # the job, its outcome and its result's summary signed
-    assert job.summary() == {"type": "int", "text": "5", "size": len(redis_client.hget(f"nbq:job:{job.id}", "result"))}
+    raw = redis_client.hmget(f"nbq:job:{job.id}", "sig", "rsig")
+    assert all(len(value) == 32 for value in raw)  # both signed
+    listed = q.enqueue(nbq_tasks.echo, *range(20))
+    assert listed.result(timeout=20)[0] == tuple(range(20))
+    assert len(redis_client.hget(f"nbq:job:{listed.id}", "ssig")) == 32  # and the summary of a result
+    assert listed.summary()["text"].startswith("((0, 1, 2,") and job.summary() is None  # (none for a small number)
     failed = q.enqueue(nbq_tasks.fail, "no")
     with pytest.raises(JobFailed, match="ValueError: no"):
         failed.result(timeout=20)
