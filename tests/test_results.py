@@ -26,6 +26,15 @@ def _sent(client) -> int:
     return int(client.info("stats")["total_net_output_bytes"])
 
 
+def _read_by(client, action) -> int:
+    """Bytes the server sent while ``action`` ran (other clients idle), less its INFO reply's own."""
+    first = _sent(client)
+    info = _sent(client) - first
+    before = _sent(client)
+    action()
+    return _sent(client) - before - info
+
+
 def _finished(job: Job) -> Job:
     wait_for(lambda: job.status in ("finished", "failed"), 60, message=f"job {job.id} to end")
     assert job.status == "finished", job.traceback
@@ -153,18 +162,21 @@ def test_a_50_mb_result_is_shown_by_its_summary_without_being_fetched(start_work
     assert json.loads(stored)["text"] == "bytes, 50.0 MB" and len(stored) < 300
     assert job.summary()["size"] == redis_client.hstrlen(f"nbq:job:{job.id}", "result") > MB50
 
-    before = _sent(redis_client)
-    state = _state(job)
+    shown: dict = {}
+    read = _read_by(redis_client, lambda: shown.update(state=_state(job)))
+    state = shown["state"]
     page, line = state.html(), state.text()
-    read = _sent(redis_client) - before
     assert state.result == "bytes, 50.0 MB" and line.endswith("→ bytes, 50.0 MB")
     assert "→ bytes, 50.0 MB" in page and "pickled 50.0 MB" in page and "b&#x27;xxxx" in page
-    assert read < 8_000, f"drawing the job read {read} bytes from Redis"
-    print(f"\nshowing a 50 MB result read {read} bytes from Redis")
+    assert read < 2_000, f"drawing the job read {read} bytes from Redis"
+    from nbqueue.notebook.widgets import JobWidget
 
-    before = _sent(redis_client)
-    assert job.result(timeout=5) == b"x" * MB50  # the whole value stays result()'s
-    assert _sent(redis_client) - before > MB50  # (and the count would have seen a fetch)
+    widget_read = _read_by(redis_client, lambda: shown.update(bundle=JobWidget(job)._repr_mimebundle_()))
+    assert "→ bytes, 50.0 MB" in shown["bundle"]["text/html"] and widget_read < 2_000
+    print(f"\nshowing a 50 MB result read {read} bytes from Redis (its widget: {widget_read})")
+
+    fetched = _read_by(redis_client, lambda: shown.update(value=job.result(timeout=5)))
+    assert shown["value"] == b"x" * MB50 and fetched > MB50  # the whole value stays result()'s (and is counted)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -212,11 +224,11 @@ def test_a_summary_written_by_hand_is_not_shown_when_signed(start_worker, redis_
     for job in (big, small):
         redis_client.hset(f"nbq:job:{job.id}", SUMMARY, HOSTILE)  # the signature no longer matches
         assert job.summary() is None
-    before = _sent(redis_client)
-    state = _state(big)
-    read = _sent(redis_client) - before
+    shown: dict = {}
+    read = _read_by(redis_client, lambda: shown.update(state=_state(big)))
+    state = shown["state"]
     assert state.result.startswith("pickled result, 50.0 MB — job.result() loads it (its summary is not signed")
-    assert "alert(4)" not in state.html() and read < 16_000
+    assert "alert(4)" not in state.html() and read < 2_000
     assert _state(small).result == "b'xxxxxxxxxx'"  # small: fetched and checked instead
 
     # a summary and its signature moved from another job (or attempt) do not verify either
@@ -234,10 +246,10 @@ def test_jobs_recorded_without_a_summary_fall_back_to_size_then_small_fetches(st
     listed = _run(start_worker, redis_client, [], nbq_tasks.small_list, 10_000)
     for job in (big, small, listed):
         redis_client.hdel(f"nbq:job:{job.id}", SUMMARY, SUMMARY_SIG)
-    before = _sent(redis_client)
-    state = _state(big)
-    read = _sent(redis_client) - before
-    assert state.result == "pickled result, 50.0 MB — job.result() loads it" and read < 8_000
+    shown: dict = {}
+    read = _read_by(redis_client, lambda: shown.update(state=_state(big)))
+    state = shown["state"]
+    assert state.result == "pickled result, 50.0 MB — job.result() loads it" and read < 2_000
     assert "→ pickled result, 50.0 MB" in state.html()
     assert _state(small).result == "bytes, 100 B"
     assert _state(listed).result == "list of 10,000"  # under 64 kB pickled: fetched, summarised here
