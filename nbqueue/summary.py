@@ -234,7 +234,7 @@ def parse(raw: Optional[bytes]) -> Optional[dict]:
         return None
     try:
         summary = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         return None
     try:
         json.dumps(summary, ensure_ascii=False).encode("utf-8")  # no lone surrogates (written by hand)
@@ -244,7 +244,7 @@ def parse(raw: Optional[bytes]) -> Optional[dict]:
             summary.get("type"), str) or len(summary["text"]) > TEXT_MAX:
         return None
     size = summary.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**63:
         return None
     if not isinstance(summary.get("repr", ""), str) or len(summary.get("repr", "")) > REPR_MAX:
         return None
