@@ -53,6 +53,12 @@ class _Repr(reprlib.Repr):
         self.maxlevel, self.maxstring, self.maxother, self.maxlong = 3, 80, 80, 60
         self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = self.maxdeque = 10
 
+    def repr1(self, x: Any, level: int) -> str:
+        kind = type(x)
+        if kind in _SCALARS and (kind is not int or -10**30 < x < 10**30):  # short: no lookup by type name
+            return repr(x)
+        return super().repr1(x, level)
+
     def repr_bytes(self, x: bytes, level: int) -> str:
         return _prefix(x, self.maxstring)
 
