@@ -19,6 +19,7 @@ from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
 from .errors import CodeMismatchError, PayloadError
 from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
+from .summary import needed as summary_needed, summarise
 
 log = logging.getLogger("nbqueue.worker")
 
@@ -148,7 +149,8 @@ def _result(value: Any) -> Outcome:
             f"ResultTooLarge: the job returned {type(value).__name__} of {len(blob) / 2**20:.1f} MiB pickled, over "
             f"nbqueue's limit of {RESULT_MAX / 2**20:.0f} MiB for a result kept in Redis; write big results to a "
             f"file or a store and return where they are")
-    return Outcome(jobs.FINISHED, ["result", blob], "ok")
+    summary = summarise(value, len(blob)) if summary_needed(value) else None  # best effort, bounded, never fails
+    return Outcome(jobs.FINISHED, ["result", blob] + ([jobs.SUMMARY, summary] if summary else []), "ok")
 
 
 def _failed(exc: BaseException) -> Outcome:

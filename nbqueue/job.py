@@ -15,6 +15,7 @@ from .connection import get_connection
 from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout, SignatureError
 from .seconds import deadline
 from .serialization import loads_result
+from .summary import parse as parse_summary
 
 logger = logging.getLogger("nbqueue")
 
@@ -30,6 +31,7 @@ DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
 
 _FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc",
            "workers", "failures", "lost")
+SUMMARY, SUMMARY_SIG = "summary", "ssig"  # a finished job's result summary (JSON, see summary.py), its signature
 OUTCOME = ("status", "result", "error", "exc", "attempt", "rsig")  # the job hash fields a waiter reads
 RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
 _current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
@@ -155,6 +157,24 @@ class Job:
                if not sig else "signature does not match: it was changed in Redis, or signed with another secret")
         raise SignatureError(f"job {self.id} ({self._func()}): the result {why}; it was not unpickled "
                              f"(secret from {signer.source}).")
+
+    def summary(self) -> Optional[dict]:
+        """The worker's short description of a finished job's result (see ``nbqueue.summary``),
+        read without fetching the result; None if there is none, or it is junk or not signed
+        with our secret (when we have one)."""
+        fields = self.connection.hmget(keys.job(self.id), "status", "attempt", SUMMARY, SUMMARY_SIG)
+        return self.checked_summary(*fields)
+
+    def checked_summary(self, status: Optional[bytes], attempt: Optional[bytes], raw: Optional[bytes],
+                        sig: Optional[bytes]) -> Optional[dict]:
+        """``summary()`` from job hash fields already read (status, attempt, summary, ssig)."""
+        if status != FINISHED.encode() or not raw:
+            return None
+        signer = signing.get(self.connection, self._secret)
+        if signer is not None and not signer.summary_matches(sig, self.id.encode(), attempt or b"",
+                                                             FINISHED.encode(), raw):
+            return None
+        return parse_summary(raw)
 
     def _wait(self, timeout: Optional[float]) -> list:
         """The job's outcome once it ended (see ``_value``), waiting up to ``timeout`` seconds."""

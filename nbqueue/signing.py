@@ -4,14 +4,18 @@ A client signs each job over everything a worker acts on (job id, function path,
 the job options stored with it, and the pickled arguments); the worker checks that signature
 before it imports or unpickles anything, and refuses an unsigned job when it has a secret. The
 worker signs what it records at the end of an attempt (result, or error text), bound to the job
-id, attempt and status; the client checks a result's signature before unpickling it.
+id, attempt and status; the client checks a result's signature before unpickling it. The result's
+summary (see ``summary``) has a signature of its own, bound the same way, so a notebook can check
+and show it without fetching the result (which may be 50 MB).
 
 The secret, first found wins: ``secret=`` (a string or bytes; or a list, the first signs and all
 verify, for rotation) → ``$NBQUEUE_SECRET`` (with ``$NBQUEUE_OLD_SECRETS``, comma-separated, also
 accepted) → ``$NBQUEUE_SECRET_FILE`` (first line the secret, further lines old secrets) → with the
 embedded server, a per-user secret file created next to its data → none: jobs are unsigned.
 
-Job hash fields: ``sig`` (the job's signature) and ``rsig`` (the outcome's), raw 32-byte digests.
+Job hash fields: ``sig`` (the job's signature), ``rsig`` (the outcome's) and ``ssig`` (the result
+summary's), raw 32-byte digests. Messages start with their kind (``job,``, ``outcome,``, ``summary,``),
+so no signature of one kind verifies as another.
 """
 from __future__ import annotations
 
@@ -164,6 +168,18 @@ class Signer:
     def outcome_matches(self, sig: Optional[bytes], job_id: bytes, attempt: bytes, status: bytes, result: bytes,
                         exc: bytes, error: bytes) -> bool:
         return self._matches(sig, self._outcome_head(job_id, attempt, status, exc, error, result), result)
+
+    # a result's summary: a notebook checks it before showing it, without the result itself
+    @staticmethod
+    def _summary_head(job_id: bytes, attempt: bytes, status: bytes, summary: bytes) -> bytes:
+        return b"summary,%b%d:" % (_netstrings(job_id, attempt, status), len(summary))
+
+    def sign_summary(self, job_id: bytes, attempt: bytes, status: bytes, summary: bytes) -> bytes:
+        return self._macs[0].digest(self._summary_head(job_id, attempt, status, summary), summary)
+
+    def summary_matches(self, sig: Optional[bytes], job_id: bytes, attempt: bytes, status: bytes,
+                        summary: bytes) -> bool:
+        return self._matches(sig, self._summary_head(job_id, attempt, status, summary), summary)
 
     def __repr__(self) -> str:
         return f"<Signer from {self.source}, {len(self._macs)} secret(s)>"

@@ -26,7 +26,7 @@ from .connection import describe, get_connection
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
-from .job import CANCELED, FINISHED
+from .job import CANCELED, FINISHED, SUMMARY, SUMMARY_SIG
 from .queue import check_queue_name
 
 log = logging.getLogger("nbqueue.worker")
@@ -255,7 +255,7 @@ class Worker:
         status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
         args = [taken.id, self.name, taken.attempt, status, ttl, jitter, *outcome.fields]
         if self.signer is not None:
-            args += ["rsig", self._sign(taken, outcome)]
+            args += self._sign(taken, outcome)
 
         commands = [keys.evalsha("finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED], args)]
         if then_take:
@@ -264,13 +264,19 @@ class Worker:
         following = Taken.from_reply(replies[1], self.signer) if then_take and replies[1] else None
         return bool(replies[0]), following
 
-    def _sign(self, taken: Taken, outcome: Outcome) -> bytes:
-        """The outcome's signature: its result or error text, bound to the job id, attempt and status."""
+    def _sign(self, taken: Taken, outcome: Outcome) -> list:
+        """The outcome's signature fields: ``rsig`` over its result or error text, and ``ssig`` over the
+        result's summary if it has one, both bound to the job id, attempt and status."""
         fields = dict(zip(outcome.fields[::2], outcome.fields[1::2]))
         text = [value if isinstance(value, bytes) else str(value).encode()
                 for value in (fields.get("result", b""), fields.get("exc", ""), fields.get("error", ""))]
         assert self.signer is not None
-        return self.signer.sign_outcome(taken.id.encode(), str(taken.attempt).encode(), outcome.status.encode(), *text)
+        head = (taken.id.encode(), str(taken.attempt).encode(), outcome.status.encode())
+        signed = ["rsig", self.signer.sign_outcome(*head, *text)]
+        summary = fields.get(SUMMARY)
+        if summary:
+            signed += [SUMMARY_SIG, self.signer.sign_summary(*head, str(summary).encode())]
+        return signed
 
     def _redis(self, call: Callable):
         """Run a Redis call, waiting out a lost connection (logged once) instead of dying."""

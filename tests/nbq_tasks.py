@@ -104,3 +104,72 @@ def barrier(folder, parties, index, timeout=20):
             raise TimeoutError(f"only {len(os.listdir(folder))} of {parties} jobs ran at once")
         time.sleep(0.01)
     return index
+
+
+# --- results of every kind, for the result summaries (tests/test_results.py) -----------------------
+def big_bytes(size):
+    return b"x" * size
+
+
+def array(rows, cols):
+    import numpy
+
+    return numpy.arange(rows * cols, dtype="float64").reshape(rows, cols)
+
+
+def frame(rows, hostile=False):
+    """A pandas DataFrame of ``rows`` × 3; with ``hostile``, a column name and a cell hold markup."""
+    import pandas
+
+    third = "<script>alert(1)</script>" if hostile else "c"
+    return pandas.DataFrame({"a": range(rows), "b": [f"r{i}" for i in range(rows)],
+                             third: ["<img src=x onerror=alert(2)>" if hostile else 1.5] * rows})
+
+
+class FakeFrame:
+    """A DataFrame-like without pandas: ``shape``, ``head``, ``columns``, ``index``, ``itertuples``."""
+
+    def __init__(self, rows, columns):
+        self.rows, self.columns = rows, [f"col{j}" for j in range(columns)]
+        self.shape = (len(rows), len(self.columns))
+        self.index = list(range(len(rows)))
+
+    def head(self, n):
+        return FakeFrame(self.rows[:n], len(self.columns))
+
+    def itertuples(self, index=False, name=None):
+        return iter(tuple(row) for row in self.rows)
+
+    def __repr__(self):
+        raise RuntimeError("a fake frame has no repr")
+
+
+def fake_frame(rows, columns):
+    return FakeFrame([[i * columns + j for j in range(columns)] for i in range(rows)], columns)
+
+
+class BadRepr:
+    """A value whose repr raises."""
+
+    def __repr__(self):
+        raise ValueError("no repr for <script>alert(3)</script>")
+
+
+def bad_repr():
+    return BadRepr()
+
+
+class HugeRepr:
+    def __init__(self, size):
+        self.size = size
+
+    def __repr__(self):
+        return "<b>" + "y" * self.size
+
+
+def huge_repr(size):
+    return HugeRepr(size)
+
+
+def small_list(n):
+    return list(range(n))

@@ -87,6 +87,27 @@ def test_signatures_are_hmac_sha256_of_the_canonical_message(secret):
     assert signer.outcome_matches(result, b"job1", b"1", b"finished", b"\x80result", b"", b"")
     assert not signer.outcome_matches(result, b"job1", b"2", b"finished", b"\x80result", b"", b"")
     assert not signer.outcome_matches(None, b"job1", b"1", b"finished", b"\x80result", b"", b"")
+    # the outcome's message is as before summaries existed: signatures recorded then still verify
+    assert result == hmac.new(secret, b"outcome,4:job1,1:1,8:finished,0:,0:,7:\x80result", "sha256").digest()
+
+
+def test_a_result_summary_has_its_own_signature_of_its_own_kind():
+    """Checked without the result (which may be 50 MB); bound to the job id, attempt and status."""
+    import hmac
+
+    signer = signing.Signer([b"k"], "test")
+    summary = b'{"type":"int","text":"5","size":5}'
+    sig = signer.sign_summary(b"job1", b"1", b"finished", summary)
+    assert sig == hmac.new(b"k", b"summary,4:job1,1:1,8:finished,%d:%b" % (len(summary), summary), "sha256").digest()
+    assert signer.summary_matches(sig, b"job1", b"1", b"finished", summary)
+    for changed in ((b"job2", b"1", b"finished", summary), (b"job1", b"2", b"finished", summary),
+                    (b"job1", b"1", b"failed", summary), (b"job1", b"1", b"finished", summary[:-1] + b" }")):
+        assert not signer.summary_matches(sig, *changed)
+    assert not signer.summary_matches(None, b"job1", b"1", b"finished", summary)
+    # no outcome signature passes for a summary's (a worker signs a result "summary" text as both)
+    outcome = signer.sign_outcome(b"job1", b"1", b"finished", summary, b"", b"")
+    assert not signer.summary_matches(outcome, b"job1", b"1", b"finished", summary)
+    assert signing.Signer([b"old", b"k"], "test").summary_matches(sig, b"job1", b"1", b"finished", summary)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -97,10 +118,15 @@ def test_signed_jobs_run_and_their_results_are_checked(start_worker, redis_clien
     assert job.result(timeout=20) == 5
     raw = redis_client.hmget(f"nbq:job:{job.id}", "sig", "rsig")
     assert all(len(value) == 32 for value in raw)  # both signed
+    listed = q.enqueue(nbq_tasks.echo, *range(20))
+    assert listed.result(timeout=20)[0] == tuple(range(20))
+    assert len(redis_client.hget(f"nbq:job:{listed.id}", "ssig")) == 32  # and the summary of a result
+    assert listed.summary()["text"].startswith("((0, 1, 2,") and job.summary() is None  # (none for a small number)
     failed = q.enqueue(nbq_tasks.fail, "no")
     with pytest.raises(JobFailed, match="ValueError: no"):
         failed.result(timeout=20)
     assert len(redis_client.hget(f"nbq:job:{failed.id}", "rsig")) == 32  # the error is signed too
+    assert redis_client.hmget(f"nbq:job:{failed.id}", "summary", "ssig") == [None, None]  # no result, no summary
     assert q.map(nbq_tasks.echo, [1, 2]).results(timeout=20) == [((1,), {}), ((2,), {})]
 
 

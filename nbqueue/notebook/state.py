@@ -12,13 +12,15 @@ from collections import Counter, deque
 from typing import Any, Optional
 
 from .. import keys
-from ..job import CANCELED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, Job
+from ..job import CANCELED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, SUMMARY, SUMMARY_SIG, Job
+from . import results
 
 COLORS = {QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
           CANCELED: "#7f7f7f", "expired": "#7f7f7f", "?": "#7f7f7f"}
 TAIL = 30  # output lines a widget shows (job.logs() has them all)
-REPR_LIMIT = 2000
-_FIELDS = ("status", "queue", "worker", "attempt", "enqueued_at", "started_at", "ended_at", "progress", "exc", "error")
+_FIELDS = ("status", "queue", "worker", "attempt", "enqueued_at", "started_at", "ended_at", "progress", "exc", "error",
+           SUMMARY, SUMMARY_SIG)
+FETCH_MAX = 64 * 1024  # bytes: a result without a usable summary is fetched to be shown only up to this size
 _PRE = "margin:2px 0;padding:4px 6px;font-size:12px;white-space:pre-wrap;max-height:14em;overflow:auto"
 
 
@@ -58,7 +60,8 @@ class JobState:
         self.ended: Optional[float] = None
         self.progress: Optional[dict] = None
         self.lines: deque = deque(maxlen=TAIL)
-        self.result: Optional[str] = None  # repr of the return value
+        self.result: Optional[str] = None  # one line on the return value (its short repr, or what it is)
+        self.result_html: Optional[str] = None  # the same with a table head or a bounded repr
         self.exc: Optional[str] = None
         self.error: Optional[str] = None  # the worker's traceback
         self.note: Optional[str] = None  # what a button could not do
@@ -69,7 +72,8 @@ class JobState:
             pipe.hmget(keys.job(self.id), *_FIELDS)
             pipe.lrange(keys.log(self.id), -TAIL, -1)
             values, lines = pipe.execute()
-        f = dict(zip(_FIELDS, (v.decode(errors="replace") if v is not None else None for v in values)))
+        raw = dict(zip(_FIELDS, values))
+        f = {k: v.decode(errors="replace") if v is not None else None for k, v in raw.items()}
         if f["status"] is None:
             self.status = "expired"
             return
@@ -81,14 +85,21 @@ class JobState:
         self.lines.extend(line.decode(errors="replace") for line in lines)
         self.exc = f["exc"]
         self.error = f["error"] if self.status == FAILED else None
-        self.result = self._result(job) if self.status == FINISHED else None
+        self.result, self.result_html = self._result(job, raw) if self.status == FINISHED else (None, None)
 
-    @staticmethod
-    def _result(job: Job) -> str:
+    def _result(self, job: Job, raw: dict) -> tuple:
+        """The result's line and HTML, from its signed summary; without one, from its size, and
+        from the value itself (fetched, signature checked) only when it is small."""
         try:
-            return short(repr(job.result(timeout=0)), REPR_LIMIT)
+            summary = job.checked_summary(raw["status"], raw["attempt"], raw[SUMMARY], raw[SUMMARY_SIG])
+            if summary is not None:
+                return results.of_summary(summary)
+            size = job.connection.hstrlen(keys.job(self.id), "result")
+            if size > FETCH_MAX:
+                return results.of_line(results.pickled(size, unsigned=bool(raw[SUMMARY])))
+            return results.of_value(job.result(timeout=0), size)  # its signature checked before unpickling
         except Exception as exc:  # e.g. a class the kernel can't import
-            return f"(the result can't be loaded here: {type(exc).__name__}: {exc})"
+            return results.of_line(f"(the result can't be loaded here: {type(exc).__name__}: {exc})")
 
     def apply(self, event: dict) -> None:
         """A progress or log event, applied without a Redis read."""
@@ -127,7 +138,7 @@ class JobState:
 
     def outcome_html(self) -> str:
         if self.result is not None:
-            return f'<pre class="nbq-result" style="{_PRE}">→ {esc(self.result)}</pre>'
+            return self.result_html or f'<pre class="nbq-result" style="{_PRE}">→ {esc(self.result)}</pre>'
         if self.error or (self.status == FAILED and self.exc):
             return (f'<pre class="nbq-traceback" style="{_PRE};color:{COLORS[FAILED]};'
                     f'background:rgba(214,39,40,.06)">{esc((self.error or self.exc).rstrip())}</pre>')

@@ -9,7 +9,7 @@ if cur[1] ~= 'failed' and cur[1] ~= 'canceled' then return cur[1] end
 local queue = cur[2]
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', t[2])
-redis.call('HDEL', key, 'result', 'error', 'exc', 'rsig', 'started_at', 'ended_at', 'worker', 'failures', 'lost',
+redis.call('HDEL', key, 'result', 'summary', 'ssig', 'error', 'exc', 'rsig', 'started_at', 'ended_at', 'worker', 'failures', 'lost',
   'cancel', 'progress')
 redis.call('DEL', prefix .. 'log:' .. id)  -- the new attempt's output starts afresh
 redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now)
