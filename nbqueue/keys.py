@@ -22,7 +22,7 @@ Layout (``nbq:`` prefix):
 - ``log:<id>``          list: the last lines a job printed or logged
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
-                        name apart), ``done`` (jobs it ended, counted by ``finish.lua``); expires
+                        name apart), ``done`` (jobs it ran, written with each heartbeat); expires
                         without heartbeats
 - ``wake-worker:<name>``  list the worker's own threads block on too, so a stop wakes them
 - channel ``ev:<id>``   one JSON message per state change of the job
@@ -72,7 +72,7 @@ def failed(name: str) -> str:
     return f"{PREFIX}failed:{name}"
 
 
-ENDED_KEEP = 1000  # ended job ids kept per queue in ended:<name>
+ENDED_KEEP = 1000  # ended job ids kept per queue in ended:<name> (up to 99 more between trims)
 STATS_BUCKET = 10  # seconds counted together in stats:<name>
 STATS_SLOTS = 66  # buckets kept there (a ring: 11 minutes)
 
