@@ -127,6 +127,8 @@ class Dashboard(LiveView):
                     entry["worker"] = entry.get("worker") or (worker or b"").decode(errors="replace") or None
                     if entry["status"] == "?":
                         entry["status"] = status.decode(errors="replace") if status else "expired"
+            if len(self._funcs) > 10 * self.RECENT:  # a long-lived view: keep only what it shows
+                self._funcs = {i: self._funcs[i] for i in self.recent if i in self._funcs}
         _set(self.body, value=self.html())
 
     def html(self, now: Optional[float] = None) -> str:

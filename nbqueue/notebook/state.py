@@ -142,10 +142,7 @@ class JobState:
         with job.connection.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.job(self.id), *_FIELDS)
             pipe.lrange(keys.log(self.id), -TAIL, -1)
-            pipe.zscore(keys.SCHEDULED, self.id)  # a restricted user may lack ZSCORE: then no due time
-            values, lines, due = pipe.execute(raise_on_error=False)
-        if isinstance(values, Exception) or isinstance(lines, Exception):
-            raise values if isinstance(values, Exception) else lines
+            values, lines = pipe.execute()
         f = dict(zip(_FIELDS, (v.decode(errors="replace") if v is not None else None for v in values)))
         if f["status"] is None:
             self.status = "expired"
@@ -156,8 +153,7 @@ class JobState:
             self._first = self._latest = None
         self.attempt = attempt
         self.enqueued, self.started, self.ended = (_float(f[k]) for k in ("enqueued_at", "started_at", "ended_at"))
-        due = _float(due) if not isinstance(due, Exception) else None
-        self.due = due / 1000 if due is not None and self.status == SCHEDULED else None
+        self.due = self._due(job.connection) if self.status == SCHEDULED else None
         try:
             self._set_progress(clean_progress(json.loads(f["progress"])) if f["progress"] else None)
         except ValueError:  # junk written by hand
@@ -169,6 +165,15 @@ class JobState:
         self.exc = f["exc"]
         self.error = f["error"] if self.status == FAILED else None
         self.result = self._result(job) if self.status == FINISHED else None
+
+    def _due(self, conn: Any) -> Optional[float]:
+        """When a scheduled job is due (a second round trip, for scheduled jobs only; None if a
+        restricted user may not run ZSCORE)."""
+        try:
+            due = _float(conn.zscore(keys.SCHEDULED, self.id))
+        except redis.ResponseError:
+            return None
+        return due / 1000 if due is not None else None
 
     @staticmethod
     def _result(job: Job) -> str:
@@ -331,6 +336,7 @@ class GroupState:
         self.ids, self.call = ids, call
         self.index = {job_id: i for i, job_id in enumerate(ids)}
         self.status = {job_id: "?" for job_id in ids}
+        self._counts = Counter({"?": len(self.status)})  # kept with each change: no count per render
         self.pending: set = set()  # ids to re-read (subscribed or re-subscribed)
         self.first_start: Optional[float] = None
         self.last_end: Optional[float] = None
@@ -382,6 +388,10 @@ class GroupState:
                       t if status in (FINISHED, FAILED, CANCELED) else None)
 
     def _set(self, job_id: str, status: str, started: Optional[float], ended: Optional[float]) -> None:
+        old = self.status[job_id]
+        if old != status:
+            self._counts[old] -= 1
+            self._counts[status] += 1
         self.status[job_id] = status
         if status == STARTED:  # a worker serves it after all (the next check tells of other queues)
             self.no_worker = None
@@ -416,7 +426,7 @@ class GroupState:
         return self.no_worker != before
 
     def counts(self) -> Counter:
-        return Counter(self.status.values())
+        return +self._counts  # the statuses some job has
 
     def done_count(self) -> int:
         c = self.counts()
@@ -476,10 +486,12 @@ class GroupState:
                 f"<pre class='nbq-traceback' style='{_PRE};color:{COLORS[FAILED]}'>{esc(trace)}</pre></details>")
 
     def progress_html(self) -> str:
-        color = COLORS[FAILED] if self.counts()[FAILED] else COLORS[FINISHED]
-        bar = (f'<span style="display:inline-block;width:40%;height:.8em;background:rgba(127,127,127,.2);'
-               f'vertical-align:middle;margin-right:6px"><span style="display:block;height:100%;'
-               f'width:{100 * self.fraction():.1f}%;background:{color}"></span></span>')
+        """A static bar, one segment per ended status, and the progress text."""
+        c, total = self.counts(), max(len(self.ids), 1)
+        segments = "".join(f'<span style="display:inline-block;height:100%;width:{100 * c[st] / total:.2f}%;'
+                           f'background:{COLORS[st]}"></span>' for st in (FINISHED, FAILED, CANCELED, "expired") if c[st])
+        bar = (f'<span style="display:inline-flex;width:40%;height:.8em;background:rgba(127,127,127,.2);'
+               f'vertical-align:middle;margin-right:6px">{segments}</span>')
         return f'<div>{bar}<span class="nbq-group-progress">{esc(self.progress_text())}</span></div>'
 
     def html(self) -> str:
