@@ -51,3 +51,17 @@ def fail_some(i):
         raise ValueError(f"bad item {i}")
     time.sleep(0.02)
     return i
+
+
+def chatty(lines, pause=0.01):
+    """Print ``lines`` lines, one every ``pause`` seconds, reporting progress."""
+    for i in range(1, lines + 1):
+        print(f"line {i}")
+        progress(i, lines)
+        time.sleep(pause)
+    return lines
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds

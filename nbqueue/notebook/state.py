@@ -27,7 +27,7 @@ _FIELDS = ("status", "queue", "worker", "attempt", "enqueued_at", "started_at", 
 _PRE = "margin:2px 0;padding:4px 6px;font-size:12px;white-space:pre-wrap;max-height:14em;overflow:auto"
 # the output tail: a box that scrolls, showing its bottom (the newest line) with no script
 _TAIL_BOX = "max-height:14em;overflow:auto;display:flex;flex-direction:column-reverse;margin:2px 0"
-_TAIL_PRE = "margin:0;padding:4px 6px;font-size:12px;white-space:pre-wrap;background:rgba(127,127,127,.08)"
+_TAIL_PRE = "flex:none;overflow:visible;max-height:none;margin:0;padding:4px 6px;font-size:12px;white-space:pre-wrap;background:rgba(127,127,127,.08)"
 WORKER_CHECK = 2.0  # seconds between two looks at the worker registry (shared by every view)
 MESSAGE_LIMIT = 200  # characters of a progress message shown
 
