@@ -149,7 +149,8 @@ def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) 
 
 
 def rate_text(rate: float) -> str:
-    return f"{rate:.2f}/s" if rate < 10 else f"{rate:.0f}/s"
+    """Jobs per second, e.g. "0.88/s", "12/s" ("0/s": none)."""
+    return "0/s" if rate <= 0 else f"{rate:.2f}/s" if rate < 10 else f"{rate:.0f}/s"
 
 
 def render(snap: Snapshot, now: Optional[float] = None) -> str:

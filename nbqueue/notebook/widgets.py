@@ -11,7 +11,6 @@ from typing import Any, Iterable, Optional
 
 import ipywidgets as w
 
-from .. import keys
 from ..errors import InvalidTransition, NbqueueError
 from ..watcher import get_watcher
 from ..group import Group
