@@ -166,15 +166,6 @@ class JobState:
         self.error = f["error"] if self.status == FAILED else None
         self.result = self._result(job) if self.status == FINISHED else None
 
-    def _due(self, conn: Any) -> Optional[float]:
-        """When a scheduled job is due (a second round trip, for scheduled jobs only; None if a
-        restricted user may not run ZSCORE)."""
-        try:
-            due = _float(conn.zscore(keys.SCHEDULED, self.id))
-        except redis.ResponseError:
-            return None
-        return due / 1000 if due is not None else None
-
     @staticmethod
     def _result(job: Job) -> str:
         try:
@@ -266,6 +257,15 @@ class JobState:
             if served is not None:
                 self.no_worker = None if self.queue in served else no_worker_text([self.queue])
         return self.no_worker != before
+
+    def _due(self, conn: Any) -> Optional[float]:
+        """When a scheduled job is due (a second round trip, for scheduled jobs only; None if a
+        restricted user may not run ZSCORE)."""
+        try:
+            due = _float(conn.zscore(keys.SCHEDULED, self.id))
+        except redis.ResponseError:
+            return None
+        return due / 1000 if due is not None else None
 
     def header_html(self) -> str:
         parts = [status_badge(self.status), f"<b style='white-space: pre-wrap'>{esc(short(self.call))}</b>"]
