@@ -88,6 +88,11 @@ def test_hostile_progress_never_breaks_the_widget(redis_client, start_worker, wa
             assert state.fraction() is None or 0 <= state.fraction() <= 1
             state.html(), state.text()
     assert clean_progress({"done": 5, "total": -3}) == {"done": 5.0, "total": None, "message": None}
+    state = JobState("x", "f()")  # two reports 0.2 s apart whose difference overflows a float
+    state.status, state.progress = "started", None
+    state._first, state._latest = (time.time() - 0.2, -1e308), (time.time(), 1e308)
+    state.progress = {"done": 1e308, "total": None, "message": None}
+    assert state.rate() is None and state.progress_text() == "1e+308"
 
 
 def test_junk_in_the_job_hash_renders(redis_client):

@@ -203,11 +203,12 @@ class JobState:
         if self._latest is None:
             return None
         (t0, d0), (t1, d1) = self._first or self._latest, self._latest
+        rate = None
         if t1 - t0 >= 0.2 and d1 > d0:
-            return (d1 - d0) / (t1 - t0)
-        if self.started and d1 > 0 and t1 - self.started > 0.05:
-            return d1 / (t1 - self.started)
-        return None
+            rate = (d1 - d0) / (t1 - t0)
+        elif self.started and d1 > 0 and t1 - self.started > 0.05:
+            rate = d1 / (t1 - self.started)
+        return rate if rate is not None and math.isfinite(rate) else None  # huge counts overflow
 
     def elapsed(self, now: Optional[float] = None) -> str:
         now = time.time() if now is None else now
