@@ -151,7 +151,7 @@ class Heartbeat(threading.Thread):
         presence = {
             "host": socket.gethostname(), "pid": os.getpid(), "queues": ",".join(worker.queues),
             "mode": worker.mode, "concurrency": worker.concurrency, "seen": now,
-            "jobs": " ".join(held), "started_at": worker.started_at,
+            "jobs": " ".join(held), "started_at": worker.started_at, "done": worker.jobs_run,
         }
         registering, self._register = self._register, False
         if registering:  # only then: a worker that lost its name to another must not write it back

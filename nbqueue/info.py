@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Iterator, NamedTuple, Optional, Union
 
@@ -12,11 +13,19 @@ from .connection import get_connection
 from .heartbeat import HEARTBEAT
 
 
+WINDOW = 600.0  # seconds: "recent" counts of finished/failed/canceled jobs
+RATE_WINDOW = 60.0  # seconds: throughput is measured over this
+
+
 class QueueStats(NamedTuple):
     name: str
     queued: int
     started: int
-    failed: int
+    failed: int  # in the failed registry (kept for their failure TTL)
+    finished_recent: int = 0  # ended in the last ``WINDOW`` seconds
+    failed_recent: int = 0
+    canceled_recent: int = 0
+    rate: float = 0.0  # jobs ended per second over the last ``RATE_WINDOW`` seconds
 
 
 class WorkerInfo(NamedTuple):
@@ -27,15 +36,62 @@ class WorkerInfo(NamedTuple):
     mode: str
     seen_ago: float  # seconds since the last heartbeat
     jobs: list  # (job id, function, started_at) of the jobs it holds
+    done: int = 0  # jobs it ended since it registered
+    started_at: Optional[float] = None
 
 
 class Snapshot(NamedTuple):
     queues: list
     workers: list
+    recent: list = []  # (job id, queue, end time) of the jobs that ended last, newest first
 
 
-def snapshot(connection: Union[redis.Redis, str, None] = None) -> Snapshot:
-    """Counts per queue and the live workers with what each is running (two round trips)."""
+def _num(value: object) -> Optional[float]:
+    """A finite number from a Redis reply (bytes, str, number), else None: junk never raises."""
+    try:
+        number = float(value.decode() if isinstance(value, bytes) else value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _counts(fields: dict, now: float) -> tuple:
+    """(finished, failed, canceled) in the last ``WINDOW`` s and the rate over ``RATE_WINDOW`` s,
+    from a queue's ring of counters (``keys.stats``); junk fields are skipped."""
+    bucket_now = int(now // keys.STATS_BUCKET)
+    window = int(WINDOW // keys.STATS_BUCKET)  # buckets back, besides the current one
+    rate_back = int(RATE_WINDOW // keys.STATS_BUCKET) - 1
+    totals = {"finished": 0, "failed": 0, "canceled": 0}
+    last = 0
+    for field, value in fields.items():
+        try:
+            status = field.decode().split(":", 1)[0]
+            bucket, count = (int(x) for x in value.decode().split())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if status in totals and 0 <= bucket_now - bucket < window and count > 0:
+            totals[status] += count
+            last += count if bucket_now - bucket <= rate_back else 0
+    span = now - (bucket_now - rate_back) * keys.STATS_BUCKET  # from the oldest bucket counted to now
+    return totals["finished"], totals["failed"], totals["canceled"], last / span
+
+
+def served_queues(connection: Union[redis.Redis, str, None] = None) -> set:
+    """The queues some live worker serves (two round trips)."""
+    conn = get_connection(connection)
+    names = conn.zrangebyscore(keys.WORKERS, time.time() - 3 * HEARTBEAT, "+inf")
+    if not names:
+        return set()
+    with conn.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hget(keys.worker(name.decode()), "queues")
+        replies = pipe.execute()
+    return {q for reply in replies if reply for q in reply.decode(errors="replace").split(",") if q}
+
+
+def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) -> Snapshot:
+    """Counts per queue, the live workers with what each is running, and the ``recent`` jobs
+    that ended last on each queue (two round trips)."""
     conn = get_connection(connection)
     now = time.time()
     with conn.pipeline(transaction=False) as pipe:
@@ -43,54 +99,78 @@ def snapshot(connection: Union[redis.Redis, str, None] = None) -> Snapshot:
         pipe.zrange(keys.ACTIVE, 0, -1)
         pipe.zrangebyscore(keys.WORKERS, now - 3 * HEARTBEAT, "+inf")
         queue_names, active_ids, worker_names = pipe.execute()
-    names = sorted(n.decode() for n in queue_names)
-    active = [i.decode() for i in active_ids]
-    live = [w.decode() for w in worker_names]
+    names = sorted(n.decode(errors="replace") for n in queue_names)
+    active = [i.decode(errors="replace") for i in active_ids]
+    live = [w.decode(errors="replace") for w in worker_names]
+    per_queue = 3 + (recent > 0)
     with conn.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.llen(keys.queue(name))
             pipe.zcard(keys.failed(name))
+            pipe.hgetall(keys.stats(name))
+            if recent > 0:
+                pipe.zrange(keys.ended(name), -recent, -1, withscores=True)
         for job_id in active:
             pipe.hmget(keys.job(job_id), "queue", "func", "worker", "started_at")
         for name in live:
             pipe.hgetall(keys.worker(name))
         replies = pipe.execute()
-    counts = replies[:2 * len(names)]
-    jobs = replies[2 * len(names):2 * len(names) + len(active)]
-    workers = replies[2 * len(names) + len(active):]
+    counts = replies[:per_queue * len(names)]
+    jobs = replies[per_queue * len(names):per_queue * len(names) + len(active)]
+    workers = replies[per_queue * len(names) + len(active):]
     held: dict = {}
     started: dict = {}
     for job_id, (queue, func, worker, started_at) in zip(active, jobs):
         if queue is None:
             continue
-        started[queue.decode()] = started.get(queue.decode(), 0) + 1
-        held.setdefault((worker or b"").decode(), []).append(
-            (job_id, (func or b"?").decode(), float(started_at) if started_at else None))
-    queues = [QueueStats(n, counts[2 * i], started.get(n, 0), counts[2 * i + 1]) for i, n in enumerate(names)]
+        name = queue.decode(errors="replace")
+        started[name] = started.get(name, 0) + 1
+        held.setdefault((worker or b"").decode(errors="replace"), []).append(
+            (job_id, (func or b"?").decode(errors="replace"), _num(started_at)))
+    queues, ended = [], []
+    for i, name in enumerate(names):
+        reply = counts[per_queue * i:per_queue * (i + 1)]
+        queues.append(QueueStats(name, reply[0], started.get(name, 0), reply[1], *_counts(reply[2], now)))
+        if recent > 0:
+            ended += [(job_id.decode(errors="replace"), name, t) for job_id, t in reply[3]]
     infos = []
     for name, fields in zip(live, workers):
         if not fields:
             continue
-        text = {k.decode(): v.decode() for k, v in fields.items()}
+        text = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+        seen = _num(text.get("seen"))
         infos.append(WorkerInfo(
-            name, text.get("host", "?"), int(text.get("pid", 0)), text.get("queues", "").split(","),
-            text.get("mode", "?"), now - float(text.get("seen", now)), held.get(name, []),
+            name, text.get("host", "?"), int(_num(text.get("pid")) or 0), text.get("queues", "").split(","),
+            text.get("mode", "?"), now - (seen if seen is not None else now), held.get(name, []),
+            int(_num(text.get("done")) or 0), _num(text.get("started_at")),
         ))
-    return Snapshot(queues, infos)
+    ended.sort(key=lambda e: -e[2])
+    return Snapshot(queues, infos, ended[:recent] if recent > 0 else [])
+
+
+def rate_text(rate: float) -> str:
+    """Jobs per second, e.g. "0.88/s", "12/s" ("0/s": none)."""
+    return "0/s" if rate <= 0 else f"{rate:.2f}/s" if rate < 10 else f"{rate:.0f}/s"
 
 
 def render(snap: Snapshot, now: Optional[float] = None) -> str:
     """The snapshot as text for a terminal."""
     now = time.time() if now is None else now
-    lines = [f"{'queue':<24}{'queued':>8}{'started':>9}{'failed':>8}"]
-    lines += [f"{q.name:<24}{q.queued:>8}{q.started:>9}{q.failed:>8}" for q in snap.queues] or ["(no queues yet)"]
+    head = f"{'queue':<24}{'queued':>8}{'started':>9}{'finished':>10}{'failed':>8}{'canceled':>10}{'rate':>9}"
+    lines = [f"{'':<41}{'- last ' + str(int(WINDOW // 60)) + ' min -':^28}{'(1 min)':>9}", head]
+    lines += [f"{q.name:<24}{q.queued:>8}{q.started:>9}{q.finished_recent:>10}{q.failed_recent:>8}"
+              f"{q.canceled_recent:>10}{rate_text(q.rate):>9}" for q in snap.queues] or ["(no queues yet)"]
+    kept = {q.name: q.failed for q in snap.queues if q.failed}
+    if kept:
+        lines.append("failed jobs kept: " + ", ".join(f"{n} {c}" for n, c in kept.items()) + " (nbqueue requeue <queue>)")
     lines.append("")
     lines.append(f"workers: {len(snap.workers)}")
     for w in snap.workers:
         doing = ", ".join(
             f"{job_id} {func.replace(':', '.')}" + (f" for {now - t:.1f} s" if t else "")
             for job_id, func, t in w.jobs) or "idle"
-        lines.append(f"  {w.name}  [{','.join(w.queues)}] {w.mode}  {doing}  (seen {w.seen_ago:.1f} s ago)")
+        lines.append(f"  {w.name}  [{','.join(w.queues)}] {w.mode}  {doing}  ({w.done} done, "
+                     f"seen {w.seen_ago:.1f} s ago)")
     return "\n".join(lines)
 
 

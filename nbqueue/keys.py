@@ -13,10 +13,17 @@ Layout (``nbq:`` prefix):
 - ``scheduled``         sorted set: job id -> time (ms) it is due on its queue (delays, retries)
 - ``beat``              time (ms) of the last heartbeat of any worker (to see Redis was away)
 - ``failed:<name>``     sorted set: failed job id -> time it failed
+- ``ended:<name>``      sorted set: the last ``ENDED_KEEP`` ended job ids of the queue -> end time
+                        (s), written by ``finish.lua``: the dashboard's recent jobs and throughput
+- ``stats:<name>``      hash: per final status, a ring of ``STATS_SLOTS`` counters of jobs ended per
+                        ``STATS_BUCKET`` seconds (field ``<status>:<bucket % STATS_SLOTS>`` ->
+                        ``"<bucket> <count>"``, bucket = time // STATS_BUCKET), written by
+                        ``finish.lua``: finished/failed/canceled in the last minutes, throughput
 - ``log:<id>``          list: the last lines a job printed or logged
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
-                        name apart); expires without heartbeats
+                        name apart), ``done`` (jobs it ran, written with each heartbeat); expires
+                        without heartbeats
 - ``wake-worker:<name>``  list the worker's own threads block on too, so a stop wakes them
 - channel ``ev:<id>``   one JSON message per state change of the job
 - channel ``ctl:<worker>``  requests to a worker (cancel a job it runs)
@@ -63,6 +70,21 @@ def job(job_id: str) -> str:
 
 def failed(name: str) -> str:
     return f"{PREFIX}failed:{name}"
+
+
+ENDED_KEEP = 1000  # ended job ids kept per queue in ended:<name> (up to 99 more between trims)
+STATS_BUCKET = 10  # seconds counted together in stats:<name>
+STATS_SLOTS = 66  # buckets kept there (a ring: 11 minutes)
+
+
+def ended(name: str) -> str:
+    """The queue's recently ended job ids -> end time (capped at ``ENDED_KEEP``)."""
+    return f"{PREFIX}ended:{name}"
+
+
+def stats(name: str) -> str:
+    """The queue's counts of ended jobs per status and ``STATS_BUCKET`` seconds (a ring)."""
+    return f"{PREFIX}stats:{name}"
 
 
 def worker(name: str) -> str:

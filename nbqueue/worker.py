@@ -253,11 +253,14 @@ class Worker:
         ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
-        args = [taken.id, self.name, taken.attempt, status, ttl, jitter, *outcome.fields]
+        args = [taken.id, self.name, taken.attempt, status, ttl, jitter,
+                keys.ENDED_KEEP, keys.STATS_BUCKET, keys.STATS_SLOTS, *outcome.fields]
         if self.signer is not None:
             args += self._sign(taken, outcome)
 
-        commands = [keys.evalsha("finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED], args)]
+        commands = [keys.evalsha("finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED,
+                                            keys.ended(taken.queue), keys.stats(taken.queue)],
+                                 args)]
         if then_take:
             commands.append(self._take_command)
         replies = self._redis(lambda: keys.send(self.connection, *commands))

@@ -68,19 +68,20 @@ def test_group_failure_and_dashboard_render_live(tmp_path, start_worker):
         nb.run_all()
         nb.wait_for_prompt(3, "[4]:", timeout=60)
         nb.page.wait_for_function(
-            "() => document.querySelector('.nbq-group-header')?.innerText.includes('100/100 done')", timeout=30_000)
+            "() => document.querySelector('.nbq-group-progress')?.innerText.includes('100/100 done')", timeout=30_000)
         nb.page.wait_for_function(
             "() => document.querySelector('.nbq-job .nbq-traceback')?.innerText.includes('ZeroDivisionError')",
             timeout=30_000)
         nb.page.wait_for_function(  # the dashboard lists the failed job among the recent ones
             "() => document.querySelector('.nbq-dashboard')?.innerText.includes('tasks.divide')", timeout=30_000)
         group_text = nb.page.inner_text(".nbq-group-header")
+        group_progress = nb.page.inner_text(".nbq-group-progress")
         failed_report = nb.page.inner_text(".nbq-report .nbq-job")  # ended: a static report, no widget
         shot = nb.screenshot("group-widget")
         nb.page.locator(".nbq-dashboard").scroll_into_view_if_needed()
         dash = nb.screenshot("dashboard")
         dashboard_text = nb.page.inner_text(".nbq-dashboard")
-    assert "finished 100" in group_text and "jobs/s" in group_text
+    assert "finished 100" in group_text and "100/100 done (100%)" in group_progress and "jobs/s" in group_progress
     assert "failed" in failed_report and "ZeroDivisionError" in failed_report
     assert "browser" in dashboard_text and "Workers (1)" in dashboard_text
     print(f"\nscreenshots {shot} {dash}")

@@ -378,7 +378,7 @@ def test_info_shows_queues_and_what_workers_run(start_worker, redis_client, tmp_
     assert out.returncode == 0, out.stderr
     assert "low" in out.stdout and "workers: 1" in out.stdout
     lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.startswith("low")}
-    assert lines["low"] == ["1", "1", "0"]
+    assert lines["low"] == ["1", "1", "0", "0", "0", "0/s"]  # queued, started, then the last 10 min, the rate
     assert f"{running.id} nbq_tasks.sleep_then" in out.stdout
 
 

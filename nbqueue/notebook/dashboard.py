@@ -1,8 +1,10 @@
 """``%nbqueue`` / ``nbqueue.dashboard()``: queues, live workers and recent jobs, live.
 
-Recent jobs come from every job's events (the watcher's ``all_jobs`` subscription); queue
-counts and workers from ``nbqueue.info.snapshot()``, re-read at most twice a second while events
-arrive and every few seconds otherwise (workers change only with their heartbeats).
+Recent jobs come from every job's events (the watcher's ``all_jobs`` subscription) and, for
+the ones that ended before the view was shown or whose events were missed, from each queue's
+``ended`` registry; queue counts (recent finished/failed/canceled, throughput) and workers
+from ``nbqueue.info.snapshot()``, re-read at most twice a second while events arrive and every
+few seconds otherwise (workers change only with their heartbeats).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from typing import Any, Optional
 import ipywidgets as w
 
 from .. import keys
+from ..heartbeat import HEARTBEAT
+from ..info import WINDOW, rate_text, snapshot
 from ..info import render as render_text
-from ..info import snapshot
-from .state import duration, esc, short, status_badge
+from .state import COLORS, _float, clean_progress, duration, esc, number, short, status_badge
 from .widgets import LiveView, _html, _set
 
 _open: "weakref.WeakSet[Dashboard]" = weakref.WeakSet()
@@ -31,6 +34,10 @@ def _table(head: list, rows: list) -> str:
     return f"<table {_TABLE}><tr>{out}</tr>{body}</table>"
 
 
+def _count(n: int, status: str) -> str:
+    return f'<span style="color:{COLORS[status]}">{n}</span>' if n else "0"
+
+
 class Dashboard(LiveView):
     """A live view of queues (counts), workers (host, current job, last heartbeat) and recent jobs.
     Showing a new dashboard stops the previous ones; ``stop()`` stops this one."""
@@ -42,10 +49,9 @@ class Dashboard(LiveView):
     def __init__(self, connection: Any = None):
         super().__init__(connection)
         self.conn = self._watcher.connection
-        self.snap = snapshot(self.conn)
-        self._snap_at, self._stale = time.monotonic(), False
         self.recent: "OrderedDict[str, dict]" = OrderedDict()
         self._funcs: dict = {}
+        self._take(snapshot(self.conn, self.RECENT))
         self.body = _html("nbq-dashboard")
         self.box = w.VBox([self.body])
         self.render()
@@ -55,21 +61,29 @@ class Dashboard(LiveView):
         self.watch(all_jobs=True)
 
     def apply(self, event: dict) -> bool:
+        if not isinstance(event, dict):  # any JSON may come on a job's channel
+            return False
         job_id, status = event.get("id"), event.get("status")
         if status == "sync" or not job_id:
             self._stale = True
         elif status in _STATES:
+            if not isinstance(job_id, str) or not keys.NAME.fullmatch(job_id):
+                return False  # junk on a job channel
             entry = self.recent.pop(job_id, {"id": job_id})
-            entry.update(status=status, t=float(event.get("t") or time.time()))
+            t = _float(event.get("t"))
+            entry.update(status=status, t=t if t is not None else time.time())
             for name in ("worker", "queue"):
-                entry[name] = event.get(name) or entry.get(name)
+                value = event.get(name)
+                entry[name] = (str(value) if value else None) or entry.get(name)
             self.recent[job_id] = entry
             while len(self.recent) > self.RECENT:
                 self.recent.popitem(last=False)
             self._stale = True
         elif status == "progress" and job_id in self.recent:
-            done, total = event.get("done"), event.get("total")
-            self.recent[job_id]["progress"] = f"{done}/{total}" if total else f"{done}"
+            progress = clean_progress(event)
+            if progress and progress["done"] is not None:
+                done, total = number(progress["done"]), progress["total"]
+                self.recent[job_id]["progress"] = f"{done}/{number(total)}" if total else done
         return False
 
     def ticking(self) -> bool:
@@ -78,42 +92,72 @@ class Dashboard(LiveView):
     def done(self) -> bool:
         return False
 
+    def _take(self, snap: Any) -> None:
+        """A new snapshot; jobs that ended unseen (before this view, or events missed) join the
+        recent ones, in order of time."""
+        self.snap, self._snap_at, self._stale = snap, time.monotonic(), False
+        added = False
+        for job_id, queue, t in snap.recent:
+            entry = self.recent.get(job_id)
+            if entry is None or (entry["t"] < t - 1 and entry["status"] not in ("finished", "failed", "canceled")):
+                self.recent[job_id] = {"id": job_id, "status": "?", "t": t, "queue": queue, "worker": None}
+                self._funcs.pop(job_id, None)  # re-read: its status, worker and function
+                added = True
+        if added:
+            ordered = sorted(self.recent.values(), key=lambda e: e["t"])[-self.RECENT:]
+            self.recent = OrderedDict((e["id"], e) for e in ordered)
+
     def _on_tick(self) -> None:
         age = time.monotonic() - self._snap_at
         if age >= self.REFRESH or (self._stale and age >= self.BUSY_REFRESH):
-            self.snap, self._snap_at, self._stale = snapshot(self.conn), time.monotonic(), False
+            with self._lock:
+                self._take(snapshot(self.conn, self.RECENT))
         super()._on_tick()
 
     def render(self) -> None:
         missing = [i for i in self.recent if i not in self._funcs]
-        if missing:
+        if missing:  # once per job shown
             with self.conn.pipeline(transaction=False) as pipe:
                 for job_id in missing:
-                    pipe.hmget(keys.job(job_id), "func", "queue")
-                for job_id, (func, queue) in zip(missing, pipe.execute()):
-                    self._funcs[job_id] = (func or b"?").decode().replace(":", ".")
+                    pipe.hmget(keys.job(job_id), "func", "queue", "status", "worker")
+                for job_id, (func, queue, status, worker) in zip(missing, pipe.execute()):
+                    self._funcs[job_id] = (func or b"?").decode(errors="replace").replace(":", ".")
                     entry = self.recent[job_id]
-                    entry["queue"] = entry.get("queue") or (queue or b"").decode() or None
+                    entry["queue"] = entry.get("queue") or (queue or b"").decode(errors="replace") or None
+                    entry["worker"] = entry.get("worker") or (worker or b"").decode(errors="replace") or None
+                    if entry["status"] == "?":
+                        entry["status"] = status.decode(errors="replace") if status else "expired"
+            if len(self._funcs) > 10 * self.RECENT:  # a long-lived view: keep only what it shows
+                self._funcs = {i: self._funcs[i] for i in self.recent if i in self._funcs}
         _set(self.body, value=self.html())
 
     def html(self, now: Optional[float] = None) -> str:
         now = time.time() if now is None else now
-        queues = _table(["queue", "queued", "started", "failed"],
-                        [[f"<code>{esc(q.name)}</code>", q.queued, q.started, q.failed] for q in self.snap.queues])
-        workers = _table(["worker", "host", "mode", "queues", "running", "heartbeat"], [
+        snap = self.snap
+        served = {q for wk in snap.workers for q in wk.queues}
+        minutes = f"{WINDOW / 60:g} min"
+        queues = _table(["queue", "queued", "started", f"finished ({minutes})", f"failed ({minutes})",
+                         f"canceled ({minutes})", "jobs/s (1 min)", "failed kept"], [
+            [f"<code>{esc(q.name)}</code>" + ("" if q.name in served or not q.queued else
+                                              f' <span style="color:{COLORS["failed"]}">no live worker</span>'),
+             q.queued, q.started, _count(q.finished_recent, "finished"), _count(q.failed_recent, "failed"),
+             q.canceled_recent, rate_text(q.rate) if q.rate else "–", q.failed] for q in snap.queues])
+        workers = _table(["worker", "host", "mode", "queues", "running", "jobs done", "up", "heartbeat"], [
             [esc(wk.name), esc(wk.host), esc(wk.mode), esc(",".join(wk.queues)),
-             "<br>".join(f"<code>{esc(i)}</code> {esc(f.replace(':', '.'))}" + (f" ({duration(now - t)})" if t else "")
+             "<br>".join(f"<code>{esc(i)}</code> {esc(f.replace(':', '.'))}" + (f" for {duration(now - t)}" if t else "")
                          for i, f, t in wk.jobs) or "idle",
-             f"{wk.seen_ago:.1f} s ago"] for wk in self.snap.workers])
+             wk.done, duration(now - wk.started_at) if wk.started_at else "",
+             (f"{wk.seen_ago:.1f} s ago" if wk.seen_ago <= 2 * HEARTBEAT else
+              f'<span style="color:{COLORS["started"]}">{wk.seen_ago:.1f} s ago</span>')] for wk in snap.workers])
         recent = _table(["job", "function", "queue", "status", "when", "worker"], [
             [f"<code>{esc(short(e['id'], 34))}</code>", esc(self._funcs.get(e["id"], "")), esc(e.get("queue") or ""),
              status_badge(e["status"]) + (f" {esc(e['progress'])}" if e.get("progress") and e["status"] == "started" else ""),
              f"{duration(now - e['t'])} ago", esc(e.get("worker") or "")]
             for e in reversed(self.recent.values())])
-        return (f'<div class="nbq-dashboard-body"><b>Queues</b>{queues if self.snap.queues else "<div>(no queues yet)</div>"}'
-                f'<b>Workers ({len(self.snap.workers)})</b>'
-                f'{workers if self.snap.workers else "<div>(none: start one with <code>nbqueue worker</code>)</div>"}'
-                f'<b>Recent jobs</b>{recent if self.recent else "<div>(none since this view was shown)</div>"}</div>')
+        return (f'<div class="nbq-dashboard-body"><b>Queues</b>{queues if snap.queues else "<div>(no queues yet)</div>"}'
+                f'<b>Workers ({len(snap.workers)})</b>'
+                f'{workers if snap.workers else "<div>(none: start one with <code>nbqueue worker</code>)</div>"}'
+                f'<b>Recent jobs</b>{recent if self.recent else "<div>(no job has run lately)</div>"}</div>')
 
     def text(self) -> str:
         return render_text(self.snap)

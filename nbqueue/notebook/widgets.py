@@ -13,13 +13,15 @@ from typing import Any, Iterable, Optional
 
 import ipywidgets as w
 
-from .. import keys
 from ..errors import InvalidTransition, NbqueueError
 from ..watcher import get_watcher
 from ..group import Group
 from ..job import FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
 from . import kernel
 from .state import COLORS, GroupState, JobState, esc
+
+CLOCK_STARTED = 0.5  # seconds between re-renders of a running job's clock (with no event)
+CLOCK_WAITING = 1.0  # of a waiting job's (queued, scheduled) or a group's
 
 call_texts: dict = {}  # job id -> the call as the user wrote it (set by %enqueue), for display
 cell = {"running": False}  # set by the extension's pre/post_run_cell hooks
@@ -247,6 +249,7 @@ class JobWidget(LiveView):
         self.box = w.VBox([self.header, self.progress_row, self.output, self.outcome,
                            w.HBox([self.cancel_button, self.requeue_button, self.note])])
         self.box.add_class("nbq-job")
+        self.state.check_workers(self._watcher.connection)
         self.render()
         if not self.done():
             self.watch([job.id])
@@ -267,6 +270,8 @@ class JobWidget(LiveView):
             self.watch([self.job.id])
 
     def apply(self, event: dict) -> bool:
+        if not isinstance(event, dict):  # any JSON may come on a job's channel
+            return False
         if event.get("status") in ("progress", "log"):
             self.state.apply(event)
             return False
@@ -274,7 +279,14 @@ class JobWidget(LiveView):
         return True
 
     def ticking(self) -> bool:
-        return self.state.status == STARTED
+        """The clock advances (about once a second while waiting); a waiting job's queue is
+        checked for a live worker (a read shared by every view, at most every 2 s)."""
+        status = self.state.status
+        if status in (QUEUED, SCHEDULED):
+            with self._lock:
+                changed = self.state.check_workers(self._watcher.connection)
+            return changed or time.monotonic() - self._last >= CLOCK_WAITING
+        return status == STARTED and time.monotonic() - self._last >= CLOCK_STARTED
 
     def done(self) -> bool:
         return self.state.status in TERMINAL or self.state.status == "expired"
@@ -282,11 +294,12 @@ class JobWidget(LiveView):
     def render(self) -> None:
         s = self.state
         _set(self.header, value=s.header_html())
-        if s.progress:
-            _set(self.bar, max=float(s.progress.get("total") or 1.0), value=float(s.progress.get("done") or 0),
+        fraction = s.fraction()
+        if s.progress:  # every number was checked (clean_progress): junk from a job can't raise here
+            _set(self.bar, max=1.0, value=fraction or 0.0,
                  bar_style="success" if s.status == FINISHED else "danger" if s.status == FAILED else "")
             _set(self.bar_text, value=esc(s.progress_text()))
-        _show(self.bar, bool(s.progress and s.progress.get("total")))
+        _show(self.bar, fraction is not None)
         _show(self.progress_row, bool(s.progress))
         _set(self.output, value=s.output_html())
         _show(self.output, bool(s.lines))
@@ -317,14 +330,17 @@ class GroupWidget(LiveView):
         self.state = GroupState([j.id for j in jobs], call or self._call(jobs))
         self.state.load(self._conn())
         self.header = _html("nbq-group-header")
-        self.bar = w.IntProgress(min=0, max=max(1, len(jobs)), layout=w.Layout(width="60%"))
+        self.bar = w.IntProgress(min=0, max=max(1, len(jobs)), layout=w.Layout(width="40%"))
+        self.bar_text = _html("nbq-group-progress")
         self.failure = _html("nbq-group-failure")
         self.cancel_button = w.Button(description="Cancel all", icon="stop", layout=w.Layout(width="auto"))
         self.note = _html("nbq-group-note")
         self.cancel_button.on_click(lambda _: self._cancel_all())
         answer_clicks_at_once(self.cancel_button)
-        self.box = w.VBox([self.header, self.bar, self.failure, w.HBox([self.cancel_button, self.note])])
+        self.box = w.VBox([self.header, w.HBox([self.bar, self.bar_text]), self.failure,
+                           w.HBox([self.cancel_button, self.note])])
         self.box.add_class("nbq-group")
+        self.state.check_workers(self._conn())
         self.render()
         if not self.done():
             self.watch(self.state.ids)
@@ -349,7 +365,11 @@ class GroupWidget(LiveView):
         return False  # many jobs: coalesce
 
     def ticking(self) -> bool:
-        return True  # the clock and throughput advance; the pending re-reads happen here
+        """The clock, rate and ETA advance (about once a second); waiting jobs' queues are checked
+        for a live worker (shared, at most every 2 s)."""
+        with self._lock:
+            changed = self.state.check_workers(self._conn())
+        return changed or time.monotonic() - self._last >= CLOCK_WAITING
 
     def _on_tick(self) -> None:
         with self._lock:
@@ -366,10 +386,10 @@ class GroupWidget(LiveView):
         failed = s.counts().get(FAILED, 0)
         _set(self.bar, value=s.done_count(),
              bar_style="danger" if failed else "success" if s.all_done() else "")
-        if s.first_failure_id and s.first_failure is None:
-            s.first_failure = (self._conn().hget(keys.job(s.first_failure_id), "error") or b"").decode()
+        _set(self.bar_text, value=esc(s.progress_text()))
+        s.read_failure(self._conn())  # once per new first failure
         _set(self.failure, value=s.failure_html())
-        _show(self.failure, bool(s.first_failure))
+        _show(self.failure, bool(s.first_failure_id))
         _show(self.cancel_button, not s.all_done())
         _set(self.note, value=esc(s.note or ""))
 

@@ -1,10 +1,13 @@
 -- Record the end of a job attempt, if this worker's attempt still holds the job (fencing).
 -- A failed attempt with retries left is scheduled again after a growing delay instead.
--- KEYS[1] active leases, KEYS[2] the queue's failed registry, KEYS[3] scheduled set
+-- KEYS[1] active leases, KEYS[2] the queue's failed registry, KEYS[3] scheduled set,
+-- KEYS[4] the queue's recently ended ids (zset), KEYS[5] the queue's counts of ended jobs (hash)
 -- ARGV[1] key prefix, ARGV[2] job id, ARGV[3] worker, ARGV[4] attempt,
 -- ARGV[5] status ("finished", "failed", "canceled", or "refused": failed, never retried, as its
 -- signature did not match), ARGV[6] ttl in seconds (-1: keep),
--- ARGV[7] jitter factor for the retry delay, then field/value pairs to store.
+-- ARGV[7] jitter factor for the retry delay, ARGV[8] ended ids kept (trimmed 100 at a time: about
+-- as many stay), ARGV[9] seconds per counting bucket, ARGV[10] buckets kept (a ring), then
+-- field/value pairs to store. Only commands of the README's ACL rules.
 -- Returns 1 if recorded, 2 if scheduled for a retry, 0 if the attempt no longer holds the job.
 local prefix, id, worker, attempt, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, jitter = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -16,7 +19,7 @@ if cur[1] ~= worker or cur[2] ~= attempt or cur[3] ~= 'started' then return 0 en
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', t[2])
 local fields = {'ended_at', now}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('ZREM', KEYS[1], id)
 if status == 'failed' then
   local failures = (tonumber(redis.call('HGET', key, 'failures')) or 0) + 1
@@ -32,6 +35,14 @@ if status == 'failed' then
   redis.call('ZADD', KEYS[2], t[1], id)
 end
 redis.call('HSET', key, 'status', status, unpack(fields))
+redis.call('ZADD', KEYS[4], now, id)
+local over = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[8])
+if over >= 100 then redis.call('ZREM', KEYS[4], unpack(redis.call('ZRANGE', KEYS[4], 0, over - 1))) end
+local bucket = math.floor(t[1] / tonumber(ARGV[9]))
+local slot = status .. ':' .. (bucket % tonumber(ARGV[10]))
+local b, n = string.match(redis.call('HGET', KEYS[5], slot) or '', '^(%d+) (%d+)$')
+n = tonumber(b) == bucket and tonumber(n) + 1 or 1  -- a slot last written a lap ago starts again
+redis.call('HSET', KEYS[5], slot, bucket .. ' ' .. n)
 if ttl >= 0 then redis.call('EXPIRE', key, ttl) end
 redis.call('PUBLISH', prefix .. 'ev:' .. id, '{"id":"' .. id .. '","status":"' .. status .. '","worker":"'
   .. worker .. '","attempt":' .. attempt .. ',"t":"' .. now .. '"}')  -- plain names: no escaping
