@@ -23,6 +23,7 @@ from . import results
 COLORS = {QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
           CANCELED: "#7f7f7f", "expired": "#7f7f7f", "?": "#7f7f7f"}
 TAIL = 30  # output lines a widget shows (job.logs() has them all)
+LINE_MAX = 4000  # characters of one output line a widget shows
 _FIELDS = ("status", "queue", "worker", "attempt", "enqueued_at", "started_at", "ended_at", "progress", "exc", "error",
            SUMMARY, SUMMARY_SIG)
 FETCH_MAX = 64 * 1024  # bytes: a result without a usable summary is fetched to be shown only up to this size
@@ -193,7 +194,7 @@ class JobState:
         elif event.get("status") == "log":
             lines = event.get("lines")
             if isinstance(lines, list):
-                self.lines.extend(short(str(line), 2 * REPR_LIMIT) for line in lines[-TAIL:])
+                self.lines.extend(short(str(line), LINE_MAX) for line in lines[-TAIL:])
 
     def _set_progress(self, progress: Optional[dict]) -> None:
         """Keep the first and the latest (time, done) seen, for the rate and the ETA."""
