@@ -1,12 +1,14 @@
 """The job handle: what a caller holds after ``enqueue`` and a worker holds while running."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Generator, Iterable, List, Optional
 
 import redis
 
@@ -32,6 +34,7 @@ _FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "
            "workers", "failures", "lost")
 OUTCOME = ("status", "result", "error", "exc", "attempt", "rsig")  # the job hash fields a waiter reads
 RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
+STOPPABLE = 0.25  # seconds: a waiter that may be stopped looks at its stop flag this often
 _current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
 
 
@@ -114,6 +117,10 @@ class Job:
     def is_done(self) -> bool:
         return self.status in TERMINAL
 
+    def done(self) -> bool:
+        """Whether the job ended (finished, failed or canceled), as ``Future.done()``."""
+        return self.status in TERMINAL
+
     @property
     def traceback(self) -> Optional[str]:
         """The worker's traceback of a failed job."""
@@ -128,6 +135,14 @@ class Job:
         Waits on the job's event channel, not by polling, and through a Redis restart or outage.
         """
         return self._value(self._wait(timeout))
+
+    async def aresult(self, timeout: Optional[float] = None) -> Any:
+        """``result()`` for asyncio code: waits without blocking the event loop (``await job`` is
+        the same with no timeout). Canceling the awaiting task stops the wait."""
+        return await in_thread(lambda stop: self._value(self._wait(timeout, stop)))
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.aresult().__await__()
 
     def _value(self, outcome: list) -> Any:
         """The return value of a job that ended (``outcome``: its ``OUTCOME`` fields, the status
@@ -156,10 +171,10 @@ class Job:
         raise SignatureError(f"job {self.id} ({self._func()}): the result {why}; it was not unpickled "
                              f"(secret from {signer.source}).")
 
-    def _wait(self, timeout: Optional[float]) -> list:
+    def _wait(self, timeout: Optional[float], stop: Optional[threading.Event] = None) -> list:
         """The job's outcome once it ended (see ``_value``), waiting up to ``timeout`` seconds."""
         until = deadline(timeout)
-        with Waiter(self.connection, [self.id]) as waiter:
+        with Waiter(self.connection, [self.id], stop) as waiter:
             outcome = waiter.outcome(self.id, until)
             if outcome is None:
                 state = "has had no answer from Redis" if waiter.lost else f"is still {waiter.status(self.id)}"
@@ -235,13 +250,16 @@ class Waiter:
     backoff and re-reads, until the caller's deadline. Statuses are read after subscribing (and
     again every ``RECHECK`` s), so no change is missed."""
 
-    def __init__(self, connection: redis.Redis, ids: Iterable[str]):
+    def __init__(self, connection: redis.Redis, ids: Iterable[str], stop: Optional[threading.Event] = None):
         self.connection = connection
+        self.stop = stop  # set by another thread: give up (an awaiting task was canceled)
         self.waiting: Dict[str, Optional[str]] = dict.fromkeys(ids)  # id -> last status seen, in order
         self.outcomes: Dict[str, list] = {}  # id -> outcome of a job that ended (status None: no such job)
         self._channels = {keys.events(i).encode(): i for i in self.waiting}
         self._pubsub: Optional[redis.client.PubSub] = None
         self._read_once = False
+        self._given: set = set()  # ids ``ended()`` returned already
+        self._full_read = 0.0  # when every waiting job's status was last read (monotonic)
         self.lost = False  # Redis is away (logged once)
 
     def status(self, job_id: str) -> str:
@@ -251,11 +269,27 @@ class Waiter:
 
     def outcome(self, job_id: str, deadline: Optional[float]) -> Optional[list]:
         """The outcome of ``job_id`` once it ended; ``None`` if it has not by ``deadline`` (monotonic)."""
+        self._until(lambda: job_id in self.outcomes, deadline)
+        return self.outcomes.get(job_id)
+
+    def ended(self, deadline: Optional[float]) -> List[str]:
+        """Ids of jobs that ended since the last call, in the order seen, waiting up to ``deadline``
+        for one; ``[]`` if none did by then (or every job was returned already)."""
+        def fresh() -> List[str]:
+            return [i for i in self.outcomes if i not in self._given]
+
+        self._until(lambda: bool(fresh()) or not self.waiting, deadline)
+        new = fresh()
+        self._given.update(new)
+        return new
+
+    def _until(self, done: Callable[[], bool], deadline: Optional[float]) -> bool:
+        """Read and listen until ``done()``; False if ``deadline`` (monotonic) passed or ``stop`` was set."""
         delay, tried = 0.05, False
-        while job_id not in self.outcomes:
+        while not done():
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0 and tried:
-                return None
+            if (remaining is not None and remaining <= 0 and tried) or (self.stop is not None and self.stop.is_set()):
+                return False
             tried = True
             try:
                 if not self._read_once:  # a job that ended already needs no subscription
@@ -265,8 +299,12 @@ class Waiter:
                     self._subscribe()
                     self._read(list(self.waiting))
                 else:
-                    ended = self._listen(RECHECK if remaining is None else min(remaining, RECHECK))
-                    self._read(list(self.waiting) if ended is None else ended)
+                    slice_ = RECHECK if self.stop is None else STOPPABLE
+                    ended = self._listen(slice_ if remaining is None else min(remaining, slice_))
+                    if ended is not None:
+                        self._read(ended)
+                    elif time.monotonic() - self._full_read >= RECHECK or remaining is not None and remaining <= slice_:
+                        self._read(list(self.waiting))
                 if self.lost:
                     self.lost = False
                     logger.warning("nbqueue: Redis is back; still waiting for %d job(s)", len(self.waiting))
@@ -279,7 +317,7 @@ class Waiter:
                 pause = delay if remaining is None else max(0.0, min(delay, remaining))
                 time.sleep(pause)  # Redis is away: wait for it, not for a job
                 delay = min(delay * 2, 2.0)
-        return self.outcomes[job_id]
+        return True
 
     def _subscribe(self) -> None:
         pubsub = self.connection.pubsub()
@@ -318,6 +356,8 @@ class Waiter:
 
     def _read(self, ids: list) -> None:
         """Read the outcome of jobs in pipelines; the ones that ended move to ``outcomes``."""
+        if len(ids) == len(self.waiting):
+            self._full_read = time.monotonic()
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
             with self.connection.pipeline(transaction=False) as pipe:
@@ -344,3 +384,14 @@ class Waiter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def in_thread(call: Callable[[threading.Event], Any]) -> Any:
+    """Run a blocking wait ``call(stop)`` in the loop's executor, so the event loop goes on; if the
+    awaiting task is canceled, ``stop`` is set and the wait gives up within ``STOPPABLE`` s."""
+    stop = threading.Event()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, call, stop)
+    except asyncio.CancelledError:
+        stop.set()
+        raise

@@ -14,6 +14,7 @@ Layout (``nbq:`` prefix):
 - ``beat``              time (ms) of the last heartbeat of any worker (to see Redis was away)
 - ``failed:<name>``     sorted set: failed job id -> time it failed
 - ``log:<id>``          list: the last lines a job printed or logged
+- ``group:<id>``        list: a group's job ids, in order, kept as long as its jobs
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
                         name apart); expires without heartbeats
@@ -71,6 +72,11 @@ def worker(name: str) -> str:
 
 def events(job_id: str) -> str:
     return f"{PREFIX}ev:{job_id}"
+
+
+def group(group_id: str) -> str:
+    """A group's job ids, in order (``Group.save``)."""
+    return f"{PREFIX}group:{group_id}"
 
 
 def log(job_id: str) -> str:

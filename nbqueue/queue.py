@@ -413,7 +413,13 @@ class Queue:
         """
         from .group import Group
 
-        return Group(self.enqueue_many([Call(func, (item,)) for item in iterable], **job_options))
+        group = Group(self.enqueue_many([Call(func, (item,)) for item in iterable], **job_options))
+        kept = [job_options.get(name, default) for name, default in
+                (("result_ttl", DEFAULT_RESULT_TTL), ("failure_ttl", DEFAULT_FAILURE_TTL))]
+        return group.save(None if None in kept else max(as_seconds(t) for t in kept) + GROUP_QUEUEING)
+
+
+GROUP_QUEUEING = 7 * 24 * 3600  # seconds a saved group outlives its jobs' TTL: time they may wait queued
 
 
 def _full(connection: redis.Redis, done: int, total: int) -> RedisFull:

@@ -104,3 +104,13 @@ def barrier(folder, parties, index, timeout=20):
             raise TimeoutError(f"only {len(os.listdir(folder))} of {parties} jobs ran at once")
         time.sleep(0.01)
     return index
+
+
+def until_file(path, value=None, timeout=30):
+    """Wait until ``path`` exists (the test opens the gate), then return ``value``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return value
