@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import redis
 
-from . import keys, signing
+from . import keys, signing, testing
 from .connection import describe, get_connection
 from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import (
@@ -197,10 +197,20 @@ class Queue:
     """
 
     def __init__(self, name: str = "default", connection: Union[redis.Redis, str, None] = None, *,
-                 secret: signing.Secret = None):
+                 secret: signing.Secret = None, is_async: Optional[bool] = None):
+        """``is_async=False``: run each job at enqueue, here, with no worker (``nbqueue.testing``);
+        default: True, or False inside ``with nbqueue.testing.sync():``."""
         self.name = check_queue_name(name)
         self._connection = connection
         self._signer: Any = signing.UNSET if secret is None else signing.from_value(secret)
+        if is_async is not None and not isinstance(is_async, bool):
+            raise EnqueueError(f"is_async={is_async!r}: give True or False.")
+        self._is_async = is_async
+
+    @property
+    def is_async(self) -> bool:
+        """False: jobs run at enqueue in this process (testing mode)."""
+        return (not testing.sync_by_default()) if self._is_async is None else self._is_async
 
     @property
     def signer(self) -> Optional[signing.Signer]:
@@ -298,7 +308,10 @@ class Queue:
         self._write(head, argv, chosen)
         conn, queue = self.connection, self.name.encode()
         status = b"scheduled" if head[2] else b"queued"
-        return [Job(i, conn, {"status": status, "queue": queue, "func": f}, secret=signer) for i, f in zip(ids, funcs)]
+        jobs = [Job(i, conn, {"status": status, "queue": queue, "func": f}, secret=signer) for i, f in zip(ids, funcs)]
+        if not self.is_async:
+            testing.run_now(self, jobs)
+        return jobs
 
     @staticmethod
     def _job_id(job_id: Optional[str]) -> str:

@@ -218,7 +218,16 @@ class Worker:
             self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command))
         return Taken.from_reply(reply, self.signer) if reply else None
 
-    def _run(self, taken: Taken) -> Optional[Taken]:
+    def run_one(self) -> Optional[str]:
+        """Take one job from the queues, run it here and record how it ended, taking no next one;
+        its id, or None if the queues were empty (``nbqueue.testing`` runs jobs this way)."""
+        taken = self._take()
+        if taken is None:
+            return None
+        self._run(taken, then_take=False)
+        return taken.id
+
+    def _run(self, taken: Taken, then_take: bool = True) -> Optional[Taken]:
         """Run one job, record how it ended, and return the next job (if not stopping)."""
         run = Running(taken)
         with self._lock:
@@ -237,7 +246,7 @@ class Worker:
             log.warning("%s %s: this worker lost the job's lease (it runs elsewhere now); "
                         "its outcome is discarded", taken.id, taken.func)
         else:
-            written, next_taken = self._finish(taken, outcome, then_take=not self._stopping)
+            written, next_taken = self._finish(taken, outcome, then_take=then_take and not self._stopping)
             if not written:
                 log.warning("%s: not recording the outcome: this attempt no longer holds the job", taken.id)
         with self._lock:

@@ -114,3 +114,20 @@ def until_file(path, value=None, timeout=30):
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.01)
     return value
+
+
+def chatty(n):
+    """Prints and reports progress: what a testing-mode run records like a worker's."""
+    import nbqueue
+
+    for i in range(n):
+        print(f"line {i}")
+        nbqueue.progress(i + 1, n)
+    return n
+
+
+def enqueue_inner(queue_name, a, b):
+    """A job that enqueues another job (in testing mode, run at once too) and returns its result."""
+    from nbqueue import Queue
+
+    return Queue(queue_name).enqueue(add, a, b).result(timeout=10)
