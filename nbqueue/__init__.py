@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from .connection import connect
+from .connection import connect, use_redis
 from .errors import (
     CodeMismatchError,
     EnqueueError,
@@ -36,7 +36,7 @@ __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "as_completed", "wait", "NoSuchGroup",
     "Call", "CodeMismatchError", "EnqueueError", "Group", "InvalidQueueName", "InvalidTransition", "Job",
     "JobCanceled", "JobExists", "JobFailed", "NbqueueError", "NoSuchJob", "Options", "PayloadError", "Queue",
-    "ResultTimeout", "SignatureError", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension",
+    "ResultTimeout", "SignatureError", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension", "use_redis",
     "progress",
 ]
 

@@ -117,6 +117,16 @@ class Job:
     def is_done(self) -> bool:
         return self.status in TERMINAL
 
+    @property
+    def return_value(self) -> Any:
+        """The result if the job finished, else ``None``; never waits (RQ's ``return_value``).
+        A result whose signature does not match raises ``SignatureError``, as ``result()`` does."""
+        outcome = self.connection.hmget(keys.job(self.id), OUTCOME)
+        if outcome[0] != FINISHED.encode():
+            return None
+        outcome[0] = FINISHED
+        return self._value(outcome)
+
     def done(self) -> bool:
         """Whether the job ended (finished, failed or canceled), as ``Future.done()``."""
         return self.status in TERMINAL

@@ -131,3 +131,8 @@ def enqueue_inner(queue_name, a, b):
     from nbqueue import Queue
 
     return Queue(queue_name).enqueue(add, a, b).result(timeout=10)
+
+
+def multiply(a, b):
+    """The seed's example task."""
+    return a * b
