@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import reprlib
 import threading
 import time
 from contextvars import ContextVar
@@ -14,9 +15,9 @@ import redis
 
 from . import keys, signing
 from .connection import get_connection
-from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout, SignatureError
+from .errors import EnqueueError, InvalidTransition, JobCanceled, JobFailed, NbqueueError, NoSuchJob, ResultTimeout, SignatureError
 from .seconds import deadline
-from .serialization import loads_result
+from .serialization import loads_args, loads_result
 
 logger = logging.getLogger("nbqueue")
 
@@ -35,6 +36,30 @@ _FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "
 OUTCOME = ("status", "result", "error", "exc", "attempt", "rsig")  # the job hash fields a waiter reads
 RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
 STOPPABLE = 0.25  # seconds: a waiter that may be stopped looks at its stop flag this often
+DESCRIPTION_MAX = 200  # characters of a job's description
+META_MAX = 64 * 1024  # bytes of a job's meta, as JSON
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 40, 40, 6, 4
+
+
+def dumps_meta(meta: Any) -> str:
+    """``meta`` as the JSON kept in the job hash; ``EnqueueError`` if it is no dict JSON can hold, or too big."""
+    if isinstance(meta, str):  # e.g. %enqueue ... --meta '{"run": 3}'
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            pass
+    if not isinstance(meta, dict):
+        raise EnqueueError(f"meta={reprlib.repr(meta)} is not valid: give a dict (of JSON values).")
+    try:
+        text = json.dumps(meta, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise EnqueueError(f"meta can't be kept as JSON: {exc}. Give str, numbers, bools, None, lists and dicts.") from None
+    if len(text) > META_MAX:
+        raise EnqueueError(f"meta is {len(text):,} bytes as JSON, over the {META_MAX:,} bytes a job may keep.")
+    return text
+
+
 _current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
 
 
@@ -81,6 +106,9 @@ class Job:
         """``secret``: to check the result's signature (see ``signing``); default: the queue's default."""
         self.id = job_id
         self.connection = get_connection(connection)
+        self._meta: Optional[dict] = None
+        self._call: Optional[tuple] = None
+        self._description: Optional[str] = None
         self._secret = secret
         if fields:
             self._load(fields)
@@ -116,6 +144,76 @@ class Job:
     @property
     def is_done(self) -> bool:
         return self.status in TERMINAL
+
+    # --- what the job is: its call and metadata ---------------------------------------------
+    @property
+    def meta(self) -> dict:
+        """A dict of your own kept with the job (JSON): given at enqueue (``meta=``), updated by
+        the job with ``get_current_job().meta[...] = ...`` and ``save_meta()``. Read once, then
+        cached; ``refresh_meta()`` reads it again. Not signed: no secrets, nothing trusted."""
+        if self._meta is None:
+            self.refresh_meta()
+        assert self._meta is not None
+        return self._meta
+
+    def refresh_meta(self) -> dict:
+        raw = self.connection.hget(keys.job(self.id), "meta")
+        try:
+            value = json.loads(raw) if raw else {}
+        except ValueError:
+            value = {}
+        self._meta = value if isinstance(value, dict) else {}
+        return self._meta
+
+    def save_meta(self) -> None:
+        """Write ``meta`` to Redis as JSON (``EnqueueError`` if it can't be: see ``dumps_meta``)."""
+        self.connection.hset(keys.job(self.id), "meta", dumps_meta(self.meta))
+
+    @property
+    def args(self) -> tuple:
+        """The call's positional arguments (unpickled here once the job's signature is checked)."""
+        return self._call_args()[1]
+
+    @property
+    def kwargs(self) -> dict:
+        """The call's keyword arguments (see ``args``)."""
+        return self._call_args()[2]
+
+    @property
+    def description(self) -> str:
+        """The call as text, e.g. ``tasks.add(20, 22)``, capped at ``DESCRIPTION_MAX`` characters;
+        ``tasks.add(…)`` if its arguments can't be loaded here."""
+        if self._description is None:
+            try:
+                _, args, kwargs = self._call_args()
+                parts = [_short.repr(a) for a in args] + [f"{k}={_short.repr(v)}" for k, v in kwargs.items()]
+                text = f"{self._func_name()}({', '.join(parts)})"
+            except (NbqueueError, ImportError, AttributeError):
+                text = f"{self._func_name()}(…)"
+            self._description = text if len(text) <= DESCRIPTION_MAX else text[:DESCRIPTION_MAX - 1] + "…"
+        return self._description
+
+    def _func_name(self) -> str:
+        if self.func_name is None:
+            raw = self.connection.hget(keys.job(self.id), "func")
+            self.func_name = raw.decode(errors="replace") if raw else None
+        return self._func()
+
+    def _call_args(self) -> tuple:
+        """``(instance or None, args, kwargs)`` of the call, read once its signature is checked."""
+        if self._call is None:
+            fields = ("func", "code", *signing.OPTION_FIELDS, "data", "sig")
+            values = self.connection.hmget(keys.job(self.id), fields)
+            if values[0] is None:
+                raise self._missing()
+            func, code, *options, data, sig = values
+            signer = signing.get(self.connection, self._secret)
+            if signer is not None:
+                refusal = signer.job_refusal(self.id.encode(), func, code, options, data, sig)
+                if refusal:
+                    raise SignatureError(f"job {self.id}: {refusal}")
+            self._call = loads_args(data or b"")
+        return self._call
 
     @property
     def return_value(self) -> Any:

@@ -16,6 +16,7 @@ from .connection import describe, get_connection
 from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import (
     DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, QUEUED, Job,
+    dumps_meta,
 )
 from .seconds import as_seconds
 from .serialization import describe as describe_func
@@ -242,14 +243,16 @@ class Queue:
         job_id: Optional[str] = None,
         at_front: bool = False,
         delay: Union[float, timedelta, None] = None,
+        meta: Optional[dict] = None,
         **options: Any,
     ) -> Job:
         """Put a call on the queue with job options (see ``Options``).
 
         ``job_id``: your own id (must be new). ``at_front``: run it before the jobs already
         waiting. ``delay``: seconds (or a timedelta), 0 to 10 years, to wait before it is queued.
+        ``meta``: a dict of JSON values kept with the job (``job.meta``).
         """
-        return self.enqueue_many([Call(func, args, kwargs, job_id)], at_front=at_front, delay=delay,
+        return self.enqueue_many([Call(func, args, kwargs, job_id)], at_front=at_front, delay=delay, meta=meta,
                                  **options)[0]
 
     def enqueue_in(self, delay: Union[float, timedelta], func: Callable, *args: Any, **kwargs: Any) -> Job:
@@ -267,6 +270,7 @@ class Queue:
         *,
         at_front: bool = False,
         delay: Union[float, timedelta, None] = None,
+        meta: Optional[dict] = None,
         **options: Any,
     ) -> list[Job]:
         """Put many calls on the queue in as few round trips as possible; all or none.
@@ -303,8 +307,9 @@ class Queue:
             funcs.append(ref.path.encode())
             if call.job_id is not None:
                 chosen.append(job_id)
+        fields = stored if meta is None else [*stored, "meta", dumps_meta(meta)]  # meta is not signed
         head = [self.name, "1" if at_front else "0", _delay_ms(delay), "1" if chosen else "0",
-                len(stored) // 2, *stored, len(table), *[x for pair in table for x in pair]]
+                len(fields) // 2, *fields, len(table), *[x for pair in table for x in pair]]
         self._write(head, argv, chosen)
         conn, queue = self.connection, self.name.encode()
         status = b"scheduled" if head[2] else b"queued"

@@ -211,12 +211,8 @@ def _unpicklable(ref: FunctionRef, args: tuple, kwargs: dict, exc: Exception) ->
     return f"Can't enqueue {func}: its arguments can't be pickled: {exc}. Nothing was enqueued."
 
 
-def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
-    """Rebuild a call on the worker: ``(callable, args, kwargs)``.
-
-    Raises ``PayloadError`` for data that can't be unpickled and ``ImportError`` (with a hint)
-    when the function's module or name is missing here.
-    """
+def loads_args(data: bytes, where: str = "here") -> tuple[Any, tuple, dict]:
+    """A call's pickled ``data`` as ``(instance or None, args, kwargs)``; ``PayloadError`` if it can't be."""
     try:
         payload = pickle.loads(data)
         if len(payload) == 3:
@@ -226,7 +222,17 @@ def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
         if not isinstance(args, tuple) or not isinstance(kwargs, dict):
             raise TypeError("arguments are not (tuple, dict)")
     except Exception as exc:
-        raise PayloadError(f"The job's arguments can't be loaded on this worker: {type(exc).__name__}: {exc}") from None
+        raise PayloadError(f"The job's arguments can't be loaded {where}: {type(exc).__name__}: {exc}") from None
+    return instance, args, kwargs
+
+
+def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
+    """Rebuild a call on the worker: ``(callable, args, kwargs)``.
+
+    Raises ``PayloadError`` for data that can't be unpickled and ``ImportError`` (with a hint)
+    when the function's module or name is missing here.
+    """
+    instance, args, kwargs = loads_args(data, "on this worker")
     if instance is not None:
         method = path.rsplit(".", 1)[-1]
         return getattr(instance, method), args, kwargs

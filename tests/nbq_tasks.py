@@ -136,3 +136,12 @@ def enqueue_inner(queue_name, a, b):
 def multiply(a, b):
     """The seed's example task."""
     return a * b
+
+
+def bump_meta(key):
+    """Reads its meta, adds to it and saves it."""
+    job = get_current_job()
+    job.meta[key] = job.meta.get(key, 0) + 1
+    job.meta["seen"] = sorted(job.meta)
+    job.save_meta()
+    return job.meta[key]
