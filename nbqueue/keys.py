@@ -15,6 +15,7 @@ Layout (``nbq:`` prefix):
 - ``failed:<name>``     sorted set: failed job id -> time it failed
 - ``log:<id>``          list: the last lines a job printed or logged
 - ``group:<id>``        list: a group's job ids, in order, kept as long as its jobs
+- ``suspended``         present while workers are suspended (``nbqueue suspend``): they take nothing
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
                         name apart); expires without heartbeats
@@ -48,6 +49,7 @@ ACTIVE = PREFIX + "active"
 SCHEDULED = PREFIX + "scheduled"
 BEAT = PREFIX + "beat"
 WORKERS = PREFIX + "workers"
+SUSPENDED = PREFIX + "suspended"
 
 
 def queue(name: str) -> str:

@@ -1,13 +1,16 @@
 -- Take the next job from the first non-empty queue and record who holds it, in one step.
 -- KEYS[1] active leases (zset: job id -> lease deadline in ms),
--- KEYS[2 .. n+1] queue lists in priority order, KEYS[n+2 .. 2n+1] their wake flags
+-- KEYS[2 .. n+1] queue lists in priority order, KEYS[n+2 .. 2n+1] their wake flags,
+-- KEYS[2n+2] the suspension flag (``nbqueue suspend``)
 -- ARGV[1] key prefix, ARGV[2] worker name, ARGV[3] lease in ms, ARGV[4 .. n+3] queue names
 -- Returns {queue, id, attempt, func, data, code, timeout, result_ttl, failure_ttl, retries, retry_delay,
--- lost_retries, sig} or nil: the call, the options the worker acts on, and their signature.
+-- lost_retries, sig} or nil: the call, the options the worker acts on, and their signature;
+-- {'suspended'} while workers are suspended (nothing is taken).
 -- Leaves each wake flag set exactly when its queue still holds jobs, so an idle worker
 -- blocked on the flags wakes for the jobs this worker did not take.
 local prefix, worker, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 2) / 2
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'suspended'} end
 local taken
 for q = 1, n do
   while not taken do
