@@ -15,6 +15,7 @@ Layout (``nbq:`` prefix):
 - ``failed:<name>``     sorted set: failed job id -> time it failed
 - ``log:<id>``          list: the last lines a job printed or logged
 - ``group:<id>``        list: a group's job ids, in order, kept as long as its jobs
+- ``unique:<key>``      the id of the last job enqueued with that ``unique_key``
 - ``suspended``         present while workers are suspended (``nbqueue suspend``): they take nothing
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
@@ -64,6 +65,11 @@ def job(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
+def job_of(raw_id: bytes) -> bytes:
+    """The job key of an id read from Redis as is (it may be junk, not UTF-8)."""
+    return PREFIX.encode() + b"job:" + raw_id
+
+
 def failed(name: str) -> str:
     return f"{PREFIX}failed:{name}"
 
@@ -74,6 +80,11 @@ def worker(name: str) -> str:
 
 def events(job_id: str) -> str:
     return f"{PREFIX}ev:{job_id}"
+
+
+def unique(key: str) -> str:
+    """The id of the last job enqueued with ``unique_key=key``."""
+    return f"{PREFIX}unique:{key}"
 
 
 def group(group_id: str) -> str:

@@ -244,16 +244,19 @@ class Queue:
         at_front: bool = False,
         delay: Union[float, timedelta, None] = None,
         meta: Optional[dict] = None,
+        unique_key: Optional[str] = None,
         **options: Any,
     ) -> Job:
         """Put a call on the queue with job options (see ``Options``).
 
         ``job_id``: your own id (must be new). ``at_front``: run it before the jobs already
         waiting. ``delay``: seconds (or a timedelta), 0 to 10 years, to wait before it is queued.
-        ``meta``: a dict of JSON values kept with the job (``job.meta``).
+        ``meta``: a dict of JSON values kept with the job (``job.meta``). ``unique_key``: while a
+        job enqueued with this key is queued, scheduled or running, this returns that job and
+        enqueues nothing (checked atomically: many enqueuers at once make one job).
         """
         return self.enqueue_many([Call(func, args, kwargs, job_id)], at_front=at_front, delay=delay, meta=meta,
-                                 **options)[0]
+                                 unique_key=unique_key, **options)[0]
 
     def enqueue_in(self, delay: Union[float, timedelta], func: Callable, *args: Any, **kwargs: Any) -> Job:
         """Queue ``func(*args, **kwargs)`` after ``delay`` seconds (or a timedelta), 0 to 10 years."""
@@ -271,6 +274,7 @@ class Queue:
         at_front: bool = False,
         delay: Union[float, timedelta, None] = None,
         meta: Optional[dict] = None,
+        unique_key: Optional[str] = None,
         **options: Any,
     ) -> list[Job]:
         """Put many calls on the queue in as few round trips as possible; all or none.
@@ -308,9 +312,21 @@ class Queue:
             if call.job_id is not None:
                 chosen.append(job_id)
         fields = stored if meta is None else [*stored, "meta", dumps_meta(meta)]  # meta is not signed
+        if unique_key is not None:
+            if len(ids) != 1:
+                raise EnqueueError("unique_key is for one job (enqueue_call), not for many. Nothing was enqueued.")
+            if not isinstance(unique_key, str) or not 0 < len(unique_key) <= 200:
+                raise EnqueueError(f"unique_key={reprlib.repr(unique_key)} is not valid: give a text of 1 to 200 "
+                                   f"characters. Nothing was enqueued.")
+            kept = Options.from_keywords(options)
+            ttls = (kept.result_ttl, kept.failure_ttl)
+            fields += ["unique_key", unique_key, "unique_ttl",
+                       MAX_TTL if None in ttls else int(max(ttls)) + UNIQUE_QUEUEING]
         head = [self.name, "1" if at_front else "0", _delay_ms(delay), "1" if chosen else "0",
                 len(fields) // 2, *fields, len(table), *[x for pair in table for x in pair]]
-        self._write(head, argv, chosen)
+        holder = self._write(head, argv, chosen, unique_key)
+        if holder is not None:  # a job with the same unique_key is queued or running: that one
+            return [Job(holder, self.connection, secret=signer)]
         conn, queue = self.connection, self.name.encode()
         status = b"scheduled" if head[2] else b"queued"
         jobs = [Job(i, conn, {"status": status, "queue": queue, "func": f}, secret=signer) for i, f in zip(ids, funcs)]
@@ -326,10 +342,13 @@ class Queue:
             raise EnqueueError(f"job_id={job_id!r} is not valid: use 1 to 100 letters, digits, '_', '-' or '.'.")
         return job_id
 
-    def _write(self, head: list, argv: list, chosen: list) -> None:
+    def _write(self, head: list, argv: list, chosen: list, unique_key: Optional[str] = None) -> Optional[str]:
+        """Run the enqueue script; for a unique job, the id of the job that holds its key, if one does."""
         if not argv:
-            return
+            return None
         script_keys = [keys.QUEUES, self.key, keys.wake(self.name), keys.SCHEDULED]
+        if unique_key is not None:
+            return self._write_unique(head, argv, script_keys, keys.unique(unique_key))
         chunks = [argv[i:i + 4 * _BATCH] for i in range(0, len(argv), 4 * _BATCH)]
         if head[1] == "1":
             chunks.reverse()  # the first chunk must end up in front
@@ -345,11 +364,11 @@ class Queue:
                     replies = pipe.execute(raise_on_error=False)
                 errors = [r for r in replies if isinstance(r, Exception)]
                 if errors:  # each chunk's script runs or not as a whole; the ones before a refusal ran
-                    done = sum(len(c) // 3 for c, r in zip(chunks, replies) if not isinstance(r, Exception))
-                    raise _full(self.connection, done, len(argv) // 3) if isinstance(
+                    done = sum(len(c) // 4 for c, r in zip(chunks, replies) if not isinstance(r, Exception))
+                    raise _full(self.connection, done, len(argv) // 4) if isinstance(
                         errors[0], redis.exceptions.OutOfMemoryError) else errors[0]
         except redis.exceptions.OutOfMemoryError:
-            raise _full(self.connection, 0, len(argv) // 3) from None
+            raise _full(self.connection, 0, len(argv) // 4) from None
         except redis.ResponseError as exc:
             if "NBQ_EXISTS" in str(exc):
                 job_id = str(exc).split("NBQ_EXISTS", 1)[1].strip()
@@ -358,6 +377,28 @@ class Queue:
                     f"or fetch the existing one with Job.fetch({job_id!r})."
                 ) from None
             raise
+        return None
+
+    def _write_unique(self, head: list, argv: list, script_keys: list, unique: str) -> Optional[str]:
+        """Enqueue one job under a unique key (optimistic: the script checks the holder we saw)."""
+        for _ in range(UNIQUE_ROUNDS):
+            seen = self.connection.get(unique)
+            holder_key = keys.job_of(seen) if seen else keys.job(argv[0])
+            try:
+                keys.send(self.connection, keys.evalsha("enqueue", [*script_keys, unique, holder_key], head + argv))
+                return None
+            except redis.exceptions.OutOfMemoryError:
+                raise _full(self.connection, 0, 1) from None
+            except redis.ResponseError as exc:
+                text = str(exc)
+                if "NBQ_UNIQUE" in text:
+                    return text.split("NBQ_UNIQUE", 1)[1].strip()
+                if "NBQ_EXISTS" in text:
+                    raise JobExists(f"A job with id {argv[0]!r} already exists; nothing was enqueued.") from None
+                if "NBQ_RETRY" not in text:
+                    raise
+        raise EnqueueError(f"unique_key: its holder changed {UNIQUE_ROUNDS} times while enqueuing; nothing was "
+                           f"enqueued, try again.")
 
     def _check_new_ids(self, ids: list) -> None:
         with self.connection.pipeline(transaction=False) as pipe:
@@ -437,6 +478,8 @@ class Queue:
         return group.save(None if None in kept else max(as_seconds(t) for t in kept) + GROUP_QUEUEING)
 
 
+UNIQUE_QUEUEING = 7 * 24 * 3600  # seconds a unique key outlives its job's TTL: time it may wait queued
+UNIQUE_ROUNDS = 20  # tries when concurrent enqueuers keep changing a unique key's holder
 GROUP_QUEUEING = 7 * 24 * 3600  # seconds a saved group outlives its jobs' TTL: time they may wait queued
 
 
