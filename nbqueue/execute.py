@@ -42,20 +42,25 @@ class Taken(NamedTuple):
     result_ttl: int  # -1: keep forever
     failure_ttl: int
     refused: str = ""  # why the signature check refused the job ("": it may run)
+    on_success: Optional[str] = None  # "module:qualname" of a function to enqueue with the job, after
+    on_failure: Optional[str] = None
 
     @classmethod
     def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> "Taken":
         """The dequeue script's reply, its signature checked with ``signer`` (None: unsigned mode)."""
         queue, job_id, attempt, func, data, code, timeout, result_ttl, failure_ttl = reply[:9]
+        callbacks = reply[13:15]
         refused = "" if signer is None else signer.job_refusal(reply[1], reply[3], reply[5], reply[6:12], reply[4],
-                                                               reply[12])
+                                                               reply[12], callbacks)
         if refused:  # nothing of it is acted on, not even its options
             timeout = result_ttl = failure_ttl = None
+            callbacks = [None, None]
+        on_success, on_failure = (c.decode(errors="replace") if c else None for c in callbacks)
         return cls(
             queue.decode(), job_id.decode(), int(attempt), func.decode(errors="replace") if func else None, data,
             code.decode(errors="replace") if code else "",
             _seconds(timeout, jobs.DEFAULT_TIMEOUT), _ttl(result_ttl, jobs.DEFAULT_RESULT_TTL),
-            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused,
+            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused, on_success, on_failure,
         )
 
 

@@ -202,14 +202,14 @@ class Job:
     def _call_args(self) -> tuple:
         """``(instance or None, args, kwargs)`` of the call, read once its signature is checked."""
         if self._call is None:
-            fields = ("func", "code", *signing.OPTION_FIELDS, "data", "sig")
+            fields = ("func", "code", *signing.OPTION_FIELDS, "data", "sig", *signing.CALLBACK_FIELDS)
             values = self.connection.hmget(keys.job(self.id), fields)
             if values[0] is None:
                 raise self._missing()
-            func, code, *options, data, sig = values
+            func, code, *options, data, sig, on_success, on_failure = values
             signer = signing.get(self.connection, self._secret)
             if signer is not None:
-                refusal = signer.job_refusal(self.id.encode(), func, code, options, data, sig)
+                refusal = signer.job_refusal(self.id.encode(), func, code, options, data, sig, (on_success, on_failure))
                 if refusal:
                     raise SignatureError(f"job {self.id}: {refusal}")
             self._call = loads_args(data or b"")

@@ -245,6 +245,8 @@ class Queue:
         delay: Union[float, timedelta, None] = None,
         meta: Optional[dict] = None,
         unique_key: Optional[str] = None,
+        on_success: Optional[Callable] = None,
+        on_failure: Optional[Callable] = None,
         **options: Any,
     ) -> Job:
         """Put a call on the queue with job options (see ``Options``).
@@ -254,9 +256,11 @@ class Queue:
         ``meta``: a dict of JSON values kept with the job (``job.meta``). ``unique_key``: while a
         job enqueued with this key is queued, scheduled or running, this returns that job and
         enqueues nothing (checked atomically: many enqueuers at once make one job).
+        ``on_success`` / ``on_failure``: importable functions enqueued on this queue as
+        ``f(job)`` when the job finished / failed for good (no retry left), by the worker that ran it.
         """
         return self.enqueue_many([Call(func, args, kwargs, job_id)], at_front=at_front, delay=delay, meta=meta,
-                                 unique_key=unique_key, **options)[0]
+                                 unique_key=unique_key, on_success=on_success, on_failure=on_failure, **options)[0]
 
     def enqueue_in(self, delay: Union[float, timedelta], func: Callable, *args: Any, **kwargs: Any) -> Job:
         """Queue ``func(*args, **kwargs)`` after ``delay`` seconds (or a timedelta), 0 to 10 years."""
@@ -275,6 +279,8 @@ class Queue:
         delay: Union[float, timedelta, None] = None,
         meta: Optional[dict] = None,
         unique_key: Optional[str] = None,
+        on_success: Optional[Callable] = None,
+        on_failure: Optional[Callable] = None,
         **options: Any,
     ) -> list[Job]:
         """Put many calls on the queue in as few round trips as possible; all or none.
@@ -286,6 +292,7 @@ class Queue:
         if not isinstance(at_front, bool):
             raise EnqueueError(f"at_front={reprlib.repr(at_front)} is not valid: give True or False. Nothing was enqueued.")
         signer = self.signer
+        callbacks = [_callback_path(name, f) for name, f in (("on_success", on_success), ("on_failure", on_failure))]
         argv: list = []  # per job: id, index of its function, data, signature
         ids: list[str] = []
         funcs: list[bytes] = []
@@ -297,7 +304,7 @@ class Queue:
             if call.func is not last_func:  # many calls of one function are checked once
                 ref, last_func = function_ref(call.func), call.func
                 index = table.setdefault((ref.path, ref.code_hash), len(table) + 1)
-                mac = signer.job_mac(ref.path, ref.code_hash, stored) if signer else None
+                mac = signer.job_mac(ref.path, ref.code_hash, stored, callbacks) if signer else None
             job_id = self._job_id(call.job_id)
             try:
                 args, kwargs = tuple(call.args), dict(call.kwargs or {})
@@ -312,6 +319,9 @@ class Queue:
             if call.job_id is not None:
                 chosen.append(job_id)
         fields = stored if meta is None else [*stored, "meta", dumps_meta(meta)]  # meta is not signed
+        for name, path in zip(signing.CALLBACK_FIELDS, callbacks):
+            if path is not None:
+                fields += [name, path]
         if unique_key is not None:
             if len(ids) != 1:
                 raise EnqueueError("unique_key is for one job (enqueue_call), not for many. Nothing was enqueued.")
@@ -481,6 +491,17 @@ class Queue:
 UNIQUE_QUEUEING = 7 * 24 * 3600  # seconds a unique key outlives its job's TTL: time it may wait queued
 UNIQUE_ROUNDS = 20  # tries when concurrent enqueuers keep changing a unique key's holder
 GROUP_QUEUEING = 7 * 24 * 3600  # seconds a saved group outlives its jobs' TTL: time they may wait queued
+
+
+def _callback_path(name: str, func: Optional[Callable]) -> Optional[bytes]:
+    """A callback's import path, checked by the guard; a bound method of an instance is refused."""
+    if func is None:
+        return None
+    ref = function_ref(func)
+    if ref.bound_to is not None:
+        raise EnqueueError(f"{name}={describe_func(func)} is a method of an object, which can't travel as a "
+                           f"callback: give a module-level function f(job). Nothing was enqueued.")
+    return ref.path.encode()
 
 
 def _full(connection: redis.Redis, done: int, total: int) -> RedisFull:

@@ -49,6 +49,7 @@ def run_now(queue: "Queue", jobs: List[Job]) -> None:
     worker = Worker([queue.name], queue.connection, name=f"sync.{host}.{os.getpid()}.{secrets.token_hex(2)}",
                     inline=True, allow_eviction=True)
     worker.signer = queue.signer
+    worker.callbacks_here = True
     heartbeat = Heartbeat(worker)  # renews the leases of jobs that run longer than one
     heartbeat.beat()
     heartbeat.start()

@@ -26,7 +26,7 @@ from .connection import describe, get_connection
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
-from .job import CANCELED, FINISHED
+from .job import CANCELED, FAILED, FINISHED
 from .queue import check_queue_name
 from .seconds import as_seconds
 
@@ -103,6 +103,7 @@ class Worker:
         self._wake: tuple = ()  # the main thread's wake-up socket pair while it works (read end, write end)
         self._signals: list = []  # the stop signals received, in order
         self._suspended = False  # the last take found workers suspended
+        self.callbacks_here = False  # run callbacks at once in this process (testing mode), not queued
         self._slots_ended = 0
         self._grace_until: Optional[float] = None  # a stop now waits this long for inline jobs
         self._take_command = keys.evalsha(
@@ -299,7 +300,10 @@ class Worker:
             log.warning("%s %s: this worker lost the job's lease (it runs elsewhere now); "
                         "its outcome is discarded", taken.id, taken.func)
         else:
-            written, next_taken = self._finish(taken, outcome, then_take=then_take and self._may_take())
+            recorded, next_taken = self._finish(taken, outcome, then_take=then_take and self._may_take())
+            written = recorded != 0
+            if recorded == 1:  # its end is final (2: a retry is scheduled)
+                self._call_back(taken, outcome.status)
             if not written:
                 log.warning("%s: not recording the outcome: this attempt no longer holds the job", taken.id)
         with self._lock:
@@ -316,7 +320,8 @@ class Worker:
         return next_taken
 
     def _finish(self, taken: Taken, outcome: Outcome, then_take: bool = False) -> tuple:
-        """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too."""
+        """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too.
+        Returns (1 recorded, 2 recorded and a retry scheduled, 0 not ours any more; the next job)."""
         ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
@@ -329,7 +334,19 @@ class Worker:
             commands.append(self._take_command)
         replies = self._redis(lambda: keys.send(self.connection, *commands))
         following = self._taken_from(replies[1]) if then_take else None
-        return bool(replies[0]), following
+        return int(replies[0] or 0), following
+
+    def _call_back(self, taken: Taken, status: str) -> None:
+        """Enqueue the job's ``on_success`` / ``on_failure`` callback, if it has one for ``status``."""
+        path = taken.on_success if status == FINISHED else taken.on_failure if status == FAILED else None
+        if not path:
+            return
+        from .callbacks import call_back
+        from .queue import Queue
+
+        queue = Queue(taken.queue, self.connection, secret=self.signer, is_async=not self.callbacks_here)
+        job = self._redis(lambda: queue.enqueue(call_back, path, taken.id))
+        log.info("%s: callback %s enqueued as %s", taken.id, path.replace(":", "."), job.id)
 
     def _sign(self, taken: Taken, outcome: Outcome) -> bytes:
         """The outcome's signature: its result or error text, bound to the job id, attempt and status."""

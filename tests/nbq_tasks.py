@@ -145,3 +145,13 @@ def bump_meta(key):
     job.meta["seen"] = sorted(job.meta)
     job.save_meta()
     return job.meta[key]
+
+
+def on_ok(job):
+    """A success callback: gets the ended job's handle."""
+    return f"ok {job.id} {job.result(timeout=0)}"
+
+
+def on_bad(job):
+    """A failure callback."""
+    return f"bad {job.id} {job.refresh().exc_info} after {job.failures} failure(s)"
