@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from .connection import connect
+from .connection import connect, use_redis
 from .errors import (
     CodeMismatchError,
     EnqueueError,
@@ -17,6 +17,7 @@ from .errors import (
     JobExists,
     JobFailed,
     NbqueueError,
+    NoSuchGroup,
     NoSuchJob,
     PayloadError,
     ResultTimeout,
@@ -26,14 +27,16 @@ from .events import progress
 from .group import Group
 from .job import Job, get_current_job
 from .queue import Call, Options, Queue
+from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "as_completed", "wait", "NoSuchGroup",
     "Call", "CodeMismatchError", "EnqueueError", "Group", "InvalidQueueName", "InvalidTransition", "Job",
     "JobCanceled", "JobExists", "JobFailed", "NbqueueError", "NoSuchJob", "Options", "PayloadError", "Queue",
-    "ResultTimeout", "SignatureError", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension",
+    "ResultTimeout", "SignatureError", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension", "use_redis",
     "progress",
 ]
 

@@ -100,9 +100,13 @@ def main() -> None:
 @click.option("--require-signed", is_flag=True,
               help="Refuse to start without a signing secret ($NBQUEUE_SECRET, $NBQUEUE_SECRET_FILE or the "
                    "embedded server's).")
+@click.option("--max-jobs", type=click.IntRange(min=1), help="Stop (warm) after running this many jobs.")
+@click.option("--max-idle", type=click.FloatRange(min=0, min_open=True),
+              help="Stop after this many seconds with nothing to do.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def worker(queues, url, inline, burst, concurrency, name, allow_eviction, require_signed, verbose, quiet) -> None:
+def worker(queues, url, inline, burst, concurrency, name, allow_eviction, require_signed, max_jobs, max_idle,
+           verbose, quiet) -> None:
     """Run jobs from QUEUES (default: default), first = highest priority.
 
     The current folder is put on sys.path, so a tasks.py beside you imports.
@@ -118,22 +122,32 @@ def worker(queues, url, inline, burst, concurrency, name, allow_eviction, requir
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
     Worker(queues or ("default",), url, name=name, inline=inline, burst=burst, concurrency=concurrency,
-           allow_eviction=allow_eviction, require_signed=require_signed,
+           allow_eviction=allow_eviction, require_signed=require_signed, max_jobs=max_jobs, max_idle=max_idle,
            adopt_orphans=True).work()  # this process runs only the worker: it may adopt what jobs leave
 
 
 @main.command()
+@click.argument("queues", nargs=-1)
 @click.option("--url", help=URL_HELP)
 @click.option("-w", "--watch", is_flag=True, help="Then print every job event as it happens (Ctrl-C to stop).")
-def info(url, watch) -> None:
-    """Queues with their counts, live workers and what each is running."""
+def info(queues, url, watch) -> None:
+    """Queues with their counts, live workers and what each is running (only QUEUES, if given,
+    and the workers that serve them)."""
     from .connection import connect, describe
     from .info import render, snapshot, watch_events
+    from .worker import is_suspended
 
     _logging(verbose=False, quiet=True)  # the first line says which Redis: no announcement on stderr
     conn = connect(url)
     click.echo(f"Redis: {describe(conn)}")
-    click.echo(render(snapshot(conn)))
+    snap = snapshot(conn)
+    if queues:
+        wanted = set(queues)
+        snap = snap._replace(queues=[q for q in snap.queues if q.name in wanted],
+                             workers=[w for w in snap.workers if wanted & set(w.queues)])
+    if is_suspended(conn):
+        click.echo("workers are SUSPENDED: they take no jobs (nbqueue resume)")
+    click.echo(render(snap))
     if watch:
         click.echo("\nevents:")
         try:
@@ -167,6 +181,107 @@ def requeue(queue, job_ids, all_failed, url) -> None:
     click.echo(f"requeued {len(ids) - len(problems)} job(s) on {queue} at {describe(q.connection)}")
     if problems:
         raise click.ClickException(f"{len(problems)} of {len(ids)} job(s) not requeued: {' '.join(problems)}")
+
+
+@main.command()
+@click.option("--url", help=URL_HELP)
+def suspend(url) -> None:
+    """Suspend all workers: they finish what they run and take nothing new (until resume)."""
+    from .connection import connect, describe
+    from .worker import suspend as suspend_workers
+
+    _logging(verbose=False, quiet=True)
+    conn = connect(url)
+    suspend_workers(conn)
+    click.echo(f"workers suspended at {describe(conn)}; `nbqueue resume` lets them go on")
+
+
+@main.command()
+@click.option("--url", help=URL_HELP)
+def resume(url) -> None:
+    """Let suspended workers take jobs again."""
+    from .connection import connect, describe
+    from .worker import resume as resume_workers
+
+    _logging(verbose=False, quiet=True)
+    conn = connect(url)
+    woken = resume_workers(conn)
+    click.echo(f"workers resumed at {describe(conn)} ({woken} live worker(s) woken)")
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--url", help=URL_HELP)
+def empty(queue, url) -> None:
+    """Cancel every job waiting on QUEUE (running ones go on)."""
+    from . import Queue
+    from .connection import describe
+
+    _logging(verbose=False, quiet=True)
+    q = Queue(queue, url)
+    click.echo(f"canceled {q.empty()} queued job(s) of {queue} at {describe(q.connection)}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("queue")
+@click.argument("function")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--url", help=URL_HELP)
+@click.option("--timeout", type=float, help="Seconds the job may run.")
+@click.option("--retries", type=click.IntRange(0, 1000), help="Re-runs after a failure.")
+@click.option("--at-front", is_flag=True, help="Run it before the jobs already waiting.")
+@click.option("--job-id", help="Your own id for the job (must be new).")
+@click.option("--wait", "wait_for", type=float, metavar="SECONDS", help="Wait for the result and print it.")
+def enqueue(queue, function, args, url, timeout, retries, at_front, job_id, wait_for) -> None:
+    """Enqueue FUNCTION (module:name or module.name, importable here and on the workers) with ARGS
+    on QUEUE. Each ARG is a Python literal (42, 'text', [1, 2], {'a': 1}) or else a string;
+    NAME=VALUE passes a keyword. Prints the job id (or, with --wait, the result)."""
+    from . import Queue
+
+    _logging(verbose=False, quiet=True)
+    func, call_args, call_kwargs = call_of(function, args)
+    options = {name: value for name, value in (("timeout", timeout), ("retries", retries)) if value is not None}
+    job = Queue(queue, url).enqueue_call(func, call_args, call_kwargs, job_id=job_id, at_front=at_front, **options)
+    if wait_for is None:
+        click.echo(job.id)
+    else:
+        click.echo(repr(job.result(timeout=wait_for)))
+
+
+def call_of(function: str, words: tuple) -> tuple:
+    """``("tasks:add", ("1", "b=2"))`` -> ``(tasks.add, (1,), {"b": 2})``: the function imported
+    here (the current folder first on sys.path), each word a Python literal or else a string."""
+    import ast
+    import importlib
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, name = function.partition(":") if ":" in function else function.rpartition(".")
+    if not module_name or not name:
+        raise click.UsageError(f"FUNCTION {function!r}: give module:name or module.name, e.g. tasks:add")
+    try:
+        target: object = importlib.import_module(module_name)
+        for part in name.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise click.UsageError(f"can't import {function}: {exc}") from None
+
+    def value(word: str) -> object:
+        try:
+            return ast.literal_eval(word)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return word
+
+    args, kwargs = [], {}
+    for word in words:
+        key, eq, rest = word.partition("=")
+        if eq and key.isidentifier():
+            kwargs[key] = value(rest)
+        elif kwargs:
+            raise click.UsageError(f"positional argument {word!r} after keyword arguments")
+        else:
+            args.append(value(word))
+    return target, tuple(args), kwargs
 
 
 @main.group()

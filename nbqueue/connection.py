@@ -310,11 +310,25 @@ def _in_kernel() -> bool:
     return type(sys.stdout).__module__.startswith("ipykernel")
 
 
-def get_connection(connection: Union[redis.Redis, str, None] = None, evicting: str = "warn") -> redis.Redis:
-    """``connection`` if it is a client, else :func:`connect` to it (a URL or None).
+_chosen: dict = {}  # "client": what use_redis() chose for this process
 
-    ``evicting`` says what to do if that Redis may evict keys (see :func:`check_eviction`).
-    """
+
+def use_redis(connection: Union[redis.Redis, str, None] = None) -> redis.Redis:
+    """Use this Redis (a client, a URL, or by default the one nbqueue resolves: ``NBQUEUE_URL``,
+    a local Redis, else the embedded one) for every queue, job and worker of this process made
+    without ``connection=``; returns its client. ``use_redis()`` again with another one switches."""
+    _chosen.pop("client", None)
+    client = get_connection(connection)
+    _chosen["client"] = client
+    return client
+
+
+def get_connection(connection: Union[redis.Redis, str, None] = None, evicting: str = "warn") -> redis.Redis:
+    """``connection`` if it is a client, else :func:`connect` to it (a URL or None: the one
+    ``use_redis`` chose, if it did). ``evicting`` says what to do if that Redis may evict keys
+    (see :func:`check_eviction`)."""
+    if connection is None and "client" in _chosen:  # redis-py's pool reopens its sockets after a fork
+        connection = _chosen["client"]
     if connection is None or isinstance(connection, str):
         client = connect(connection)
     elif isinstance(connection, redis.Redis):

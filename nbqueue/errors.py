@@ -16,6 +16,7 @@
     ├── ServerError (RuntimeError) ....... the embedded server can't be found, started or stopped
     ├── InvalidProgress (TypeError, ValueError)  progress() was given no finite number
     ├── NoSuchJob (LookupError) .......... no job with that id (or it expired)
+    ├── NoSuchGroup (LookupError) ........ no group with that id (or it expired)
     ├── InvalidTransition ................ the job's state does not allow it
     ├── ResultTimeout (TimeoutError) ..... result(timeout=...) gave up; the job goes on
     ├── InvalidTimeout (ValueError) ...... a wait was given no number of seconds (NaN, negative, ...)
@@ -78,6 +79,10 @@ class InvalidProgress(NbqueueError, TypeError, ValueError):
 
 class NoSuchJob(NbqueueError, LookupError):
     """No job with that id (never enqueued, or expired after its TTL)."""
+
+
+class NoSuchGroup(NbqueueError, LookupError):
+    """No group with that id: never saved, or expired with its jobs."""
 
 
 class PayloadError(NbqueueError):

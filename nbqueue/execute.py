@@ -1,7 +1,9 @@
 """Running one taken job, in this process or in a forked child, and describing how it ended."""
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import inspect
 import logging
 import math
 import os
@@ -11,7 +13,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from . import job as jobs
 from . import signing
@@ -25,6 +27,7 @@ log = logging.getLogger("nbqueue.worker")
 
 MAX_TTL = 2**31 - 1  # seconds (68 years): the longest TTL passed to Redis
 RESULT_MAX = 64 * 2**20  # bytes: the largest pickled result a job may store in Redis
+CANCEL_GRACE = 2.0  # seconds an inline async job has to end after its task is canceled
 
 
 class Taken(NamedTuple):
@@ -40,20 +43,25 @@ class Taken(NamedTuple):
     result_ttl: int  # -1: keep forever
     failure_ttl: int
     refused: str = ""  # why the signature check refused the job ("": it may run)
+    on_success: Optional[str] = None  # "module:qualname" of a function to enqueue with the job, after
+    on_failure: Optional[str] = None
 
     @classmethod
     def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> "Taken":
         """The dequeue script's reply, its signature checked with ``signer`` (None: unsigned mode)."""
         queue, job_id, attempt, func, data, code, timeout, result_ttl, failure_ttl = reply[:9]
+        callbacks = reply[13:15]
         refused = "" if signer is None else signer.job_refusal(reply[1], reply[3], reply[5], reply[6:12], reply[4],
-                                                               reply[12])
+                                                               reply[12], callbacks)
         if refused:  # nothing of it is acted on, not even its options
             timeout = result_ttl = failure_ttl = None
+            callbacks = [None, None]
+        on_success, on_failure = (c.decode(errors="replace") if c else None for c in callbacks)
         return cls(
             queue.decode(), job_id.decode(), int(attempt), func.decode(errors="replace") if func else None, data,
             code.decode(errors="replace") if code else "",
             _seconds(timeout, jobs.DEFAULT_TIMEOUT), _ttl(result_ttl, jobs.DEFAULT_RESULT_TTL),
-            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused,
+            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused, on_success, on_failure,
         )
 
 
@@ -105,8 +113,9 @@ REASONS = {
 }
 
 
-def run_job(taken: Taken, connection: Any) -> Outcome:
-    """Import, check and call the job's function here; never raises."""
+def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[[], None]], None]] = None) -> Outcome:
+    """Import, check and call the job's function here; never raises. A coroutine function's job
+    runs on an event loop of its own in this thread; ``on_task`` is given a function that cancels it."""
     token = jobs._current.set(jobs.Job(taken.id, connection, {"status": b"started", "queue": taken.queue.encode()}))
     try:
         if taken.refused:  # checked before anything is imported or unpickled
@@ -125,6 +134,8 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
             with capture_output(jobs.get_current_job(), taken.attempt, (taken.result_ttl, taken.failure_ttl)):  # output, logging, progress
                 try:
                     value = func(*args, **kwargs)
+                    if inspect.iscoroutine(value):
+                        value = run_coroutine(value, on_task)
                 finally:
                     if os.getpid() != me:  # a process the job forked returned into nbqueue: it ends here
                         exit_now(0)
@@ -136,6 +147,28 @@ def run_job(taken: Taken, connection: Any) -> Outcome:
         return _failed(exc)
     finally:
         jobs._current.reset(token)
+
+
+def run_coroutine(coro: Any, on_task: Optional[Callable[[Callable[[], None]], None]] = None) -> Any:
+    """Run an ``async def`` job's coroutine to its end on a new event loop in this thread (the
+    job's own: its output, ``get_current_job()`` and fencing stay this thread's). ``on_task`` gets
+    a thread-safe function that cancels it: the job sees ``CancelledError`` where it awaits, and
+    its ``finally`` blocks and ``async with`` exits run. Tasks it left running are canceled too."""
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(coro)
+        if on_task is not None:
+            on_task(lambda: loop.call_soon_threadsafe(task.cancel))
+        value = loop.run_until_complete(task)
+        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in left:
+            t.cancel()
+        if left:  # given CANCEL_GRACE to end; one that refuses is dropped with the loop
+            loop.run_until_complete(asyncio.wait(left, timeout=CANCEL_GRACE))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        return value
+    finally:  # interrupted (JobInterrupted): nothing more runs on it
+        loop.close()
 
 
 def _result(value: Any) -> Outcome:
@@ -225,6 +258,7 @@ class Running:
         self.deadline: Optional[float] = None  # inline timeout, on the monotonic clock
         self._child: Optional[Child] = None
         self._thread_id: Optional[int] = None  # an inline job's thread while it may be interrupted
+        self._cancel_task: Optional[Callable[[], None]] = None  # an inline async job's: cancels it
         self._lock = threading.Lock()
 
     def reason_text(self) -> str:
@@ -255,7 +289,7 @@ class Running:
                 if self.reason is not None:  # interrupted before it started
                     return None
                 self._thread_id = threading.get_ident()
-            outcome = run_job(self.taken, connection)
+            outcome = run_job(self.taken, connection, self._on_task)
         except JobInterrupted:
             pass  # arrived just after the job returned; self.reason says why
         finally:
@@ -263,6 +297,7 @@ class Running:
         while True:  # disarm, even if a late interrupt lands in the middle of it
             try:
                 with self._lock:
+                    self._cancel_task = None
                     if self._thread_id is not None:
                         self._thread_id = None
                         _raise_in_thread(threading.get_ident(), None)  # drop a pending one
@@ -271,14 +306,34 @@ class Running:
                 continue
         return outcome
 
+    def _escalate(self) -> None:
+        """An async job still runs ``CANCEL_GRACE`` s after its cancel (it caught ``CancelledError``,
+        or blocks its loop): interrupt its thread as a plain inline job's."""
+        with self._lock:
+            if self._thread_id is not None:
+                _raise_in_thread(self._thread_id, JobInterrupted)
+
+    def _on_task(self, cancel: Callable[[], None]) -> None:
+        """An inline async job's task exists: interrupts cancel it (or it was interrupted already)."""
+        with self._lock:
+            self._cancel_task = cancel
+            if self.reason is not None:
+                cancel()
+
     def interrupt(self, reason: str) -> None:
-        """Stop the job: kill the child, or raise ``JobInterrupted`` in the inline job's thread."""
+        """Stop the job: kill the child; cancel an inline async job's task (``CancelledError`` in
+        the job); or raise ``JobInterrupted`` in the inline job's thread."""
         with self._lock:
             if self.reason is not None:
                 return
             self.reason = reason
             if self._child is not None:
                 self._child.kill(self.reason_text())
+            elif self._cancel_task is not None:
+                self._cancel_task()
+                escalate = threading.Timer(CANCEL_GRACE, self._escalate)
+                escalate.daemon = True
+                escalate.start()
             elif self._thread_id is not None:
                 _raise_in_thread(self._thread_id, JobInterrupted)
 

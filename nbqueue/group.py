@@ -1,43 +1,98 @@
 """A group of jobs handled as one: what ``Queue.map`` returns."""
 from __future__ import annotations
 
+import secrets
+import threading
 from collections import Counter
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Generator, Iterator, List, Optional, Sequence
+
+import redis
 
 from . import keys
-from .errors import InvalidTransition, NoSuchJob, ResultTimeout
-from .job import Job, Waiter
+from .connection import get_connection
+from .errors import InvalidTransition, NbqueueError, NoSuchGroup, NoSuchJob, ResultTimeout
+from .job import DEFAULT_FAILURE_TTL, Job, Waiter, in_thread
 from .seconds import deadline
 
 
 class Group:
-    """Jobs in order, e.g. ``q.map(tasks.square, range(100))``; ``results()`` waits for all."""
+    """Jobs in order, e.g. ``q.map(tasks.square, range(100))``; ``results()`` waits for all.
 
-    def __init__(self, jobs: Sequence[Job]):
+    A group that ``Queue.map`` made is kept in Redis under its ``id`` as long as its jobs are, so
+    ``Group.fetch(id)`` brings it back, e.g. after a kernel restart."""
+
+    def __init__(self, jobs: Sequence[Job], id: Optional[str] = None):
         self.jobs: List[Job] = list(jobs)
+        self.id = id or "g-" + secrets.token_hex(12)
+
+    @classmethod
+    def fetch(cls, group_id: str, connection: Optional[redis.Redis] = None) -> "Group":
+        """The group saved under ``group_id``; ``NoSuchGroup`` if there is none (or it expired)."""
+        conn = get_connection(connection)
+        if not isinstance(group_id, str) or not keys.NAME.fullmatch(group_id):
+            raise NoSuchGroup(f"No group {group_id!r}: a group id looks like 'g-…' (group.id).")
+        ids = conn.lrange(keys.group(group_id), 0, -1)
+        if not ids:
+            raise NoSuchGroup(f"No group {group_id!r}: it was never saved here, or it expired with its jobs.")
+        return cls([Job(i.decode(), conn) for i in ids], group_id)
+
+    def save(self, ttl: Optional[float] = DEFAULT_FAILURE_TTL) -> "Group":
+        """Keep the group's job ids in Redis under ``id`` for ``ttl`` seconds (``None``: forever)."""
+        if self.jobs:
+            key = keys.group(self.id)
+            with self.jobs[0].connection.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                for start in range(0, len(self.jobs), 10_000):
+                    pipe.rpush(key, *self.ids[start:start + 10_000])
+                if ttl is not None:
+                    pipe.expire(key, max(1, int(ttl)))
+                pipe.execute()
+        return self
 
     @property
     def ids(self) -> List[str]:
         return [job.id for job in self.jobs]
 
-    def results(self, timeout: Optional[float] = None) -> list:
+    def results(self, timeout: Optional[float] = None, return_exceptions: bool = False) -> list:
         """Every job's result, in order, waiting up to ``timeout`` seconds in all (``None``: as long
-        as it takes). The first failed job in order raises its ``JobFailed`` (``JobCanceled``).
+        as it takes). The first failed job in order raises its ``JobFailed`` (``JobCanceled``), or
+        with ``return_exceptions=True`` each failed job's error takes its place in the list.
         Waits on one connection for all the jobs, through a Redis restart or outage."""
+        return self._results(timeout, return_exceptions)
+
+    async def aresults(self, timeout: Optional[float] = None, return_exceptions: bool = False) -> list:
+        """``results()`` for asyncio code, without blocking the event loop (``await group``)."""
+        return await in_thread(lambda stop: self._results(timeout, return_exceptions, stop))
+
+    def __await__(self) -> Generator[Any, None, list]:
+        return self.aresults().__await__()
+
+    def done(self) -> bool:
+        """Whether every job ended."""
+        counts = self.statuses()
+        return sum(counts[s] for s in ("finished", "failed", "canceled", "expired")) == len(self)
+
+    def _results(self, timeout: Optional[float], return_exceptions: bool,
+                 stop: Optional[threading.Event] = None) -> list:
         until = deadline(timeout)
-        values = []
+        values: list = []
         if not self.jobs:
             return values
-        with Waiter(self.jobs[0].connection, self.ids) as waiter:
+        with Waiter(self.jobs[0].connection, self.ids, stop) as waiter:
             for job in self.jobs:
                 outcome = waiter.outcome(job.id, until)
                 if outcome is None:
                     unreachable = " (Redis is unreachable)" if waiter.lost else ""
                     raise ResultTimeout(f"{len(waiter.outcomes)} of {len(self)} jobs are done after {timeout} s"
                                         f"{unreachable}; they go on: call results() again to wait longer.")
-                if outcome[0] is None:
-                    raise job._missing()
-                values.append(job._value(outcome))
+                try:
+                    if outcome[0] is None:
+                        raise job._missing()
+                    values.append(job._value(outcome))
+                except NbqueueError as exc:
+                    if not return_exceptions:
+                        raise
+                    values.append(exc)
         return values
 
     def statuses(self) -> Counter:
@@ -74,4 +129,4 @@ class Group:
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses().items()))
-        return f"<Group of {len(self)} jobs: {counts or 'empty'}>"
+        return f"<Group {self.id} of {len(self)} jobs: {counts or 'empty'}>"

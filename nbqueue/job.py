@@ -1,20 +1,23 @@
 """The job handle: what a caller holds after ``enqueue`` and a worker holds while running."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import reprlib
+import threading
 import time
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Generator, Iterable, List, Optional
 
 import redis
 
 from . import keys, signing
 from .connection import get_connection
-from .errors import InvalidTransition, JobCanceled, JobFailed, NoSuchJob, ResultTimeout, SignatureError
+from .errors import EnqueueError, InvalidTransition, JobCanceled, JobFailed, NbqueueError, NoSuchJob, ResultTimeout, SignatureError
 from .seconds import deadline
-from .serialization import loads_result
+from .serialization import loads_args, loads_result
 from .summary import parse as parse_summary
 
 logger = logging.getLogger("nbqueue")
@@ -34,6 +37,31 @@ _FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "
 SUMMARY, SUMMARY_SIG = "summary", "ssig"  # a finished job's result summary (JSON, see summary.py), its signature
 OUTCOME = ("status", "result", "error", "exc", "attempt", "rsig")  # the job hash fields a waiter reads
 RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
+STOPPABLE = 0.25  # seconds: a waiter that may be stopped looks at its stop flag this often
+DESCRIPTION_MAX = 200  # characters of a job's description
+META_MAX = 64 * 1024  # bytes of a job's meta, as JSON
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 40, 40, 6, 4
+
+
+def dumps_meta(meta: Any) -> str:
+    """``meta`` as the JSON kept in the job hash; ``EnqueueError`` if it is no dict JSON can hold, or too big."""
+    if isinstance(meta, str):  # e.g. %enqueue ... --meta '{"run": 3}'
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            pass
+    if not isinstance(meta, dict):
+        raise EnqueueError(f"meta={reprlib.repr(meta)} is not valid: give a dict (of JSON values).")
+    try:
+        text = json.dumps(meta, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise EnqueueError(f"meta can't be kept as JSON: {exc}. Give str, numbers, bools, None, lists and dicts.") from None
+    if len(text) > META_MAX:
+        raise EnqueueError(f"meta is {len(text):,} bytes as JSON, over the {META_MAX:,} bytes a job may keep.")
+    return text
+
+
 _current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
 
 
@@ -80,6 +108,9 @@ class Job:
         """``secret``: to check the result's signature (see ``signing``); default: the queue's default."""
         self.id = job_id
         self.connection = get_connection(connection)
+        self._meta: Optional[dict] = None
+        self._call: Optional[tuple] = None
+        self._description: Optional[str] = None
         self._secret = secret
         if fields:
             self._load(fields)
@@ -116,6 +147,90 @@ class Job:
     def is_done(self) -> bool:
         return self.status in TERMINAL
 
+    # --- what the job is: its call and metadata ---------------------------------------------
+    @property
+    def meta(self) -> dict:
+        """A dict of your own kept with the job (JSON): given at enqueue (``meta=``), updated by
+        the job with ``get_current_job().meta[...] = ...`` and ``save_meta()``. Read once, then
+        cached; ``refresh_meta()`` reads it again. Not signed: no secrets, nothing trusted."""
+        if self._meta is None:
+            self.refresh_meta()
+        assert self._meta is not None
+        return self._meta
+
+    def refresh_meta(self) -> dict:
+        raw = self.connection.hget(keys.job(self.id), "meta")
+        try:
+            value = json.loads(raw) if raw else {}
+        except ValueError:
+            value = {}
+        self._meta = value if isinstance(value, dict) else {}
+        return self._meta
+
+    def save_meta(self) -> None:
+        """Write ``meta`` to Redis as JSON (``EnqueueError`` if it can't be: see ``dumps_meta``)."""
+        self.connection.hset(keys.job(self.id), "meta", dumps_meta(self.meta))
+
+    @property
+    def args(self) -> tuple:
+        """The call's positional arguments (unpickled here once the job's signature is checked)."""
+        return self._call_args()[1]
+
+    @property
+    def kwargs(self) -> dict:
+        """The call's keyword arguments (see ``args``)."""
+        return self._call_args()[2]
+
+    @property
+    def description(self) -> str:
+        """The call as text, e.g. ``tasks.add(20, 22)``, capped at ``DESCRIPTION_MAX`` characters;
+        ``tasks.add(…)`` if its arguments can't be loaded here."""
+        if self._description is None:
+            try:
+                _, args, kwargs = self._call_args()
+                parts = [_short.repr(a) for a in args] + [f"{k}={_short.repr(v)}" for k, v in kwargs.items()]
+                text = f"{self._func_name()}({', '.join(parts)})"
+            except (NbqueueError, ImportError, AttributeError):
+                text = f"{self._func_name()}(…)"
+            self._description = text if len(text) <= DESCRIPTION_MAX else text[:DESCRIPTION_MAX - 1] + "…"
+        return self._description
+
+    def _func_name(self) -> str:
+        if self.func_name is None:
+            raw = self.connection.hget(keys.job(self.id), "func")
+            self.func_name = raw.decode(errors="replace") if raw else None
+        return self._func()
+
+    def _call_args(self) -> tuple:
+        """``(instance or None, args, kwargs)`` of the call, read once its signature is checked."""
+        if self._call is None:
+            fields = ("func", "code", *signing.OPTION_FIELDS, "data", "sig", *signing.CALLBACK_FIELDS)
+            values = self.connection.hmget(keys.job(self.id), fields)
+            if values[0] is None:
+                raise self._missing()
+            func, code, *options, data, sig, on_success, on_failure = values
+            signer = signing.get(self.connection, self._secret)
+            if signer is not None:
+                refusal = signer.job_refusal(self.id.encode(), func, code, options, data, sig, (on_success, on_failure))
+                if refusal:
+                    raise SignatureError(f"job {self.id}: {refusal}")
+            self._call = loads_args(data or b"")
+        return self._call
+
+    @property
+    def return_value(self) -> Any:
+        """The result if the job finished, else ``None``; never waits (RQ's ``return_value``).
+        A result whose signature does not match raises ``SignatureError``, as ``result()`` does."""
+        outcome = self.connection.hmget(keys.job(self.id), OUTCOME)
+        if outcome[0] != FINISHED.encode():
+            return None
+        outcome[0] = FINISHED
+        return self._value(outcome)
+
+    def done(self) -> bool:
+        """Whether the job ended (finished, failed or canceled), as ``Future.done()``."""
+        return self.status in TERMINAL
+
     @property
     def traceback(self) -> Optional[str]:
         """The worker's traceback of a failed job."""
@@ -130,6 +245,14 @@ class Job:
         Waits on the job's event channel, not by polling, and through a Redis restart or outage.
         """
         return self._value(self._wait(timeout))
+
+    async def aresult(self, timeout: Optional[float] = None) -> Any:
+        """``result()`` for asyncio code: waits without blocking the event loop (``await job`` is
+        the same with no timeout). Canceling the awaiting task stops the wait."""
+        return await in_thread(lambda stop: self._value(self._wait(timeout, stop)))
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.aresult().__await__()
 
     def _value(self, outcome: list) -> Any:
         """The return value of a job that ended (``outcome``: its ``OUTCOME`` fields, the status
@@ -176,10 +299,10 @@ class Job:
             return None
         return parse_summary(raw)
 
-    def _wait(self, timeout: Optional[float]) -> list:
+    def _wait(self, timeout: Optional[float], stop: Optional[threading.Event] = None) -> list:
         """The job's outcome once it ended (see ``_value``), waiting up to ``timeout`` seconds."""
         until = deadline(timeout)
-        with Waiter(self.connection, [self.id]) as waiter:
+        with Waiter(self.connection, [self.id], stop) as waiter:
             outcome = waiter.outcome(self.id, until)
             if outcome is None:
                 state = "has had no answer from Redis" if waiter.lost else f"is still {waiter.status(self.id)}"
@@ -255,13 +378,16 @@ class Waiter:
     backoff and re-reads, until the caller's deadline. Statuses are read after subscribing (and
     again every ``RECHECK`` s), so no change is missed."""
 
-    def __init__(self, connection: redis.Redis, ids: Iterable[str]):
+    def __init__(self, connection: redis.Redis, ids: Iterable[str], stop: Optional[threading.Event] = None):
         self.connection = connection
+        self.stop = stop  # set by another thread: give up (an awaiting task was canceled)
         self.waiting: Dict[str, Optional[str]] = dict.fromkeys(ids)  # id -> last status seen, in order
         self.outcomes: Dict[str, list] = {}  # id -> outcome of a job that ended (status None: no such job)
         self._channels = {keys.events(i).encode(): i for i in self.waiting}
         self._pubsub: Optional[redis.client.PubSub] = None
         self._read_once = False
+        self._given: set = set()  # ids ``ended()`` returned already
+        self._full_read = 0.0  # when every waiting job's status was last read (monotonic)
         self.lost = False  # Redis is away (logged once)
 
     def status(self, job_id: str) -> str:
@@ -271,11 +397,27 @@ class Waiter:
 
     def outcome(self, job_id: str, deadline: Optional[float]) -> Optional[list]:
         """The outcome of ``job_id`` once it ended; ``None`` if it has not by ``deadline`` (monotonic)."""
+        self._until(lambda: job_id in self.outcomes, deadline)
+        return self.outcomes.get(job_id)
+
+    def ended(self, deadline: Optional[float]) -> List[str]:
+        """Ids of jobs that ended since the last call, in the order seen, waiting up to ``deadline``
+        for one; ``[]`` if none did by then (or every job was returned already)."""
+        def fresh() -> List[str]:
+            return [i for i in self.outcomes if i not in self._given]
+
+        self._until(lambda: bool(fresh()) or not self.waiting, deadline)
+        new = fresh()
+        self._given.update(new)
+        return new
+
+    def _until(self, done: Callable[[], bool], deadline: Optional[float]) -> bool:
+        """Read and listen until ``done()``; False if ``deadline`` (monotonic) passed or ``stop`` was set."""
         delay, tried = 0.05, False
-        while job_id not in self.outcomes:
+        while not done():
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0 and tried:
-                return None
+            if (remaining is not None and remaining <= 0 and tried) or (self.stop is not None and self.stop.is_set()):
+                return False
             tried = True
             try:
                 if not self._read_once:  # a job that ended already needs no subscription
@@ -285,8 +427,12 @@ class Waiter:
                     self._subscribe()
                     self._read(list(self.waiting))
                 else:
-                    ended = self._listen(RECHECK if remaining is None else min(remaining, RECHECK))
-                    self._read(list(self.waiting) if ended is None else ended)
+                    slice_ = RECHECK if self.stop is None else STOPPABLE
+                    ended = self._listen(slice_ if remaining is None else min(remaining, slice_))
+                    if ended is not None:
+                        self._read(ended)
+                    elif time.monotonic() - self._full_read >= RECHECK or remaining is not None and remaining <= slice_:
+                        self._read(list(self.waiting))
                 if self.lost:
                     self.lost = False
                     logger.warning("nbqueue: Redis is back; still waiting for %d job(s)", len(self.waiting))
@@ -299,7 +445,7 @@ class Waiter:
                 pause = delay if remaining is None else max(0.0, min(delay, remaining))
                 time.sleep(pause)  # Redis is away: wait for it, not for a job
                 delay = min(delay * 2, 2.0)
-        return self.outcomes[job_id]
+        return True
 
     def _subscribe(self) -> None:
         pubsub = self.connection.pubsub()
@@ -338,6 +484,8 @@ class Waiter:
 
     def _read(self, ids: list) -> None:
         """Read the outcome of jobs in pipelines; the ones that ended move to ``outcomes``."""
+        if len(ids) == len(self.waiting):
+            self._full_read = time.monotonic()
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
             with self.connection.pipeline(transaction=False) as pipe:
@@ -364,3 +512,14 @@ class Waiter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def in_thread(call: Callable[[threading.Event], Any]) -> Any:
+    """Run a blocking wait ``call(stop)`` in the loop's executor, so the event loop goes on; if the
+    awaiting task is canceled, ``stop`` is set and the wait gives up within ``STOPPABLE`` s."""
+    stop = threading.Event()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, call, stop)
+    except asyncio.CancelledError:
+        stop.set()
+        raise

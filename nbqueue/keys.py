@@ -20,6 +20,9 @@ Layout (``nbq:`` prefix):
                         ``"<bucket> <count>"``, bucket = time // STATS_BUCKET), written by
                         ``finish.lua``: finished/failed/canceled in the last minutes, throughput
 - ``log:<id>``          list: the last lines a job printed or logged
+- ``group:<id>``        list: a group's job ids, in order, kept as long as its jobs
+- ``unique:<key>``      the id of the last job enqueued with that ``unique_key``
+- ``suspended``         present while workers are suspended (``nbqueue suspend``): they take nothing
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
                         name apart), ``done`` (jobs it ran, written with each heartbeat); expires
@@ -54,6 +57,7 @@ ACTIVE = PREFIX + "active"
 SCHEDULED = PREFIX + "scheduled"
 BEAT = PREFIX + "beat"
 WORKERS = PREFIX + "workers"
+SUSPENDED = PREFIX + "suspended"
 
 
 def queue(name: str) -> str:
@@ -66,6 +70,11 @@ def wake(name: str) -> str:
 
 def job(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
+
+
+def job_of(raw_id: bytes) -> bytes:
+    """The job key of an id read from Redis as is (it may be junk, not UTF-8)."""
+    return PREFIX.encode() + b"job:" + raw_id
 
 
 def failed(name: str) -> str:
@@ -93,6 +102,16 @@ def worker(name: str) -> str:
 
 def events(job_id: str) -> str:
     return f"{PREFIX}ev:{job_id}"
+
+
+def unique(key: str) -> str:
+    """The id of the last job enqueued with ``unique_key=key``."""
+    return f"{PREFIX}unique:{key}"
+
+
+def group(group_id: str) -> str:
+    """A group's job ids, in order (``Group.save``)."""
+    return f"{PREFIX}group:{group_id}"
 
 
 def log(job_id: str) -> str:

@@ -11,11 +11,12 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import redis
 
-from . import keys, signing
+from . import keys, signing, testing
 from .connection import describe, get_connection
 from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import (
     DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, QUEUED, Job,
+    dumps_meta,
 )
 from .seconds import as_seconds
 from .serialization import describe as describe_func
@@ -197,10 +198,20 @@ class Queue:
     """
 
     def __init__(self, name: str = "default", connection: Union[redis.Redis, str, None] = None, *,
-                 secret: signing.Secret = None):
+                 secret: signing.Secret = None, is_async: Optional[bool] = None):
+        """``is_async=False``: run each job at enqueue, here, with no worker (``nbqueue.testing``);
+        default: True, or False inside ``with nbqueue.testing.sync():``."""
         self.name = check_queue_name(name)
         self._connection = connection
         self._signer: Any = signing.UNSET if secret is None else signing.from_value(secret)
+        if is_async is not None and not isinstance(is_async, bool):
+            raise EnqueueError(f"is_async={is_async!r}: give True or False.")
+        self._is_async = is_async
+
+    @property
+    def is_async(self) -> bool:
+        """False: jobs run at enqueue in this process (testing mode)."""
+        return (not testing.sync_by_default()) if self._is_async is None else self._is_async
 
     @property
     def signer(self) -> Optional[signing.Signer]:
@@ -232,15 +243,24 @@ class Queue:
         job_id: Optional[str] = None,
         at_front: bool = False,
         delay: Union[float, timedelta, None] = None,
+        meta: Optional[dict] = None,
+        unique_key: Optional[str] = None,
+        on_success: Optional[Callable] = None,
+        on_failure: Optional[Callable] = None,
         **options: Any,
     ) -> Job:
         """Put a call on the queue with job options (see ``Options``).
 
         ``job_id``: your own id (must be new). ``at_front``: run it before the jobs already
         waiting. ``delay``: seconds (or a timedelta), 0 to 10 years, to wait before it is queued.
+        ``meta``: a dict of JSON values kept with the job (``job.meta``). ``unique_key``: while a
+        job enqueued with this key is queued, scheduled or running, this returns that job and
+        enqueues nothing (checked atomically: many enqueuers at once make one job).
+        ``on_success`` / ``on_failure``: importable functions enqueued on this queue as
+        ``f(job)`` when the job finished / failed for good (no retry left), by the worker that ran it.
         """
-        return self.enqueue_many([Call(func, args, kwargs, job_id)], at_front=at_front, delay=delay,
-                                 **options)[0]
+        return self.enqueue_many([Call(func, args, kwargs, job_id)], at_front=at_front, delay=delay, meta=meta,
+                                 unique_key=unique_key, on_success=on_success, on_failure=on_failure, **options)[0]
 
     def enqueue_in(self, delay: Union[float, timedelta], func: Callable, *args: Any, **kwargs: Any) -> Job:
         """Queue ``func(*args, **kwargs)`` after ``delay`` seconds (or a timedelta), 0 to 10 years."""
@@ -257,6 +277,10 @@ class Queue:
         *,
         at_front: bool = False,
         delay: Union[float, timedelta, None] = None,
+        meta: Optional[dict] = None,
+        unique_key: Optional[str] = None,
+        on_success: Optional[Callable] = None,
+        on_failure: Optional[Callable] = None,
         **options: Any,
     ) -> list[Job]:
         """Put many calls on the queue in as few round trips as possible; all or none.
@@ -268,6 +292,7 @@ class Queue:
         if not isinstance(at_front, bool):
             raise EnqueueError(f"at_front={reprlib.repr(at_front)} is not valid: give True or False. Nothing was enqueued.")
         signer = self.signer
+        callbacks = [_callback_path(name, f) for name, f in (("on_success", on_success), ("on_failure", on_failure))]
         argv: list = []  # per job: id, index of its function, data, signature
         ids: list[str] = []
         funcs: list[bytes] = []
@@ -279,7 +304,7 @@ class Queue:
             if call.func is not last_func:  # many calls of one function are checked once
                 ref, last_func = function_ref(call.func), call.func
                 index = table.setdefault((ref.path, ref.code_hash), len(table) + 1)
-                mac = signer.job_mac(ref.path, ref.code_hash, stored) if signer else None
+                mac = signer.job_mac(ref.path, ref.code_hash, stored, callbacks) if signer else None
             job_id = self._job_id(call.job_id)
             try:
                 args, kwargs = tuple(call.args), dict(call.kwargs or {})
@@ -293,12 +318,31 @@ class Queue:
             funcs.append(ref.path.encode())
             if call.job_id is not None:
                 chosen.append(job_id)
+        fields = stored if meta is None else [*stored, "meta", dumps_meta(meta)]  # meta is not signed
+        for name, path in zip(signing.CALLBACK_FIELDS, callbacks):
+            if path is not None:
+                fields += [name, path]
+        if unique_key is not None:
+            if len(ids) != 1:
+                raise EnqueueError("unique_key is for one job (enqueue_call), not for many. Nothing was enqueued.")
+            if not isinstance(unique_key, str) or not 0 < len(unique_key) <= 200:
+                raise EnqueueError(f"unique_key={reprlib.repr(unique_key)} is not valid: give a text of 1 to 200 "
+                                   f"characters. Nothing was enqueued.")
+            kept = Options.from_keywords(options)
+            ttls = (kept.result_ttl, kept.failure_ttl)
+            fields += ["unique_key", unique_key, "unique_ttl",
+                       MAX_TTL if None in ttls else int(max(ttls)) + UNIQUE_QUEUEING]
         head = [self.name, "1" if at_front else "0", _delay_ms(delay), "1" if chosen else "0",
-                len(stored) // 2, *stored, len(table), *[x for pair in table for x in pair]]
-        self._write(head, argv, chosen)
+                len(fields) // 2, *fields, len(table), *[x for pair in table for x in pair]]
+        holder = self._write(head, argv, chosen, unique_key)
+        if holder is not None:  # a job with the same unique_key is queued or running: that one
+            return [Job(holder, self.connection, secret=signer)]
         conn, queue = self.connection, self.name.encode()
         status = b"scheduled" if head[2] else b"queued"
-        return [Job(i, conn, {"status": status, "queue": queue, "func": f}, secret=signer) for i, f in zip(ids, funcs)]
+        jobs = [Job(i, conn, {"status": status, "queue": queue, "func": f}, secret=signer) for i, f in zip(ids, funcs)]
+        if not self.is_async:
+            testing.run_now(self, jobs)
+        return jobs
 
     @staticmethod
     def _job_id(job_id: Optional[str]) -> str:
@@ -308,10 +352,13 @@ class Queue:
             raise EnqueueError(f"job_id={job_id!r} is not valid: use 1 to 100 letters, digits, '_', '-' or '.'.")
         return job_id
 
-    def _write(self, head: list, argv: list, chosen: list) -> None:
+    def _write(self, head: list, argv: list, chosen: list, unique_key: Optional[str] = None) -> Optional[str]:
+        """Run the enqueue script; for a unique job, the id of the job that holds its key, if one does."""
         if not argv:
-            return
+            return None
         script_keys = [keys.QUEUES, self.key, keys.wake(self.name), keys.SCHEDULED]
+        if unique_key is not None:
+            return self._write_unique(head, argv, script_keys, keys.unique(unique_key))
         chunks = [argv[i:i + 4 * _BATCH] for i in range(0, len(argv), 4 * _BATCH)]
         if head[1] == "1":
             chunks.reverse()  # the first chunk must end up in front
@@ -327,11 +374,11 @@ class Queue:
                     replies = pipe.execute(raise_on_error=False)
                 errors = [r for r in replies if isinstance(r, Exception)]
                 if errors:  # each chunk's script runs or not as a whole; the ones before a refusal ran
-                    done = sum(len(c) // 3 for c, r in zip(chunks, replies) if not isinstance(r, Exception))
-                    raise _full(self.connection, done, len(argv) // 3) if isinstance(
+                    done = sum(len(c) // 4 for c, r in zip(chunks, replies) if not isinstance(r, Exception))
+                    raise _full(self.connection, done, len(argv) // 4) if isinstance(
                         errors[0], redis.exceptions.OutOfMemoryError) else errors[0]
         except redis.exceptions.OutOfMemoryError:
-            raise _full(self.connection, 0, len(argv) // 3) from None
+            raise _full(self.connection, 0, len(argv) // 4) from None
         except redis.ResponseError as exc:
             if "NBQ_EXISTS" in str(exc):
                 job_id = str(exc).split("NBQ_EXISTS", 1)[1].strip()
@@ -340,6 +387,28 @@ class Queue:
                     f"or fetch the existing one with Job.fetch({job_id!r})."
                 ) from None
             raise
+        return None
+
+    def _write_unique(self, head: list, argv: list, script_keys: list, unique: str) -> Optional[str]:
+        """Enqueue one job under a unique key (optimistic: the script checks the holder we saw)."""
+        for _ in range(UNIQUE_ROUNDS):
+            seen = self.connection.get(unique)
+            holder_key = keys.job_of(seen) if seen else keys.job(argv[0])
+            try:
+                keys.send(self.connection, keys.evalsha("enqueue", [*script_keys, unique, holder_key], head + argv))
+                return None
+            except redis.exceptions.OutOfMemoryError:
+                raise _full(self.connection, 0, 1) from None
+            except redis.ResponseError as exc:
+                text = str(exc)
+                if "NBQ_UNIQUE" in text:
+                    return text.split("NBQ_UNIQUE", 1)[1].strip()
+                if "NBQ_EXISTS" in text:
+                    raise JobExists(f"A job with id {argv[0]!r} already exists; nothing was enqueued.") from None
+                if "NBQ_RETRY" not in text:
+                    raise
+        raise EnqueueError(f"unique_key: its holder changed {UNIQUE_ROUNDS} times while enqueuing; nothing was "
+                           f"enqueued, try again.")
 
     def _check_new_ids(self, ids: list) -> None:
         with self.connection.pipeline(transaction=False) as pipe:
@@ -413,7 +482,26 @@ class Queue:
         """
         from .group import Group
 
-        return Group(self.enqueue_many([Call(func, (item,)) for item in iterable], **job_options))
+        group = Group(self.enqueue_many([Call(func, (item,)) for item in iterable], **job_options))
+        kept = [job_options.get(name, default) for name, default in
+                (("result_ttl", DEFAULT_RESULT_TTL), ("failure_ttl", DEFAULT_FAILURE_TTL))]
+        return group.save(None if None in kept else max(as_seconds(t) for t in kept) + GROUP_QUEUEING)
+
+
+UNIQUE_QUEUEING = 7 * 24 * 3600  # seconds a unique key outlives its job's TTL: time it may wait queued
+UNIQUE_ROUNDS = 20  # tries when concurrent enqueuers keep changing a unique key's holder
+GROUP_QUEUEING = 7 * 24 * 3600  # seconds a saved group outlives its jobs' TTL: time they may wait queued
+
+
+def _callback_path(name: str, func: Optional[Callable]) -> Optional[bytes]:
+    """A callback's import path, checked by the guard; a bound method of an instance is refused."""
+    if func is None:
+        return None
+    ref = function_ref(func)
+    if ref.bound_to is not None:
+        raise EnqueueError(f"{name}={describe_func(func)} is a method of an object, which can't travel as a "
+                           f"callback: give a module-level function f(job). Nothing was enqueued.")
+    return ref.path.encode()
 
 
 def _full(connection: redis.Redis, done: int, total: int) -> RedisFull:

@@ -2,8 +2,8 @@
 
 The guard refuses, at enqueue time, any callable a worker could not import again by its
 path (functions from ``__main__`` such as notebook cells, lambdas, nested functions), and any
-whose call would only make a coroutine or a generator (``async def``, ``yield``: nbqueue does not
-run those yet), so the mistake shows where it was made instead of as a failure on a worker later.
+whose call would only make a generator (``yield``, ``async`` generators: a generator runs
+nothing and can't be sent back), so the mistake shows where it was made instead of as a failure on a worker later.
 
 Wire format of a call, kept in the job hash (see ``job.py``):
 
@@ -86,21 +86,17 @@ def function_ref(func: Callable) -> FunctionRef:
     return FunctionRef(path, bound_to, _hash_once(target))
 
 
-_NOT_PLAIN = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_GENERATOR
+_NOT_PLAIN = inspect.CO_ASYNC_GENERATOR | inspect.CO_GENERATOR  # ``async def`` runs: on an event loop
 
 
 def _check_plain(func: Callable) -> None:
-    """Refuse functions whose call only makes a coroutine or generator: the job would run nothing."""
+    """Refuse functions whose call only makes a generator: the job would run nothing."""
     code = getattr(getattr(func, "__func__", func), "__code__", None)
     if code is None or not code.co_flags & _NOT_PLAIN:  # the common case, in a fraction of a microsecond
         return
-    if code.co_flags & (inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR):
-        kind = "an async generator function" if code.co_flags & inspect.CO_ASYNC_GENERATOR else "an async def function"
-        raise EnqueueError(
-            f"Can't enqueue {describe(func)}: it is {kind}, and nbqueue does not run async def functions yet; "
-            f"wrap it in a plain function that calls asyncio.run(...) and enqueue that. Nothing was enqueued.")
+    kind = "an async generator function" if code.co_flags & inspect.CO_ASYNC_GENERATOR else "a generator function"
     raise EnqueueError(
-        f"Can't enqueue {describe(func)}: it is a generator function, so calling it only makes a generator "
+        f"Can't enqueue {describe(func)}: it is {kind}, so calling it only makes a generator "
         f"(it runs nothing and can't be sent back); enqueue a function that returns a list instead. "
         f"Nothing was enqueued.")
 
@@ -215,12 +211,8 @@ def _unpicklable(ref: FunctionRef, args: tuple, kwargs: dict, exc: Exception) ->
     return f"Can't enqueue {func}: its arguments can't be pickled: {exc}. Nothing was enqueued."
 
 
-def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
-    """Rebuild a call on the worker: ``(callable, args, kwargs)``.
-
-    Raises ``PayloadError`` for data that can't be unpickled and ``ImportError`` (with a hint)
-    when the function's module or name is missing here.
-    """
+def loads_args(data: bytes, where: str = "here") -> tuple[Any, tuple, dict]:
+    """A call's pickled ``data`` as ``(instance or None, args, kwargs)``; ``PayloadError`` if it can't be."""
     try:
         payload = pickle.loads(data)
         if len(payload) == 3:
@@ -230,7 +222,17 @@ def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
         if not isinstance(args, tuple) or not isinstance(kwargs, dict):
             raise TypeError("arguments are not (tuple, dict)")
     except Exception as exc:
-        raise PayloadError(f"The job's arguments can't be loaded on this worker: {type(exc).__name__}: {exc}") from None
+        raise PayloadError(f"The job's arguments can't be loaded {where}: {type(exc).__name__}: {exc}") from None
+    return instance, args, kwargs
+
+
+def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
+    """Rebuild a call on the worker: ``(callable, args, kwargs)``.
+
+    Raises ``PayloadError`` for data that can't be unpickled and ``ImportError`` (with a hint)
+    when the function's module or name is missing here.
+    """
+    instance, args, kwargs = loads_args(data, "on this worker")
     if instance is not None:
         method = path.rsplit(".", 1)[-1]
         return getattr(instance, method), args, kwargs

@@ -41,9 +41,17 @@ def _netstrings(*parts: bytes) -> bytes:
     return b"".join([b"%d:%b," % (len(p), p) for p in parts])
 
 
-def job_head(func: bytes, code: bytes, options: Sequence[Optional[bytes]]) -> bytes:
-    """The part of a job's signed message shared by jobs of one function and options."""
-    return _netstrings(func, code, *[value or b"" for value in options])  # absent and "" alike
+CALLBACK_FIELDS = ("on_success", "on_failure")  # job hash fields naming the functions a worker enqueues after
+
+
+def job_head(func: bytes, code: bytes, options: Sequence[Optional[bytes]],
+             callbacks: Sequence[Optional[bytes]] = ()) -> bytes:
+    """The part of a job's signed message shared by jobs of one function and options (and
+    callbacks: only a job that has some signs them, so older signatures stay valid)."""
+    head = _netstrings(func, code, *[value or b"" for value in options])  # absent and "" alike
+    if any(callbacks):  # "cb," can't start the id's netstring that follows a head
+        head += b"cb," + _netstrings(*[value or b"" for value in callbacks])
+    return head
 
 
 def options_of(stored: Sequence) -> list:
@@ -124,12 +132,13 @@ class Signer:
         return bool(sig) and any(hmac.compare_digest(sig, mac.digest(head, data)) for mac in self._macs)
 
     # a job, b"job," + head + id + data: the worker checks it before importing or unpickling anything
-    def job_mac(self, path: str, code: str, stored: Sequence) -> _Hmac:
+    def job_mac(self, path: str, code: str, stored: Sequence, callbacks: Sequence[Optional[bytes]] = ()) -> _Hmac:
         """The signing HMAC with what jobs of one function and options share absorbed (made once)."""
-        key = (path, code, *stored)
+        key = (path, code, *stored, *callbacks)
         mac = self._heads.get(key)
         if mac is None:
-            mac = self._macs[0].absorbed(b"job," + job_head(path.encode(), code.encode(), options_of(stored)))
+            mac = self._macs[0].absorbed(b"job," + job_head(path.encode(), code.encode(), options_of(stored),
+                                                            callbacks))
             if len(self._heads) > 1024:
                 self._heads.clear()
             self._heads[key] = mac
@@ -145,13 +154,14 @@ class Signer:
         return self._matches(sig, b"job,%b%d:%b,%d:" % (head, len(job_id), job_id, len(data)), data)
 
     def job_refusal(self, job_id: bytes, func: Optional[bytes], code: Optional[bytes],
-                    options: Sequence[Optional[bytes]], data: Optional[bytes], sig: Optional[bytes]) -> str:
+                    options: Sequence[Optional[bytes]], data: Optional[bytes], sig: Optional[bytes],
+                    callbacks: Sequence[Optional[bytes]] = ()) -> str:
         """"" if a job as stored (its fields in ``OPTION_FIELDS`` order) is signed with our secrets,
         else the error line it fails with, before anything of it is imported or unpickled."""
         if not sig:
             return ("SignatureError: unsigned job refused: this worker has a secret and the job carries no "
                     "signature, so it was not enqueued by a client with that secret; it was not imported or unpickled")
-        if self.job_matches(sig, job_id, job_head(func or b"", code or b"", options), data or b""):
+        if self.job_matches(sig, job_id, job_head(func or b"", code or b"", options, callbacks), data or b""):
             return ""
         return ("SignatureError: signature does not match: the job's function, arguments or options were changed "
                 "after it was enqueued, or it was signed with another secret; it was not imported or unpickled")

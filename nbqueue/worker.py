@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import redis
 
@@ -26,12 +26,14 @@ from .connection import describe, get_connection
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
-from .job import CANCELED, FINISHED, SUMMARY, SUMMARY_SIG
+from .job import CANCELED, FAILED, FINISHED, SUMMARY, SUMMARY_SIG
 from .queue import check_queue_name
+from .seconds import as_seconds
 
 log = logging.getLogger("nbqueue.worker")
 
 IDLE_WAKE = 5.0  # an idle slot looks around at least this often
+MAX_IDLE = 10 * 365 * 24 * 3600.0  # seconds: the longest --max-idle
 STOP_GRACE = 3.0  # seconds a "stop now" waits for an inline job that ignores it before exiting anyway
 
 
@@ -56,11 +58,14 @@ class Worker:
         secret: signing.Secret = None,
         require_signed: bool = False,
         adopt_orphans: bool = False,
+        max_jobs: Optional[int] = None,
+        max_idle: Optional[float] = None,
     ):
         """``allow_eviction``: run even on a Redis whose ``maxmemory-policy`` evicts keys (else
         ``EvictingRedis`` is raised: eviction drops jobs silently). ``secret``: checks jobs and signs
         outcomes (a list: the first signs, all verify); default: ``$NBQUEUE_SECRET``, a key file, or the
-        embedded server's. ``require_signed``: refuse to start without one."""
+        embedded server's. ``require_signed``: refuse to start without one. ``max_jobs``: stop (warm)
+        after running that many jobs; ``max_idle``: stop after that many seconds with nothing to do."""
         self.queues = [check_queue_name(q) for q in queues] or ["default"]
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise WorkerError(f"concurrency={concurrency!r}: give a whole number of jobs at once, 1 or more.")
@@ -77,6 +82,15 @@ class Worker:
         self.mode = "inline" if self.inline else "fork"
         self.burst = burst
         self.concurrency = concurrency
+        if max_jobs is not None and (not isinstance(max_jobs, int) or isinstance(max_jobs, bool) or max_jobs < 1):
+            raise WorkerError(f"max_jobs={max_jobs!r}: give a whole number of jobs, 1 or more (None: no limit).")
+        self.max_jobs = max_jobs
+        idle = None if max_idle is None else as_seconds(max_idle)
+        if max_idle is not None and (idle is None or not 0 < idle <= MAX_IDLE):
+            raise WorkerError(f"max_idle={max_idle!r}: give a number of seconds above 0 (None: no limit).")
+        self.max_idle = idle
+        self._taken = 0  # jobs taken so far (max_jobs)
+        self._active_at = time.monotonic()  # when a job last started or ended (max_idle)
         self.adopt_orphans = adopt_orphans and not self.inline
         self.started_at = time.time()
         self.jobs_run = 0
@@ -88,15 +102,19 @@ class Worker:
         self._pid = os.getpid()
         self._wake: tuple = ()  # the main thread's wake-up socket pair while it works (read end, write end)
         self._signals: list = []  # the stop signals received, in order
+        self._suspended = False  # the last take found workers suspended
+        self.callbacks_here = False  # run callbacks at once in this process (testing mode), not queued
         self._slots_ended = 0
         self._grace_until: Optional[float] = None  # a stop now waits this long for inline jobs
         self._take_command = keys.evalsha(
-            "dequeue", [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues)],
+            "dequeue", [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues), keys.SUSPENDED],
             [self.name, int(LEASE * 1000), *self.queues])
         self._wait_keys = [*map(keys.wake, self.queues), keys.worker_wake(self.name)]
         socket_timeout = self.connection.connection_pool.connection_kwargs.get("socket_timeout")
         # block for less than the client's read timeout (redis-py's default is 5 s), or reads get cut off
         self._idle_wait = IDLE_WAKE if not socket_timeout else max(0.1, min(IDLE_WAKE, socket_timeout - 1))
+        if self.max_idle is not None:
+            self._idle_wait = max(0.1, min(self._idle_wait, self.max_idle))
 
     # --- the loop -------------------------------------------------------------------------
     def work(self) -> int:
@@ -195,8 +213,12 @@ class Worker:
             try:
                 if first:
                     first, taken = False, self._take()
-                else:  # _run records the outcome and takes the next job in one round trip
-                    taken = self._run(taken) if taken is not None else self._wait_and_take()
+                elif taken is not None:  # _run records the outcome and takes the next job in one round trip
+                    taken = self._run(taken)
+                else:
+                    taken = self._wait_and_take()
+                    if taken is None:
+                        self._idle()
             except _Stop:
                 return
             except Exception:  # a bug, or a job hash broken by hand: log it, never die of it
@@ -205,20 +227,61 @@ class Worker:
                 time.sleep(1.0)  # not a hot loop if it keeps happening
 
     def _take(self) -> Optional[Taken]:
-        if self._stopping:
+        if not self._may_take():
             return None
         reply = self._redis(lambda: keys.send(self.connection, self._take_command)[0])
-        return Taken.from_reply(reply, self.signer) if reply else None
+        return self._taken_from(reply)
 
     def _wait_and_take(self) -> Optional[Taken]:
         """Block until a wake flag of one of our queues is set (or a stop, or a while passes), then
         take a job. Both go in one packet: the server runs the take as soon as the wait returns,
         with no round trip in between."""
+        if not self._may_take():
+            self._redis(lambda: self.connection.blpop([keys.worker_wake(self.name)], self._idle_wait))
+            return None
         _, reply = self._redis(lambda: keys.send(
             self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command))
-        return Taken.from_reply(reply, self.signer) if reply else None
+        return self._taken_from(reply)
 
-    def _run(self, taken: Taken) -> Optional[Taken]:
+    def _may_take(self) -> bool:
+        """Whether a slot may take a job now (not stopping, under ``max_jobs``); reserves one."""
+        with self._lock:
+            if self._stopping or self._suspended or (self.max_jobs is not None and self._taken >= self.max_jobs):
+                self._suspended = False  # looked at again by the next take
+                return False
+            self._taken += 1
+            return True
+
+    def _taken_from(self, reply: Any) -> Optional[Taken]:
+        """The take's reply as a job; None if there was none (the reservation is given back)."""
+        if reply and reply != [b"suspended"]:
+            self._active_at = time.monotonic()
+            return Taken.from_reply(reply, self.signer)
+        with self._lock:
+            self._taken -= 1
+            self._suspended = bool(reply)  # suspended: the next wait blocks on our own list only
+        return None
+
+    def _idle(self) -> None:
+        """Nothing to take: with ``max_idle``, stop once idle that long (no job running)."""
+        if self.max_idle is None or self._stopping:
+            return
+        with self._lock:
+            busy = bool(self._running)
+        if not busy and time.monotonic() - self._active_at >= self.max_idle:
+            log.info("worker %s: idle for %g s (--max-idle): stopping", self.name, self.max_idle)
+            self.request_stop()
+
+    def run_one(self) -> Optional[str]:
+        """Take one job from the queues, run it here and record how it ended, taking no next one;
+        its id, or None if the queues were empty (``nbqueue.testing`` runs jobs this way)."""
+        taken = self._take()
+        if taken is None:
+            return None
+        self._run(taken, then_take=False)
+        return taken.id
+
+    def _run(self, taken: Taken, then_take: bool = True) -> Optional[Taken]:
         """Run one job, record how it ended, and return the next job (if not stopping)."""
         run = Running(taken)
         with self._lock:
@@ -237,11 +300,19 @@ class Worker:
             log.warning("%s %s: this worker lost the job's lease (it runs elsewhere now); "
                         "its outcome is discarded", taken.id, taken.func)
         else:
-            written, next_taken = self._finish(taken, outcome, then_take=not self._stopping)
+            recorded, next_taken = self._finish(taken, outcome, then_take=then_take and self._may_take())
+            written = recorded != 0
+            if recorded == 1:  # its end is final (2: a retry is scheduled)
+                self._call_back(taken, outcome.status)
             if not written:
                 log.warning("%s: not recording the outcome: this attempt no longer holds the job", taken.id)
         with self._lock:
             self.jobs_run += 1
+            self._active_at = time.monotonic()
+            reached = self.max_jobs is not None and self.jobs_run >= self.max_jobs
+        if reached and not self._stopping:
+            log.info("worker %s: ran %d job(s) (--max-jobs): stopping", self.name, self.jobs_run)
+            self.request_stop()
         status = {FINISHED: "ok", CANCELED: "canceled"}.get(outcome.status, f"failed: {outcome.summary}")
         if not written:
             status = f"discarded ({status})"
@@ -249,7 +320,8 @@ class Worker:
         return next_taken
 
     def _finish(self, taken: Taken, outcome: Outcome, then_take: bool = False) -> tuple:
-        """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too."""
+        """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too.
+        Returns (1 recorded, 2 recorded and a retry scheduled, 0 not ours any more; the next job)."""
         ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
@@ -264,8 +336,20 @@ class Worker:
         if then_take:
             commands.append(self._take_command)
         replies = self._redis(lambda: keys.send(self.connection, *commands))
-        following = Taken.from_reply(replies[1], self.signer) if then_take and replies[1] else None
-        return bool(replies[0]), following
+        following = self._taken_from(replies[1]) if then_take else None
+        return int(replies[0] or 0), following
+
+    def _call_back(self, taken: Taken, status: str) -> None:
+        """Enqueue the job's ``on_success`` / ``on_failure`` callback, if it has one for ``status``."""
+        path = taken.on_success if status == FINISHED else taken.on_failure if status == FAILED else None
+        if not path:
+            return
+        from .callbacks import call_back
+        from .queue import Queue
+
+        queue = Queue(taken.queue, self.connection, secret=self.signer, is_async=not self.callbacks_here)
+        job = self._redis(lambda: queue.enqueue(call_back, path, taken.id))
+        log.info("%s: callback %s enqueued as %s", taken.id, path.replace(":", "."), job.id)
 
     def _sign(self, taken: Taken, outcome: Outcome) -> list:
         """The outcome's signature fields: ``rsig`` over its result or error text, and ``ssig`` over the
@@ -409,4 +493,26 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-__all__ = ["HEARTBEAT", "LEASE", "Worker"]
+def suspend(connection: Union[redis.Redis, str, None] = None) -> None:
+    """Suspend every worker on this Redis: they finish what they run and take nothing new."""
+    get_connection(connection).set(keys.SUSPENDED, str(time.time()))
+
+
+def resume(connection: Union[redis.Redis, str, None] = None) -> int:
+    """Let suspended workers take jobs again (they are woken now); returns how many were woken."""
+    conn = get_connection(connection)
+    conn.delete(keys.SUSPENDED)
+    names = [n.decode() for n in conn.zrange(keys.WORKERS, 0, -1)]
+    with conn.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.rpush(keys.worker_wake(name), b"resume")
+            pipe.expire(keys.worker_wake(name), 60)
+        pipe.execute()
+    return len(names)
+
+
+def is_suspended(connection: Union[redis.Redis, str, None] = None) -> bool:
+    return bool(get_connection(connection).exists(keys.SUSPENDED))
+
+
+__all__ = ["HEARTBEAT", "LEASE", "Worker", "is_suspended", "resume", "suspend"]

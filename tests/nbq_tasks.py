@@ -173,3 +173,54 @@ def huge_repr(size):
 
 def small_list(n):
     return list(range(n))
+
+
+def until_file(path, value=None, timeout=30):
+    """Wait until ``path`` exists (the test opens the gate), then return ``value``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return value
+
+
+def chatty(n):
+    """Prints and reports progress: what a testing-mode run records like a worker's."""
+    import nbqueue
+
+    for i in range(n):
+        print(f"line {i}")
+        nbqueue.progress(i + 1, n)
+    return n
+
+
+def enqueue_inner(queue_name, a, b):
+    """A job that enqueues another job (in testing mode, run at once too) and returns its result."""
+    from nbqueue import Queue
+
+    return Queue(queue_name).enqueue(add, a, b).result(timeout=10)
+
+
+def multiply(a, b):
+    """The seed's example task."""
+    return a * b
+
+
+def bump_meta(key):
+    """Reads its meta, adds to it and saves it."""
+    job = get_current_job()
+    job.meta[key] = job.meta.get(key, 0) + 1
+    job.meta["seen"] = sorted(job.meta)
+    job.save_meta()
+    return job.meta[key]
+
+
+def on_ok(job):
+    """A success callback: gets the ended job's handle."""
+    return f"ok {job.id} {job.result(timeout=0)}"
+
+
+def on_bad(job):
+    """A failure callback."""
+    return f"bad {job.id} {job.refresh().exc_info} after {job.failures} failure(s)"

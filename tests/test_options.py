@@ -1,4 +1,4 @@
-"""Every number a caller gives checked at the door: the bad-number corpus, the bounds, async refusal.
+"""Every number a caller gives checked at the door: the bad-number corpus, the bounds, generator refusal.
 
 Each bad value goes through every way in (``enqueue_call``, ``enqueue_many``, ``map``, and
 ``enqueue_in`` / ``enqueue_at`` for the delay) and must raise an ``EnqueueError`` naming the
@@ -235,16 +235,20 @@ class Service:
         return 1
 
 
-ASYNC = [coroutine_function, async_generator_function, Service().fetch, Service.create, Service.ping]
+ASYNC = [coroutine_function, Service().fetch, Service.create, Service.ping]
 
 
 @pytest.mark.parametrize("func", ASYNC, ids=lambda f: f.__qualname__)
-def test_async_functions_are_refused_at_enqueue(q, redis_client, func):
-    message = (r"nbqueue does not run async def functions yet; wrap it in a plain function that calls "
-               r"asyncio\.run\(\.\.\.\)")
-    for enqueue in (lambda: q.enqueue(func), lambda: q.enqueue_many([(nbq_tasks.add, (1, 2)), (func, ())]),
-                    lambda: q.map(func, [1]), lambda: q.enqueue_in(5, func)):
-        with pytest.raises(EnqueueError, match=message):
+def test_async_def_functions_are_accepted_at_enqueue(q, redis_client, func):
+    for enqueue in (lambda: q.enqueue(func), lambda: q.map(func, [1]), lambda: q.enqueue_in(5, func)):
+        enqueue()  # run by workers on an event loop (tests/test_async_jobs.py)
+
+
+def test_async_generator_functions_are_refused_at_enqueue(q, redis_client):
+    for enqueue in (lambda: q.enqueue(async_generator_function),
+                    lambda: q.enqueue_many([(nbq_tasks.add, (1, 2)), (async_generator_function, ())]),
+                    lambda: q.map(async_generator_function, [1]), lambda: q.enqueue_in(5, async_generator_function)):
+        with pytest.raises(EnqueueError, match="async generator function.*returns a list"):
             enqueue()
     assert_nothing_written(redis_client)
 
@@ -263,7 +267,7 @@ def ip(redis_client):
 
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "nbqueue")
-    shell.user_ns.update(nbq_tasks=nbq_tasks, coroutine_function=coroutine_function)
+    shell.user_ns.update(nbq_tasks=nbq_tasks, async_generator_function=async_generator_function)
     return shell
 
 
@@ -276,12 +280,12 @@ def ip(redis_client):
     ("nbq_tasks.add(1, 2) --retries 1e9", "from 0 to 1000"),
     ("nbq_tasks.add(1, 2) --delay -1", "delay=-1 is not valid"),
     ("nbq_tasks.add(1, 2) --retry-delay none", "retry_delay=None is not valid"),
-    ("coroutine_function()", "does not run async def functions yet"),
+    ("async_generator_function()", "async generator function"),
 ])
 def test_magic_options_are_checked_the_same_way(ip, redis_client, line, expected):
     with pytest.raises(UsageError, match=expected.replace("(", r"\(")):
         ip.run_line_magic("enqueue", line)
-    map_line = line.replace("(1, 2)", " [1, 2]", 1).replace("coroutine_function()", "coroutine_function [1]")
+    map_line = line.replace("(1, 2)", " [1, 2]", 1).replace("async_generator_function()", "async_generator_function [1]")
     with pytest.raises(UsageError, match=expected.replace("(", r"\(")):
         ip.run_line_magic("map", map_line)
     assert_nothing_written(redis_client)

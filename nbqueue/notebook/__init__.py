@@ -64,7 +64,7 @@ def job_bundle(job: Job) -> Any:
     from .state import JobState
     from .widgets import call_texts
 
-    state = JobState(job.id, call_texts.get(job.id) or f"{job._func()}(…)")
+    state = JobState(job.id, call_texts.get(job.id) or job.description)
     state.load(job)
     return {"text/plain": state.text()}
 

@@ -232,7 +232,7 @@ class JobWidget(LiveView):
     def __init__(self, job: Job, call: Optional[str] = None):
         super().__init__(job.connection)
         self.job = job
-        self.state = JobState(job.id, call or call_texts.get(job.id) or f"{job._func()}(…)")
+        self.state = JobState(job.id, call or call_texts.get(job.id) or job.description)
         self.state.load(job)
         self.header = _html("nbq-job-header")
         self.bar = w.FloatProgress(min=0.0, max=1.0, layout=w.Layout(width="40%"))

@@ -1,11 +1,14 @@
 -- Put one or more new jobs on a queue (or, with a delay, in the scheduled set), all or none.
--- KEYS[1] queue set, KEYS[2] queue list, KEYS[3] queue wake flag, KEYS[4] scheduled set
+-- KEYS[1] queue set, KEYS[2] queue list, KEYS[3] queue wake flag, KEYS[4] scheduled set,
+-- and for a unique job (one job, its options holding unique_ttl): KEYS[5] its unique key, KEYS[6] the
+-- job hash of the job the caller saw holding that key (or of the new job, if none)
 -- ARGV[1] key prefix, ARGV[2] queue name, ARGV[3] "1" to put the jobs at the front,
 -- ARGV[4] delay in ms ("0": now), ARGV[5] "1" if the caller chose ids (so they may exist already),
 -- ARGV[6] k, then k option field/value pairs stored with every job,
 -- then f, and f pairs of function path and source hash,
 -- then per job: id, index of its function (1 .. f), data, signature ('': unsigned).
--- Returns the number of jobs written, or an error "NBQ_EXISTS <id>".
+-- Returns the number of jobs written, or an error "NBQ_EXISTS <id>", "NBQ_UNIQUE <id of the job that
+-- holds the unique key, queued or running>" (nothing written), or "NBQ_RETRY" (the holder changed).
 local prefix, queue, at_front, delay = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
 local check = ARGV[5] == '1'
 local k = tonumber(ARGV[6])
@@ -22,6 +25,19 @@ if check then
     end
     seen[id] = true
   end
+end
+if KEYS[5] then  -- a unique job: refused while another job with its key is queued or running
+  local holder = redis.call('GET', KEYS[5])
+  if holder then
+    if KEYS[6] ~= prefix .. 'job:' .. holder then return redis.error_reply('NBQ_RETRY') end
+    local held = redis.call('HGET', KEYS[6], 'status')
+    if held == 'queued' or held == 'scheduled' or held == 'started' or held == 'deferred' then
+      return redis.error_reply('NBQ_UNIQUE ' .. holder)
+    end
+  end
+  local ttl = 0
+  for i = 1, #options, 2 do if options[i] == 'unique_ttl' then ttl = tonumber(options[i + 1]) end end
+  redis.call('SET', KEYS[5], ARGV[first], 'EX', math.max(1, math.floor(ttl)))
 end
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', t[2])
