@@ -221,3 +221,8 @@ def test_buttons_say_when_clicks_wait_for_an_idle_kernel(redis_client):
         assert "between cells" in view.cancel_button.tooltip
     finally:
         view.stop()
+
+
+def test_a_job_enqueued_from_python_shows_its_call(frontend):
+    shown = displays(frontend, frontend.run("job = nbqueue.Queue('showq').enqueue(nbq_tasks.add, 1, 2)\njob"))
+    assert len(shown) == 1 and "nbq_tasks.add(1, 2)" in shown[0]["data"]["text/html"]
