@@ -92,7 +92,8 @@ def test_job_widget_buttons_cancel_and_requeue_through_the_watcher(start_worker,
     assert "nbq-status-queued" in widget.header.value and widget.cancel_button.layout.display is None
     bundle = widget._repr_mimebundle_()
     assert WIDGET_VIEW in bundle and "nbq-status-queued" in bundle["text/html"]
-    assert bundle["text/plain"].startswith(f"Job {job.id} nbq_tasks.sleep_then(…) on buttons: queued")
+    assert bundle["text/plain"].startswith(f"Job {job.id} nbq_tasks.sleep_then(30, 'late', ")
+    assert "on buttons: queued" in bundle["text/plain"]
     start_worker("buttons")
     wait_for(lambda: "nbq-status-started" in widget.header.value, 10, message="the widget to show started")
     widget.cancel_button.click()  # a running job: the worker is asked to stop it

@@ -410,12 +410,12 @@ def forked(request, monkeypatch):
 
     if request.param == "polling":
         monkeypatch.setattr(child, "_pidfd", lambda pid: None)
-    before = _pipes_and_pidfds()
+    before = _own_pipes_and_pidfds()
     yield child.Forked
-    assert _pipes_and_pidfds() <= before, "a pipe or pidfd was left open"
+    assert _own_pipes_and_pidfds() <= before, "a pipe or pidfd was left open"
 
 
-def _pipes_and_pidfds() -> set:
+def _own_pipes_and_pidfds() -> set:
     """This process's open pipes and pidfds: what ``Forked`` opens (sockets that other threads of
     the test process open and close meanwhile, e.g. a notebook test's watcher, are not counted)."""
     found = set()
