@@ -7,7 +7,7 @@ import reprlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import redis
 
@@ -21,6 +21,9 @@ from .job import (
 from .seconds import as_seconds
 from .serialization import describe as describe_func
 from .serialization import dumps_call, function_ref
+
+if TYPE_CHECKING:
+    from .group import Group
 
 _BATCH = 1000  # jobs per script call in enqueue_many
 

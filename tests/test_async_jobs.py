@@ -3,7 +3,6 @@ inline: in the job's thread, many at once with ``--concurrency``), canceled with
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 

@@ -7,7 +7,7 @@ import json
 import queue
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
@@ -157,7 +157,7 @@ def test_an_ended_job_shown_later_is_a_report_not_a_widget(frontend, start_worke
 
 
 def test_cancel_clicked_while_a_cell_sleeps_stops_the_job_within_a_second(frontend, start_worker, redis_client):
-    worker = start_worker("clickq")
+    start_worker("clickq")
     frontend.run("job = %enqueue clickq nbq_tasks.sleep_then(60)\n"
                  "t0 = time.time()\n"
                  "while job.status != 'started' and time.time() - t0 < 30: time.sleep(0.05)")

@@ -9,7 +9,7 @@ import pytest
 import async_tasks
 import nbq_tasks
 import nbqueue
-from nbqueue import EnqueueError, Group, JobFailed, Queue
+from nbqueue import EnqueueError, JobFailed, Queue
 
 
 @pytest.fixture
