@@ -21,12 +21,14 @@ from .errors import (
     NoSuchJob,
     PayloadError,
     ResultTimeout,
+    ScheduleError,
     SignatureError,
 )
 from .events import progress
 from .group import Group
 from .job import Job, get_current_job
 from .queue import Call, Options, Queue
+from .schedule import Schedule, schedules
 from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 from .worker import Worker
 
@@ -37,7 +39,7 @@ __all__ = [
     "Call", "CodeMismatchError", "EnqueueError", "Group", "InvalidQueueName", "InvalidTransition", "Job",
     "JobCanceled", "JobExists", "JobFailed", "NbqueueError", "NoSuchJob", "Options", "PayloadError", "Queue",
     "ResultTimeout", "SignatureError", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension",
-    "progress",
+    "progress", "Schedule", "ScheduleError", "schedules",
 ]
 
 

@@ -15,6 +15,10 @@ Layout (``nbq:`` prefix):
 - ``failed:<name>``     sorted set: failed job id -> time it failed
 - ``log:<id>``          list: the last lines a job printed or logged
 - ``group:<id>``        list: a group's job ids, in order, kept as long as its jobs
+- ``schedules``         sorted set: schedule name -> time (ms) its next tick is due
+- ``schedule:<name>``   hash: a schedule's call as enqueue signs it (``func``, ``code``, ``data``,
+                        ``sig``, ``options``, ``queue``), ``rule``, ``missed``, ``token``, ``next``,
+                        ``last_job``, ``last_run``, ``fired``, ``error`` (``schedule.py``)
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
                         name apart); expires without heartbeats
@@ -48,6 +52,7 @@ ACTIVE = PREFIX + "active"
 SCHEDULED = PREFIX + "scheduled"
 BEAT = PREFIX + "beat"
 WORKERS = PREFIX + "workers"
+SCHEDULES = PREFIX + "schedules"
 
 
 def queue(name: str) -> str:
@@ -60,6 +65,11 @@ def wake(name: str) -> str:
 
 def job(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
+
+
+def schedule(name: str) -> str:
+    """A schedule's hash (its call, rule and last run)."""
+    return f"{PREFIX}schedule:{name}"
 
 
 def failed(name: str) -> str:
@@ -108,7 +118,7 @@ def script(name: str) -> Script:
     return Script(None, text)  # type: ignore[arg-type]  # bytes need no client encoder
 
 
-SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output")
+SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output", "due", "fire")
 
 
 def run(client: Any, name: str, keys: list, args: list) -> Any:
