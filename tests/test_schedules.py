@@ -123,3 +123,66 @@ def test_rule_options_are_exclusive_and_time_zones_checked():
     for junk in ("every:0", "every:x", "every:", "cron:UTC:61 * * * *", "cron:Nowhere/Else:* * * * *", "daily", ""):
         with pytest.raises(ValueError):
             Rule.from_stored(junk)
+
+
+# --- in Redis, with real workers ----------------------------------------------------------------
+
+def scheduled_jobs(client, name: str) -> list:
+    """Every job hash a schedule queued, by tick."""
+    jobs = []
+    for key in client.scan_iter(match=keys.job("*")):
+        fields = client.hgetall(key)
+        if fields.get(b"schedule") == name.encode():
+            jobs.append({"id": key.decode().rsplit(":", 1)[1], **{k.decode(): v for k, v in fields.items()}})
+    return sorted(jobs, key=lambda j: int(j["tick"]))
+
+
+def redis_ms(client) -> int:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def test_every_second_under_three_workers_queues_one_job_per_tick(redis_client, start_worker):
+    q = Queue("sched")
+    made = q.schedule(nbq_tasks.add, 1, 2, every=1, name="tick")
+    assert made.name == "tick" and made.rule == "every 1s" and made.queue == "sched"
+    workers = [start_worker("sched", "--inline", "--name", f"w{i}") for i in range(3)]
+    wait_for(lambda: len(scheduled_jobs(redis_client, "tick")) >= 10, timeout=30, message="10 ticks")
+    assert q.unschedule("tick") is True
+    jobs = scheduled_jobs(redis_client, "tick")
+    ticks = [int(j["tick"]) for j in jobs]
+    assert len(set(ticks)) == len(ticks), "a tick was queued twice"
+    assert all(b - a == 1000 for a, b in zip(ticks, ticks[1:])), f"a tick was lost or off the grid: {ticks}"
+    assert ticks[0] == int(made.next_run.timestamp() * 1000)
+    assert {nbqueue.Job.fetch(j["id"]).result(timeout=20) for j in jobs} == {3}
+    for w in workers:
+        assert w.proc.poll() is None
+    assert "Traceback" not in "".join(w.log() for w in workers)
+
+
+@pytest.mark.parametrize("missed, every", [("once", 1), ("all", 1), ("once", 6), ("skip", 6)])
+def test_ticks_missed_while_no_worker_ran(redis_client, start_worker, missed, every):
+    """No worker for 3 s, then one: "once" queues one job for the missed ticks, "all" one per missed tick,
+    "skip" none for a tick more than 2.5 s late (so with every=1 the latest tick, never late, still runs)."""
+    q = Queue("sched")
+    made = q.schedule_call(nbq_tasks.add, (1, 2), every=every, name="late", missed=missed)
+    first = int(made.next_run.timestamp() * 1000)
+    wait_for(lambda: redis_ms(redis_client) >= first + 3000, timeout=15, message="3 s of missed ticks")
+    assert scheduled_jobs(redis_client, "late") == []  # nobody fires without a worker
+    start_worker("sched", "--inline")
+    wait_for(lambda: scheduled_jobs(redis_client, "late"), timeout=20, message="a job")
+    jobs = scheduled_jobs(redis_client, "late")
+    batch = [j for j in jobs if j["enqueued_at"] == min(j["enqueued_at"] for j in jobs)]  # the first firing
+    ticks = [int(j["tick"]) for j in batch]
+    fired_at = float(batch[0]["enqueued_at"]) * 1000
+    if missed == "all":
+        assert len(ticks) >= 4 and ticks[:4] == [first + i * 1000 for i in range(4)], ticks
+    elif missed == "once" and every == 1:
+        assert len(ticks) == 1 and ticks[0] >= first + 3000, ticks  # the latest of them
+    elif missed == "once":
+        assert ticks == [first], ticks  # late, but run
+        assert fired_at - first >= 3000
+    else:
+        assert ticks == [first + 6000], ticks  # the missed one skipped: the next one runs on time
+        assert fired_at - ticks[0] < 2500
+    assert nbqueue.Job.fetch(batch[-1]["id"]).result(timeout=10) == 3
