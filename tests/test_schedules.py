@@ -186,3 +186,154 @@ def test_ticks_missed_while_no_worker_ran(redis_client, start_worker, missed, ev
         assert ticks == [first + 6000], ticks  # the missed one skipped: the next one runs on time
         assert fired_at - ticks[0] < 2500
     assert nbqueue.Job.fetch(batch[-1]["id"]).result(timeout=10) == 3
+
+
+def nbqueue_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nbqueue.cli", *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_list_and_remove_through_the_api_and_the_command(redis_client, start_worker):
+    q = Queue("sched")
+    assert nbqueue.schedules() == [] and "no schedules" in nbqueue_cli("schedule", "list").stdout
+    q.schedule(nbq_tasks.add, 1, 2, every=3600, name="hourly")
+    q.schedule_call(nbq_tasks.add, (2, 3), cron="0 9 * * 1-5", timezone="Europe/Berlin", name="morning",
+                    timeout=30, retries=2, catch_up=True)
+    q.schedule(nbq_tasks.echo, every=1, name="often")
+    start_worker("sched", "--inline")
+    wait_for(lambda: [s for s in nbqueue.schedules() if s.name == "often" and s.last_status == "finished"],
+             timeout=20, message="the often schedule's job finished")
+    listed = {s.name: s for s in nbqueue.schedules()}
+    assert set(listed) == {"often", "hourly", "morning"} and next(iter(listed)) == "often"  # next due first
+    often, morning = listed["often"], listed["morning"]
+    assert often.fired >= 1 and often.last_job_id and often.func == "nbq_tasks:echo" and often.error is None
+    assert nbqueue.Job.fetch(often.last_job_id).result(timeout=10) == ((), {})
+    assert morning.rule == "cron 0 9 * * 1-5 (Europe/Berlin)" and morning.missed == "all" and morning.fired == 0
+    assert morning.next_run.astimezone(BERLIN).hour == 9 and morning.next_run.astimezone(BERLIN).weekday() < 5
+    assert morning.last_job_id is None and morning.last_status is None
+    out = nbqueue_cli("schedule", "list")
+    assert out.returncode == 0, out.stderr
+    for text in ("hourly", "every 1h", "morning", "cron 0 9 * * 1-5 (Europe/Berlin)", often.last_job_id):
+        assert text in out.stdout
+    removed = nbqueue_cli("schedule", "remove", "hourly")
+    assert removed.returncode == 0 and "removed schedule hourly" in removed.stdout
+    again = nbqueue_cli("schedule", "remove", "hourly")
+    assert again.returncode == 1 and "no schedule named 'hourly'" in again.stderr and "Traceback" not in again.stderr
+    assert nbqueue.Schedule.remove("morning") is True and nbqueue.Schedule.remove("morning") is False
+    assert [s.name for s in nbqueue.schedules()] == ["often"]
+    assert q.unschedule("often") and redis_client.exists(keys.schedule("often"), keys.SCHEDULES) == 0
+    assert "schedule" in nbqueue_cli("--help").stdout and nbqueue_cli("schedule", "list", "--help").returncode == 0
+
+
+def test_a_job_options_are_those_of_enqueue_call_and_signed(redis_client, start_worker):
+    q = Queue("sched")
+    q.schedule_call(nbq_tasks.takes_timeout, (7,), {"timeout": "mine"}, every=1, name="opts", timeout=30,
+                    result_ttl=60, retries=1)
+    start_worker("sched", "--inline")
+    job_id = wait_for(lambda: nbqueue.schedules()[0].last_job_id, timeout=20, message="a fired job")
+    assert nbqueue.Job.fetch(job_id).result(timeout=10) == {"x": 7, "timeout": "mine", "result_ttl": None,
+                                                            "job_id": None}
+    fields = redis_client.hgetall(keys.job(job_id))
+    assert fields[b"timeout"] == b"30" and fields[b"retries"] == b"1" and len(fields[b"sig"]) == 32
+    assert 0 < redis_client.ttl(keys.job(job_id)) <= 60
+    for bad in ({"retries": -1}, {"timeout": math.nan}, {"colour": "red"}):
+        with pytest.raises(nbqueue.EnqueueError):
+            q.schedule_call(nbq_tasks.add, (1, 2), every=5, name="bad", **bad)
+    for bad in ({"name": "no spaces"}, {"name": ""}, {"catch_up": "yes"}, {"missed": "sometimes"},
+                {"missed": "skip", "catch_up": True}):
+        with pytest.raises(ScheduleError):
+            q.schedule_call(nbq_tasks.add, (1, 2), **{"every": 5, "name": "bad", **bad})
+    with pytest.raises(nbqueue.EnqueueError, match="lambda"):
+        q.schedule(lambda: 1, every=5)
+    assert [s.name for s in nbqueue.schedules()] == ["opts"]  # nothing of the refused ones was stored
+
+
+def test_scheduling_a_name_again_replaces_it(redis_client):
+    q = Queue("sched")
+    q.schedule(nbq_tasks.add, 1, 2, every=60, name="same")
+    Queue("other").schedule(nbq_tasks.echo, cron="*/5 * * * *", name="same")
+    (only,) = nbqueue.schedules()
+    assert (only.queue, only.func, only.rule) == ("other", "nbq_tasks:echo", "cron */5 * * * * (UTC)")
+    assert redis_client.zcard(keys.SCHEDULES) == 1
+    assert Queue("sched").schedule(nbq_tasks.add, 1, 2, every=60).name == "nbq_tasks.add"  # default name: the path
+
+
+def test_a_schedule_made_by_a_process_that_ended_keeps_running(redis_client, start_worker):
+    code = ("import nbq_tasks; from nbqueue import Queue; "
+            "Queue('sched').schedule(nbq_tasks.add, 20, 22, every=1, name='orphan')")
+    made = subprocess.run([sys.executable, "-c", code], cwd=nbq_tasks.__file__.rsplit("/", 1)[0], timeout=60,
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    start_worker("sched", "--inline")
+    job_id = wait_for(lambda: nbqueue.schedules()[0].last_job_id, timeout=20, message="a fired job")
+    assert nbqueue.Job.fetch(job_id).result(timeout=10) == 42
+
+
+# --- hostile ------------------------------------------------------------------------------------
+
+def test_a_function_whose_module_the_worker_lacks_fails_each_tick_clearly_and_the_schedule_goes_on(
+        redis_client, start_worker, tmp_path, monkeypatch):
+    (tmp_path / "only_here.py").write_text("def job():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_here
+
+    Queue("sched").schedule(only_here.job, every=1, name="gone")
+    start_worker("sched", "--inline")  # in tests/: no only_here module there
+
+    def two_failed():
+        jobs = scheduled_jobs(redis_client, "gone")
+        return len(jobs) >= 2 and all(j["status"] == b"failed" for j in jobs[:2]) and jobs
+
+    jobs = wait_for(two_failed, timeout=30, message="two failed ticks")
+    with pytest.raises(nbqueue.JobFailed, match="only_here"):
+        nbqueue.Job.fetch(jobs[0]["id"]).result(timeout=5)
+    assert nbqueue.schedules()[0].error is None  # the schedule itself is fine
+
+
+def test_junk_in_redis_is_logged_and_skipped_and_other_schedules_fire(redis_client, start_worker):
+    q = Queue("sched")
+    q.schedule(nbq_tasks.add, 1, 1, every=1, name="good")
+    for name in ("norule", "badrule", "badqueue", "badopts", "forged", "unsigned"):
+        q.schedule(nbq_tasks.add, 1, 2, every=1, name=name)
+    redis_client.hdel(keys.schedule("norule"), "rule")
+    redis_client.hset(keys.schedule("badrule"), "rule", "every:0")
+    redis_client.hset(keys.schedule("badqueue"), "queue", "no such:queue")
+    redis_client.hset(keys.schedule("badopts"), "options", '{"not": "a list"}')
+    stored = redis_client.hget(keys.schedule("forged"), "data")
+    redis_client.hset(keys.schedule("forged"), "data", stored.replace(b"\x02", b"\x03"))  # add(1, 3)
+    redis_client.hset(keys.schedule("unsigned"), "sig", "")
+    redis_client.zadd(keys.SCHEDULES, {"hashless": 0, "no spaces allowed": 0, "minus-inf": float("-inf")})
+    worker = start_worker("sched", "--inline")
+    wait_for(lambda: len(scheduled_jobs(redis_client, "good")) >= 3, timeout=30, message="good keeps firing")
+    for name in ("norule", "badrule", "badqueue", "badopts", "forged", "unsigned", "minus-inf"):
+        assert scheduled_jobs(redis_client, name) == [], name
+    listed = {s.name: s for s in nbqueue.schedules()}
+    assert "hashless" not in listed and "no spaces allowed" not in listed and "minus-inf" not in listed  # dropped
+    for name in ("norule", "badrule", "badqueue", "badopts"):
+        assert "broken" in listed[name].error and listed[name].next_run > datetime.now(timezone.utc) + timedelta(
+            seconds=30), name
+    for name in ("forged", "unsigned"):
+        assert "not signed with this worker's secret" in listed[name].error, name
+    assert listed["badrule"].rule == "?" and listed["good"].error is None
+    log = worker.log()
+    assert "schedule 'badrule' is broken" in log and "Traceback" not in log
+    assert log.count("schedule 'forged' is not signed") == 1  # once a minute, not once a second
+    assert worker.proc.poll() is None
+    rendered = nbqueue_cli("schedule", "list").stdout
+    assert "broken" in rendered and "forged: schedule 'forged' is not signed" in rendered
+
+
+def test_schedules_survive_a_redis_restart(private_redis, spawn_worker):
+    url = private_redis.url
+    q = Queue("sched", url)
+    q.schedule(nbq_tasks.add, 2, 2, every=1, name="survivor")
+    client = private_redis.client()
+    spawn_worker("sched", "--inline", "--url", url).wait_ready()
+    wait_for(lambda: scheduled_jobs(client, "survivor"), timeout=20, message="a first tick")
+    private_redis.restart()
+    client = private_redis.client(timeout=5)
+    before = len(scheduled_jobs(client, "survivor"))
+    wait_for(lambda: len(scheduled_jobs(client, "survivor")) >= before + 2, timeout=30, message="ticks after restart")
+    ticks = [int(j["tick"]) for j in scheduled_jobs(client, "survivor")]
+    assert len(set(ticks)) == len(ticks)
+    assert nbqueue.Job.fetch(scheduled_jobs(client, "survivor")[-1]["id"], client).result(timeout=10) == 4
