@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 
 import nbq_tasks
 import nbqueue
@@ -337,3 +339,33 @@ def test_schedules_survive_a_redis_restart(private_redis, spawn_worker):
     ticks = [int(j["tick"]) for j in scheduled_jobs(client, "survivor")]
     assert len(set(ticks)) == len(ticks)
     assert nbqueue.Job.fetch(scheduled_jobs(client, "survivor")[-1]["id"], client).result(timeout=10) == 4
+
+
+def test_many_firers_racing_on_one_due_tick_queue_one_job(redis_client):
+    """What the heartbeats of many workers do when they all see a tick due at once: one job, not one each."""
+    import threading
+
+    from nbqueue import signing
+    from nbqueue.schedule import Firer
+
+    q = Queue("sched")
+    q.schedule(nbq_tasks.add, 1, 2, every=1, name="race")
+    redis_client.zadd(keys.SCHEDULES, {"race": redis_ms(redis_client) - 10})  # due now
+    due = keys.run(redis_client, "due", [keys.SCHEDULES], [10])
+    assert [x for x in due[1::2]] == [b"race"]
+    firers = [Firer(redis.Redis.from_url(os.environ["NBQUEUE_URL"]), signing.default(redis_client)) for _ in range(20)]
+    barrier = threading.Barrier(len(firers))
+    counts: list = []
+
+    def fire(firer):
+        barrier.wait()
+        counts.append(firer.fire_due(due))
+
+    threads = [threading.Thread(target=fire, args=(f,)) for f in firers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(counts) == [0] * 19 + [1]
+    assert len(scheduled_jobs(redis_client, "race")) == 1 and Queue("sched").count == 1
+    assert keys.run(redis_client, "due", [keys.SCHEDULES], [10]) == []  # advanced past now
