@@ -8,7 +8,8 @@ Layout (``nbq:`` prefix):
                         idle workers block on these with BLPOP (several queues at once)
 - ``job:<id>``          hash: the call (``func``, ``data``, ``code``), ``status``, times,
                         ``worker``, ``attempt``, ``result`` or ``error``/``exc``, options,
-                        ``sig`` / ``rsig``: the job's and its outcome's signatures (``signing.py``)
+                        ``sig`` / ``rsig``: the job's and its outcome's signatures (``signing.py``),
+                        ``schedule`` / ``tick``: the schedule that queued it and the tick (ms) it was for
 - ``active``            sorted set: job id -> lease deadline (ms) of the attempt holding it
 - ``scheduled``         sorted set: job id -> time (ms) it is due on its queue (delays, retries)
 - ``beat``              time (ms) of the last heartbeat of any worker (to see Redis was away)
