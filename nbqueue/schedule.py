@@ -233,8 +233,7 @@ class Firer:
             self._warn(name, why)
             self._run(key, raw_name, raw_due, token, str(now + BROKEN_RETRY), why, "default", [])
             return 0
-        late = rule.ticks(due, now, MAX_CATCH_UP)
-        ticks = late if missed == "all" else late[-1:]
+        ticks = rule.ticks(due, now, MAX_CATCH_UP if missed == "all" else 1)  # oldest first
         if missed == "skip" and now - ticks[-1] > LATE * 1000:
             ticks = []
         error = ""

@@ -369,3 +369,30 @@ def test_many_firers_racing_on_one_due_tick_queue_one_job(redis_client):
     assert sorted(counts) == [0] * 19 + [1]
     assert len(scheduled_jobs(redis_client, "race")) == 1 and Queue("sched").count == 1
     assert keys.run(redis_client, "due", [keys.SCHEDULES], [10]) == []  # advanced past now
+
+
+@pytest.mark.parametrize("missed, expected", [("all", MAX_CATCH_UP), ("once", 1)])
+def test_a_clock_a_year_ahead_queues_a_bounded_catch_up(redis_client, missed, expected):
+    """Redis's clock jumped a year (or the schedule waited that long): at most MAX_CATCH_UP jobs, then on the grid."""
+    from nbqueue import signing
+    from nbqueue.schedule import Firer
+
+    made = Queue("sched").schedule_call(nbq_tasks.add, (1, 2), every=1, name="year", missed=missed)
+    due = int(made.next_run.timestamp() * 1000) - 365 * 86400 * 1000
+    redis_client.zadd(keys.SCHEDULES, {"year": due})
+    start = time.perf_counter()
+    assert Firer(redis_client, signing.default(redis_client)).fire_due(
+        keys.run(redis_client, "due", [keys.SCHEDULES], [10])) == expected
+    assert time.perf_counter() - start < 2
+    jobs = scheduled_jobs(redis_client, "year")
+    assert len(jobs) == expected and all((int(j["tick"]) - due) % 1000 == 0 for j in jobs)
+    (listed,) = nbqueue.schedules()
+    assert listed.fired == expected and listed.next_run > datetime.now(timezone.utc) - timedelta(seconds=1)
+    assert (int(listed.next_run.timestamp() * 1000) - due) % 1000 == 0  # still on the grid
+
+
+def test_a_due_time_far_ahead_just_waits(redis_client):
+    """Redis's clock went back (a restore on another machine): nothing fires until the due time comes."""
+    Queue("sched").schedule(nbq_tasks.add, 1, 2, every=1, name="ahead")
+    redis_client.zadd(keys.SCHEDULES, {"ahead": redis_ms(redis_client) + 86400 * 1000})
+    assert keys.run(redis_client, "due", [keys.SCHEDULES], [10]) == []
