@@ -259,6 +259,7 @@ class Firer:
         if not keys.NAME.fullmatch(queue):
             raise ValueError(f"queue {queue[:40]!r} is not a queue name")
         func, code, data = stored[b"func"], stored.get(b"code", b""), stored[b"data"]
+        func.decode(), code.decode()  # UnicodeDecodeError (a ValueError) for junk
         options = json.loads(stored.get(b"options", b"[]"))
         if not isinstance(options, list) or len(options) % 2 or not all(isinstance(x, str) for x in options):
             raise ValueError("its options are not a list of names and values")

@@ -295,23 +295,24 @@ def test_a_function_whose_module_the_worker_lacks_fails_each_tick_clearly_and_th
 def test_junk_in_redis_is_logged_and_skipped_and_other_schedules_fire(redis_client, start_worker):
     q = Queue("sched")
     q.schedule(nbq_tasks.add, 1, 1, every=1, name="good")
-    for name in ("norule", "badrule", "badqueue", "badopts", "forged", "unsigned"):
+    for name in ("norule", "badrule", "badqueue", "badopts", "badfunc", "forged", "unsigned"):
         q.schedule(nbq_tasks.add, 1, 2, every=1, name=name)
     redis_client.hdel(keys.schedule("norule"), "rule")
     redis_client.hset(keys.schedule("badrule"), "rule", "every:0")
     redis_client.hset(keys.schedule("badqueue"), "queue", "no such:queue")
     redis_client.hset(keys.schedule("badopts"), "options", '{"not": "a list"}')
+    redis_client.hset(keys.schedule("badfunc"), "func", b"\xff\xfe")
     stored = redis_client.hget(keys.schedule("forged"), "data")
     redis_client.hset(keys.schedule("forged"), "data", stored.replace(b"\x02", b"\x03"))  # add(1, 3)
     redis_client.hset(keys.schedule("unsigned"), "sig", "")
     redis_client.zadd(keys.SCHEDULES, {"hashless": 0, "no spaces allowed": 0, "minus-inf": float("-inf")})
     worker = start_worker("sched", "--inline")
     wait_for(lambda: len(scheduled_jobs(redis_client, "good")) >= 3, timeout=30, message="good keeps firing")
-    for name in ("norule", "badrule", "badqueue", "badopts", "forged", "unsigned", "minus-inf"):
+    for name in ("norule", "badrule", "badqueue", "badopts", "badfunc", "forged", "unsigned", "minus-inf"):
         assert scheduled_jobs(redis_client, name) == [], name
     listed = {s.name: s for s in nbqueue.schedules()}
     assert "hashless" not in listed and "no spaces allowed" not in listed and "minus-inf" not in listed  # dropped
-    for name in ("norule", "badrule", "badqueue", "badopts"):
+    for name in ("norule", "badrule", "badqueue", "badopts", "badfunc"):
         assert "broken" in listed[name].error and listed[name].next_run > datetime.now(timezone.utc) + timedelta(
             seconds=30), name
     for name in ("forged", "unsigned"):
