@@ -21,12 +21,14 @@ from .errors import (
     NoSuchJob,
     PayloadError,
     ResultTimeout,
+    ScheduleError,
     SignatureError,
 )
 from .events import progress
 from .group import Group
 from .job import Job, get_current_job
 from .queue import Call, Options, Queue
+from .schedule import Schedule, schedules
 from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 from .worker import Worker
 
@@ -36,8 +38,8 @@ __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "as_completed", "wait", "NoSuchGroup",
     "Call", "CodeMismatchError", "EnqueueError", "Group", "InvalidQueueName", "InvalidTransition", "Job",
     "JobCanceled", "JobExists", "JobFailed", "NbqueueError", "NoSuchJob", "Options", "PayloadError", "Queue",
-    "ResultTimeout", "SignatureError", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension", "use_redis",
-    "progress",
+    "ResultTimeout", "SignatureError", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension",
+    "progress", "Schedule", "ScheduleError", "schedules", "use_redis",
 ]
 
 

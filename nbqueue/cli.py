@@ -285,6 +285,39 @@ def call_of(function: str, words: tuple) -> tuple:
 
 
 @main.group()
+def schedule() -> None:
+    """List or remove schedules (made with Queue.schedule; fired by the workers)."""
+
+
+@schedule.command("list")
+@click.option("--url", help=URL_HELP)
+def schedule_list(url) -> None:
+    """Every schedule: its rule, next run, last job and its status."""
+    from .connection import connect, describe
+    from .schedule import render, schedules
+
+    _logging(verbose=False, quiet=True)
+    conn = connect(url)
+    click.echo(f"Redis: {describe(conn)}")
+    click.echo(render(schedules(conn)))
+
+
+@schedule.command("remove")
+@click.argument("name")
+@click.option("--url", help=URL_HELP)
+def schedule_remove(name, url) -> None:
+    """Remove the schedule NAME (jobs it already queued go on)."""
+    from .connection import connect, describe
+    from .schedule import remove
+
+    _logging(verbose=False, quiet=True)
+    conn = connect(url)
+    if not remove(conn, name):
+        raise click.ClickException(f"no schedule named {name!r} at {describe(conn)}; see nbqueue schedule list")
+    click.echo(f"removed schedule {name} at {describe(conn)}")
+
+
+@main.group()
 def server() -> None:
     """Manage the embedded Redis server (shared by every notebook and worker of this user)."""
 

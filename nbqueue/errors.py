@@ -5,7 +5,8 @@
     NbqueueError
     ├── EnqueueError (ValueError) ........ the call can't be enqueued; nothing was written
     │   ├── InvalidQueueName ............. a queue name nbqueue does not accept
-    │   └── JobExists .................... the chosen job_id is taken
+    │   ├── JobExists .................... the chosen job_id is taken
+    │   └── ScheduleError ................ a schedule's rule, name or options can't be used
     ├── WorkerError (ValueError) ......... a worker can't start as asked (or can't go on)
     │   └── WorkerTakenOver .............. another worker registered under this worker's name
     ├── InvalidURL (ValueError) .......... a Redis URL nbqueue can't use
@@ -51,6 +52,10 @@ class InvalidQueueName(EnqueueError):
 
 class JobExists(EnqueueError):
     """A job with the requested ``job_id`` already exists."""
+
+
+class ScheduleError(EnqueueError):
+    """A schedule can't be made as asked (its every=/cron=, timezone, name or catch-up rule). Nothing was written."""
 
 
 class WorkerError(NbqueueError, ValueError):

@@ -2,8 +2,9 @@
 
 Every ``HEARTBEAT`` seconds, in one round trip, it says the worker is alive, renews the lease
 of each attempt the worker holds (learning which it lost and which were canceled), re-queues
-the jobs of workers whose leases lapsed, and moves due scheduled jobs to their queues. In
-between it listens on the worker's control channel, so a cancel arrives at once.
+the jobs of workers whose leases lapsed, moves due scheduled jobs to their queues, and asks for
+due schedules (``schedule.py``; a due one is fired in further round trips, only then). In between
+it listens on the worker's control channel, so a cancel arrives at once.
 
 It never dies of a bad message or an error: a malformed request is logged (rate-limited) and
 ignored, any other error is logged and the beat goes on. It ends on purpose only when another
@@ -26,6 +27,7 @@ import redis
 
 from . import keys
 from .errors import WorkerTakenOver
+from .schedule import DUE_BATCH, Firer
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,6 +98,7 @@ class Heartbeat(threading.Thread):
         self._stopped = threading.Event()
         self._bad_requests = Throttled()
         self._errors = Throttled()
+        self._firer = Firer(worker.connection, worker.signer)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -165,6 +168,7 @@ class Heartbeat(threading.Thread):
                          [DEFAULT_LOST_RETRIES, BATCH, DEFAULT_FAILURE_TTL, int(LEASE * 1000), int(QUIET * 1000),
                           DEFAULT_RESULT_TTL]),
             keys.evalsha("promote", [keys.SCHEDULED], [BATCH]),
+            keys.evalsha("due", [keys.SCHEDULES], [DUE_BATCH]),  # schedules due: {} almost always
         ]
         if held:
             commands.append(keys.evalsha("renew", [keys.ACTIVE], [worker.name, int(LEASE * 1000), *_flat(held)]))
@@ -176,12 +180,14 @@ class Heartbeat(threading.Thread):
             raise WorkerTakenOver(f"another worker registered as {worker.name} (token {owner[:40]!r}); "
                             f"two workers must not share a name, as leases are held by name")
         if held:
-            reply = [i.decode() for i in replies[6]]
+            reply = [i.decode() for i in replies[7]]
             split = reply.index("|")
             for job_id in reply[:split]:  # the verdicts are about the attempts we sent
                 worker.interrupt(job_id, "lost", attempt=held[job_id])
             for job_id in reply[split + 1:]:
                 worker.interrupt(job_id, "cancel", attempt=held[job_id])
+        if replies[6]:
+            self._firer.fire_due(replies[6])
         recovered = replies[4]
         if recovered:
             log.warning("re-queued or failed %d job(s) of lost workers: %s", len(recovered),

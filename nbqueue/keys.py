@@ -8,7 +8,8 @@ Layout (``nbq:`` prefix):
                         idle workers block on these with BLPOP (several queues at once)
 - ``job:<id>``          hash: the call (``func``, ``data``, ``code``), ``status``, times,
                         ``worker``, ``attempt``, ``result`` or ``error``/``exc``, options,
-                        ``sig`` / ``rsig``: the job's and its outcome's signatures (``signing.py``)
+                        ``sig`` / ``rsig``: the job's and its outcome's signatures (``signing.py``),
+                        ``schedule`` / ``tick``: the schedule that queued it and the tick (ms) it was for
 - ``active``            sorted set: job id -> lease deadline (ms) of the attempt holding it
 - ``scheduled``         sorted set: job id -> time (ms) it is due on its queue (delays, retries)
 - ``beat``              time (ms) of the last heartbeat of any worker (to see Redis was away)
@@ -23,6 +24,10 @@ Layout (``nbq:`` prefix):
 - ``group:<id>``        list: a group's job ids, in order, kept as long as its jobs
 - ``unique:<key>``      the id of the last job enqueued with that ``unique_key``
 - ``suspended``         present while workers are suspended (``nbqueue suspend``): they take nothing
+- ``schedules``         sorted set: schedule name -> time (ms) its next tick is due
+- ``schedule:<name>``   hash: a schedule's call as enqueue signs it (``func``, ``code``, ``data``,
+                        ``sig``, ``options``, ``queue``), ``rule``, ``missed``, ``token``, ``next``,
+                        ``last_job``, ``last_run``, ``fired``, ``error`` (``schedule.py``)
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
                         name apart), ``done`` (jobs it ran, written with each heartbeat); expires
@@ -58,6 +63,7 @@ SCHEDULED = PREFIX + "scheduled"
 BEAT = PREFIX + "beat"
 WORKERS = PREFIX + "workers"
 SUSPENDED = PREFIX + "suspended"
+SCHEDULES = PREFIX + "schedules"
 
 
 def queue(name: str) -> str:
@@ -75,6 +81,11 @@ def job(job_id: str) -> str:
 def job_of(raw_id: bytes) -> bytes:
     """The job key of an id read from Redis as is (it may be junk, not UTF-8)."""
     return PREFIX.encode() + b"job:" + raw_id
+
+
+def schedule(name: str) -> str:
+    """A schedule's hash (its call, rule and last run)."""
+    return f"{PREFIX}schedule:{name}"
 
 
 def failed(name: str) -> str:
@@ -143,7 +154,7 @@ def script(name: str) -> Script:
     return Script(None, text)  # type: ignore[arg-type]  # bytes need no client encoder
 
 
-SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output")
+SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output", "due", "fire")
 
 
 def run(client: Any, name: str, keys: list, args: list) -> Any:

@@ -22,8 +22,9 @@ from .seconds import as_seconds
 from .serialization import describe as describe_func
 from .serialization import dumps_call, function_ref
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pragma: no cover
     from .group import Group
+    from .schedule import Schedule
 
 _BATCH = 1000  # jobs per script call in enqueue_many
 
@@ -346,6 +347,36 @@ class Queue:
         if not self.is_async:
             testing.run_now(self, jobs)
         return jobs
+
+    def schedule(self, func: Callable, *args: Any, every: Union[float, timedelta, None] = None,
+                 cron: Optional[str] = None, name: Optional[str] = None, timezone: Any = None,
+                 **kwargs: Any) -> "Schedule":
+        """Queue ``func(*args, **kwargs)`` here ``every`` seconds (or a timedelta, at least 1 s), or at the
+        times of a 5-field ``cron`` string (in ``timezone``, an IANA name; default UTC), from now on,
+        until removed, by whichever worker is up (no scheduler process). ``name`` (default: the
+        function's path) names it; scheduling a name again replaces that schedule. Options:
+        ``schedule_call``."""
+        return self.schedule_call(func, args, kwargs, every=every, cron=cron, name=name, timezone=timezone)
+
+    def schedule_call(self, func: Callable, args: Iterable = (), kwargs: Optional[dict] = None, *,
+                      every: Union[float, timedelta, None] = None, cron: Optional[str] = None,
+                      name: Optional[str] = None, timezone: Any = None, catch_up: bool = False,
+                      missed: Optional[str] = None, **options: Any) -> "Schedule":
+        """``schedule`` with job options as ``enqueue_call`` takes them (``timeout``, ``retries``,
+        ``result_ttl``, ...). Ticks missed while no worker ran: ``missed="once"`` (default) queues one
+        job when a worker is back, ``"all"`` (or ``catch_up=True``) one per missed tick (the last 100),
+        ``"skip"`` none. The function is checked as enqueue checks it; a bad rule (``every=0``, a cron
+        that never matches, such as Feb 30) raises ``ScheduleError`` and stores nothing."""
+        from .schedule import create
+
+        return create(self, func, args, kwargs, every=every, cron=cron, name=name, timezone=timezone,
+                      missed=missed, catch_up=catch_up, options=options)
+
+    def unschedule(self, name: str) -> bool:
+        """Remove the schedule ``name`` (whatever queue it fires on); True if there was one."""
+        from .schedule import remove
+
+        return remove(self.connection, name)
 
     @staticmethod
     def _job_id(job_id: Optional[str]) -> str:
