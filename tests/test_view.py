@@ -235,3 +235,20 @@ def test_group_state_survives_junk_events():
         state.apply(event)
     assert state.done_count() == 1 and "1/2 done (50%)" in state.progress_text()
     assert not math.isnan(state.fraction()) and state.html() and state.text()
+
+
+def test_dashboard_shows_schedules_with_next_run_and_last_job(redis_client, start_worker):
+    q = Queue("v-sched", redis_client)
+    q.schedule(view_tasks.steps, 1, 0.0, every=3600, name="hourly")
+    dash = Dashboard(redis_client)
+    try:
+        page = dash.html()
+        assert "Schedules (1)" in page and "hourly" in page and "every" in page and "in 59m" in page
+    finally:
+        dash.stop()
+    assert q.unschedule("hourly")
+    empty = Dashboard(redis_client)
+    try:
+        assert "Schedules" not in empty.html()
+    finally:
+        empty.stop()

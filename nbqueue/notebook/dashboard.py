@@ -19,6 +19,7 @@ from .. import keys
 from ..heartbeat import HEARTBEAT
 from ..info import WINDOW, rate_text, snapshot
 from ..info import render as render_text
+from ..schedule import schedules
 from .state import COLORS, _float, clean_progress, duration, esc, number, short, status_badge
 from .widgets import LiveView, _html, _set
 
@@ -93,9 +94,10 @@ class Dashboard(LiveView):
         return False
 
     def _take(self, snap: Any) -> None:
-        """A new snapshot; jobs that ended unseen (before this view, or events missed) join the
-        recent ones, in order of time."""
+        """A new snapshot (and the schedules); jobs that ended unseen (before this view, or events
+        missed) join the recent ones, in order of time."""
         self.snap, self._snap_at, self._stale = snap, time.monotonic(), False
+        self.schedules = schedules(self.conn)
         added = False
         for job_id, queue, t in snap.recent:
             entry = self.recent.get(job_id)
@@ -157,7 +159,29 @@ class Dashboard(LiveView):
         return (f'<div class="nbq-dashboard-body"><b>Queues</b>{queues if snap.queues else "<div>(no queues yet)</div>"}'
                 f'<b>Workers ({len(snap.workers)})</b>'
                 f'{workers if snap.workers else "<div>(none: start one with <code>nbqueue worker</code>)</div>"}'
-                f'<b>Recent jobs</b>{recent if self.recent else "<div>(no job has run lately)</div>"}</div>')
+                f'<b>Recent jobs</b>{recent if self.recent else "<div>(no job has run lately)</div>"}'
+                f'{self._schedules_html(now)}</div>')
+
+    def _schedules_html(self, now: float) -> str:
+        """Each schedule: its rule, queue, next run and last job (nothing if there are none)."""
+        if not self.schedules:
+            return ""
+
+        def when(moment: Any, ahead: bool) -> str:
+            if moment is None:
+                return "–"
+            seconds = moment.timestamp() - now
+            return f"in {duration(seconds)}" if ahead and seconds > 0 else f"{duration(abs(seconds))} ago"
+
+        rows = [[esc(sc.name), f"<code>{esc(sc.func.replace(':', '.'))}</code>", esc(sc.rule), f"<code>{esc(sc.queue)}</code>",
+                 when(sc.next_run, True), when(sc.last_run, False),
+                 (f"<code>{esc(short(sc.last_job_id, 34))}</code> " + status_badge(sc.last_status or "expired")
+                  if sc.last_job_id else "–") + (f' <span style="color:{COLORS["failed"]}">{esc(short(sc.error, 120))}</span>'
+                                                 if sc.error else "")]
+                for sc in self.schedules]
+        table = _table(["schedule", "function", "rule", "queue", "next run", "last run", "last job"], rows)
+        return f'<b>Schedules ({len(self.schedules)})</b><div class="nbq-schedules">{table}</div>'
+
 
     def text(self) -> str:
         return render_text(self.snap)
