@@ -32,10 +32,11 @@ _SETTINGS = {
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
 }
-# JavaScript snippets: the current notebook panel, all cells' nodes, cell ``i``'s node.
+# JavaScript snippets: the current notebook panel (a restored workspace may hold others, hidden),
+# the CSS selector of its cells (once :meth:`Notebook.mark` tagged it), cell ``i``'s node.
 _PANEL = "window.jupyterapp?.shell?.currentWidget"
-_CELLS = ".jp-NotebookPanel .jp-Notebook .jp-Cell"
-_CELL = f"document.querySelectorAll('{_CELLS}')[i]"
+_CELLS = "[data-nbq-current] .jp-Notebook .jp-Cell"
+_CELL = f"{_PANEL}?.content?.widgets[i]?.node"
 _PROMPT = ".jp-InputArea-prompt"  # '[ ]:', '[*]:', '[3]:' in both frontends
 EXECUTED = re.compile(r"^\[\d+\]:$")
 
@@ -204,8 +205,9 @@ class JupyterServer:
             nb = Notebook(context.new_page(), self, notebook)
             nb.page.set_default_timeout(timeout * 1000)
             try:
-                nb.page.goto(f"{self.url}{self.tree}{notebook}")
+                nb.page.goto(f"{self.url}{self.tree}{notebook}?reset")  # ?reset: no restored workspace
                 nb.wait_idle(timeout)
+                nb.mark()
                 yield nb
             except BaseException:
                 name = "failed-" + (artifact or f"{self.name}-{Path(notebook).stem}")
@@ -262,6 +264,13 @@ class Notebook:
         self.wait(f"() => {_PANEL}?.sessionContext?.session?.kernel?.status === 'idle'", timeout=timeout,
                   what="an idle kernel")
 
+    def mark(self) -> None:
+        """Tag the current notebook panel's node (``data-nbq-current``) so CSS selectors see its cells only."""
+        self.page.evaluate(f"""() => {{
+            document.querySelectorAll('[data-nbq-current]').forEach(n => n.removeAttribute('data-nbq-current'));
+            {_PANEL}.node.setAttribute('data-nbq-current', '1');
+        }}""")
+
     def kernel_id(self) -> Optional[str]:
         return self.page.evaluate(f"() => {_PANEL}?.sessionContext?.session?.kernel?.id ?? null")
 
@@ -275,7 +284,7 @@ class Notebook:
                            " window.jupyterapp.commands.execute('notebook:run-cell'); }", i)
 
     def cell_count(self) -> int:
-        return self.page.evaluate(f"() => document.querySelectorAll('{_CELLS}').length")
+        return self.page.evaluate(f"() => {_PANEL}.content.widgets.length")
 
     def prompt(self, i: int) -> str:
         """Execution prompt of cell ``i``: ``'[ ]:'``, ``'[*]:'`` while running, ``'[3]:'``."""
@@ -309,6 +318,11 @@ class Notebook:
     def count(self, i: int, selector: str) -> int:
         """How many elements match ``selector`` in cell ``i``'s output area."""
         return self.output(i).locator(selector).count()
+
+    def text(self, i: int, selector: str = "") -> str:
+        """Text of the first ``selector`` element in cell ``i``'s output now ('' if none): no wait."""
+        return self.page.evaluate(
+            f"([i, sel]) => {_CELL}?.querySelector('.jp-Cell-outputArea ' + sel)?.innerText ?? ''", [i, selector])
 
     def wait_text(self, i: int, selector: str, text: Union[str, Sequence[str]], timeout: float = 30) -> str:
         """Wait until an element ``selector`` in cell ``i``'s output shows ``text`` (every one of

@@ -194,7 +194,7 @@ def test_saved_notebook_reopened_without_its_kernel_reads_as_a_report(frontend, 
     with frontend.open(path) as nb:  # a fresh page; a new kernel that knows none of the old widgets
         texts = {i: nb.wait_text(i, REPORT, text, timeout=20) for i, text in
                  ((1, ["finished", "42"]), (2, ["failed", "ValueError", "kaboom"]), (3, ["5/5"]))}
-        nb.wait(f"() => document.querySelectorAll('.jp-Notebook .jp-Cell .jp-OutputArea-output').length >= "
+        nb.wait(f"() => document.querySelectorAll('[data-nbq-current] .jp-OutputArea-output').length >= "
                 f"{sum(len(c.get('outputs', [])) for c in saved.cells)}", timeout=20, what="every saved output shown")
         reopened = shot(nb, "report", frontend, "reopened")
         page = nb.page_text()
@@ -222,8 +222,7 @@ def test_group_of_200_shows_percent_rate_and_eta_while_it_runs(frontend, redis_s
         seen: List[str] = []  # the progress lines of the running group (done < 200)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (len(seen) >= 2 and seen[-1] != seen[0]):
-            text = nb.page.evaluate("() => document.querySelectorAll('.jp-Notebook .jp-Cell')[1]"
-                                    "?.querySelector('.jp-Cell-outputArea .nbq-group-progress')?.innerText ?? ''")
+            text = nb.text(1, ".nbq-group-progress")
             done = PROGRESS.search(text)
             if done and int(done.group(1)) == 200 or ended(redis_server, ids) == 200:
                 break  # over: what was seen while it ran must do
