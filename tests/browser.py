@@ -235,6 +235,30 @@ class Notebook7(JupyterServer):
 FRONTENDS: Dict[str, Type[JupyterServer]] = {"lab": JupyterLab, "notebook7": Notebook7}
 
 
+def frontend_fixture(*files: Union[str, Path]) -> Any:
+    """A module-scoped pytest fixture ``frontend``: a JupyterLab, then a Notebook 7 server (each with
+    its own Chromium) on a temporary root holding copies of ``files``; every test using it runs in both."""
+
+    @pytest.fixture(scope="module", params=sorted(FRONTENDS))
+    def frontend(request: Any, tmp_path_factory: Any) -> Iterator[JupyterServer]:
+        require_browser()
+        root = tmp_path_factory.mktemp(f"root-{request.param}")
+        for file in files:
+            shutil.copy(file, root / Path(file).name)
+        with chromium() as browser, FRONTENDS[request.param](root, browser=browser) as server:
+            yield server
+
+    return frontend
+
+
+def measured(line: str) -> None:
+    """Print a measurement and keep it in ``artifacts/browser-measurements.txt``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open(ARTIFACTS / "browser-measurements.txt", "a") as out:
+        out.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+    print(line)
+
+
 class Notebook:
     """A notebook open in the Playwright ``page`` of a JupyterLab or Notebook 7; cells are 0-based."""
 

@@ -9,7 +9,6 @@ real ``nbqueue worker`` processes. Screenshots go to ``artifacts/<test>-<fronten
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -17,7 +16,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 import redis
 
-from browser import FRONTENDS, JupyterServer, Notebook, chromium, require_browser, write_notebook
+from browser import JupyterServer, Notebook, frontend_fixture, measured, write_notebook
 from conftest import wait_for
 
 TESTS = Path(__file__).resolve().parent
@@ -25,14 +24,7 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 REPORT = ".nbq-report"
 
 
-@pytest.fixture(scope="module", params=sorted(FRONTENDS))
-def frontend(request: Any, tmp_path_factory: Any) -> Iterator[JupyterServer]:
-    """A JupyterLab or a Notebook 7 server (with its own Chromium) for the module's tests."""
-    require_browser()
-    root = tmp_path_factory.mktemp(f"root-{request.param}")
-    shutil.copy(TESTS / "nbq_tasks.py", root / "nbq_tasks.py")
-    with chromium() as browser, FRONTENDS[request.param](root, browser=browser) as server:
-        yield server
+frontend = frontend_fixture(TESTS / "nbq_tasks.py")  # JupyterLab, then Notebook 7
 
 
 @pytest.fixture
@@ -115,6 +107,14 @@ def test_assigned_and_bare_enqueue_show_one_widget_each(frontend, redis_server, 
             f"(.nbq-job, .nbq-group, nbqueue outputs) per cell: {counts}; screenshot {queued}"
         assert not stderr, f"no red stderr box (the 'which Redis' line is quiet): {stderr}"
         assert "queued" in nb.output_text(1)
+        nobody = nb.wait_text(1, ".nbq-job", "no live worker serves queue", timeout=15)
+        waited = re.search(r"waiting ([\d.]+) s", nobody)
+        assert waited and "nbqueue worker qa" in nobody, f"the notice names the command: {nobody!r}"
+        nb.wait(f"""() => {{  // the waiting clock ticks (while no cell runs)
+            const t = window.jupyterapp.shell.currentWidget.content.widgets[1].node.innerText;
+            const m = t.match(/waiting ([\\d.]+) s/);
+            return m && parseFloat(m[1]) >= {float(waited.group(1))} + 1;
+        }}""", timeout=10, what="the waiting clock to advance by 1 s")
 
         worker(spawn_worker, redis_server, "qa")  # now the jobs run: each cell ends as one report
         nb.wait_text(1, REPORT, ["finished", "5"], timeout=30)
@@ -144,7 +144,12 @@ def test_cancel_and_cancel_all_stop_running_jobs_within_1s_while_a_cell_sleeps(
         running = wait_for(lambda: [j for j in group_ids if status(redis_server, j) == "started"], 20,
                            message="the group's first job running")
         nb.wait_for_prompt(3, "[*]:", timeout=30)
-        nb.wait_text(1, ".nbq-job-output", "chatter line", timeout=20)  # its output streams in
+        nb.wait_text(1, ".nbq-job-output", "chatter line 30", timeout=20)  # its output streams in
+        tail = nb.page.evaluate("""() => {  // the output tail shows its newest line (scrolled to the bottom)
+            const out = window.jupyterapp.shell.currentWidget.content.widgets[1].node.querySelector('.nbq-job-output');
+            const boxes = [out, ...out.querySelectorAll('*')].filter(e => e.scrollHeight > e.clientHeight + 2);
+            return boxes.map(e => e.scrollHeight - e.clientHeight - e.scrollTop);
+        }""")
         shot(nb, "cancel", frontend, "busy")
 
         clicked = nb.click(1, "Cancel")
@@ -161,14 +166,16 @@ def test_cancel_and_cancel_all_stop_running_jobs_within_1s_while_a_cell_sleeps(
         nb.wait_text(1, "", "canceled", timeout=10)
         shot(nb, "cancel", frontend, "canceled")
     assert busy == "[*]:", "the sleeping cell was still running after both clicks"
+    assert all(gap <= 2 for gap in tail), f"the output tail is scrolled to its newest line: px below the view {tail}"
     assert 0 <= job_latency <= 1.0, f"the worker ended the job {job_latency:.3f} s after the click"
     assert 0 <= group_latency <= 1.0, f"the worker ended the group's job {group_latency:.3f} s after the click"
     wait_for(lambda: re.search(rf"{job_id} nbq_tasks.chatter qb .* canceled", one.log()), 5,
              message=f"the worker's log saying it canceled {job_id}")
     wait_for(lambda: re.search(rf"{running[0]} nbq_tasks.chatter qg .* canceled", many.log()), 5,
              message=f"the worker's log saying it canceled {running[0]}")
-    print(f"\n{frontend.name}: click -> worker ended the job {job_latency * 1000:.0f} ms, "
-          f"'Cancel all' -> running group job ended {group_latency * 1000:.0f} ms")
+    measured(f"{frontend.name}: Cancel click -> the worker ended the job {job_latency * 1000:.0f} ms later; "
+             f"'Cancel all' click -> the group's running job ended {group_latency * 1000:.0f} ms later "
+             "(a cell sleeping all along)")
 
 
 # --- c: a saved notebook reads as a report ---------------------------------------------------
