@@ -268,3 +268,26 @@ def test_widget_of_a_running_job_says_detached_after_a_kernel_restart(frontend, 
     assert "detached" in text.lower(), f"the old widget says it is detached: {text!r}"
     assert live_buttons == 0, "no live-looking Cancel button is left in the detached widget"
     assert still == "started", "a kernel restart does not stop the job"
+
+
+# --- f: a page reopened while the kernel runs --------------------------------------------------
+def test_page_reopened_while_the_kernel_runs_shows_the_live_widget_again(frontend, redis_server, spawn_worker):
+    path = notebook(frontend, "reload", redis_server.url, ["job = %enqueue qf nbq_tasks.chatter(60)"])
+    worker(spawn_worker, redis_server, "qf")
+    with frontend.open(path, shutdown=False) as nb:
+        nb.run_all()
+        nb.wait_text(1, ".nbq-job", "started", timeout=30)
+        job_id = one_job(redis_server, queue="qf")
+        nb.save()
+        kernel = nb.kernel_id()
+    with frontend.open(path) as nb:  # a fresh page on the same, still running kernel
+        assert nb.kernel_id() == kernel
+        first = nb.wait_text(1, ".nbq-job", "started", timeout=30)
+        lines = [int(n) for n in re.findall(r"chatter line (\d+)", first)] or [0]
+        nb.wait_text(1, ".nbq-job-output", f"chatter line {max(lines) + 10}", timeout=20)  # live: it moves on
+        reopened = shot(nb, "reload", frontend)
+        page = nb.page_text()
+        clicked = nb.click(1, "Cancel")
+        wait_for(lambda: status(redis_server, job_id) == "canceled", 1.0 - (time.time() - clicked),
+                 message="the job canceled within 1 s of a click in the reopened page")
+    assert "model not found" not in page, f"screenshot {reopened}"
