@@ -371,9 +371,19 @@ class Notebook:
         return clicked
 
     def save(self, timeout: float = 30) -> None:
-        """Save the notebook (the ``docmanager:save`` command, Ctrl+S) and wait until it is clean."""
-        self.page.evaluate("() => jupyterapp.commands.execute('docmanager:save')")
-        self.wait(f"() => {_PANEL}?.context?.model?.dirty === false", timeout=timeout, what="the save")
+        """Save the notebook (the ``docmanager:save`` command, Ctrl+S) and wait until the server has
+        written it (its ``last_modified`` moved; the dirty flag is no proof: a live output sets it again)."""
+        before = self.last_modified()
+        self.page.evaluate("async () => { await jupyterapp.commands.execute('docmanager:save'); }")
+        deadline = time.monotonic() + timeout
+        while self.last_modified() == before:
+            assert time.monotonic() < deadline, f"{self.path} not saved within {timeout} s"
+            time.sleep(0.05)  # poll interval, bounded by the deadline above
+
+    def last_modified(self) -> Optional[str]:
+        """When the server last wrote the notebook (its contents API), or None."""
+        assert self.server is not None
+        return self.server.api(f"contents/{self.path}?content=0").get("last_modified")
 
     def saved(self) -> Any:
         """The notebook as saved on disk (``nbformat``)."""

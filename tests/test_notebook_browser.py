@@ -261,7 +261,7 @@ def test_widget_of_a_running_job_says_detached_after_a_kernel_restart(frontend, 
         job_id = one_job(redis_server, queue="qe")
         nb.wait_text(1, ".nbq-job-output", "chatter line", timeout=20)
         nb.restart_kernel()
-        text = nb.wait_text(1, ".nbq-detached", "started", timeout=30)
+        text = nb.wait_text(1, ".nbq-detached", "started", timeout=15)
         shot(nb, "restart", frontend)
         live_buttons = nb.count(1, ".nbq-job button")
         still = status(redis_server, job_id)
