@@ -203,6 +203,7 @@ class JupyterServer:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             stack.callback(context.close)
             nb = Notebook(context.new_page(), self, notebook)
+            nb.page.on("websocket", nb._listen)
             nb.page.set_default_timeout(timeout * 1000)
             try:
                 nb.page.goto(f"{self.url}{self.tree}{notebook}?reset")  # ?reset: no restored workspace
@@ -264,6 +265,16 @@ class Notebook:
 
     def __init__(self, page: Any, server: Optional[JupyterServer] = None, path: str = "") -> None:
         self.page, self.server, self.path = page, server, path
+        self.display_updates: List[tuple] = []  # (time.time(), frame text) of update_display_data received
+
+    def _listen(self, ws: Any) -> None:
+        """Keep the ``update_display_data`` messages the page receives from kernels (what reached
+        the browser, whether or not the frontend applied it)."""
+        def received(payload: Union[str, bytes]) -> None:
+            text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+            if "update_display_data" in text:
+                self.display_updates.append((time.time(), text))
+        ws.on("framereceived", received)
 
     def wait(self, js: str, arg: Any = None, timeout: float = 30, what: str = "") -> Any:
         """Wait until the JavaScript function ``js`` returns something truthy for ``arg``; return it.

@@ -260,8 +260,14 @@ def test_widget_of_a_running_job_says_detached_after_a_kernel_restart(frontend, 
         nb.wait_text(1, ".nbq-job", "started", timeout=30)
         job_id = one_job(redis_server, queue="qe")
         nb.wait_text(1, ".nbq-job-output", "chatter line", timeout=20)
+        restarted = time.time()
         nb.restart_kernel()
-        text = nb.wait_text(1, ".nbq-detached", "started", timeout=15)
+        try:
+            text = nb.wait_text(1, ".nbq-detached", "started", timeout=15)
+        except AssertionError as exc:
+            sent = [round(t - restarted, 2) for t, frame in nb.display_updates if "nbq-detached" in frame and t >= restarted]
+            raise AssertionError(f"{exc}\nupdate_display_data with the detached report received by the page "
+                                 f"{sent} s after the restart (received but not shown if any)") from None
         shot(nb, "restart", frontend)
         live_buttons = nb.count(1, ".nbq-job button")
         still = status(redis_server, job_id)
