@@ -129,7 +129,7 @@ def test_assigned_and_bare_enqueue_show_one_widget_each(frontend, redis_server, 
 def test_cancel_and_cancel_all_stop_running_jobs_within_1s_while_a_cell_sleeps(
         frontend, redis_server, spawn_worker):
     path = notebook(frontend, "cancel", redis_server.url, [
-        "job = %enqueue qb nbq_tasks.chatter(60)",
+        "job = %enqueue qb nbq_tasks.chatter(60, every=0.005)  # floods: 200 lines/s",
         "group = %map qg nbq_tasks.chatter [60, 60, 60]",
         "import time\ntime.sleep(30)  # the kernel is busy while the buttons are clicked",
     ])
@@ -144,7 +144,7 @@ def test_cancel_and_cancel_all_stop_running_jobs_within_1s_while_a_cell_sleeps(
         running = wait_for(lambda: [j for j in group_ids if status(redis_server, j) == "started"], 20,
                            message="the group's first job running")
         nb.wait_for_prompt(3, "[*]:", timeout=30)
-        nb.wait_text(1, ".nbq-job-output", "chatter line 30", timeout=20)  # its output streams in
+        nb.wait_text(1, ".nbq-job-output", "chatter line 300", timeout=20)  # its output streams in
         tail = nb.page.evaluate("""() => {  // the output tail shows its newest line (scrolled to the bottom)
             const out = window.jupyterapp.shell.currentWidget.content.widgets[1].node.querySelector('.nbq-job-output');
             const boxes = [out, ...out.querySelectorAll('*')].filter(e => e.scrollHeight > e.clientHeight + 2);
