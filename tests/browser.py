@@ -236,20 +236,15 @@ class Notebook7(JupyterServer):
 FRONTENDS: Dict[str, Type[JupyterServer]] = {"lab": JupyterLab, "notebook7": Notebook7}
 
 
-def frontend_fixture(*files: Union[str, Path]) -> Any:
-    """A module-scoped pytest fixture ``frontend``: a JupyterLab, then a Notebook 7 server (each with
-    its own Chromium) on a temporary root holding copies of ``files``; every test using it runs in both."""
-
-    @pytest.fixture(scope="module", params=sorted(FRONTENDS))
-    def frontend(request: Any, tmp_path_factory: Any) -> Iterator[JupyterServer]:
-        require_browser()
-        root = tmp_path_factory.mktemp(f"root-{request.param}")
-        for file in files:
-            shutil.copy(file, root / Path(file).name)
-        with chromium() as browser, FRONTENDS[request.param](root, browser=browser) as server:
-            yield server
-
-    return frontend
+@contextlib.contextmanager
+def serve(kind: str, root: Union[str, Path], files: Sequence[Union[str, Path]] = ()) -> Iterator[JupyterServer]:
+    """The frontend ``kind`` (a key of :data:`FRONTENDS`) serving ``root`` (holding copies of
+    ``files``), with a Chromium of its own; both stopped on exit. Skips the test without a browser."""
+    require_browser()
+    for file in files:
+        shutil.copy(file, Path(root) / Path(file).name)
+    with chromium() as browser, FRONTENDS[kind](root, browser=browser) as server:
+        yield server
 
 
 def measured(line: str) -> None:

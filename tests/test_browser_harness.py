@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import time
 
-from browser import frontend_fixture, write_notebook
-
-frontend = frontend_fixture()  # JupyterLab, then Notebook 7
+from browser import write_notebook
 
 WIDGET_CELL = """\
 import threading, time
@@ -15,18 +13,18 @@ import ipywidgets as widgets
 
 counter = widgets.HTML(value="count: 0")
 counter.add_class("nbq-counter")
-bar = widgets.IntProgress(min=0, max=80)
+bar = widgets.IntProgress(min=0, max=50)
 display(widgets.VBox([counter, bar]))
 
 def tick():
-    for i in range(1, 81):  # ~8 s: outlasts the busy cell below
+    for i in range(1, 51):  # ~5 s: outlasts the busy cell below
         time.sleep(0.1)
         counter.value = f"count: {i}"
         bar.value = i
 
 threading.Thread(target=tick, daemon=True).start()
 """
-BUSY_CELL = "import time; time.sleep(6)"
+BUSY_CELL = "import time; time.sleep(4)"
 COUNTER = ".jp-Cell-outputArea .nbq-counter"
 
 

@@ -2,7 +2,8 @@
 ``job = %enqueue``, Cancel while the kernel is busy, saved notebooks that read as a report, a
 group's progress, and an old widget after a kernel restart.
 
-Each test runs once per frontend (one server and one Chromium per frontend for the module),
+Each test runs once per frontend (``frontend`` in conftest.py: one server and one Chromium per
+frontend for the session),
 against a Redis of its own (``private_redis``, its URL set in the notebook's first cell) and
 real ``nbqueue worker`` processes. Screenshots go to ``artifacts/<test>-<frontend>.png``.
 """
@@ -16,7 +17,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 import redis
 
-from browser import JupyterServer, Notebook, frontend_fixture, measured, write_notebook
+from browser import JupyterServer, Notebook, measured, write_notebook
 from conftest import wait_for
 
 TESTS = Path(__file__).resolve().parent
@@ -24,7 +25,6 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 REPORT = ".nbq-report"
 
 
-frontend = frontend_fixture(TESTS / "nbq_tasks.py")  # JupyterLab, then Notebook 7
 
 
 @pytest.fixture
