@@ -60,15 +60,24 @@ def write_notebook(path: Union[str, Path], cells: Sequence[str]) -> Path:
     return Path(path)
 
 
+_open_browsers: List[Any] = []  # the Chromium a chromium() block runs now (Playwright's sync API nests not)
+
+
 @contextlib.contextmanager
 def chromium() -> Iterator[Any]:
-    """Yield a headless Playwright ``Browser`` on Debian's Chromium; closed on exit."""
+    """Yield a headless Playwright ``Browser`` on Debian's Chromium; closed on exit. Inside another
+    ``chromium()`` block (e.g. the session's ``frontend`` fixture) it yields that block's browser."""
+    if _open_browsers:
+        yield _open_browsers[-1]
+        return
     from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        _open_browsers.append(browser)
         try:
             yield browser
         finally:
+            _open_browsers.pop()
             browser.close()
 
 
