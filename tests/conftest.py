@@ -235,8 +235,8 @@ def private_redis(tmp_path: Path) -> Iterator["PrivateRedis"]:
 @pytest.fixture(scope="session", params=["lab", "notebook7"])
 def frontend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A JupyterLab, then a Notebook 7 server (``tests/browser.py``), each with its own Chromium, shared
-    by the session's browser tests: a test using it runs in both. Its root holds ``nbq_tasks.py``."""
+    by the session's browser tests: a test using it runs in both. Its root holds the tests' task modules."""
     from browser import serve
 
-    with serve(request.param, tmp_path_factory.mktemp(f"root-{request.param}"), [TESTS_DIR / "nbq_tasks.py"]) as server:
+    with serve(request.param, tmp_path_factory.mktemp(f"root-{request.param}"), [TESTS_DIR / "nbq_tasks.py", TESTS_DIR / "browser_tasks.py"]) as server:
         yield server

@@ -39,7 +39,7 @@ def redis_server(private_redis: Any) -> Iterator[redis.Redis]:
 def notebook(server: JupyterServer, name: str, url: str, cells: List[str]) -> str:
     """Write a notebook whose first cell points nbqueue at ``url``; return its path."""
     path = f"{name}-{server.name}.ipynb"
-    write_notebook(server.root_dir / path, [f"%env NBQUEUE_URL={url}\n%load_ext nbqueue\nimport nbq_tasks"] + cells)
+    write_notebook(server.root_dir / path, [f"%env NBQUEUE_URL={url}\n%load_ext nbqueue\nimport nbq_tasks, browser_tasks"] + cells)
     return path
 
 
@@ -92,7 +92,7 @@ def test_assigned_and_bare_enqueue_show_one_widget_each(frontend, redis_server, 
     path = notebook(frontend, "forms", redis_server.url, [
         "job = %enqueue qa nbq_tasks.add(2, 3)",
         "%enqueue qa nbq_tasks.add(4, 5)",
-        "squares = %map qa nbq_tasks.pause_square range(3)",
+        "squares = %map qa browser_tasks.pause_square range(3)",
         "job",
     ])
     with frontend.open(path) as nb:
@@ -129,8 +129,8 @@ def test_assigned_and_bare_enqueue_show_one_widget_each(frontend, redis_server, 
 def test_cancel_and_cancel_all_stop_running_jobs_within_1s_while_a_cell_sleeps(
         frontend, redis_server, spawn_worker):
     path = notebook(frontend, "cancel", redis_server.url, [
-        "job = %enqueue qb nbq_tasks.chatter(60, every=0.005)  # floods: 200 lines/s",
-        "group = %map qg nbq_tasks.chatter [60, 60, 60]",
+        "job = %enqueue qb browser_tasks.chatter(60, every=0.005)  # floods: 200 lines/s",
+        "group = %map qg browser_tasks.chatter [60, 60, 60]",
         "import time\ntime.sleep(30)  # the kernel is busy while the buttons are clicked",
     ])
     one = worker(spawn_worker, redis_server, "qb")
@@ -176,9 +176,9 @@ def test_cancel_and_cancel_all_stop_running_jobs_within_1s_while_a_cell_sleeps(
     assert all(gap <= 2 for gap in tail), f"the output tail shows its newest line: it is {tail} px below the view"
     assert 0 <= job_latency <= 1.0, f"the worker ended the job {job_latency:.3f} s after the click"
     assert 0 <= group_latency <= 1.0, f"the worker ended the group's job {group_latency:.3f} s after the click"
-    wait_for(lambda: re.search(rf"{job_id} nbq_tasks.chatter qb .* canceled", one.log()), 5,
+    wait_for(lambda: re.search(rf"{job_id} browser_tasks.chatter qb .* canceled", one.log()), 5,
              message=f"the worker's log saying it canceled {job_id}")
-    wait_for(lambda: re.search(rf"{running[0]} nbq_tasks.chatter qg .* canceled", many.log()), 5,
+    wait_for(lambda: re.search(rf"{running[0]} browser_tasks.chatter qg .* canceled", many.log()), 5,
              message=f"the worker's log saying it canceled {running[0]}")
     measured(f"{frontend.name}: Cancel click -> the worker ended the job {job_latency * 1000:.0f} ms later; "
              f"'Cancel all' click -> the group's running job ended {group_latency * 1000:.0f} ms later "
@@ -190,7 +190,7 @@ def test_saved_notebook_reopened_without_its_kernel_reads_as_a_report(frontend, 
     path = notebook(frontend, "report", redis_server.url, [
         "ok = %enqueue qc nbq_tasks.add(20, 22)",
         "bad = %enqueue qc nbq_tasks.fail('kaboom')",
-        "squares = %map qc nbq_tasks.pause_square range(5)",
+        "squares = %map qc browser_tasks.pause_square range(5)",
     ])
     worker(spawn_worker, redis_server, "qc")
     with frontend.open(path, shutdown=False) as nb:
@@ -226,7 +226,7 @@ PROGRESS = re.compile(r"(\d+)/200")
 
 def test_group_of_200_shows_percent_rate_and_eta_while_it_runs(frontend, redis_server, spawn_worker):
     path = notebook(frontend, "group200", redis_server.url,
-                    ["squares = %map qd nbq_tasks.nap_square range(200)"])
+                    ["squares = %map qd browser_tasks.nap_square range(200)"])
     with frontend.open(path) as nb:
         nb.run_all()
         nb.wait_executed(1, timeout=60)
@@ -253,7 +253,7 @@ def test_group_of_200_shows_percent_rate_and_eta_while_it_runs(frontend, redis_s
 
 # --- e: an old widget after a kernel restart -------------------------------------------------
 def test_widget_of_a_running_job_says_detached_after_a_kernel_restart(frontend, redis_server, spawn_worker):
-    path = notebook(frontend, "restart", redis_server.url, ["job = %enqueue qe nbq_tasks.chatter(60)"])
+    path = notebook(frontend, "restart", redis_server.url, ["job = %enqueue qe browser_tasks.chatter(60)"])
     worker(spawn_worker, redis_server, "qe")
     with frontend.open(path) as nb:
         nb.run_all()
@@ -278,7 +278,7 @@ def test_widget_of_a_running_job_says_detached_after_a_kernel_restart(frontend, 
 
 # --- f: a page reopened while the kernel runs --------------------------------------------------
 def test_page_reopened_while_the_kernel_runs_shows_the_live_widget_again(frontend, redis_server, spawn_worker):
-    path = notebook(frontend, "reload", redis_server.url, ["job = %enqueue qf nbq_tasks.chatter(60)"])
+    path = notebook(frontend, "reload", redis_server.url, ["job = %enqueue qf browser_tasks.chatter(60)"])
     worker(spawn_worker, redis_server, "qf")
     with frontend.open(path, shutdown=False) as nb:
         nb.run_all()
