@@ -354,21 +354,23 @@ class Notebook:
         """Cell ``i``'s outputs as the notebook model holds them (nbformat JSON: what a save writes)."""
         return self.page.evaluate(f"(i) => {_PANEL}.content.widgets[i].model.outputs.toJSON()", i)
 
-    def count(self, i: int, selector: str) -> int:
-        """How many elements match ``selector`` in cell ``i``'s output area."""
-        return self.output(i).locator(selector).count()
+    def count(self, i: int, selector: str, shown: bool = False) -> int:
+        """How many elements match ``selector`` in cell ``i``'s output area (``shown``: visible ones only)."""
+        found = self.output(i).locator(selector)
+        return found.locator("visible=true").count() if shown else found.count()
 
     def text(self, i: int, selector: str = "") -> str:
-        """Text of the first ``selector`` element in cell ``i``'s output now ('' if none): no wait."""
-        return self.page.evaluate(
-            f"([i, sel]) => {_CELL}?.querySelector('.jp-Cell-outputArea ' + sel)?.innerText ?? ''", [i, selector])
+        """Text of the first shown ``selector`` element in cell ``i``'s output now ('' if none): no wait."""
+        return self.page.evaluate(f"""([i, sel]) => [...{_CELL}?.querySelectorAll('.jp-Cell-outputArea ' + sel) ?? []]
+            .find(el => el.getClientRects().length)?.innerText ?? ''""", [i, selector])
 
     def wait_text(self, i: int, selector: str, text: Union[str, Sequence[str]], timeout: float = 30) -> str:
-        """Wait until an element ``selector`` in cell ``i``'s output shows ``text`` (every one of
-        several texts); return that element's text."""
+        """Wait until a shown element ``selector`` in cell ``i``'s output shows ``text`` (every one
+        of several texts); return that element's text."""
         texts = [text] if isinstance(text, str) else list(text)
         return self.wait(f"""([i, sel, texts]) => {{
             for (const el of {_CELL}?.querySelectorAll('.jp-Cell-outputArea ' + sel) ?? []) {{
+                if (!el.getClientRects().length) continue;  // not shown (display: none, or inside such)
                 const t = el.innerText;
                 if (texts.every(x => t.includes(x))) return t || ' ';
             }}

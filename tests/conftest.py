@@ -238,5 +238,6 @@ def frontend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     by the session's browser tests: a test using it runs in both. Its root holds the tests' task modules."""
     from browser import serve
 
-    with serve(request.param, tmp_path_factory.mktemp(f"root-{request.param}"), [TESTS_DIR / "nbq_tasks.py", TESTS_DIR / "browser_tasks.py"]) as server:
+    root = tmp_path_factory.mktemp(f"root-{request.param}")
+    with serve(request.param, root, [TESTS_DIR / "nbq_tasks.py", TESTS_DIR / "browser_tasks.py"]) as server:
         yield server

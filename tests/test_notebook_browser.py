@@ -269,10 +269,10 @@ def test_widget_of_a_running_job_says_detached_after_a_kernel_restart(frontend, 
             raise AssertionError(f"{exc}\nupdate_display_data with the detached report received by the page "
                                  f"{sent} s after the restart (received but not shown if any)") from None
         shot(nb, "restart", frontend)
-        live_buttons = nb.count(1, ".nbq-job button")
+        live_buttons = nb.count(1, "button", shown=True)
         still = status(redis_server, job_id)
     assert "detached" in text.lower(), f"the old widget says it is detached: {text!r}"
-    assert live_buttons == 0, "no live-looking Cancel button is left in the detached widget"
+    assert live_buttons == 0, "no live-looking (shown) Cancel button is left in the detached cell"
     assert still == "started", "a kernel restart does not stop the job"
 
 
