@@ -229,3 +229,15 @@ def private_redis(tmp_path: Path) -> Iterator["PrivateRedis"]:
 
     with PrivateRedis.unix(tmp_path / "redis") as server:
         yield server
+
+
+# --- browser tests ----------------------------------------------------------------------------
+@pytest.fixture(scope="session", params=["lab", "notebook7"])
+def frontend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A JupyterLab, then a Notebook 7 server (``tests/browser.py``), each with its own Chromium, shared
+    by the session's browser tests: a test using it runs in both. Its root holds the tests' task modules."""
+    from browser import serve
+
+    root = tmp_path_factory.mktemp(f"root-{request.param}")
+    with serve(request.param, root, [TESTS_DIR / "nbq_tasks.py", TESTS_DIR / "browser_tasks.py"]) as server:
+        yield server
