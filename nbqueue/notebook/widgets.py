@@ -97,6 +97,7 @@ class LiveView:
         self._dirty, self._last = False, time.monotonic()
         with self._lock:
             self.render()
+            self._update_detached()
         if self.done():
             self.stop()
             self._report()
@@ -137,6 +138,25 @@ class LiveView:
     def follow_hint(self) -> str:
         """How to follow this again from a new kernel (HTML)."""
         return ""
+
+    def detached_note(self) -> w.HTML:
+        """A note the page shows only once ipywidgets marks the view disconnected (after a kernel
+        restart JupyterLab drops the old kernel's last messages, so the 'detached' report of
+        ``detach`` may never arrive): it says so, and the buttons are hidden. ``render`` keeps its
+        last known state current (``last_known``)."""
+        self._detached = _html("nbq-detached")
+        return self._detached
+
+    def last_known(self) -> str:
+        """The state the detached note names, e.g. "started 16/40" (plain text)."""
+        return ""
+
+    def _update_detached(self) -> None:
+        note = getattr(self, "_detached", None)
+        if note is not None:
+            _set(note, value=f"{DETACHED_CSS}<div style='color:#7f7f7f'>detached: the kernel restarted or stopped, so "
+                             f"this view no longer updates; last known state: <b>{esc(self.last_known())}</b>. "
+                             f"{self.follow_hint()}</div>")
 
     def _report(self) -> None:
         """Replace the widget by the static report (once; again by ``resend``)."""
@@ -183,6 +203,11 @@ class LiveView:
 
     def __repr__(self) -> str:
         return self.text()
+
+
+DETACHED_CSS = ("<style>.nbq-view > .nbq-detached {display: none}"
+                ".jupyter-widgets-disconnected.nbq-view > .nbq-detached {display: block}"
+                ".jupyter-widgets-disconnected.nbq-view .widget-button {display: none}</style>")
 
 
 def _as_cell_value() -> bool:
@@ -246,11 +271,13 @@ class JobWidget(LiveView):
         self.requeue_button.on_click(lambda _: self._act(self.job.requeue, "requeue"))
         answer_clicks_at_once(self.cancel_button, self.requeue_button)
         self.progress_row = w.HBox([self.bar, self.bar_text])
-        self.box = w.VBox([self.header, self.progress_row, self.output, self.outcome,
+        self.box = w.VBox([self.detached_note(), self.header, self.progress_row, self.output, self.outcome,
                            w.HBox([self.cancel_button, self.requeue_button, self.note])])
         self.box.add_class("nbq-job")
+        self.box.add_class("nbq-view")
         self.state.check_workers(self._watcher.connection)
         self.render()
+        self._update_detached()
         if not self.done():
             self.watch([job.id])
 
@@ -315,6 +342,10 @@ class JobWidget(LiveView):
     def text(self) -> str:
         return self.state.text()
 
+    def last_known(self) -> str:
+        progress = self.state.progress_text() if self.state.progress else ""
+        return f"{self.state.status} {progress}".strip()
+
     def follow_hint(self) -> str:
         return (f"The job goes on on its worker; follow it from a new kernel with "
                 f"<code>nbqueue.Job.fetch({self.job.id!r})</code>.")
@@ -337,11 +368,13 @@ class GroupWidget(LiveView):
         self.note = _html("nbq-group-note")
         self.cancel_button.on_click(lambda _: self._cancel_all())
         answer_clicks_at_once(self.cancel_button)
-        self.box = w.VBox([self.header, w.HBox([self.bar, self.bar_text]), self.failure,
+        self.box = w.VBox([self.detached_note(), self.header, w.HBox([self.bar, self.bar_text]), self.failure,
                            w.HBox([self.cancel_button, self.note])])
         self.box.add_class("nbq-group")
+        self.box.add_class("nbq-view")
         self.state.check_workers(self._conn())
         self.render()
+        self._update_detached()
         if not self.done():
             self.watch(self.state.ids)
 
@@ -399,6 +432,9 @@ class GroupWidget(LiveView):
     def text(self) -> str:
         return self.state.text()
 
+
+    def last_known(self) -> str:
+        return self.state.progress_text()
 
     def follow_hint(self) -> str:
         return ("Its jobs go on on the workers; <code>nbqueue.Job.fetch(id)</code> follows one from a new kernel "
