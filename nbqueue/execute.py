@@ -16,9 +16,9 @@ import traceback
 from typing import Any, Callable, NamedTuple, Optional
 
 from . import job as jobs
-from . import signing
+from . import flow, keys, signing
 from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
-from .errors import CodeMismatchError, PayloadError
+from .errors import CodeMismatchError, DependencyError, PayloadError
 from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
 
@@ -42,6 +42,8 @@ class Taken(NamedTuple):
     result_ttl: int  # -1: keep forever
     failure_ttl: int
     refused: str = ""  # why the signature check refused the job ("": it may run)
+    deps: bool = False  # it takes results of other jobs (flow.py)
+    signer: Optional[signing.Signer] = None  # checks those results' signatures
 
     @classmethod
     def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> "Taken":
@@ -55,7 +57,7 @@ class Taken(NamedTuple):
             queue.decode(), job_id.decode(), int(attempt), func.decode(errors="replace") if func else None, data,
             code.decode(errors="replace") if code else "",
             _seconds(timeout, jobs.DEFAULT_TIMEOUT), _ttl(result_ttl, jobs.DEFAULT_RESULT_TTL),
-            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused,
+            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused, len(reply) > 13 and bool(reply[13]), signer,
         )
 
 
@@ -122,6 +124,12 @@ def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[
         except (PayloadError, CodeMismatchError, ImportError) as exc:
             line = f"{type(exc).__name__}: {exc}"
             return Outcome.failure(line)
+        if taken.deps:  # results of the jobs it depends on, read now (not through the client)
+            try:
+                allow = connection.hget(keys.job(taken.id), "allow_failure") == b"1"
+                args, kwargs = flow.substitute(args, kwargs, connection, taken.signer, allow)
+            except DependencyError as exc:
+                return Outcome.failure(f"DependencyFailed: {exc}")
 
         me = os.getpid()
         try:

@@ -21,12 +21,12 @@ from typing import Callable, Iterable, Optional, Union
 
 import redis
 
-from . import child, keys, signing
+from . import child, flow, keys, signing
 from .connection import describe, get_connection
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
-from .job import CANCELED, FINISHED
+from .job import CANCELED, DEFAULT_FAILURE_TTL, FINISHED
 from .queue import check_queue_name
 
 log = logging.getLogger("nbqueue.worker")
@@ -253,16 +253,22 @@ class Worker:
         ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
-        args = [taken.id, self.name, taken.attempt, status, ttl, jitter, *outcome.fields]
+        head = [taken.id, self.name, taken.attempt, status, ttl, jitter, DEFAULT_FAILURE_TTL]
+        fields = list(outcome.fields)
         if self.signer is not None:
-            args += ["rsig", self._sign(taken, outcome)]
-
-        commands = [keys.evalsha("finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED], args)]
+            fields += ["rsig", self._sign(taken, outcome)]
+        script_keys = [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED]
+        # first as if it had no dependents (one ZCARD in the script); 3: it has some, read them and call again
+        commands = [keys.evalsha("finish", [*script_keys, keys.dependents(taken.id)], [*head, 0, *fields])]
         if then_take:
             commands.append(self._take_command)
         replies = self._redis(lambda: keys.send(self.connection, *commands))
         following = Taken.from_reply(replies[1], self.signer) if then_take and replies[1] else None
-        return bool(replies[0]), following
+        written = replies[0]
+        if written == 3:
+            written = self._redis(lambda: flow.end_with_dependents(
+                self.connection, "finish", taken.id, script_keys, head, fields, status != FINISHED, 3))
+        return bool(written), following
 
     def _sign(self, taken: Taken, outcome: Outcome) -> bytes:
         """The outcome's signature: its result or error text, bound to the job id, attempt and status."""
