@@ -31,12 +31,12 @@ import redis
 from . import keys
 from .errors import DependencyError, EnqueueError, JobCanceled, JobFailed, NbqueueError
 from .group import Group
-from .job import DEFERRED, OUTCOME, Job
+from .job import _NESTING, DEFERRED, OUTCOME, Job
 from .serialization import loads_result
 
 log = logging.getLogger("nbqueue.worker")
 
-MAX_DEPTH = 4  # containers within containers looked into for jobs
+MAX_DEPTH = _NESTING  # containers within containers looked into for jobs
 MAX_ITEMS = 10_000  # container items looked at per call
 MAX_NODES = 100_000  # dependents read for one job's end
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
@@ -216,6 +216,19 @@ def end_with_dependents(connection: redis.Redis, script: str, job_id: str, scrip
         reply = keys.run(connection, script, [*script_keys, keys.dependents(job_id), *node_keys],
                          [*head, *values, *tail])
     raise RuntimeError(f"the dependents of job {job_id} kept changing while they were read")
+
+
+def release(connection: redis.Redis, job_ids: Iterable[str]) -> None:
+    """Release or fail the dependents of jobs that ended outside finish and cancel (a lost worker's
+    job that the recovery failed or canceled); jobs that did not end are passed over."""
+    from .job import DEFAULT_FAILURE_TTL
+
+    for job_id in job_ids:
+        script_keys, head = [keys.job(job_id)], [job_id, DEFAULT_FAILURE_TTL]
+        first = keys.run(connection, "release", [*script_keys, keys.dependents(job_id)], [*head, 0])
+        if first == 3:
+            status = connection.hget(keys.job(job_id), "status")
+            end_with_dependents(connection, "release", job_id, script_keys, head, [], status != b"finished", first)
 
 
 # --- on the worker -------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
 _FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc",
            "workers", "failures", "lost", "deps")
 OUTCOME = ("status", "result", "error", "exc", "attempt", "rsig")  # the job hash fields a waiter reads
+_NESTING = 4  # flow.MAX_DEPTH: how deep a Job argument is looked for
 RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
 STOPPABLE = 0.25  # seconds: a waiter that may be stopped looks at its stop flag this often
 _current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
@@ -223,6 +224,10 @@ class Job:
 
     def _missing(self) -> NoSuchJob:
         return NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
+
+    def __reduce__(self) -> tuple:
+        raise TypeError(f"a Job handle can't be pickled; as an argument of a job, a Job (or Group) is passed as its "
+                        f"result when it sits at the top level or in lists, tuples and dicts up to {_NESTING} deep")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id

@@ -122,7 +122,7 @@ def _source(name: str) -> bytes:
 
 
 SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output",
-           "defer")
+           "defer", "release")
 
 
 def run(client: Any, name: str, keys: list, args: list) -> Any:

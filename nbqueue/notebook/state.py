@@ -12,9 +12,9 @@ from collections import Counter, deque
 from typing import Any, Optional
 
 from .. import keys
-from ..job import CANCELED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, Job
+from ..job import CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, Job
 
-COLORS = {QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
+COLORS = {DEFERRED: "#9467bd", QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
           CANCELED: "#7f7f7f", "expired": "#7f7f7f", "?": "#7f7f7f"}
 TAIL = 30  # output lines a widget shows (job.logs() has them all)
 REPR_LIMIT = 2000
@@ -99,7 +99,7 @@ class JobState:
 
     def elapsed(self, now: Optional[float] = None) -> str:
         now = time.time() if now is None else now
-        if self.status == QUEUED and self.enqueued:
+        if self.status in (QUEUED, DEFERRED) and self.enqueued:
             return f"waiting {duration(now - self.enqueued)}"
         if self.started is None:
             return ""
