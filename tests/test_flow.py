@@ -4,6 +4,8 @@ the dependency; failures and cancels down the chain; real Redis, real ``nbqueue 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import signal
 import time
 
@@ -214,7 +216,14 @@ def test_fan_out_and_fan_in_of_100_across_3_workers_with_one_killed(redis_client
     final = q.enqueue(t.scale, total, factor=2)
     assert total.status == "deferred" and len(total.dependencies) == 100
     workers = [start_worker("fan") for _ in range(3)]
+    name = re.search(r"worker (\S+) serving", workers[0].log()).group(1)
     wait_for(lambda: len(os.listdir(folder)) >= 20, timeout=60)
+
+    def held_by_victim() -> list:
+        return [i for i in redis_client.zrange(keys.ACTIVE, 0, -1)
+                if redis_client.hget(keys.job(i.decode()), "worker") == name.encode()]
+
+    victim = wait_for(held_by_victim, timeout=60)[0].decode()  # mid-job, mid-chain
     os.kill(workers[0].proc.pid, signal.SIGKILL)
     assert final.result(timeout=120) == 2 * sum(i * i for i in range(100))
     assert steps.results(timeout=5) == [i * i for i in range(100)]
@@ -223,3 +232,39 @@ def test_fan_out_and_fan_in_of_100_across_3_workers_with_one_killed(redis_client
     assert len(names) <= 101 + 2  # the killed worker's job may have run twice (its lease lapsed)
     assert deferred_left(redis_client) == []
     assert all(redis_client.hget(keys.job(i), "status") == b"finished" for i in [*steps.ids, total.id, final.id])
+    if victim != root.id:  # the job it held was re-run elsewhere after its lease lapsed
+        assert Job.fetch(victim, redis_client).lost == 1
+
+
+def test_a_dependency_failed_by_the_recovery_fails_its_dependents(redis_client, start_worker):
+    q = Queue("lost", redis_client)
+    a = q.enqueue_call(t.sleep, (8,), lost_retries=0)
+    b = q.enqueue(t.echo, a)
+    c = q.enqueue(t.echo, b)
+    first = start_worker("lost")
+    wait_for(lambda: a.status == "started", timeout=30)
+    os.kill(first.proc.pid, signal.SIGKILL)
+    start_worker("other-queue")  # its heartbeat recovers the lost job: failed, no re-runs left
+    with pytest.raises(JobFailed, match="WorkerLost"):
+        a.result(timeout=60)
+    with pytest.raises(JobFailed, match=f"DependencyFailed: dependency {b.id} failed"):
+        c.result(timeout=30)
+    assert Job.fetch(b.id, redis_client).exc_info == f"DependencyFailed: dependency {a.id} failed"
+
+
+def test_a_dependency_result_changed_in_redis_is_not_unpickled(redis_client, start_worker):
+    start_worker("fl", "--inline")
+    q = Queue("fl", redis_client)
+    a = q.enqueue(t.load, 2)
+    assert a.result(timeout=30) == [0, 1]
+    redis_client.hset(keys.job(a.id), "result", pickle.dumps("forged"))
+    b = q.enqueue(t.echo, a)
+    with pytest.raises(JobFailed, match=f"DependencyFailed: job {a.id} .*signature does not match.*not unpickled"):
+        b.result(timeout=30)
+
+
+def test_unsigned_workers_pass_results_too(redis_client, start_worker, monkeypatch):
+    monkeypatch.delenv("NBQUEUE_SECRET")
+    start_worker("fl", "--inline")
+    q = Queue("fl", redis_client)
+    assert q.enqueue(t.clean, q.enqueue(t.load, 3)).result(timeout=30) == [0, 2, 4]

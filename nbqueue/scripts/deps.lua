@@ -16,7 +16,11 @@ local function deps_nodes(k, a)
   return nodes
 end
 
+local deps_found = false  -- the ending job's dependents set exists (the common case: it does not)
+
 local function deps_count(key)  -- members of a dependents set (anything else under its name: junk, none)
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  deps_found = true
   if redis.call('TYPE', key).ok ~= 'zset' then return 0 end
   return redis.call('ZCARD', key)
 end
@@ -28,6 +32,7 @@ local function deps_check(k, nodes, failing)
   local children = {}
   for _, node in ipairs(nodes) do children[node.parent] = (children[node.parent] or 0) + 1 end
   if deps_count(KEYS[k]) ~= (children[0] or 0) then return false end
+  if not deps_found then return true end  -- no dependents: the one call a job without any pays
   local fails, decided = {[0] = failing}, {}
   for i, node in ipairs(nodes) do
     local parent = nodes[node.parent]
@@ -80,6 +85,7 @@ local function deps_apply(prefix, id, status, k, nodes, t, failure_ttl)
       end
     end
   end
+  if not deps_found then return end
   redis.call('DEL', KEYS[k])
   for i, node in ipairs(nodes) do
     if fails[i] then redis.call('DEL', node.deps) end
