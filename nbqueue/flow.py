@@ -12,8 +12,13 @@ Those scripts must name every key they touch, and a job's dependents are only kn
 dependents set, so the caller reads them just before (``dependents_of``: breadth first, and down the
 chain only through dependents that will fail) and passes them in; the script first checks that the
 sets still hold exactly what was passed (a set only grows while its job has not ended) and else
-writes nothing and returns 3, and the caller reads again. A job without dependents pays one ZCARD in
+writes nothing and returns 3, and the caller reads again. A job without dependents pays one EXISTS in
 the script and nothing more.
+
+One gap: a job that the recovery fails or cancels (``recover.lua``, its
+worker lost once too often) has its dependents dealt with by the recovering worker's heartbeat right
+after (``release``, the same check), in a second step; a worker killed in between leaves them deferred.
+Requeueing a failed dependency does not re-arm the dependents it failed (they can be requeued).
 
 On the worker, ``substitute`` reads each dependency's outcome from Redis when the job starts, checks
 its signature before unpickling (as ``Job.result`` does) and puts the result where the placeholder
@@ -281,7 +286,8 @@ def substitute(args: tuple, kwargs: dict, connection: redis.Redis, signer: Any,
             raise DependencyError(f"dependency {job_id}'s result is gone: the job expired (its result_ttl) or "
                                   f"was deleted before this job started")
         if outcome[0] not in ("finished", "failed", "canceled"):
-            raise DependencyError(f"dependency {job_id} is {outcome[0]} again (requeued?), so it has no result")
+            raise DependencyError(f"dependency {job_id} is {outcome[0]}, so it has no result yet (was this job "
+                                  f"requeued before its dependency ended?)")
         try:
             if signer is None and outcome[0] == "finished":  # an unsigned worker checks no signature
                 results[job_id] = loads_result(outcome[1])

@@ -187,7 +187,7 @@ class Heartbeat(threading.Thread):
             log.warning("re-queued or failed %d job(s) of lost workers: %s", len(recovered),
                         " ".join(i.decode(errors="replace") for i in recovered))
             # those failed or canceled (lost too often): their dependents fail too. A worker that dies
-            # right here leaves them deferred: the one gap in "released in the same step" (see README)
+            # right here leaves them deferred: the one gap in "released in the same step" (flow.py)
             flow.release(self.connection, [i.decode(errors="replace") for i in recovered])
 
     def _on_request(self, data: object) -> None:

@@ -268,3 +268,18 @@ def test_unsigned_workers_pass_results_too(redis_client, start_worker, monkeypat
     start_worker("fl", "--inline")
     q = Queue("fl", redis_client)
     assert q.enqueue(t.clean, q.enqueue(t.load, 3)).result(timeout=30) == [0, 2, 4]
+
+
+def test_widget_states_show_deferred_jobs(redis_client):
+    from nbqueue.notebook.state import GroupState, JobState
+
+    q = Queue("fl", redis_client)
+    a = q.enqueue(t.load, 1)
+    b = q.enqueue(t.clean, a)
+    state = JobState(b.id, "flow_tasks.clean(a)")
+    state.load(b)
+    assert state.status == "deferred" and "nbq-status-deferred" in state.header_html()
+    group = GroupState([a.id, b.id], "two")
+    group.load(redis_client)
+    assert group.counts() == {"queued": 1, "deferred": 1}
+    assert "nbq-status-deferred" in group.header_html()

@@ -230,7 +230,7 @@ class GroupState:
 
     def header_html(self) -> str:
         c = self.counts()
-        order = [QUEUED, SCHEDULED, STARTED, FINISHED, FAILED, CANCELED, "expired", "?"]
+        order = [DEFERRED, QUEUED, SCHEDULED, STARTED, FINISHED, FAILED, CANCELED, "expired", "?"]
         counts = " ".join(f"{status_badge(s)} {c[s]}" for s in order if c[s])
         rate = self.throughput()
         parts = [f"<b style='white-space: pre-wrap'>{esc(short(self.call))}</b>", f"{self.done_count()}/{len(self.ids)} done", counts]
