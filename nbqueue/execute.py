@@ -44,6 +44,7 @@ class Taken(NamedTuple):
     refused: str = ""  # why the signature check refused the job ("": it may run)
     deps: bool = False  # it takes results of other jobs (flow.py)
     signer: Optional[signing.Signer] = None  # checks those results' signatures
+    has_dependents: bool = False  # jobs waited for it when it was taken
 
     @classmethod
     def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> "Taken":
@@ -58,6 +59,7 @@ class Taken(NamedTuple):
             code.decode(errors="replace") if code else "",
             _seconds(timeout, jobs.DEFAULT_TIMEOUT), _ttl(result_ttl, jobs.DEFAULT_RESULT_TTL),
             _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused, len(reply) > 13 and bool(reply[13]), signer,
+            len(reply) > 14 and bool(reply[14]),
         )
 
 

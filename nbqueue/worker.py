@@ -258,8 +258,13 @@ class Worker:
         if self.signer is not None:
             fields += ["rsig", self._sign(taken, outcome)]
         script_keys = [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED]
-        # first as if it had no dependents (one ZCARD in the script); 3: it has some, read them and call again
-        commands = [keys.evalsha("finish", [*script_keys, keys.dependents(taken.id)], [*head, 0, *fields])]
+        # with the dependents it had when taken (read now, so the next job is taken after their release),
+        # or as if it had none (one EXISTS in the script); 3: some were added, read them and call again
+        node_keys, values = [], [0]
+        if taken.has_dependents:
+            node_keys, values = self._redis(lambda: flow.dependents_of(self.connection, taken.id, status != FINISHED))
+        commands = [keys.evalsha("finish", [*script_keys, keys.dependents(taken.id), *node_keys],
+                                 [*head, *values, *fields])]
         if then_take:
             commands.append(self._take_command)
         replies = self._redis(lambda: keys.send(self.connection, *commands))

@@ -283,3 +283,29 @@ def test_widget_states_show_deferred_jobs(redis_client):
     group.load(redis_client)
     assert group.counts() == {"queued": 1, "deferred": 1}
     assert "nbq-status-deferred" in group.header_html()
+
+
+def test_released_jobs_follow_their_queues_order_and_priority(redis_client, start_worker):
+    lo, hi = Queue("lo", redis_client), Queue("hi", redis_client)
+    a = lo.enqueue(t.load, 1)
+    plain = [lo.enqueue(t.scale, i) for i in range(3)]
+    front = lo.enqueue_call(t.echo, (a,), at_front=True)  # released to the front of lo
+    urgent = hi.enqueue(t.echo, a)  # released onto hi, which the worker serves first
+    start_worker("hi", "lo", "--inline")
+    for job in (front, urgent, *plain):
+        job.result(timeout=30)
+        job.refresh()
+    assert urgent.started_at < front.started_at < plain[0].started_at
+
+
+def test_many_dependents_in_several_script_calls_and_queue_empty(redis_client):
+    q = Queue("many", redis_client)
+    a = q.enqueue(t.load, 1)
+    jobs = q.enqueue_many([(t.scale, (i,)) for i in range(1500)], depends_on=a)  # two calls of defer.lua
+    assert redis_client.zcard(keys.dependents(a.id)) == 1500 and q.job_ids == [a.id]
+    chained = q.enqueue(t.total, Group(jobs[:10]))
+    assert q.empty() == 1  # cancels a: its 1500 dependents fail, and the job after them
+    statuses = Group([*jobs, chained]).statuses()
+    assert statuses == {"failed": 1501}
+    assert Job.fetch(chained.id, redis_client).exc_info == f"DependencyFailed: dependency {jobs[0].id} failed"
+    assert deferred_left(redis_client) == []

@@ -75,6 +75,7 @@ for _, job in ipairs(jobs) do
     for _, dep in ipairs(waits) do
       if redis.call('TYPE', dep.set).ok ~= 'zset' then redis.call('DEL', dep.set) end  -- junk under its name
       redis.call('HSET', job.key, 'dep:' .. dep.id, '1')
+      redis.call('HSET', dep.key, 'dependents', '1')  -- its worker reads them before recording its end
       redis.call('ZADD', dep.set, redis.call('ZCARD', dep.set), job.id)
     end
   else

@@ -3,8 +3,8 @@
 -- KEYS[2 .. n+1] queue lists in priority order, KEYS[n+2 .. 2n+1] their wake flags
 -- ARGV[1] key prefix, ARGV[2] worker name, ARGV[3] lease in ms, ARGV[4 .. n+3] queue names
 -- Returns {queue, id, attempt, func, data, code, timeout, result_ttl, failure_ttl, retries, retry_delay,
--- lost_retries, sig, deps} or nil: the call, the options the worker acts on, their signature, and the
--- ids of the jobs whose results it takes (nil: none; flow.py).
+-- lost_retries, sig, deps, dependents} or nil: the call, the options the worker acts on, their signature,
+-- the ids of the jobs whose results it takes (nil: none; flow.py) and whether jobs wait for it.
 -- Leaves each wake flag set exactly when its queue still holds jobs, so an idle worker
 -- blocked on the flags wakes for the jobs this worker did not take.
 local prefix, worker, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -26,8 +26,9 @@ for q = 1, n do
       redis.call('PUBLISH', prefix .. 'ev:' .. id, '{"id":"' .. id .. '","status":"started","worker":"'
         .. worker .. '","attempt":' .. attempt .. ',"t":"' .. now .. '"}')  -- plain names: no escaping
       local f = redis.call('HMGET', key, 'func', 'data', 'code', 'timeout', 'result_ttl', 'failure_ttl',
-        'retries', 'retry_delay', 'lost_retries', 'sig', 'deps')
-      taken = {ARGV[3 + q], id, attempt, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10] or false, f[11] or false}
+        'retries', 'retry_delay', 'lost_retries', 'sig', 'deps', 'dependents')
+      taken = {ARGV[3 + q], id, attempt, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10] or false, f[11] or false,
+        f[12] or false}
     end
     -- an id whose job is gone (deleted, expired) or no longer queued is dropped
   end
