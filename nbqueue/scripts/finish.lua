@@ -43,5 +43,5 @@ redis.call('HSET', key, 'status', status, unpack(fields))
 if ttl >= 0 then redis.call('EXPIRE', key, ttl) end
 redis.call('PUBLISH', prefix .. 'ev:' .. id, '{"id":"' .. id .. '","status":"' .. status .. '","worker":"'
   .. worker .. '","attempt":' .. attempt .. ',"t":"' .. now .. '"}')  -- plain names: no escaping
-deps_apply(prefix, id, status, 4, nodes, t, tonumber(ARGV[8]))
+if deps_found then deps_apply(prefix, id, status, 4, nodes, t, tonumber(ARGV[8])) end
 return 1
