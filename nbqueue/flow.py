@@ -100,8 +100,12 @@ def _swap(value: Any, depth: int, budget: list, found: list) -> Any:
 
 def extract(args: tuple, kwargs: dict) -> Tuple[tuple, dict, List[str]]:
     """The call with a placeholder for each Job or Group in it, and the ids of those jobs."""
-    if all(type(a) in _PLAIN for a in args) and all(type(v) in _PLAIN for v in kwargs.values()):
-        return args, kwargs, []  # the common case
+    for a in args:  # the common case, plain values only: one type check each (~0.2 us in all)
+        if type(a) not in _PLAIN:
+            break
+    else:
+        if not kwargs or all(type(v) in _PLAIN for v in kwargs.values()):
+            return args, kwargs, []
     found: list = []
     budget = [MAX_ITEMS]
     new_args = _swap(args, 0, budget, found)
