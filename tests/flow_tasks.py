@@ -66,3 +66,8 @@ def sleep(seconds):
 
 def scale(x, factor=1):
     return x * factor
+
+
+def slow_boom(pause):
+    time.sleep(pause)
+    raise ValueError("late boom")

@@ -309,3 +309,22 @@ def test_many_dependents_in_several_script_calls_and_queue_empty(redis_client):
     assert statuses == {"failed": 1501}
     assert Job.fetch(chained.id, redis_client).exc_info == f"DependencyFailed: dependency {jobs[0].id} failed"
     assert deferred_left(redis_client) == []
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_dependents_enqueued_while_the_dependency_runs_are_released(redis_client, start_worker, mode):
+    """The worker took the job with no dependents: its first finish call is told they changed
+    (nothing written), reads them and records the end again, releasing them in the same step."""
+    start_worker("fl", *mode)
+    q = Queue("fl", redis_client)
+    a = q.enqueue(t.sleep, 1.0)
+    x = q.enqueue(t.slow_boom, 1.0)
+    wait_for(lambda: a.status == "started", timeout=30)
+    b = q.enqueue(t.scale, a, factor=3)
+    c = q.enqueue(t.echo, b)
+    y = q.enqueue(t.echo, x)
+    assert b.status == "deferred"
+    assert c.result(timeout=30) == ((3.0,), {})
+    with pytest.raises(JobFailed, match=f"dependency {x.id} failed"):
+        y.result(timeout=30)
+    assert Job.fetch(a.id, redis_client).status == "finished" and deferred_left(redis_client) == []
