@@ -26,7 +26,8 @@
     ├── PayloadError ..................... a stored payload can't be loaded
     ├── SecretError (ValueError) ......... the signing secret can't be used
     ├── SignatureError ................... a job's or result's signature does not match
-    └── CodeMismatchError ................ the worker has other source for the function
+    ├── CodeMismatchError ................ the worker has other source for the function
+    └── DependencyError .................. a dependency's result can't be passed in (on the worker)
 
 A builtin in brackets is a second base, so code that catches it (``except ValueError``) keeps
 working. The first line of a message says it all (the ``nbqueue`` command prints only that line);
@@ -96,6 +97,11 @@ class PayloadError(NbqueueError):
 
 class CodeMismatchError(NbqueueError):
     """The worker imported different source for the function than the caller had."""
+
+
+class DependencyError(NbqueueError):
+    """A dependency's result can't be passed to the job that takes it (gone, failed, or its signature
+    does not match); the job fails with "DependencyFailed: ..." before its function runs."""
 
 
 class InvalidTransition(NbqueueError):

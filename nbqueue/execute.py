@@ -16,9 +16,9 @@ import traceback
 from typing import Any, Callable, NamedTuple, Optional
 
 from . import job as jobs
-from . import signing
+from . import flow, keys, signing
 from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
-from .errors import CodeMismatchError, PayloadError
+from .errors import CodeMismatchError, DependencyError, PayloadError
 from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
 from .summary import needed as summary_needed, summarise
@@ -45,6 +45,9 @@ class Taken(NamedTuple):
     refused: str = ""  # why the signature check refused the job ("": it may run)
     on_success: Optional[str] = None  # "module:qualname" of a function to enqueue with the job, after
     on_failure: Optional[str] = None
+    deps: bool = False  # it takes results of other jobs (flow.py)
+    signer: Optional[signing.Signer] = None  # checks those results' signatures
+    has_dependents: bool = False  # jobs waited for it when it was taken
 
     @classmethod
     def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> "Taken":
@@ -62,6 +65,7 @@ class Taken(NamedTuple):
             code.decode(errors="replace") if code else "",
             _seconds(timeout, jobs.DEFAULT_TIMEOUT), _ttl(result_ttl, jobs.DEFAULT_RESULT_TTL),
             _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused, on_success, on_failure,
+            len(reply) > 15 and bool(reply[15]), signer, len(reply) > 16 and bool(reply[16]),
         )
 
 
@@ -128,6 +132,12 @@ def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[
         except (PayloadError, CodeMismatchError, ImportError) as exc:
             line = f"{type(exc).__name__}: {exc}"
             return Outcome.failure(line)
+        if taken.deps:  # results of the jobs it depends on, read now (not through the client)
+            try:
+                allow = connection.hget(keys.job(taken.id), "allow_failure") == b"1"
+                args, kwargs = flow.substitute(args, kwargs, connection, taken.signer, allow)
+            except DependencyError as exc:
+                return Outcome.failure(f"DependencyFailed: {exc}")
 
         me = os.getpid()
         try:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Optional
 
 import redis
 
-from . import keys
+from . import flow, keys
 from .errors import WorkerTakenOver
 from .schedule import DUE_BATCH, Firer
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
@@ -192,6 +192,9 @@ class Heartbeat(threading.Thread):
         if recovered:
             log.warning("re-queued or failed %d job(s) of lost workers: %s", len(recovered),
                         " ".join(i.decode(errors="replace") for i in recovered))
+            # those failed or canceled (lost too often): their dependents fail too. A worker that dies
+            # right here leaves them deferred: the one gap in "released in the same step" (flow.py)
+            flow.release(self.connection, [i.decode(errors="replace") for i in recovered])
 
     def _on_request(self, data: object) -> None:
         try:

@@ -23,6 +23,7 @@ from .summary import parse as parse_summary
 logger = logging.getLogger("nbqueue")
 
 QUEUED, SCHEDULED, STARTED = "queued", "scheduled", "started"
+DEFERRED = "deferred"  # waits for its dependencies to end, in no queue list (flow.py)
 FINISHED, FAILED, CANCELED = "finished", "failed", "canceled"
 TERMINAL = frozenset({FINISHED, FAILED, CANCELED})
 
@@ -33,9 +34,10 @@ DEFAULT_RETRY_DELAY = 1.0  # seconds before the first retry; doubles with each f
 DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
 
 _FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc",
-           "workers", "failures", "lost")
+           "workers", "failures", "lost", "deps")
 SUMMARY, SUMMARY_SIG = "summary", "ssig"  # a finished job's result summary (JSON, see summary.py), its signature
 OUTCOME = ("status", "result", "error", "exc", "attempt", "rsig")  # the job hash fields a waiter reads
+_NESTING = 4  # flow.MAX_DEPTH: how deep a Job argument is looked for
 RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
 STOPPABLE = 0.25  # seconds: a waiter that may be stopped looks at its stop flag this often
 DESCRIPTION_MAX = 200  # characters of a job's description
@@ -84,6 +86,7 @@ _READ = {
     "enqueued_at": ("enqueued_at", _time), "started_at": ("started_at", _time), "ended_at": ("ended_at", _time),
     "worker": ("worker", _text), "attempt": ("attempt", int), "workers": ("workers", lambda v: v.decode().split()),
     "failures": ("failures", int), "lost": ("lost", int), "exc": ("exc_info", _text),
+    "deps": ("dependencies", lambda v: tuple(v.decode().split())),
 }
 
 
@@ -102,6 +105,7 @@ class Job:
     failures = 0  # attempts that raised
     lost = 0  # attempts whose worker was lost
     exc_info: Optional[str] = None  # "ExceptionType: message" of a failure
+    dependencies: tuple = ()  # ids of the jobs it waits for (a Job or Group argument, depends_on)
 
     def __init__(self, job_id: str, connection: Optional[redis.Redis] = None, fields: Optional[dict] = None, *,
                  secret: signing.Secret = None):
@@ -136,7 +140,8 @@ class Job:
 
     @property
     def status(self) -> str:
-        """The job's status now: queued, scheduled, started, finished, failed or canceled."""
+        """The job's status now: deferred (waiting for its dependencies), queued, scheduled, started,
+        finished, failed or canceled."""
         status = self.connection.hget(keys.job(self.id), "status")
         if status is None:
             raise self._missing()
@@ -315,12 +320,13 @@ class Job:
     def cancel(self, wait: Optional[float] = 5.0) -> str:
         """Cancel the job and return its status after that.
 
-        A queued or scheduled job is canceled at once. A running job's worker is asked to stop it
+        A queued, scheduled or deferred job is canceled at once (the jobs that wait for it fail:
+        "dependency <id> failed"). A running job's worker is asked to stop it
         (fork mode kills the child); this waits up to ``wait`` seconds for it to end — "canceled",
         or "finished"/"failed" if it ended first.
         """
         deadline(wait, "wait")  # a bad wait is refused before anything is asked
-        reply = keys.run(self.connection, "cancel", [keys.SCHEDULED], [self.id, DEFAULT_RESULT_TTL])
+        reply = cancel(self.connection, self.id)
         if reply is None:
             raise NoSuchJob(f"No job {self.id!r} to cancel.")
         if reply == 1:
@@ -347,6 +353,10 @@ class Job:
     def _missing(self) -> NoSuchJob:
         return NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
 
+    def __reduce__(self) -> tuple:
+        raise TypeError(f"a Job handle can't be pickled; as an argument of a job, a Job (or Group) is passed as its "
+                        f"result when it sits at the top level or in lists, tuples and dicts up to {_NESTING} deep")
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id
 
@@ -370,6 +380,15 @@ class Job:
             return []
         start = 0 if tail is None else -tail
         return [line.decode(errors="replace") for line in self.connection.lrange(keys.log(self.id), start, -1)]
+
+
+def cancel(connection: redis.Redis, job_id: str) -> Any:
+    """Run the cancel script for one job (its dependents read and passed if it has any): its reply."""
+    from . import flow
+
+    script_keys, head = [keys.SCHEDULED], [job_id, DEFAULT_RESULT_TTL, DEFAULT_FAILURE_TTL]
+    first = keys.run(connection, "cancel", [*script_keys, keys.dependents(job_id)], [*head, 0])
+    return flow.end_with_dependents(connection, "cancel", job_id, script_keys, head, [], True, first)
 
 
 class Waiter:

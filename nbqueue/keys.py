@@ -28,6 +28,8 @@ Layout (``nbq:`` prefix):
 - ``schedule:<name>``   hash: a schedule's call as enqueue signs it (``func``, ``code``, ``data``,
                         ``sig``, ``options``, ``queue``), ``rule``, ``missed``, ``token``, ``next``,
                         ``last_job``, ``last_run``, ``fired``, ``error`` (``schedule.py``)
+- ``dependents:<id>``   sorted set: ids of the jobs waiting for this job (``deferred``), scored in
+                        the order they were enqueued; dropped when the job ends (``flow.py``)
 - ``workers``           sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``     hash: host, pid, queues, mode, started_at, token (tells two workers of one
                         name apart), ``done`` (jobs it ran, written with each heartbeat); expires
@@ -37,7 +39,8 @@ Layout (``nbq:`` prefix):
 - channel ``ctl:<worker>``  requests to a worker (cancel a job it runs)
 - channel ``watcher:<token>``  wakes one process's event watcher (``watcher.py``)
 
-Scripts (``scripts/*.lua``) take the prefix as ``ARGV[1]`` and are sent with EVALSHA.
+Scripts (``scripts/*.lua``) take the prefix as ``ARGV[1]`` and are sent with EVALSHA. A line
+``-- #include NAME`` in a script is replaced by ``scripts/NAME.lua`` (shared Lua functions).
 """
 from __future__ import annotations
 
@@ -125,6 +128,11 @@ def group(group_id: str) -> str:
     return f"{PREFIX}group:{group_id}"
 
 
+def dependents(job_id: str) -> str:
+    """The jobs that wait for ``job_id`` to end (its dependents), in the order they were enqueued."""
+    return f"{PREFIX}dependents:{job_id}"
+
+
 def log(job_id: str) -> str:
     """A job's output lines (the last ones), written while it runs."""
     return f"{PREFIX}log:{job_id}"
@@ -150,11 +158,17 @@ EVENTS_PATTERN = PREFIX + "ev:*"
 @lru_cache(maxsize=None)
 def script(name: str) -> Script:
     """The Lua script ``scripts/<name>.lua``."""
-    text = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_bytes()
+    text = _source(name)
     return Script(None, text)  # type: ignore[arg-type]  # bytes need no client encoder
 
 
-SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output", "due", "fire")
+def _source(name: str) -> bytes:
+    text = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_bytes()
+    return re.sub(rb"^-- #include ([a-z_]+)$", lambda m: _source(m.group(1).decode()), text, flags=re.M)
+
+
+SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output",
+           "defer", "release", "due", "fire")
 
 
 def run(client: Any, name: str, keys: list, args: list) -> Any:

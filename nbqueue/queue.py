@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional,
 
 import redis
 
-from . import keys, signing, testing
+from . import flow, keys, signing, testing
 from .connection import describe, get_connection
 from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import (
     DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, QUEUED, Job,
+    cancel,
     dumps_meta,
 )
 from .seconds import as_seconds
@@ -251,6 +252,8 @@ class Queue:
         unique_key: Optional[str] = None,
         on_success: Optional[Callable] = None,
         on_failure: Optional[Callable] = None,
+        depends_on: Any = None,
+        allow_failure: bool = False,
         **options: Any,
     ) -> Job:
         """Put a call on the queue with job options (see ``Options``).
@@ -262,9 +265,15 @@ class Queue:
         enqueues nothing (checked atomically: many enqueuers at once make one job).
         ``on_success`` / ``on_failure``: importable functions enqueued on this queue as
         ``f(job)`` when the job finished / failed for good (no retry left), by the worker that ran it.
+        ``depends_on``: a Job, Group or job id (or a list of them) to wait for without taking its
+        result; a Job or Group among the arguments is waited for and its result passed in (``flow``).
+        ``allow_failure``: run even if a dependency failed or was canceled (its place in the
+        arguments then holds its ``JobFailed`` / ``JobCanceled`` error); by default the job fails
+        with "dependency <id> failed".
         """
         return self.enqueue_many([Call(func, args, kwargs, job_id)], at_front=at_front, delay=delay, meta=meta,
-                                 unique_key=unique_key, on_success=on_success, on_failure=on_failure, **options)[0]
+                                 unique_key=unique_key, on_success=on_success, on_failure=on_failure,
+                                 depends_on=depends_on, allow_failure=allow_failure, **options)[0]
 
     def enqueue_in(self, delay: Union[float, timedelta], func: Callable, *args: Any, **kwargs: Any) -> Job:
         """Queue ``func(*args, **kwargs)`` after ``delay`` seconds (or a timedelta), 0 to 10 years."""
@@ -285,16 +294,22 @@ class Queue:
         unique_key: Optional[str] = None,
         on_success: Optional[Callable] = None,
         on_failure: Optional[Callable] = None,
+        depends_on: Any = None,
+        allow_failure: bool = False,
         **options: Any,
     ) -> list[Job]:
         """Put many calls on the queue in as few round trips as possible; all or none.
 
         Each call is a ``Call`` or a tuple ``(func, args)`` / ``(func, args, kwargs)``. Every call is
         checked and pickled before anything is written, so a bad one enqueues nothing.
+        ``depends_on`` and ``allow_failure`` (see ``enqueue_call``) apply to every call.
         """
         stored = Options.from_keywords(options).stored()
-        if not isinstance(at_front, bool):
-            raise EnqueueError(f"at_front={reprlib.repr(at_front)} is not valid: give True or False. Nothing was enqueued.")
+        for name, value in (("at_front", at_front), ("allow_failure", allow_failure)):
+            if not isinstance(value, bool):
+                raise EnqueueError(f"{name}={reprlib.repr(value)} is not valid: give True or False. Nothing was enqueued.")
+        ordering = flow.ids_of(depends_on)
+        graph: dict = {}  # job id -> the ids it waits for (only jobs that wait)
         signer = self.signer
         callbacks = [_callback_path(name, f) for name, f in (("on_success", on_success), ("on_failure", on_failure))]
         argv: list = []  # per job: id, index of its function, data, signature
@@ -316,6 +331,9 @@ class Queue:
                 raise EnqueueError(f"Can't enqueue {describe_func(call.func)}: its arguments must be a tuple (or list) and "
                                    f"its keyword arguments a dict, not {reprlib.repr(call.args)} and "
                                    f"{reprlib.repr(call.kwargs)}. Nothing was enqueued.") from None
+            args, kwargs, found = flow.extract(args, kwargs)
+            if found or ordering:
+                graph[job_id] = list(dict.fromkeys(found + ordering))
             data = dumps_call(ref, args, kwargs)
             argv += [job_id, index, data, signing.Signer.sign_job(mac, job_id, data) if mac is not None else b""]
             ids.append(job_id)
@@ -336,14 +354,28 @@ class Queue:
             ttls = (kept.result_ttl, kept.failure_ttl)
             fields += ["unique_key", unique_key, "unique_ttl",
                        MAX_TTL if None in ttls else int(max(ttls)) + UNIQUE_QUEUEING]
-        head = [self.name, "1" if at_front else "0", _delay_ms(delay), "1" if chosen else "0",
-                len(fields) // 2, *fields, len(table), *[x for pair in table for x in pair]]
-        holder = self._write(head, argv, chosen, unique_key)
-        if holder is not None:  # a job with the same unique_key is queued or running: that one
-            return [Job(holder, self.connection, secret=signer)]
+        funcs_table = [len(table), *[x for pair in table for x in pair]]
+        if graph:
+            if delay is not None:
+                raise EnqueueError("delay= and dependencies can't be combined: a job that depends on others is queued "
+                                   "when they end. Nothing was enqueued.")
+            if unique_key is not None:
+                raise EnqueueError("unique_key= and dependencies can't be combined yet. Nothing was enqueued.")
+            if chosen:
+                flow.check_cycles(self.connection, graph)
+            self._write_deferred(["1" if at_front else "0", "1" if chosen else "0", "1" if allow_failure else "0",
+                                  DEFAULT_FAILURE_TTL, len(fields) // 2, *fields, *funcs_table], argv, graph)
+        else:
+            head = [self.name, "1" if at_front else "0", _delay_ms(delay), "1" if chosen else "0",
+                    len(fields) // 2, *fields, *funcs_table]
+            holder = self._write(head, argv, chosen, unique_key)
+            if holder is not None:  # a job with the same unique_key is queued or running: that one
+                return [Job(holder, self.connection, secret=signer)]
         conn, queue = self.connection, self.name.encode()
-        status = b"scheduled" if head[2] else b"queued"
-        jobs = [Job(i, conn, {"status": status, "queue": queue, "func": f}, secret=signer) for i, f in zip(ids, funcs)]
+        status = b"scheduled" if delay and _delay_ms(delay) else b"queued"  # as far as we know: deferred ones may be queued
+        jobs = [Job(i, conn, {"status": b"deferred" if i in graph else status, "queue": queue, "func": f,
+                              "deps": " ".join(graph[i]).encode() if i in graph else None}, secret=signer)
+                for i, f in zip(ids, funcs)]
         if not self.is_async:
             testing.run_now(self, jobs)
         return jobs
@@ -444,6 +476,52 @@ class Queue:
         raise EnqueueError(f"unique_key: its holder changed {UNIQUE_ROUNDS} times while enqueuing; nothing was "
                            f"enqueued, try again.")
 
+    def _write_deferred(self, head: list, argv: list, graph: dict) -> None:
+        """Write jobs of which some wait for others (``scripts/defer.lua``), ``_BATCH`` jobs per call."""
+        base = [keys.QUEUES, self.key, keys.wake(self.name), keys.failed(self.name)]
+        calls = []
+        for start in range(0, len(argv), 4 * _BATCH):
+            script_keys, values = list(base), []
+            for i in range(start, min(len(argv), start + 4 * _BATCH), 4):
+                job_id, deps = argv[i], graph.get(argv[i], [])
+                script_keys.append(keys.job(job_id))
+                for dep in deps:
+                    script_keys += [keys.job(dep), keys.dependents(dep)]
+                values += [*argv[i:i + 4], len(deps), *deps]
+            calls.append((script_keys, [self.name, *head, *values]))
+        if len(calls) > 1:  # each call checks its own jobs; check all before writing any
+            batch = set(graph) | {argv[i] for i in range(0, len(argv), 4)}
+            outside = sorted({d for deps in graph.values() for d in deps} - batch)
+            with self.connection.pipeline(transaction=False) as pipe:
+                for dep in outside:
+                    pipe.exists(keys.job(dep))
+                missing = [d for d, there in zip(outside, pipe.execute()) if not there]
+            if missing:
+                raise _no_dependency("a job", missing[0])
+            if head[1] == "1":
+                self._check_new_ids([argv[i] for i in range(0, len(argv), 4)])
+        try:
+            with self.connection.pipeline(transaction=True) as pipe:
+                for script_keys, values in calls:
+                    keys.run(pipe, "defer", script_keys, values)
+                pipe.execute()
+        except redis.exceptions.OutOfMemoryError:
+            raise _full(self.connection, 0, len(argv) // 4) from None
+        except redis.ResponseError as exc:
+            text = str(exc)
+            if "NBQ_EXISTS" in text:
+                job_id = text.split("NBQ_EXISTS", 1)[1].strip()
+                raise JobExists(f"A job with id {job_id!r} already exists; nothing was enqueued. Pick a new job_id, "
+                                f"or fetch the existing one with Job.fetch({job_id!r}).") from None
+            if "NBQ_NODEP" in text:
+                job_id, dep = text.split("NBQ_NODEP", 1)[1].split()[:2]
+                raise _no_dependency(f"job {job_id}", dep) from None
+            if "NBQ_CYCLE" in text:
+                job_id = text.split("NBQ_CYCLE", 1)[1].strip()
+                raise EnqueueError(f"Job {job_id!r} would wait for itself (it is among its own dependencies). "
+                                   f"Nothing was enqueued.") from None
+            raise
+
     def _check_new_ids(self, ids: list) -> None:
         with self.connection.pipeline(transaction=False) as pipe:
             for job_id in ids:
@@ -495,7 +573,9 @@ class Queue:
         if not ids:
             return 0
         replies = keys.send(self.connection, *[
-            keys.evalsha("cancel", [keys.SCHEDULED], [job_id, DEFAULT_RESULT_TTL]) for job_id in ids])
+            keys.evalsha("cancel", [keys.SCHEDULED, keys.dependents(job_id)],
+                         [job_id, DEFAULT_RESULT_TTL, DEFAULT_FAILURE_TTL, 0]) for job_id in ids])
+        replies = [cancel(self.connection, i) if r == 3 else r for i, r in zip(ids, replies)]  # has dependents
         return sum(reply == 1 for reply in replies)
 
     @classmethod
@@ -536,6 +616,12 @@ def _callback_path(name: str, func: Optional[Callable]) -> Optional[bytes]:
         raise EnqueueError(f"{name}={describe_func(func)} is a method of an object, which can't travel as a "
                            f"callback: give a module-level function f(job). Nothing was enqueued.")
     return ref.path.encode()
+
+
+def _no_dependency(who: str, dep: str) -> EnqueueError:
+    return EnqueueError(f"Can't enqueue {who}: it depends on job {dep!r}, which does not exist (never enqueued here, "
+                        f"or it expired after its TTL; a job of the same call must come after the jobs it depends "
+                        f"on). Nothing was enqueued.")
 
 
 def _full(connection: redis.Redis, done: int, total: int) -> RedisFull:

@@ -21,12 +21,12 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import redis
 
-from . import child, keys, signing
+from . import child, flow, keys, signing
 from .connection import describe, get_connection
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
-from .job import CANCELED, FAILED, FINISHED, SUMMARY, SUMMARY_SIG
+from .job import CANCELED, DEFAULT_FAILURE_TTL, FAILED, FINISHED, SUMMARY, SUMMARY_SIG
 from .queue import check_queue_name
 from .seconds import as_seconds
 
@@ -325,19 +325,29 @@ class Worker:
         ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
-        args = [taken.id, self.name, taken.attempt, status, ttl, jitter,
-                keys.ENDED_KEEP, keys.STATS_BUCKET, keys.STATS_SLOTS, *outcome.fields]
+        head = [taken.id, self.name, taken.attempt, status, ttl, jitter,
+                keys.ENDED_KEEP, keys.STATS_BUCKET, keys.STATS_SLOTS, DEFAULT_FAILURE_TTL]
+        fields = list(outcome.fields)
         if self.signer is not None:
-            args += self._sign(taken, outcome)
-
-        commands = [keys.evalsha("finish", [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED,
-                                            keys.ended(taken.queue), keys.stats(taken.queue)],
-                                 args)]
+            fields += self._sign(taken, outcome)
+        script_keys = [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED, keys.ended(taken.queue),
+                       keys.stats(taken.queue)]
+        # with the dependents it had when taken (read now, so the next job is taken after their release),
+        # or as if it had none (one EXISTS in the script); 3: some were added, read them and call again
+        node_keys, values = [], [0]
+        if taken.has_dependents:
+            node_keys, values = self._redis(lambda: flow.dependents_of(self.connection, taken.id, status != FINISHED))
+        commands = [keys.evalsha("finish", [*script_keys, keys.dependents(taken.id), *node_keys],
+                                 [*head, *values, *fields])]
         if then_take:
             commands.append(self._take_command)
         replies = self._redis(lambda: keys.send(self.connection, *commands))
         following = self._taken_from(replies[1]) if then_take else None
-        return int(replies[0] or 0), following
+        written = replies[0]
+        if written == 3:
+            written = self._redis(lambda: flow.end_with_dependents(
+                self.connection, "finish", taken.id, script_keys, head, fields, status != FINISHED, 3))
+        return int(written or 0), following
 
     def _call_back(self, taken: Taken, status: str) -> None:
         """Enqueue the job's ``on_success`` / ``on_failure`` callback, if it has one for ``status``."""

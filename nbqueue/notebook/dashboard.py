@@ -25,7 +25,7 @@ from .widgets import LiveView, _html, _set
 
 _open: "weakref.WeakSet[Dashboard]" = weakref.WeakSet()
 _TABLE = 'style="border-collapse:collapse;font-size:12px;margin:2px 0 8px 0"'
-_STATES = ("queued", "scheduled", "retrying", "started", "finished", "failed", "canceled")
+_STATES = ("deferred", "queued", "scheduled", "retrying", "started", "finished", "failed", "canceled")
 
 
 def _table(head: list, rows: list) -> str:

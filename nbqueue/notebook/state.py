@@ -17,10 +17,10 @@ import redis
 
 from .. import keys
 from ..info import served_queues
-from ..job import CANCELED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, SUMMARY, SUMMARY_SIG, Job
+from ..job import CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, SUMMARY, SUMMARY_SIG, Job
 from . import results
 
-COLORS = {QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
+COLORS = {DEFERRED: "#9467bd", QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
           CANCELED: "#7f7f7f", "expired": "#7f7f7f", "?": "#7f7f7f"}
 TAIL = 30  # output lines a widget shows (job.logs() has them all)
 LINE_MAX = 4000  # characters of one output line a widget shows
@@ -224,7 +224,7 @@ class JobState:
 
     def elapsed(self, now: Optional[float] = None) -> str:
         now = time.time() if now is None else now
-        if self.status == QUEUED and self.enqueued:
+        if self.status in (QUEUED, DEFERRED) and self.enqueued:
             return f"waiting {duration(now - self.enqueued)}"
         if self.status == SCHEDULED and self.due:
             when = time.strftime("%H:%M:%S", time.localtime(self.due))
@@ -346,7 +346,7 @@ class JobState:
 class GroupState:
     """Many jobs as one: statuses, times, the first failure (in the group's order)."""
 
-    ORDER = (QUEUED, SCHEDULED, STARTED, FINISHED, FAILED, CANCELED, "expired", "?")
+    ORDER = (DEFERRED, QUEUED, SCHEDULED, STARTED, FINISHED, FAILED, CANCELED, "expired", "?")
 
     def __init__(self, ids: list, call: str):
         self.ids, self.call = ids, call

@@ -16,7 +16,7 @@ import ipywidgets as w
 from ..errors import InvalidTransition, NbqueueError
 from ..watcher import get_watcher
 from ..group import Group
-from ..job import FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
+from ..job import DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
 from . import kernel
 from .state import COLORS, GroupState, JobState, esc
 
@@ -332,7 +332,7 @@ class JobWidget(LiveView):
         _show(self.output, bool(s.lines))
         _set(self.outcome, value=s.outcome_html())
         _show(self.outcome, bool(s.result is not None or s.error))
-        _show(self.cancel_button, s.status in (QUEUED, SCHEDULED, STARTED))
+        _show(self.cancel_button, s.status in (DEFERRED, QUEUED, SCHEDULED, STARTED))
         _show(self.requeue_button, s.status in (FAILED, "canceled"))
         _set(self.note, value=f"<span style='color:{COLORS[FAILED]}'>{esc(s.note)}</span>" if s.note else "")
 

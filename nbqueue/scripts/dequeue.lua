@@ -4,9 +4,9 @@
 -- KEYS[2n+2] the suspension flag (``nbqueue suspend``)
 -- ARGV[1] key prefix, ARGV[2] worker name, ARGV[3] lease in ms, ARGV[4 .. n+3] queue names
 -- Returns {queue, id, attempt, func, data, code, timeout, result_ttl, failure_ttl, retries, retry_delay,
--- lost_retries, sig, on_success, on_failure} or nil: the call, the options the worker acts on, and
--- their signature;
--- {'suspended'} while workers are suspended (nothing is taken).
+-- lost_retries, sig, on_success, on_failure, deps, dependents} or nil: the call, the options the worker
+-- acts on, their signature, its callbacks, the ids of the jobs whose results it takes (nil: none;
+-- flow.py) and whether jobs wait for it; {'suspended'} while workers are suspended (nothing is taken).
 -- Leaves each wake flag set exactly when its queue still holds jobs, so an idle worker
 -- blocked on the flags wakes for the jobs this worker did not take.
 local prefix, worker, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -29,8 +29,9 @@ for q = 1, n do
       redis.call('PUBLISH', prefix .. 'ev:' .. id, '{"id":"' .. id .. '","status":"started","worker":"'
         .. worker .. '","attempt":' .. attempt .. ',"t":"' .. now .. '"}')  -- plain names: no escaping
       local f = redis.call('HMGET', key, 'func', 'data', 'code', 'timeout', 'result_ttl', 'failure_ttl',
-        'retries', 'retry_delay', 'lost_retries', 'sig', 'on_success', 'on_failure')
-      taken = {ARGV[3 + q], id, attempt, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12]}
+        'retries', 'retry_delay', 'lost_retries', 'sig', 'on_success', 'on_failure', 'deps', 'dependents')
+      taken = {ARGV[3 + q], id, attempt, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12],
+        f[13], f[14]}  -- a missing field is false here, nil in the reply: the array stays whole
     end
     -- an id whose job is gone (deleted, expired) or no longer queued is dropped
   end
