@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import inspect
 import logging
@@ -164,6 +165,8 @@ def run_coroutine(coro: Any, on_task: Optional[Callable[[Callable[[], None]], No
     job's own: its output, ``get_current_job()`` and fencing stay this thread's). ``on_task`` gets
     a thread-safe function that cancels it: the job sees ``CancelledError`` where it awaits, and
     its ``finally`` blocks and ``async with`` exits run. Tasks it left running are canceled too."""
+    if _loop_running():  # e.g. testing mode in a notebook cell, which runs on the kernel's loop
+        return _in_own_thread(lambda: run_coroutine(coro, on_task))
     loop = asyncio.new_event_loop()
     try:
         task = loop.create_task(coro)
@@ -179,6 +182,34 @@ def run_coroutine(coro: Any, on_task: Optional[Callable[[Callable[[], None]], No
         return value
     finally:  # interrupted (JobInterrupted): nothing more runs on it
         loop.close()
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _in_own_thread(call: Callable[[], Any]) -> Any:
+    """``call()`` in a new thread (where no event loop runs), its value or its exception here."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed back to the caller as it is
+            box["error"] = exc
+
+    context = contextvars.copy_context()  # get_current_job() there too
+    # not named nbqueue-*: the job's output from it is captured as from a thread the job started
+    thread = threading.Thread(target=lambda: context.run(run), name="async-job", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _result(value: Any) -> Outcome:

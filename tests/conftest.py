@@ -232,10 +232,12 @@ def private_redis(tmp_path: Path) -> Iterator["PrivateRedis"]:
 
 
 # --- browser tests ----------------------------------------------------------------------------
-@pytest.fixture(scope="session", params=["lab", "notebook7"])
+@pytest.fixture(scope="module", params=["lab", "notebook7"])
 def frontend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A JupyterLab, then a Notebook 7 server (``tests/browser.py``), each with its own Chromium, shared
-    by the session's browser tests: a test using it runs in both. Its root holds the tests' task modules."""
+    by a module's browser tests: a test using it runs in both. Its root holds the tests' task modules.
+    Not kept for the session: Playwright's sync API runs an event loop in the main thread while it
+    is open, and later tests call asyncio.run there."""
     from browser import serve
 
     root = tmp_path_factory.mktemp(f"root-{request.param}")
