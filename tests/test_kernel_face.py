@@ -226,3 +226,20 @@ def test_buttons_say_when_clicks_wait_for_an_idle_kernel(redis_client):
 def test_a_job_enqueued_from_python_shows_its_call(frontend):
     shown = displays(frontend, frontend.run("job = nbqueue.Queue('showq').enqueue(nbq_tasks.add, 1, 2)\njob"))
     assert len(shown) == 1 and "nbq_tasks.add(1, 2)" in shown[0]["data"]["text/html"]
+
+
+def test_a_requeued_job_shows_its_widget_again_then_its_new_end(frontend, start_worker, tmp_path):
+    worker = start_worker("requeueq", "--inline")
+    counter = str(tmp_path / "calls")
+    msg_id = frontend.run(f"job = %enqueue requeueq nbq_tasks.flaky({counter!r}, 1)")
+    did = display_id(displays(frontend, msg_id)[0])
+    frontend.wait(lambda: any("nbq-status-failed" in u.get("text/html", "") for u in frontend.updates(did)),
+                  what="the failed report")
+    worker.stop()  # so the requeued job waits, queued, where it can be seen
+    frontend.run("job.requeue()")
+    frontend.wait(lambda: WIDGET in frontend.updates(did)[-1], what="the live widget again")
+    assert "nbq-status-queued" in frontend.updates(did)[-1]["text/html"]
+    start_worker("requeueq", "--inline")
+    frontend.wait(lambda: "nbq-status-finished" in frontend.updates(did)[-1].get("text/html", ""),
+                  what="the report of the run after the requeue")
+    assert WIDGET not in frontend.updates(did)[-1]

@@ -16,7 +16,7 @@ import ipywidgets as w
 from ..errors import InvalidTransition, NbqueueError
 from ..watcher import get_watcher
 from ..group import Group
-from ..job import DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
+from ..job import CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
 from . import kernel
 from .state import COLORS, GroupState, JobState, esc
 
@@ -99,8 +99,11 @@ class LiveView:
             self.render()
             self._update_detached()
         if self.done():
-            self.stop()
+            if self.settled():
+                self.stop()
             self._report()
+        elif self.reported:  # it ended, then came back (a requeue): the live widget again
+            self._unreport()
         if cell["running"]:
             _unsent.discard(self)
         else:  # a headless run (nbclient) saves only what is sent while a cell runs
@@ -168,6 +171,19 @@ class LiveView:
             self.reported = True
             for display_id in self.display_ids:
                 update_display(self.report(), raw=True, display_id=display_id)
+
+    def settled(self) -> bool:
+        """Whether nothing can change any more once ``done()`` (default: yes). A failed or canceled
+        job can be requeued: its view keeps listening, and shows the widget again if it is."""
+        return True
+
+    def _unreport(self) -> None:
+        from IPython.display import update_display
+
+        with self._lock:
+            self.reported = False
+            for display_id in self.display_ids:
+                update_display(self._repr_mimebundle_(), raw=True, display_id=display_id)
 
     def detach(self) -> None:
         """The kernel is going away: stop, and leave the last known state as a static report."""
@@ -278,7 +294,7 @@ class JobWidget(LiveView):
         self.state.check_workers(self._watcher.connection)
         self.render()
         self._update_detached()
-        if not self.done():
+        if not (self.done() and self.settled()):
             self.watch([job.id])
 
     def _act(self, action: Any, verb: str) -> None:
@@ -317,6 +333,9 @@ class JobWidget(LiveView):
 
     def done(self) -> bool:
         return self.state.status in TERMINAL or self.state.status == "expired"
+
+    def settled(self) -> bool:
+        return self.state.status in (FINISHED, "expired")  # a failed or canceled one may be requeued
 
     def render(self) -> None:
         s = self.state
@@ -375,7 +394,7 @@ class GroupWidget(LiveView):
         self.state.check_workers(self._conn())
         self.render()
         self._update_detached()
-        if not self.done():
+        if not (self.done() and self.settled()):
             self.watch(self.state.ids)
 
     @staticmethod
@@ -412,6 +431,10 @@ class GroupWidget(LiveView):
 
     def done(self) -> bool:
         return self.state.all_done()
+
+    def settled(self) -> bool:
+        counts = self.state.counts()
+        return not (counts[FAILED] or counts[CANCELED])  # one of those may be requeued
 
     def render(self) -> None:
         s = self.state
