@@ -221,6 +221,7 @@ class NbqueueMagics(Magics):
         except EnqueueError as exc:
             raise UsageError(str(exc)) from None
         remember_call(job.id, call_text)
+        _show(job)
         return job
 
     @no_var_expand
@@ -243,6 +244,7 @@ class NbqueueMagics(Magics):
         except (EnqueueError, TypeError) as exc:
             raise UsageError(str(exc)) from None
         remember_group(group, f"{func_text} over {items_text}")
+        _show(group)
         return group
 
     @line_magic
@@ -252,7 +254,10 @@ class NbqueueMagics(Magics):
 
         if line.strip():
             raise UsageError("%nbqueue takes no arguments: it shows the dashboard")
-        return Dashboard()
+        dashboard = Dashboard()
+        if _kernel_here():
+            dashboard.show()  # shown once: as the cell's value it is not shown again
+        return dashboard
 
     @no_var_expand
     @cell_magic("nbqueue.module")
@@ -284,6 +289,20 @@ class NbqueueMagics(Magics):
             raise UsageError(f"{name}.py was saved but importing it raised {type(exc).__name__}: {exc}") from None
         self.shell.user_ns[name] = module
         print(f"saved {path}; imported as {name}; start workers in this folder to run its functions")
+
+
+def _kernel_here() -> bool:
+    from . import _in_kernel
+
+    return _in_kernel()
+
+
+def _show(obj: Any) -> None:
+    """In a kernel, show the job's or group's live view now: ``job = %enqueue …`` shows it too."""
+    from . import show
+
+    if _kernel_here():
+        show(obj)
 
 
 def _drop_bytecode(path: str) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+import weakref
 from typing import Any, Iterable, Optional
 
 import ipywidgets as w
@@ -16,6 +18,7 @@ from ..errors import InvalidTransition, NbqueueError
 from ..watcher import get_watcher
 from ..group import Group
 from ..job import FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
+from . import kernel
 from .state import COLORS, GroupState, JobState, esc
 
 call_texts: dict = {}  # job id -> the call as the user wrote it (set by %enqueue), for display
@@ -23,6 +26,7 @@ cell = {"running": False}  # set by the extension's pre/post_run_cell hooks
 # rendered while no cell ran, to send again within the next cell; held strongly (a view that ended is
 # referenced by nothing else, and must not be collected before its last state went out)
 _unsent: "set[LiveView]" = set()
+_shown: "weakref.WeakSet[LiveView]" = weakref.WeakSet()  # displayed views, to detach at shutdown
 
 
 def remember_call(job_id: str, text: str) -> None:
@@ -42,6 +46,11 @@ class LiveView:
     Subclasses define ``box``, ``apply(event)`` (true: render now, e.g. a change of status),
     ``render()``, ``html()``, ``text()``,
     ``ticking()`` (re-render on each tick, e.g. to advance a clock) and ``done()`` (stop watching).
+
+    ``show()`` displays it with a display id. While it is live the output is the widget (with
+    HTML and text fallbacks); when it is done the output is replaced by a static report (what a
+    saved notebook shows without a kernel or widget manager), and when the kernel shuts down
+    first, by a report that says the view is detached and what it last knew.
     """
 
     MIN_GAP = 0.2
@@ -51,7 +60,9 @@ class LiveView:
         self._sub = None
         self._dirty = False
         self._last = 0.0
-        self._lock = threading.Lock()  # button handlers (main thread) vs the watcher thread
+        self._lock = threading.Lock()  # button handlers (a subshell thread) vs the watcher thread
+        self.display_ids: list = []  # one per place this view is shown
+        self.reported = False  # the output is the static report of the final state
 
     def watch(self, job_ids: Iterable[str] = (), all_jobs: bool = False) -> None:
         if self._sub is None or self._sub.closed:
@@ -84,17 +95,74 @@ class LiveView:
         self._dirty, self._last = False, time.monotonic()
         with self._lock:
             self.render()
+        if self.done():
+            self.stop()
+            self._report()
         if cell["running"]:
             _unsent.discard(self)
         else:  # a headless run (nbclient) saves only what is sent while a cell runs
             _unsent.add(self)
-        if self.done():
-            self.stop()
+
+    def show(self) -> "LiveView":
+        """Display this view in the current cell (the widget while live, else the report)."""
+        from IPython.display import display
+
+        with self._lock:  # the watcher thread must not report before the display exists
+            self.display_ids.append(uuid.uuid4().hex)
+            _shown.add(self)
+            self.reported = self.reported or self.done()
+            display(self.report() if self.reported else self._repr_mimebundle_(), raw=True,
+                    display_id=self.display_ids[-1])
+        return self
+
+    def _ipython_display_(self) -> None:
+        """``display(view)`` or a cell's value: shown, unless it is the value of the cell whose
+        magic showed it already (``d = %nbqueue`` and a bare ``%nbqueue`` both show it once)."""
+        if self.display_ids and _as_cell_value():
+            return
+        self.show()
+
+    def report(self, detached: bool = False) -> dict:
+        """The static output: the current state as HTML and text, no widget."""
+        head = ""
+        if detached:
+            head = ('<div class="nbq-detached-note" style="color:#7f7f7f">detached: the kernel stopped, so this '
+                    f"view no longer updates; last known state below. {self.follow_hint()}</div>")
+        classes = "nbq-report nbq-detached" if detached else "nbq-report"
+        text = self.text() + (" [detached: the kernel stopped]" if detached else "")
+        return {"text/html": f'<div class="{classes}">{head}{self.html()}</div>', "text/plain": text}
+
+    def follow_hint(self) -> str:
+        """How to follow this again from a new kernel (HTML)."""
+        return ""
+
+    def _report(self) -> None:
+        """Replace the widget by the static report (once; again by ``resend``)."""
+        if not self.display_ids:
+            return
+        from IPython.display import update_display
+
+        with self._lock:
+            self.reported = True
+            for display_id in self.display_ids:
+                update_display(self.report(), raw=True, display_id=display_id)
+
+    def detach(self) -> None:
+        """The kernel is going away: stop, and leave the last known state as a static report."""
+        self.stop()
+        if not self.reported:
+            from IPython.display import update_display
+
+            for display_id in self.display_ids:
+                update_display(self.report(detached=True), raw=True, display_id=display_id)
 
     def resend(self) -> None:
         """Send the whole state again (within a cell, so a headless run saves the last state).
         Called by the watcher thread, or on the main thread once the view stopped watching."""
         _unsent.discard(self)
+        if self.reported:
+            self._report()
+            return
         todo, seen = [self.box], set()
         while todo:
             widget = todo.pop()
@@ -113,6 +181,13 @@ class LiveView:
 
     def __repr__(self) -> str:
         return self.text()
+
+
+def _as_cell_value() -> bool:
+    """Whether the kernel's displayhook is writing the cell's value (``Out[n]``) right now."""
+    from IPython import get_ipython
+
+    return getattr(getattr(get_ipython(), "displayhook", None), "msg", None) is not None
 
 
 def _html(cls: str) -> w.HTML:
@@ -136,6 +211,19 @@ def _set(widget: w.Widget, **values: Any) -> None:
                 setattr(widget, name, value)
 
 
+IDLE_ONLY = " (when idle)"  # added to a button's label where clicks wait for the running cell
+
+
+def answer_clicks_at_once(*buttons: w.Button) -> None:
+    """Have the buttons' clicks handled at once, even while a cell runs (a kernel subshell); where
+    the kernel can't, their labels say the click waits until the kernel is idle."""
+    for button in buttons:
+        if not kernel.route_clicks(button):
+            button.description += IDLE_ONLY
+            button.tooltip = ("this kernel handles clicks between cells only (ipykernel 7 or newer handles "
+                              "them at once)")
+
+
 class JobWidget(LiveView):
     """One job: status, times, worker, progress, output tail, result or traceback, cancel/requeue."""
 
@@ -154,6 +242,7 @@ class JobWidget(LiveView):
         self.note = _html("nbq-job-note")
         self.cancel_button.on_click(lambda _: self._act(lambda: self.job.cancel(wait=0), "cancel"))
         self.requeue_button.on_click(lambda _: self._act(self.job.requeue, "requeue"))
+        answer_clicks_at_once(self.cancel_button, self.requeue_button)
         self.progress_row = w.HBox([self.bar, self.bar_text])
         self.box = w.VBox([self.header, self.progress_row, self.output, self.outcome,
                            w.HBox([self.cancel_button, self.requeue_button, self.note])])
@@ -163,7 +252,8 @@ class JobWidget(LiveView):
             self.watch([job.id])
 
     def _act(self, action: Any, verb: str) -> None:
-        """A button click (kernel main thread): act, note a refusal; the watcher thread renders."""
+        """A button click (on nbqueue's subshell thread, or the main one): act, note a refusal; the
+        watcher thread renders."""
         try:
             action()
             note = None
@@ -212,6 +302,10 @@ class JobWidget(LiveView):
     def text(self) -> str:
         return self.state.text()
 
+    def follow_hint(self) -> str:
+        return (f"The job goes on on its worker; follow it from a new kernel with "
+                f"<code>nbqueue.Job.fetch({self.job.id!r})</code>.")
+
 
 class GroupWidget(LiveView):
     """Many jobs as one: a bar, counts per status, throughput, the first failure, cancel all."""
@@ -228,6 +322,7 @@ class GroupWidget(LiveView):
         self.cancel_button = w.Button(description="Cancel all", icon="stop", layout=w.Layout(width="auto"))
         self.note = _html("nbq-group-note")
         self.cancel_button.on_click(lambda _: self._cancel_all())
+        answer_clicks_at_once(self.cancel_button)
         self.box = w.VBox([self.header, self.bar, self.failure, w.HBox([self.cancel_button, self.note])])
         self.box.add_class("nbq-group")
         self.render()
@@ -285,8 +380,22 @@ class GroupWidget(LiveView):
         return self.state.text()
 
 
+    def follow_hint(self) -> str:
+        return ("Its jobs go on on the workers; <code>nbqueue.Job.fetch(id)</code> follows one from a new kernel "
+                "(the ids are in <code>group.ids</code>).")
+
+
 def resend_stopped() -> None:
     """Main thread, at the end of a cell: resend views that ended while no cell ran."""
     for view in list(_unsent):
         if not view.live:
             view.resend()
+
+
+def detach_all() -> None:
+    """The kernel shuts down: every displayed view that is still live becomes a 'detached' report."""
+    for view in list(_shown):
+        try:
+            view.detach()
+        except Exception:  # one broken view must not keep the others attached
+            pass
