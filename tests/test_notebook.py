@@ -52,6 +52,10 @@ def test_quickstart_notebook_runs_against_a_real_worker(start_worker, redis_clie
     assert crunch.index("'20 steps done, total so far 2870'") < crunch.index("'INFO tasks: crunched 30 steps'")
     assert result_text(nb, "sum(squares") == "328350"
     assert result_text(nb, "mail.result") == "('sent to ada@example.com', 'Report  ready')"
+    assert result_text(nb, "slow.cancel") == "'canceled'"
+    missing = [o.text for o in outputs_of(nb, "from nbqueue import JobFailed") if o.output_type == "stream"]
+    assert missing and "FileNotFoundError" in missing[0], missing
+    assert result_text(nb, 'Path("notes.txt").write_text') == "10"  # requeued once the input was there
 
     # the failure shows the worker's traceback, not local frames
     errors = [o for o in outputs_of(nb, "bad.result") if o.output_type == "error"]
@@ -60,10 +64,11 @@ def test_quickstart_notebook_runs_against_a_real_worker(start_worker, redis_clie
     assert "ZeroDivisionError: division by zero" in trace and "tasks.py" in trace
     assert "job.py" not in trace
 
-    # each job cell shows a live widget, with an HTML fallback; the saved state is the last one
-    shown = [o for o in outputs_of(nb, "job = %enqueue") if o.output_type == "execute_result"][0]
-    assert WIDGET_VIEW in shown.data and "tasks.add(20, 22)" in shown.data["text/html"]
-    assert shown.data["text/plain"].startswith("Job ")
+    # `job = %enqueue` showed the live widget once, replaced by a static report when the job ended
+    shown = [o for o in outputs_of(nb, "job = %enqueue") if o.output_type in ("display_data", "execute_result")]
+    assert len(shown) == 1 and WIDGET_VIEW not in shown[0].data, [dict(o.data) for o in shown]
+    assert "nbq-report" in shown[0].data["text/html"] and "tasks.add(20, 22)" in shown[0].data["text/html"]
+    assert shown[0].data["text/plain"].startswith("Job ") and "finished" in shown[0].data["text/plain"]
     states = widget_states(nb)
     nbformat.write(nb, str(tmp_path / "executed.ipynb"))  # kept for a look when this test fails
     headers = [s["state"]["value"] for s in states if "nbq-job-header" in s["state"].get("_dom_classes", ())]

@@ -18,10 +18,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 from conftest import WorkerProcess
+
+from nbqueue import keys
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -186,6 +188,10 @@ def final_report(c) -> tuple:
     return data["text/plain"], html.unescape(re.sub(r"<[^>]+>", " ", page))
 
 
+def cell_html(c) -> str:
+    return "".join(o.data.get("text/html", "") for o in reports(c))
+
+
 def check_clean(nb, allowed_errors: tuple = ()) -> None:
     """No error outputs (but in ``allowed_errors`` cells), no stderr at all, the 'which Redis' line
     once on stdout, and no job or group widget left without its final report."""
@@ -298,6 +304,13 @@ def test_plain_install_runs_the_quickstart(plain_venv: PlainVenv, plain_worker, 
     check_clean(nb, allowed_errors=meant)
     job_cells = [c for c in code_cells(nb) if re.search(r"^\s*\w+\s*=\s*%(enqueue|map)\b", c.source, re.M)]
     assert len(job_cells) >= 4, [c.source for c in job_cells]
+    client = private_redis.client()
     for c in job_cells:
         plain, page = final_report(c)
         assert re.search(r"\b(finished|failed|canceled)\b", plain), (c.source, plain)
+        job_id = re.match(r"Job ([0-9a-f]+) ", plain)
+        if job_id:  # the report tells the job's last state, e.g. after a requeue
+            status = (client.hget(keys.job(job_id.group(1)), "status") or b"?").decode()
+            assert re.search(rf": {status}\b", plain) and f"nbq-status-{status}" in cell_html(c), (
+                f"the saved report of {c.source!r} is not the job's final state ({status}): {plain}")
+    client.close()
