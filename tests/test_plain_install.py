@@ -62,6 +62,11 @@ def clean_env(**extra: str) -> dict:
     return env
 
 
+def pip(python: Path) -> list:
+    """The test venv's pip, acting on the environment of ``python``."""
+    return [sys.executable, "-m", "pip", "--python", str(python)]
+
+
 def _pip_noise(text: str) -> str:
     """pip's output without the mirror's 'Location … is ignored' lines."""
     return "\n".join(line for line in text.splitlines() if "is ignored: it is neither" not in line)[-3000:]
@@ -79,9 +84,9 @@ def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> PlainVenv:
     started = time.monotonic()
     shutil.copytree(REPO, src, ignore=NOT_SHIPPED)
     python = venv / "bin" / "python"
-    steps = [
-        [sys.executable, "-m", "venv", str(venv)],
-        [str(python), "-m", "pip", "install", "--no-input", "--quiet", str(src), "ipykernel"],
+    steps = [  # the venv gets no pip of its own (ensurepip costs seconds): the test venv's pip installs into it
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+        [*pip(python), "install", "--no-input", "--quiet", str(src), "ipykernel"],
     ]
     for cmd in steps:
         try:
@@ -227,7 +232,7 @@ def test_plain_install_ships_the_whole_package(plain_venv: PlainVenv):
                          cwd=str(plain_venv.root), env=clean_env())
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve() == (installed / "__init__.py").resolve()
-    check = subprocess.run([str(plain_venv.python), "-m", "pip", "check"], capture_output=True, text=True, env=clean_env())
+    check = subprocess.run([*pip(plain_venv.python), "check"], capture_output=True, text=True, env=clean_env())
     assert check.returncode == 0, f"pip check in the plain venv: {check.stdout}{check.stderr}"
 
 
@@ -314,3 +319,21 @@ def test_plain_install_runs_the_quickstart(plain_venv: PlainVenv, plain_worker, 
             assert re.search(rf": {status}\b", plain) and f"nbq-status-{status}" in cell_html(c), (
                 f"the saved report of {c.source!r} is not the job's final state ({status}): {plain}")
     client.close()
+
+
+def test_binder_installs_what_the_quickstart_needs(plain_venv: PlainVenv):
+    """binder/requirements.txt installs the repo (which brings IPython and ipywidgets) and an
+    ipykernel whose clicks work while a cell runs; it resolves (pip --dry-run); binder/start runs a
+    worker for the quickstart's queue in notebooks/."""
+    lines = [line.split("#")[0].strip() for line in (REPO / "binder" / "requirements.txt").read_text().splitlines()]
+    lines = [line for line in lines if line]
+    assert "-e ." in lines or "." in lines, lines
+    assert any(re.fullmatch(r"ipykernel\s*>=\s*7(\.\d+)*", line) for line in lines), lines
+    src = plain_venv.root / "src"
+    dry = subprocess.run([*pip(plain_venv.python), "install", "--dry-run", "--quiet", "--no-input",
+                          "-r", "binder/requirements.txt"], capture_output=True, text=True, cwd=str(src),
+                         timeout=300, env=clean_env())
+    assert dry.returncode == 0, _pip_noise(dry.stdout + dry.stderr)
+    start = (REPO / "binder" / "start").read_text()
+    assert re.search(r"cd notebooks && nohup nbqueue worker\s*>", start), start  # the default queue
+    assert 'exec "$@"' in start
