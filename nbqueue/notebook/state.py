@@ -134,10 +134,16 @@ class JobState:
         return ""
 
     def html(self) -> str:
-        body = self.header_html()
+        """The whole state as one HTML block, with the widget's class names (the static report)."""
+        body = f'<div class="nbq-job-header">{self.header_html()}</div>'
         if self.progress:
-            body += f"<div>progress: {esc(self.progress_text())}</div>"
-        return f'<div class="nbq-job">{body}{self.output_html()}{self.outcome_html()}</div>'
+            body += f'<div class="nbq-job-progress">progress: {esc(self.progress_text())}</div>'
+        if self.lines:
+            body += f'<div class="nbq-job-output">{self.output_html()}</div>'
+        outcome = self.outcome_html()
+        if outcome:
+            body += f'<div class="nbq-job-outcome">{outcome}</div>'
+        return f'<div class="nbq-job">{body}</div>'
 
     def text(self) -> str:
         line = f"Job {self.id} {short(self.call)}" + (f" on {self.queue}" if self.queue else "") + f": {self.status}"
@@ -245,7 +251,8 @@ class GroupState:
                 f"color:{COLORS[FAILED]}'>{esc(self.first_failure.rstrip())}</pre>")
 
     def html(self) -> str:
-        return f'<div class="nbq-group">{self.header_html()}{self.failure_html()}</div>'
+        failure = f'<div class="nbq-group-failure">{self.failure_html()}</div>' if self.first_failure else ""
+        return f'<div class="nbq-group"><div class="nbq-group-header">{self.header_html()}</div>{failure}</div>'
 
     def text(self) -> str:
         c = self.counts()
