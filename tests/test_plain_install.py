@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import nbclient  # the test extra: missing, this module fails to import (never a silent skip)
+import nbformat
 import pytest
 from conftest import WorkerProcess
 
 from nbqueue import keys
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -259,6 +258,13 @@ PLAIN_CELLS = [
     "job.result(timeout=60)",
     "sum(squares.results(timeout=60))",
     "try:\n    bad.result(timeout=60)\nexcept nbqueue.JobFailed as exc:\n    print('failed as expected:', type(exc).__name__)",
+    # hostile: a job that floods its output, a 20 MB result, an empty group: the saved notebook stays small
+    "%%nbqueue.module plain_extra\ndef flood(n):\n    for i in range(n):\n        print('line', i, 'x' * 100)\n"
+    "    return n\n\ndef huge():\n    return b'x' * 20_000_000",
+    "flood = %enqueue plain_extra.flood(50_000)",
+    "big = %enqueue plain_extra.huge()",
+    "nothing = %map tasks.square []",
+    "flood.result(timeout=120), len(big.result(timeout=120)), nothing.results(timeout=10)",
 ]
 
 
@@ -291,6 +297,15 @@ def test_plain_install_notebook_saves_final_states(plain_venv: PlainVenv, plain_
     plain, page = final_report(cell(nb, "bad = %enqueue"))
     for text in (plain, page):
         assert "failed" in text and "ZeroDivisionError" in text, (plain, page)
+
+    assert result_text(nb, "flood.result") == "(50000, 20000000, [])"
+    plain, page = final_report(cell(nb, "flood = %enqueue"))
+    assert "finished" in plain and "50000" in plain and "line 49999" in page, (plain, page)
+    plain, page = final_report(cell(nb, "big = %enqueue"))
+    assert "finished" in plain, plain
+    final_report(cell(nb, "nothing = %map"))
+    saved = len(nbformat.writes(nb))
+    assert saved < 300_000, f"the saved notebook holds {saved} characters after a flood and a 20 MB result"
 
 
 def test_plain_install_runs_the_quickstart(plain_venv: PlainVenv, plain_worker, private_redis, tmp_path: Path,
