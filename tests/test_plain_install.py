@@ -133,7 +133,8 @@ def plain_worker(plain_venv: PlainVenv, private_redis, tmp_path: Path) -> Iterat
 
 def copy_notebooks(tmp_path: Path) -> Path:
     work = tmp_path / "notebooks"
-    shutil.copytree(NOTEBOOKS, work, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "quick.py"))
+    shutil.copytree(NOTEBOOKS, work, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "quick.py",
+                                                                    "notes.txt", "plain_extra.py"))
     return work
 
 
