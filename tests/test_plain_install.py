@@ -232,6 +232,8 @@ def test_plain_install_ships_the_whole_package(plain_venv: PlainVenv):
                          cwd=str(plain_venv.root), env=clean_env())
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve() == (installed / "__init__.py").resolve()
+    others = subprocess.run([str(plain_venv.python), "-c", "import nbclient"], capture_output=True, env=clean_env())
+    assert others.returncode != 0, "the plain venv sees the test venv's packages: it is not plain"
     check = subprocess.run([*pip(plain_venv.python), "check"], capture_output=True, text=True, env=clean_env())
     assert check.returncode == 0, f"pip check in the plain venv: {check.stdout}{check.stderr}"
 
