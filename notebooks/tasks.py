@@ -26,6 +26,12 @@ def divide(a, b):
     return a / b
 
 
+def count_words(path):
+    """Count the words of a text file (fails while the file is not there)."""
+    with open(path, encoding="utf-8") as file:
+        return len(file.read().split())
+
+
 def crunch(steps=30, pause=0.1):
     """A longer job: reports its progress and prints as it goes."""
     total = 0

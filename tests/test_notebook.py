@@ -52,6 +52,10 @@ def test_quickstart_notebook_runs_against_a_real_worker(start_worker, redis_clie
     assert crunch.index("'20 steps done, total so far 2870'") < crunch.index("'INFO tasks: crunched 30 steps'")
     assert result_text(nb, "sum(squares") == "328350"
     assert result_text(nb, "mail.result") == "('sent to ada@example.com', 'Report  ready')"
+    assert result_text(nb, "slow.cancel") == "'canceled'"
+    missing = [o.text for o in outputs_of(nb, "from nbqueue import JobFailed") if o.output_type == "stream"]
+    assert missing and "FileNotFoundError" in missing[0], missing
+    assert result_text(nb, 'Path("notes.txt").write_text') == "10"  # requeued once the input was there
 
     # the failure shows the worker's traceback, not local frames
     errors = [o for o in outputs_of(nb, "bad.result") if o.output_type == "error"]
