@@ -5,7 +5,8 @@ each job at enqueue, in the calling process and thread, as an inline worker woul
 guard, the same pickling round trip through Redis, the same signatures, the same outcome
 recorded in Redis, so ``job.result()``, ``job.logs()`` and the widgets read it as usual. A
 failure is recorded, not raised: ``job.result()`` raises it. A delay or retry delay is not waited
-for: the job runs at once.
+for: the job runs at once. If a worker serving the same queue takes the job first, enqueue returns
+once that worker ended it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import socket
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Iterator, List
 
-from .job import QUEUED, SCHEDULED, Job
+from .errors import NbqueueError
+from .job import QUEUED, SCHEDULED, STARTED, Job
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -63,6 +65,11 @@ def run_now(queue: "Queue", jobs: List[Job]) -> None:
                     break
                 if worker.run_one() is None:
                     break
+            if job.status == STARTED:  # a worker serving this queue took it first: enqueue still returns
+                try:                   # once it ended
+                    job.result()
+                except NbqueueError:
+                    pass
     finally:
         heartbeat.stop()
         worker._unregister()

@@ -87,3 +87,11 @@ def test_testing_mode_in_a_notebook_cell_runs_async_jobs_too(redis_client, tmp_p
     nbclient.NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": tests}}).execute()
     results = [[o.data["text/plain"] for o in c.outputs if o.output_type == "execute_result"] for c in nb.cells]
     assert results[1:] == [["(True, ['async says hello'])"], ["3"]], results
+
+
+def test_with_a_worker_on_the_same_queue_enqueue_still_returns_once_the_job_ended(redis_client, start_worker):
+    start_worker("race", "--inline", "-c", "4")
+    q = Queue("race", redis_client, is_async=False)
+    for i in range(10):
+        job = q.enqueue(nbq_tasks.sleep_then, 0.05, i)
+        assert job.status == "finished" and job.result(timeout=0) == i
