@@ -126,3 +126,20 @@ def test_display_outside_a_kernel_is_readable_text(ip, start_worker):
     group.results(timeout=10)
     assert "2/2 done (2 finished)" in ip.display_formatter.format(group)[0]["text/plain"]
     assert os.getcwd() != str(TESTS_DIR)
+
+
+def test_enqueue_workflow_options_name_objects_of_the_namespace(ip, start_worker, redis_client):
+    start_worker("wf", "--inline")
+    first = ip.run_line_magic("enqueue", "wf nbq_tasks.add(1, 2)")
+    ip.user_ns["first"] = first
+    job = ip.run_line_magic("enqueue", "wf nbq_tasks.add(first, 10) --on-success nbq_tasks.on_ok "
+                                       "--depends-on [first] --meta '{\"run\": 3}'")
+    assert job.result(timeout=20) == 13  # first's result came in as the argument
+    assert job.meta == {"run": 3} and job.dependencies == (first.id,)
+    assert redis_client.hget(f"nbq:job:{job.id}", "on_success") == b"nbq_tasks:on_ok"
+    with pytest.raises(UsageError, match="--on-success"):
+        ip.run_line_magic("enqueue", "wf nbq_tasks.add(1, 2) --on-success no_such_name")
+    with pytest.raises(UsageError, match="callable|on_success"):
+        ip.run_line_magic("enqueue", "wf nbq_tasks.add(1, 2) --on-success 42")
+    unique = ip.run_line_magic("enqueue", "wf nbq_tasks.sleep_then(0.5, 'u') --unique-key wf-key")
+    assert ip.run_line_magic("enqueue", "wf nbq_tasks.add(1, 1) --unique-key wf-key") == unique

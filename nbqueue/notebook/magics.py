@@ -31,6 +31,7 @@ from .widgets import remember_call, remember_group
 _OPTION = re.compile(r"\s--(?=[A-Za-z])")
 _QUEUE_WORD = re.compile(r"\s*(\S+)\s+(\S.*)\Z", re.S)
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+EXPRESSIONS = ("on_success", "on_failure", "depends_on")  # options naming objects of the user's namespace
 ENQUEUE_USAGE = "%enqueue [QUEUE] func(args) [--timeout N] [--retries N] [--at-front] [--job-id ID] ..."
 MAP_USAGE = "%map [QUEUE] func iterable [--timeout N] [--result-ttl N] ..."
 
@@ -65,7 +66,7 @@ def parse_options(text: str, accepted: dict, usage: str) -> dict:
             raise UsageError(f"option {word} needs a value. Usage: {usage}")
         else:
             word = words.pop(0)
-            options[name] = word if name.endswith("_id") else _value(word)  # an id stays text
+            options[name] = word if name.endswith("_id") or name in EXPRESSIONS else _value(word)  # ids stay text
     return options
 
 
@@ -94,6 +95,13 @@ def _parse(text: str, mode: str = "eval") -> Optional[ast.AST]:
         return ast.parse(text.strip(), mode=mode).body
     except SyntaxError:
         return None
+
+
+def _parse_option(text: str, name: str) -> ast.AST:
+    node = _parse(text)
+    if node is None:
+        raise UsageError(f"--{name.replace('_', '-')} {text!r} is not a Python expression")
+    return node
 
 
 def _is_call(text: str) -> bool:
@@ -215,7 +223,11 @@ class NbqueueMagics(Magics):
             line, lambda text: _parse(text) if _is_call(text) else None, ENQUEUE_USAGE)
         queue = self._queue(queue_word)
         options = parse_options(options_text, _options_of(queue.enqueue_call), ENQUEUE_USAGE)
-        func, args, kwargs = _Evaluator(self.shell.user_ns).call(call)
+        evaluate = _Evaluator(self.shell.user_ns)
+        for name in EXPRESSIONS:  # --on-success tasks.notify, --depends-on [a, b]: evaluated here
+            if isinstance(options.get(name), str):
+                options[name] = evaluate(_parse_option(options[name], name), f"--{name.replace('_', '-')}")
+        func, args, kwargs = evaluate.call(call)
         try:
             job = queue.enqueue_call(func, args, kwargs, **options)
         except EnqueueError as exc:
