@@ -243,3 +243,13 @@ def frontend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     root = tmp_path_factory.mktemp(f"root-{request.param}")
     with serve(request.param, root, [TESTS_DIR / "nbq_tasks.py", TESTS_DIR / "browser_tasks.py"]) as server:
         yield server
+
+
+def cell_values(cells: list, timeout: float = 60) -> list:
+    """Run code ``cells`` in a real kernel (nbclient) in ``tests/``; each cell's values (text/plain)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(TESTS_DIR)}}).execute()
+    return [[o.data["text/plain"] for o in c.outputs if o.output_type == "execute_result"] for c in nb.cells]

@@ -177,12 +177,9 @@ def small_list(n):
 
 def until_file(path, value=None, timeout=30):
     """Wait until ``path`` exists (the test opens the gate), then return ``value``."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.01)
-    return value
+    from chaos_tasks import gated
+
+    return gated(path, value, timeout)
 
 
 def chatty(n):

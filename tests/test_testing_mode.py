@@ -8,6 +8,7 @@ import pytest
 
 import async_tasks
 import nbq_tasks
+from conftest import cell_values
 import nbqueue
 from nbqueue import EnqueueError, JobFailed, Queue
 
@@ -77,15 +78,10 @@ def test_a_job_queued_before_runs_first_and_nothing_is_left_behind(redis_client)
 
 def test_testing_mode_in_a_notebook_cell_runs_async_jobs_too(redis_client, tmp_path):
     """A cell runs on the kernel's event loop: an async job's loop runs beside it, not inside."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     cells = ["import async_tasks, nbq_tasks\nfrom nbqueue import Queue\nq = Queue('nbsync', is_async=False)",
              "job = q.enqueue(async_tasks.whoami)\njob.result(timeout=0)[0] == job.id, job.logs()",
              "q.enqueue(nbq_tasks.add, 1, 2).result(timeout=0)"]
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    tests = os.path.dirname(os.path.abspath(__file__))
-    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": tests}}).execute()
-    results = [[o.data["text/plain"] for o in c.outputs if o.output_type == "execute_result"] for c in nb.cells]
+    results = cell_values(cells)
     assert results[1:] == [["(True, ['async says hello'])"], ["3"]], results
 
 

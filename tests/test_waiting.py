@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
 
 import nbq_tasks
 import nbqueue
-from conftest import wait_for
+from conftest import cell_values, wait_for
 from nbqueue import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Group, JobCanceled, JobFailed, NoSuchGroup,
                      Queue, ResultTimeout)
 
@@ -138,15 +137,10 @@ def test_a_mapped_group_is_fetched_back_by_its_id(redis_client, start_worker):
 
 
 def test_top_level_await_in_a_notebook_cell(redis_client, start_worker, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     start_worker("wnb", "--inline")
     cells = ["import nbq_tasks\nfrom nbqueue import Queue\nq = Queue('wnb')",
              "await q.enqueue(nbq_tasks.add, 20, 22)",
              "await q.map(nbq_tasks.add, [])  # an empty group",
              "import asyncio\nawait asyncio.gather(q.enqueue(nbq_tasks.add, 1, 1), q.map(nbq_tasks.echo, [7]))"]
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    tests = os.path.dirname(os.path.abspath(__file__))
-    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": tests}}).execute()
-    results = [[o.data["text/plain"] for o in c.outputs if o.output_type == "execute_result"] for c in nb.cells]
+    results = cell_values(cells)
     assert results[1:] == [["42"], ["[]"], ["[2, [((7,), {})]]"]], results
