@@ -214,6 +214,8 @@ class Job:
             if values[0] is None:
                 raise self._missing()
             func, code, *options, data, sig, on_success, on_failure = values
+            if self.func_name is None:  # read here anyway: description needs no second round trip
+                self.func_name = func.decode(errors="replace")
             signer = signing.get(self.connection, self._secret)
             if signer is not None:
                 refusal = signer.job_refusal(self.id.encode(), func, code, options, data, sig, (on_success, on_failure))
