@@ -51,11 +51,14 @@ import threading
 import weakref
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Optional
 
-from redis import Redis
+from redis import ConnectionError as RedisConnectionError
+from redis import TimeoutError as RedisTimeoutError
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
 
 PREFIX = "nbq:"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")  # queue names and job ids, as they go into keys
@@ -185,7 +188,7 @@ def evalsha(name: str, keys: list, args: list) -> tuple:
 _local = threading.local()  # per thread: connection pool -> the thread's own connection
 
 
-def send(client: Redis, *commands: tuple) -> list:
+def send(client: Any, *commands: tuple) -> list:
     """Send ``commands`` in one round trip on this thread's own connection; return the replies.
 
     The hot paths (enqueue, take, finish, heartbeat) use this instead of the client: redis-py's
@@ -196,13 +199,13 @@ def send(client: Redis, *commands: tuple) -> list:
     lost its scripts gets them loaded and the commands resent. Any other error drops the
     connection (the next call reconnects) and is raised: a command that may have run is never
     sent twice.
+
+    On a cluster (a ``RedisCluster`` client) the commands must share one slot (asserted); they go
+    to the master owning it (``_send_cluster``).
     """
-    if getattr(_local, "pid", None) != os.getpid():  # a forked child must not share the parent's sockets
-        _local.pid, _local.connections = os.getpid(), weakref.WeakKeyDictionary()
-    pool = client.connection_pool
-    conn = _local.connections.get(pool)
-    if conn is None:
-        conn = _local.connections[pool] = pool.make_connection()
+    if isinstance(client, RedisCluster):
+        return _send_cluster(client, commands)
+    conn = _connection(client.connection_pool)
     packed = conn.pack_commands(commands)
     for attempt in range(2):
         try:
@@ -219,6 +222,134 @@ def send(client: Redis, *commands: tuple) -> list:
             conn.disconnect()
             raise
     raise AssertionError("unreachable")
+
+
+def send_grouped(client: Any, *commands: tuple) -> list:
+    """``send`` for commands of several slots: on a cluster, one round trip per slot (in the order
+    each slot first appears), keyless commands with the first; standalone, one round trip. The
+    replies in the commands' order."""
+    if not isinstance(client, RedisCluster):
+        return send(client, *commands)
+    groups: dict = {}
+    for i, command in enumerate(commands):
+        groups.setdefault(slot_of(command), []).append(i)
+    if None in groups and len(groups) > 1:
+        keyless = groups.pop(None)
+        groups[next(iter(groups))] += keyless
+    replies: list = [None] * len(commands)
+    for indexes in groups.values():
+        for i, reply in zip(indexes, send(client, *(commands[i] for i in indexes))):
+            replies[i] = reply
+    return replies
+
+
+def _connection(pool: Any) -> Any:
+    """This thread's own connection of ``pool`` (a new one after a fork)."""
+    if getattr(_local, "pid", None) != os.getpid():  # a forked child must not share the parent's sockets
+        _local.pid, _local.connections = os.getpid(), weakref.WeakKeyDictionary()
+    conn = _local.connections.get(pool)
+    if conn is None:
+        conn = _local.connections[pool] = pool.make_connection()
+    return conn
+
+
+def slot_of(command: tuple) -> Optional[int]:
+    """The cluster slot of the keys of a command given to ``send`` (None: it has none); an
+    ``AssertionError`` if they are in different slots."""
+    name = (command[0] if isinstance(command[0], str) else command[0].decode()).upper()
+    if name in ("EVALSHA", "EVAL"):
+        names = command[3:3 + int(command[2])]
+    elif name in ("BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX"):
+        names = command[1:-1]
+    elif name in ("PING", "ASKING", "PUBLISH"):
+        names = ()
+    else:
+        names = command[1:2]
+    slots = {key_slot(k if isinstance(k, bytes) else str(k).encode()) for k in names}
+    assert len(slots) <= 1, f"one command's keys span slots {sorted(slots)}: {command[:4]}"
+    return slots.pop() if slots else None
+
+
+_REDIRECTED = (MovedError, AskError)  # MovedError is an AskError: the command did not run, ask elsewhere
+_NOT_RUN = (TryAgainError, ClusterDownError)  # the command did not run: a failover or a migration under way
+_stale: "weakref.WeakSet[Any]" = weakref.WeakSet()  # cluster clients whose slot map must be read anew
+
+
+def _send_cluster(client: RedisCluster, commands: tuple) -> list:
+    """``send`` on a cluster: one round trip to the master of the commands' slot, on this thread's
+    own connection to it. A command answered MOVED or ASK did not run: the slot map is read anew
+    (MOVED) and the commands that were redirected, only those, are sent once more to the node
+    named (after ASKING, for ASK). A node that lost its scripts gets them loaded and the commands
+    that failed so resent. A lost connection, TRYAGAIN or CLUSTERDOWN (a failover under way) is
+    raised as a ``ConnectionError`` (callers wait those out), and the slot map is read anew
+    before the next call."""
+    slots = {slot_of(c) for c in commands} - {None}
+    assert len(slots) <= 1, f"commands sent together must share a slot, not {sorted(slots)}"
+    slot = slots.pop() if slots else None
+    manager = client.nodes_manager
+    if client in _stale:
+        _stale.discard(client)
+        manager.initialize()
+    node = client.get_default_node() if slot is None else manager.get_node_from_slot(slot)
+    replies: list = [None] * len(commands)
+    todo, asking = list(range(len(commands))), False
+    for attempt in range(3):
+        for i, reply in zip(todo, _round_trip(client, node, [commands[i] for i in todo], asking)):
+            replies[i] = reply
+        errors = [r for r in replies if isinstance(r, ResponseError)]
+        if not errors:
+            return replies
+        redirected = [i for i in todo if isinstance(replies[i], _REDIRECTED)]
+        unloaded = [i for i in todo if isinstance(replies[i], NoScriptError)]
+        other = [r for r in errors if not isinstance(r, (*_REDIRECTED, NoScriptError))]
+        if other:
+            if any(isinstance(r, _NOT_RUN) for r in other):
+                _stale.add(client)
+                raise RedisConnectionError(f"cluster not ready for slot {slot}: {other[0]}")
+            raise other[0]
+        if attempt == 2:
+            break
+        if redirected:
+            error = replies[redirected[0]]
+            asking = not isinstance(error, MovedError)
+            if not asking:
+                manager.initialize()
+            node = manager.get_node(error.host, error.port)
+            if node is None:  # a node the map does not know yet
+                manager.initialize()
+                node = manager.get_node(error.host, error.port)
+            if node is None:
+                _stale.add(client)
+                raise RedisConnectionError(f"cluster: slot {slot} moved to unknown node {error.node_addr}")
+            todo = redirected
+        else:
+            target = client.get_redis_connection(node)
+            for name in SCRIPTS:
+                target.script_load(script(name).script)
+            todo, asking = unloaded, False
+    raise next(r for r in replies if isinstance(r, ResponseError))
+
+
+def _round_trip(client: RedisCluster, node: Any, commands: list, asking: bool) -> list:
+    """Send ``commands`` to ``node`` in one packet (each after ASKING if ``asking``); the replies,
+    errors as values. A lost connection is raised, and the slot map marked stale."""
+    conn = _connection(client.get_redis_connection(node).connection_pool)
+    sent = [c for command in commands for c in ((("ASKING",), command) if asking else (command,))]
+    try:
+        _ready(conn)
+        conn.send_packed_command(conn.pack_commands(sent))
+        replies = []
+        for _ in sent:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:  # read whole: the connection stays in step
+                replies.append(exc)
+    except BaseException as exc:
+        conn.disconnect()
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+            _stale.add(client)
+        raise
+    return replies[1::2] if asking else replies
 
 
 def _ready(conn: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import redis
 
 from . import child, flow, keys, signing
-from .connection import describe, get_connection
+from .connection import connection_options, describe, get_connection
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
@@ -110,7 +110,7 @@ class Worker:
             "dequeue", [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues), keys.SUSPENDED],
             [self.name, int(LEASE * 1000), *self.queues])
         self._wait_keys = [*map(keys.wake, self.queues), keys.worker_wake(self.name)]
-        socket_timeout = self.connection.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = connection_options(self.connection).get("socket_timeout")
         # block for less than the client's read timeout (redis-py's default is 5 s), or reads get cut off
         self._idle_wait = IDLE_WAKE if not socket_timeout else max(0.1, min(IDLE_WAKE, socket_timeout - 1))
         if self.max_idle is not None:
