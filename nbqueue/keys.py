@@ -72,6 +72,11 @@ SUSPENDED = PREFIX + "suspended"
 SCHEDULES = PREFIX + "schedules"
 
 
+def tag(queue: str) -> str:  # TEMPORARY until h-layout lands (its keys.tag)
+    import hashlib
+    return hashlib.sha1(queue.encode()).hexdigest()[:4]
+
+
 def queue(name: str) -> str:
     return f"{PREFIX}queue:{name}"
 
@@ -171,7 +176,7 @@ def _source(name: str) -> bytes:
 
 
 SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output",
-           "defer", "release", "due", "fire")
+           "defer", "release", "due", "fire", "reflag")
 
 
 def run(client: Any, name: str, keys: list, args: list) -> Any:
@@ -222,6 +227,11 @@ def send(client: Any, *commands: tuple) -> list:
             conn.disconnect()
             raise
     raise AssertionError("unreachable")
+
+
+def worker_wake_on(worker_name: str, queue_name: str) -> str:
+    """The worker's wake list on the slot of ``queue_name`` (its waker there blocks on it too)."""
+    return f"{PREFIX}{{{tag(queue_name)}}}:wake-worker:{worker_name}"
 
 
 def send_grouped(client: Any, *commands: tuple) -> list:

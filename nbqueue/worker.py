@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import redis
 
-from . import child, flow, keys, signing
+from . import child, flow, keys, signing, takes
 from .connection import connection_options, describe, get_connection
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
@@ -39,6 +39,8 @@ STOP_GRACE = 3.0  # seconds a "stop now" waits for an inline job that ignores it
 
 class Worker:
     """Serve ``queues`` (first = highest priority), running each job in a forked child or inline.
+
+    On a cluster, queues on different slots are taken from in priority order too (``takes.py``).
 
     ``adopt_orphans`` (fork mode, Linux): this process becomes a subreaper, so the processes a
     killed job leaves, even those that left its process group (``setsid``), come to it and are
@@ -110,11 +112,18 @@ class Worker:
             "dequeue", [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues), keys.SUSPENDED],
             [self.name, int(LEASE * 1000), *self.queues])
         self._wait_keys = [*map(keys.wake, self.queues), keys.worker_wake(self.name)]
+        runs = takes.runs_of(self.connection, self.queues, split=self.split_runs)
+        self._run_takes = {tuple(run): keys.evalsha(
+            "dequeue", [keys.ACTIVE, *map(keys.queue, run), *map(keys.wake, run), keys.SUSPENDED],
+            [self.name, int(LEASE * 1000), *run]) for run in runs}
+        self._takes = takes.Takes(self, runs, self._take_run, self._redis) if len(runs) > 1 else None
         socket_timeout = connection_options(self.connection).get("socket_timeout")
         # block for less than the client's read timeout (redis-py's default is 5 s), or reads get cut off
         self._idle_wait = IDLE_WAKE if not socket_timeout else max(0.1, min(IDLE_WAKE, socket_timeout - 1))
         if self.max_idle is not None:
             self._idle_wait = max(0.1, min(self._idle_wait, self.max_idle))
+
+    split_runs = False  # tests: take run by run (one per queue) on a standalone server, as on a cluster
 
     # --- the loop -------------------------------------------------------------------------
     def work(self) -> int:
@@ -229,8 +238,18 @@ class Worker:
     def _take(self) -> Optional[Taken]:
         if not self._may_take():
             return None
-        reply = self._redis(lambda: keys.send(self.connection, self._take_command)[0])
-        return self._taken_from(reply)
+        return self._taken_from(self._take_reply())
+
+    def _take_reply(self) -> Any:
+        """Take a job (a slot reserved one): the take's reply."""
+        if self._takes is not None:
+            return self._takes.take()
+        return self._redis(lambda: keys.send(self.connection, self._take_command)[0])
+
+    def _take_run(self, queues: list) -> Any:
+        """Take a job from one run of queues that share a slot (``takes.py``)."""
+        command = self._run_takes[tuple(queues)]
+        return self._redis(lambda: keys.send(self.connection, command)[0])
 
     def _wait_and_take(self) -> Optional[Taken]:
         """Block until a wake flag of one of our queues is set (or a stop, or a while passes), then
@@ -239,6 +258,9 @@ class Worker:
         if not self._may_take():
             self._redis(lambda: self.connection.blpop([keys.worker_wake(self.name)], self._idle_wait))
             return None
+        if self._takes is not None:  # queues on several slots: wait for a waker, then take in order
+            self._takes.wait(self._idle_wait)
+            return self._taken_from(None if self._stopping else self._takes.take())
         _, reply = self._redis(lambda: keys.send(
             self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command))
         return self._taken_from(reply)
@@ -339,10 +361,11 @@ class Worker:
             node_keys, values = self._redis(lambda: flow.dependents_of(self.connection, taken.id, status != FINISHED))
         commands = [keys.evalsha("finish", [*script_keys, keys.dependents(taken.id), *node_keys],
                                  [*head, *values, *fields])]
-        if then_take:
+        together = then_take and self._takes is None  # on several slots, the take goes on its own
+        if together:
             commands.append(self._take_command)
         replies = self._redis(lambda: keys.send(self.connection, *commands))
-        following = self._taken_from(replies[1]) if then_take else None
+        following = self._taken_from(replies[1] if together else self._take_reply()) if then_take else None
         written = replies[0]
         if written == 3:
             written = self._redis(lambda: flow.end_with_dependents(
@@ -452,8 +475,11 @@ class Worker:
         """Stop after the running jobs."""
         self._stopping = True
         self._poke()
+        if self._takes is not None:
+            self._takes.stop()
         try:
-            self.connection.rpush(keys.worker_wake(self.name), *[b"stop"] * self.concurrency)
+            wake = [("RPUSH", key, *[b"stop"] * self.concurrency) for key in self._wake_lists()]
+            keys.send_grouped(self.connection, *wake)
         except redis.RedisError:
             pass  # idle slots notice within IDLE_WAKE seconds
 
@@ -485,12 +511,14 @@ class Worker:
                 pass
         log.warning("worker %s exits with %d job(s) marked failed that ignored the stop", self.name, len(runs))
 
+    def _wake_lists(self) -> list:
+        """The lists the worker's own threads block on (a stop pushes onto them)."""
+        return [keys.worker_wake(self.name), *(self._takes.wake_keys() if self._takes is not None else [])]
+
     def _unregister(self) -> None:
         try:
-            with self.connection.pipeline() as pipe:
-                pipe.delete(keys.worker(self.name), keys.worker_wake(self.name))
-                pipe.zrem(keys.WORKERS, self.name)
-                pipe.execute()
+            keys.send_grouped(self.connection, ("DEL", keys.worker(self.name)), ("ZREM", keys.WORKERS, self.name),
+                              *[("DEL", key) for key in self._wake_lists()])
         except redis.RedisError as exc:
             log.warning("could not unregister worker %s: %s", self.name, exc)
 

@@ -86,9 +86,12 @@ CLUSTER_MODE = os.environ.get("NBQUEUE_TEST_CLUSTER", "") not in ("", "0")  # th
 not_on_cluster = pytest.mark.skipif(CLUSTER_MODE, reason="NBQUEUE_TEST_CLUSTER: needs a standalone server")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "standalone(reason): needs a standalone Redis (skipped on a cluster)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     """With NBQUEUE_TEST_CLUSTER, tests marked ``standalone("why")`` are skipped, saying why."""
-    config.addinivalue_line("markers", "standalone(reason): needs a standalone Redis (skipped on a cluster)")
     if CLUSTER_MODE:
         for item in items:
             mark = item.get_closest_marker("standalone")
