@@ -290,7 +290,7 @@ def _send_cluster(client: RedisCluster, commands: tuple) -> list:
     own connection to it. A command answered MOVED or ASK did not run: the slot map is read anew
     (MOVED) and the commands that were redirected, only those, are sent once more to the node
     named (after ASKING, for ASK). A node that lost its scripts gets them loaded and the commands
-    that failed so resent. A lost connection, TRYAGAIN or CLUSTERDOWN (a failover under way) is
+    that failed so resent (commands after them in the packet ran once, before them). A lost connection, TRYAGAIN or CLUSTERDOWN (a failover under way) is
     raised as a ``ConnectionError`` (callers wait those out), and the slot map is read anew
     before the next call."""
     slots = {slot_of(c) for c in commands} - {None}

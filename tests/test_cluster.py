@@ -1,0 +1,144 @@
+"""nbqueue on a Redis/Valkey Cluster: a local 3-master cluster (``tests/clusters.py``), a single-shard
+cluster-mode server (as managed services give), and 3 masters + 3 replicas to kill a master."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from conftest import wait_for
+from nbqueue import connection, keys
+from nbqueue.errors import InvalidURL
+
+HOST = "127.0.0.1"
+
+
+# --- connecting -------------------------------------------------------------------------------
+def test_cluster_urls_plain_node_urls_and_node_clients_all_give_a_cluster_client(cluster):
+    by_url = connection.get_connection(cluster.url)
+    assert isinstance(by_url, RedisCluster)
+    assert len(by_url.get_primaries()) == 3
+    several = connection.get_connection(f"redis+cluster://{HOST}:{cluster.nodes[1].port},{HOST}:1")
+    assert isinstance(several, RedisCluster)
+    detected = connection.get_connection(cluster.nodes[2].url)  # redis://host:port/0 of one node
+    assert isinstance(detected, RedisCluster), "a plain URL to a cluster node is detected"
+    node_client = redis.Redis(host=HOST, port=cluster.nodes[0].port)
+    wrapped = connection.get_connection(node_client)
+    assert isinstance(wrapped, RedisCluster) and connection.get_connection(node_client) is wrapped
+    assert connection.describe(wrapped).startswith("redis+cluster://127.0.0.1:")
+    wrapped.set("k", "v")
+    assert [c.get("k") for c in (by_url, several, detected)] == [b"v"] * 3
+
+
+def test_standalone_clients_stay_standalone(redis_client):
+    if isinstance(redis_client, RedisCluster):
+        pytest.skip("NBQUEUE_TEST_CLUSTER: the session's server is a cluster")
+    assert connection.get_connection(redis_client) is redis_client
+
+
+@pytest.mark.parametrize("url, why", [
+    ("redis+cluster://", "no host"),
+    ("redis+cluster://h:notaport", "not a port number"),
+    ("redis+cluster://h:7000/3", "only db 0"),
+])
+def test_malformed_cluster_urls_are_refused_saying_why(url, why):
+    with pytest.raises(InvalidURL, match=why):
+        connection.resolve(url)
+
+
+def test_a_cluster_url_with_a_password_is_masked():
+    assert connection.mask_url("redis+cluster://u:secret@h:1,h:2") == "redis+cluster://u:***@h:1,h:2"
+
+
+def test_a_single_shard_cluster_mode_endpoint_is_a_cluster(single_shard):
+    client = connection.get_connection(single_shard.nodes[0].url)
+    assert isinstance(client, RedisCluster) and len(client.get_primaries()) == 1
+    assert keys.send(client, ("SET", "{t}a", 1), ("INCR", "{t}a")) == [b"OK", 2]
+    assert keys.send_grouped(client, ("SET", "a", 1), ("SET", "b", 2)) == [b"OK", b"OK"]
+
+
+# --- keys.send: routing, redirections, scripts ----------------------------------------------
+def _move_slot(cluster, key: bytes, dst=None, finish: bool = True):
+    """Migrate ``key``'s slot to ``dst`` (another master; half-way, MIGRATING/IMPORTING, if not ``finish``)."""
+    slot = redis.crc.key_slot(key)
+    src = cluster.master_of(key)
+    dst = dst or next(n for n in cluster.masters() if n is not src)
+    with src.client() as s, dst.client() as d:
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src.node_id)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst.node_id)
+        if finish:
+            while True:
+                names = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+                if not names:
+                    break
+                s.execute_command("MIGRATE", HOST, dst.port, "", 0, 5000, "KEYS", *names)
+            for node in cluster.masters():
+                with node.client() as c:
+                    c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst.node_id)
+    return src, dst
+
+
+def test_send_follows_moved_and_ask_and_runs_nothing_twice(cluster, redis_client):
+    client = connection.get_connection(cluster.url)
+    assert keys.send(client, ("SET", "{m}count", 0), ("INCR", "{m}count")) == [b"OK", 1]
+    src, dst = _move_slot(cluster, b"{m}count", finish=False)
+    # half-way: the existing key still answers on the old owner, a new one is asked of the new one
+    assert keys.send(client, ("INCR", "{m}count"), ("SET", "{m}new", "x")) == [2, b"OK"]
+    with dst.client() as d:
+        d.execute_command("ASKING")
+        assert d.get("{m}new") == b"x"
+    _move_slot(cluster, b"{m}count", dst)  # now done: MOVED, the map is read anew
+    assert keys.send(client, ("INCR", "{m}count"), ("GET", "{m}new")) == [3, b"x"]
+    assert cluster.master_of(b"{m}count") is dst
+
+
+def test_send_loads_scripts_a_node_lost_and_refuses_commands_of_several_slots(cluster, redis_client):
+    client = connection.get_connection(cluster.url)
+    command = keys.evalsha("reflag", ["{s}:queue:x", "{s}:wake:x"], [])
+    assert keys.send(client, command) == [1]
+    with cluster.master_of(b"{s}").client() as node:
+        node.script_flush()
+    # the script is loaded and sent again, alone: the commands after it ran once, before it
+    assert keys.send(client, ("RPUSH", "{s}:queue:x", "id"), command, ("LLEN", "{s}:wake:x")) == [1, 1, 0]
+    assert keys.send(client, ("LLEN", "{s}:wake:x")) == [1]
+    with pytest.raises(AssertionError, match="share a slot"):
+        keys.send(client, ("GET", "{a}"), ("GET", "{b}"))
+    assert keys.send_grouped(client, ("SET", "{a}", 1), ("SET", "{b}", 2), ("MGET", "{a}")) == [b"OK", b"OK", [b"1"]]
+
+
+def test_a_cluster_pubsub_hears_what_a_script_publishes_on_another_node(cluster, redis_client):
+    """Events stay plain PUBLISH: a cluster forwards them to every node, so a watcher's pub/sub on
+    any node (redis-py picks one) hears jobs of every slot, and patterns work too."""
+    client = connection.get_connection(cluster.url)
+    channels = [f"nbq:{{{t}}}:ev:job" for t in ("a", "b", "c", "d")]
+    owners = {cluster.master_of(c.encode()).port for c in channels}
+    assert len(owners) >= 2, "the channels' slots are on several nodes"
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe(keys.PREFIX + "{*}:ev:*")
+    pubsub.subscribe(channels[0])
+    heard: list = []
+    stop = threading.Event()
+
+    def listen():
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.1)
+            if message:
+                heard.append((message["type"], message["data"]))
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    try:
+        for channel in channels:  # from a script, on the master of the channel's slot
+            keys.send(client, ("EVAL", "redis.call('PUBLISH', KEYS[1], ARGV[1]) return 1", 1, channel,
+                               json.dumps({"c": channel})))
+        wait_for(lambda: len([h for h in heard if h[0] == "pmessage"]) == 4, 5, message="4 pattern messages")
+        wait_for(lambda: len([h for h in heard if h[0] == "message"]) == 1, 5, message="1 channel message")
+    finally:
+        stop.set()
+        thread.join(5)
+        pubsub.close()
