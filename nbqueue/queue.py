@@ -88,8 +88,8 @@ class Queue:
 
     @property
     def connection(self) -> redis.Redis:
-        if not isinstance(self._connection, redis.Redis):
-            self._connection = get_connection(self._connection)
+        if not getattr(self, "_resolved", False):
+            self._connection, self._resolved = get_connection(self._connection), True  # may be a RedisCluster
         return self._connection
 
     @property
