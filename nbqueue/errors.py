@@ -17,6 +17,8 @@
     ├── ServerError (RuntimeError) ....... the embedded server can't be found, started or stopped
     ├── InvalidProgress (TypeError, ValueError)  progress() was given no finite number
     ├── NoSuchJob (LookupError) .......... no job with that id (or it expired)
+    │   └── JobQueueUnknown .............. a job id you chose, looked up without its queue
+    ├── LayoutError ...................... the Redis holds another key layout (an older nbqueue's)
     ├── NoSuchGroup (LookupError) ........ no group with that id (or it expired)
     ├── InvalidTransition ................ the job's state does not allow it
     ├── ResultTimeout (TimeoutError) ..... result(timeout=...) gave up; the job goes on
@@ -85,6 +87,16 @@ class InvalidProgress(NbqueueError, TypeError, ValueError):
 
 class NoSuchJob(NbqueueError, LookupError):
     """No job with that id (never enqueued, or expired after its TTL)."""
+
+
+class JobQueueUnknown(NoSuchJob):
+    """A job id chosen by the caller (``job_id=...``) was looked up without its queue: its keys live
+    under the queue's slot tag, so give ``queue=`` (ids nbqueue makes carry their queue's tag)."""
+
+
+class LayoutError(NbqueueError):
+    """The Redis holds keys of another nbqueue key layout (the previous, untagged one): nothing is read
+    or written until it is drained with the version that wrote it, or the ``nbq:*`` keys are removed."""
 
 
 class NoSuchGroup(NbqueueError, LookupError):

@@ -66,7 +66,7 @@ class Takes:
         self.worker = worker
         self.connection = worker.connection
         self.runs = [Run(worker.name, queues) for queues in runs]
-        self._take_run = take_run  # the worker's take from one run's queues: a job, "suspended", or falsy
+        self._take_run = take_run  # the worker's take from one run's queues: its settled reply (dequeue.lua)
         self._redis = redis_call  # the worker's: waits out a lost Redis
         self._cond = threading.Condition()
         self._idle = 0  # slots waiting for a waker
@@ -76,15 +76,15 @@ class Takes:
 
     # --- taking ---------------------------------------------------------------------------
     def take(self) -> Any:
-        """Try the runs in priority order; the first reply that is a job (or "suspended"), else None."""
-        reply = None
+        """Try the runs in priority order: the first reply that is a job (or "suspended"), else the last."""
+        reply: Any = [b"none", []]
         tried = 0
         for run in self.runs:
             tried += 1
             with self._cond:
                 run.popped = False  # this take sets its flags anew
             reply = self._take_run(run.queues)
-            if reply:
+            if reply[0] in (b"job", b"suspended"):
                 break
         self._reflag(self.runs[tried:])
         return reply

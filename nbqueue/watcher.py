@@ -201,8 +201,7 @@ class Watcher:
                     self._tick()
                     done.set()
             return
-        prefix = keys.events("")
-        job_id = channel[len(prefix):] if channel.startswith(prefix) else None
+        job_id = keys.channel_ref(channel) if isinstance(channel, str) else None  # the job's ref
         with self._lock:
             if kind in ("message", "subscribe"):
                 targets = [s for s in self._channels.get(channel, ()) if not s.all_jobs]
@@ -217,6 +216,8 @@ class Watcher:
                 event = json.loads(message["data"])
             except (TypeError, ValueError):
                 return
+            if job_id is not None and isinstance(event, dict):
+                event["id"] = job_id  # its ref, as subscribers know the job
         for sub in targets:
             self._call(sub.on_event, event)
 

@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from nbqueue.server import find_binary
+from nbqueue import keys
 
 T = TypeVar("T")
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
@@ -213,7 +214,7 @@ class EventLog:
     def __init__(self, client: redis.Redis, job_id: str):
         self.events: list = []
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(f"nbq:ev:{job_id}")
+        self._pubsub.subscribe(keys.events(job_id))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="event-log", daemon=True)
         self._thread.start()

@@ -21,6 +21,7 @@ MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 TASKS = '''\
 import logging, sys, threading, time
 from nbqueue import progress
+from nbqueue import keys
 
 def chatty(n, pause=0.0):
     print("starting", n)
@@ -195,7 +196,7 @@ def test_group_results_statuses_and_cancel(start_worker, redis_client, ev_tasks,
     group = q.map(ev_tasks.chatty, range(3, 8))
     assert group.results(timeout=30) == [3, 4, 5, 6, 7]
     assert group.statuses() == {"finished": 5}
-    assert json.loads(redis_client.hget(f"nbq:job:{group[0].id}", "progress"))["done"] == 3
+    assert json.loads(redis_client.hget(keys.job(group[0].id), "progress"))["done"] == 3
 
 
 def test_writes_of_an_attempt_that_no_longer_holds_the_job_are_refused(redis_client):

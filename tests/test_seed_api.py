@@ -20,6 +20,7 @@ q = Queue()
 result = q.enqueue(multiply, 20, 40)
 print(result.return_value)
 import time
+from nbqueue import keys
 deadline = time.monotonic() + 30
 while result.return_value is None and time.monotonic() < deadline:
     time.sleep(0.05)
@@ -39,7 +40,7 @@ def test_use_redis_sets_the_process_default_and_can_switch(redis_client, private
         chosen = use_redis(private_redis.url)
         assert Queue().connection is chosen
         job = Queue("seed").enqueue(nbq_tasks.add, 1, 2)
-        assert private_redis.client().exists(f"nbq:job:{job.id}") and not redis_client.exists(f"nbq:job:{job.id}")
+        assert private_redis.client().exists(keys.job(job.id)) and not redis_client.exists(keys.job(job.id))
         assert job.return_value is None  # queued: never waits
         back = use_redis(redis_client)
         assert back is redis_client and Queue().connection is redis_client

@@ -275,7 +275,7 @@ class JobState:
         """When a scheduled job is due (a second round trip, for scheduled jobs only; None if a
         restricted user may not run ZSCORE)."""
         try:
-            due = _float(conn.zscore(keys.SCHEDULED, self.id))
+            due = _float(conn.zscore(keys.scheduled(self.queue), keys.split(self.id)[0])) if self.queue else None
         except redis.ResponseError:
             return None
         return due / 1000 if due is not None else None
