@@ -6,6 +6,7 @@
     ├── EnqueueError (ValueError) ........ the call can't be enqueued; nothing was written
     │   ├── InvalidQueueName ............. a queue name nbqueue does not accept
     │   ├── JobExists .................... the chosen job_id is taken
+    │   ├── CrossSlotDependency .......... on a cluster, a dependency lives in another slot
     │   └── ScheduleError ................ a schedule's rule, name or options can't be used
     ├── WorkerError (ValueError) ......... a worker can't start as asked (or can't go on)
     │   └── WorkerTakenOver .............. another worker registered under this worker's name
@@ -55,6 +56,12 @@ class InvalidQueueName(EnqueueError):
 
 class JobExists(EnqueueError):
     """A job with the requested ``job_id`` already exists."""
+
+
+class CrossSlotDependency(EnqueueError):
+    """On a Redis Cluster, a job's dependency is a job of a queue in another hash slot: the step that
+    records a job's end releases its dependents atomically, which one script can do only within one
+    slot. Nothing was written."""
 
 
 class ScheduleError(EnqueueError):

@@ -555,3 +555,12 @@ def close_pubsub(pubsub: Any) -> None:
             pubsub.close()
         except Exception:
             pass
+
+
+def node_for(client: Any, key: str) -> Any:
+    """The client to run a transaction (MULTI/EXEC pipeline, scripts too) on ``key``'s slot: ``client``
+    itself, or on a cluster the plain client of the master holding that slot (redis-py's cluster
+    pipelines refuse scripts). Every key of the transaction must share the slot."""
+    if not isinstance(client, RedisCluster):
+        return client
+    return client.get_redis_connection(client.get_node_from_key(key))

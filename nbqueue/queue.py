@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional,
 import redis
 
 from . import flow, keys, signing, testing
-from .connection import describe, get_connection
-from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
+from .connection import describe, get_connection, is_cluster
+from .errors import CrossSlotDependency, EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, QUEUED, Job, cancel, cancel_command, dumps_meta
 from .options import (  # noqa: F401 - MAX_*, check_seconds and check_count: also nbqueue.queue's, as before
     MAX_DELAY, MAX_RETRIES, MAX_RETRY_DELAY, MAX_TIMEOUT, MAX_TTL, Options, _delay_ms, _until, check_count,
@@ -307,7 +307,7 @@ class Queue:
                 keys.send(self.connection, keys.evalsha(
                     "enqueue", [*queue_keys, *[job_key + i for i in argv[::4]]], head + chunks[0], tag=tag))
             else:
-                with self.connection.pipeline(transaction=True) as pipe:
+                with keys.node_for(self.connection, queue_keys[0]).pipeline(transaction=True) as pipe:
                     for chunk in chunks:
                         keys.run(pipe, "enqueue", [*queue_keys, *[job_key + i for i in chunk[::4]]], head + chunk,
                                  tag=tag)
@@ -354,6 +354,8 @@ class Queue:
         ``graph``: ref of a job that waits -> the refs it waits for."""
         keys.register(self.connection, [self.name])
         tag = self._tag
+        if is_cluster(self.connection):
+            _check_slots(self.name, graph)
         base = [self.key, keys.wake(self.name), keys.failed(self.name)]
         calls = []
         for start in range(0, len(argv), 4 * _BATCH):
@@ -379,7 +381,7 @@ class Queue:
             if head[1] == "1":
                 self._check_new_ids([argv[i] for i in range(0, len(argv), 4)])
         try:
-            with self.connection.pipeline(transaction=True) as pipe:
+            with keys.node_for(self.connection, calls[0][0][0]).pipeline(transaction=True) as pipe:
                 for script_keys, values in calls:
                     keys.run(pipe, "defer", script_keys, values, tag=tag)
                 pipe.execute()
@@ -499,6 +501,20 @@ def _no_dependency(who: str, dep: str) -> EnqueueError:
     return EnqueueError(f"Can't enqueue {who}: it depends on job {dep!r}, which does not exist (never enqueued here, "
                         f"or it expired after its TTL; a job of the same call must come after the jobs it depends "
                         f"on). Nothing was enqueued.")
+
+
+def _check_slots(queue: str, graph: dict) -> None:
+    """On a cluster: ``CrossSlotDependency`` unless every dependency in ``graph`` lives in ``queue``'s slot."""
+    slot = keys.slot_of(("TYPE", keys.queue(queue)))
+    for ref, deps in graph.items():
+        for dep in deps:
+            if keys.slot_of(("TYPE", keys.job(dep))) != slot:
+                raise CrossSlotDependency(
+                    f"Job {ref} on queue {queue!r} depends on job {dep}, which lives in another Redis Cluster hash "
+                    f"slot (its queue's slot tag {{{keys.split(dep)[1]}}}, this queue's {{{keys.tag(queue)}}}): the "
+                    f"step that ends a job releases its dependents atomically, which a cluster allows within one "
+                    f"slot only. Enqueue both on one queue, or have the job wait for the other's result itself "
+                    f"(Job.result). Nothing was enqueued.")
 
 
 def _full(connection: redis.Redis, done: int, total: int) -> RedisFull:
