@@ -10,6 +10,7 @@ import json
 import time
 
 import pytest
+from redis.cluster import RedisCluster
 
 import nbq_tasks
 from conftest import wait_for
@@ -24,6 +25,10 @@ MB50 = 50_000_000
 
 
 def _sent(client) -> int:
+    """Bytes the server (on a cluster: every node) has sent so far."""
+    if isinstance(client, RedisCluster):
+        return sum(int(node["total_net_output_bytes"]) for node in client.info(
+            "stats", target_nodes=RedisCluster.ALL_NODES).values())
     return int(client.info("stats")["total_net_output_bytes"])
 
 
