@@ -9,6 +9,7 @@ import time
 import warnings
 
 import pytest
+from nbqueue import keys
 
 from conftest import wait_for
 from nbqueue import Group, Job, JobFailed, Queue, progress
@@ -21,7 +22,6 @@ MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 TASKS = '''\
 import logging, sys, threading, time
 from nbqueue import progress
-from nbqueue import keys
 
 def chatty(n, pause=0.0):
     print("starting", n)
