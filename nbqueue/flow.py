@@ -34,7 +34,7 @@ from typing import Any, Iterable, List, Tuple
 import redis
 
 from . import keys
-from .errors import DependencyError, EnqueueError, JobCanceled, JobFailed, JobQueueUnknown, NbqueueError
+from .errors import DependencyError, EnqueueError, JobCanceled, JobFailed, NbqueueError
 from .group import Group
 from .job import _NESTING, DEFERRED, OUTCOME, Job
 from .serialization import loads_result
@@ -113,9 +113,9 @@ def extract(args: tuple, kwargs: dict) -> Tuple[tuple, dict, List[str]]:
     return new_args, new_kwargs, found
 
 
-def ids_of(depends_on: Any) -> List[str]:
-    """The refs of the jobs ``depends_on`` names: a Job, a Group, a job id (one nbqueue made, or a
-    ref), or a list/tuple/set of them."""
+def ids_of(depends_on: Any, tag: str) -> List[str]:
+    """The refs of the jobs ``depends_on`` names: a Job, a Group, a job id (one nbqueue made, a ref,
+    or an id chosen at enqueue: of the enqueuing queue, whose tag is ``tag``), or a list/tuple/set of them."""
     if depends_on is None:
         return []
     items = depends_on if isinstance(depends_on, (list, tuple, set, frozenset)) else [depends_on]
@@ -126,11 +126,7 @@ def ids_of(depends_on: Any) -> List[str]:
         elif isinstance(item, Group):
             ids.extend(item.refs)
         elif isinstance(item, str) and keys.REF.fullmatch(item):
-            try:
-                ids.append(keys.ref_of(item))
-            except JobQueueUnknown:
-                raise JobQueueUnknown(f"depends_on={item!r}: a job id you chose lives under its queue; give the "
-                                      f"Job itself (or Job.fetch({item!r}, queue=...)). Nothing was enqueued.") from None
+            ids.append(item if ":" in item or keys.id_tag(item) else keys.ref(item, tag))
         else:
             raise EnqueueError(f"depends_on={depends_on!r} is not valid: give a Job, a Group, a job id, or a list "
                                f"of them. Nothing was enqueued.")
@@ -138,8 +134,8 @@ def ids_of(depends_on: Any) -> List[str]:
 
 
 def check_cycles(connection: redis.Redis, new: dict) -> None:
-    """Refuse a batch in which a job would wait for itself: ``new`` maps each new job id to the ids it
-    waits for. Only jobs with ids the caller chose can close a loop (through each other, or through a
+    """Refuse a batch in which a job would wait for itself: ``new`` maps each new job's ref to the refs
+    it waits for. Only jobs with ids the caller chose can close a loop (through each other, or through a
     job still waiting for an old job of that id), so ``enqueue`` calls this only then."""
     chosen = set(new)
     frontier = {d for deps in new.values() for d in deps}
@@ -160,7 +156,7 @@ def check_cycles(connection: redis.Redis, new: dict) -> None:
         while stack:
             node = stack.pop()
             if node == start:
-                raise EnqueueError(f"Job {start!r} would wait for itself (a cycle of dependencies through "
+                raise EnqueueError(f"Job {keys.split(start)[0]!r} would wait for itself (a cycle of dependencies through "
                                    f"job ids you chose). Nothing was enqueued.")
             if node not in visited:
                 visited.add(node)

@@ -172,9 +172,9 @@ class Queue:
         for name, value in (("at_front", at_front), ("allow_failure", allow_failure)):
             if not isinstance(value, bool):
                 raise EnqueueError(f"{name}={reprlib.repr(value)} is not valid: give True or False. Nothing was enqueued.")
-        ordering = flow.ids_of(depends_on)
-        graph: dict = {}  # job ref -> the refs it waits for (only jobs that wait)
         tag = self._tag
+        ordering = flow.ids_of(depends_on, tag)
+        graph: dict = {}  # job ref -> the refs it waits for (only jobs that wait)
         signer = self.signer
         callbacks = [_callback_path(name, f) for name, f in (("on_success", on_success), ("on_failure", on_failure))]
         argv: list = []  # per job: id, index of its function, data, signature
@@ -498,6 +498,7 @@ def _callback_path(name: str, func: Optional[Callable]) -> Optional[bytes]:
 
 
 def _no_dependency(who: str, dep: str) -> EnqueueError:
+    dep = keys.split(dep)[0] if keys.REF.fullmatch(dep) else dep  # its id, not its ref
     return EnqueueError(f"Can't enqueue {who}: it depends on job {dep!r}, which does not exist (never enqueued here, "
                         f"or it expired after its TTL; a job of the same call must come after the jobs it depends "
                         f"on). Nothing was enqueued.")

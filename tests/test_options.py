@@ -150,7 +150,7 @@ def test_the_longest_delay_is_an_exact_millisecond_score(q, redis_client):
     before = int(time.time() * 1000)
     job = q.enqueue_in(MAX_DELAY, nbq_tasks.add, 1, 2)
     after = int(time.time() * 1000) + 1
-    score = redis_client.zscore("nbq:scheduled", job.id)
+    score = redis_client.zscore(keys.scheduled(job.queue), job.id)
     assert job.status == "scheduled" and score == int(score) and score < 2 ** 53
     assert before + MAX_DELAY * 1000 <= score <= after + MAX_DELAY * 1000
     tiny = q.enqueue_in(0.0001, nbq_tasks.add, 1, 2)  # any delay above 0 schedules the job, rounded up to 1 ms
@@ -163,7 +163,7 @@ def test_enqueue_at_a_past_time_queues_now_and_a_future_one_schedules(q, redis_c
     assert q.enqueue_at(datetime(2000, 1, 1, tzinfo=timezone.utc), nbq_tasks.add, 1, 2).status == "queued"
     assert q.enqueue_at(datetime.min, nbq_tasks.add, 1, 2).status == "queued"
     later = q.enqueue_at(datetime.now() + timedelta(hours=1), nbq_tasks.add, 1, 2)  # naive: local time
-    due = redis_client.zscore("nbq:scheduled", later.id) / 1000
+    due = redis_client.zscore(keys.scheduled(later.queue), later.id) / 1000
     assert later.status == "scheduled" and abs(due - (time.time() + 3600)) < 60
 
 

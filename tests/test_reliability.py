@@ -30,7 +30,7 @@ class Events:
         self.seen: list = []
         self._stop = threading.Event()
         pubsub = client.pubsub()
-        pubsub.psubscribe("nbq:ev:*")
+        pubsub.psubscribe(keys.EVENTS_PATTERN)
         confirmed = pubsub.get_message(timeout=10)  # listening for sure before the test goes on
         assert confirmed and confirmed["type"] == "psubscribe", confirmed
         pubsub.ignore_subscribe_messages = True
@@ -250,9 +250,9 @@ def test_junk_on_the_control_channel_leaves_the_heartbeat_alive(start_worker, re
                        {"cancel": job.id, "attempt": 2}, {"cancel": job.id, "attempt": "2"}]
     for junk in JUNK + [json.dumps(m).encode() for m in valid_but_wrong]:
         redis_client.publish(channel, junk)
-    redis_client.zadd("nbq:active", {b"\xff\xfe not utf-8": 0})  # a lapsed lease of junk: the beat logs it
-    redis_client.set("nbq:job:clobbered", "not a hash")  # recover.lua fails on it once: logged, and on we go
-    redis_client.zadd("nbq:active", {"clobbered": 0})
+    redis_client.zadd(keys.active("low"), {b"\xff\xfe not utf-8": 0})  # a lapsed lease of junk: the beat logs it
+    redis_client.set(keys.job("clobbered", "low"), "not a hash")  # recover.lua fails on it once: logged, and on we go
+    redis_client.zadd(keys.active("low"), {"clobbered": 0})
     for _ in range(300):  # a flood must not flood the log
         redis_client.publish(channel, b'["cancel"]')
     _wait_for_renewals(redis_client, job.id, "the lease renewed by beats after the junk")
@@ -347,5 +347,5 @@ def test_a_job_key_overwritten_by_hand_does_not_stop_other_renewals(start_worker
 def _wait_for_renewals(client, job_id: str, message: str) -> None:
     """Wait until the job's lease runs more than two seconds past now: beats renewed it since."""
     sent, _ = client.time()
-    wait_for(lambda: (client.zscore("nbq:active", job_id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
+    wait_for(lambda: (client.zscore(keys.active("low"), job_id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
              message=message)

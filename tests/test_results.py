@@ -268,9 +268,9 @@ def test_jobs_recorded_without_a_summary_fall_back_to_size_then_small_fetches(st
 def test_hostile_summaries_in_unsigned_mode_are_escaped_or_refused(redis_client, monkeypatch):
     """With no secret a summary is shown as stored: escaped, and only if it is well formed."""
     monkeypatch.delenv("NBQUEUE_SECRET")
-    key = "nbq:job:h1"
+    key = keys.job("h1", "q")
     redis_client.hset(key, mapping={"status": "finished", "attempt": 1, "queue": "q", "result": b"\x80\x05K*."})
-    job = Job("h1", redis_client)
+    job = Job("h1", redis_client, queue="q")
     assert signing.get(redis_client) is None
     redis_client.hset(key, SUMMARY, HOSTILE)
     page = _state(job).html()

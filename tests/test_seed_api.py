@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import nbq_tasks
+from nbqueue import keys
 from nbqueue import Queue, use_redis
 from nbqueue import connection as connection_module
 
@@ -20,7 +21,6 @@ q = Queue()
 result = q.enqueue(multiply, 20, 40)
 print(result.return_value)
 import time
-from nbqueue import keys
 deadline = time.monotonic() + 30
 while result.return_value is None and time.monotonic() < deadline:
     time.sleep(0.05)

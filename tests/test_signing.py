@@ -57,10 +57,10 @@ def evil_module(tmp_path, monkeypatch) -> tuple:
 
 
 def _hand_written(client: redis.Redis, job_id: str, queue: str, **fields) -> Job:
-    client.hset(keys.job(job_id), mapping={"queue": queue, "status": "queued", **fields})
+    client.hset(keys.job(job_id, queue), mapping={"queue": queue, "status": "queued", **fields})
     client.rpush(keys.queue(queue), job_id)
     client.rpush(keys.wake(queue), "1")
-    return Job(job_id, client)
+    return Job(job_id, client, queue=queue)
 
 
 def test_every_option_a_worker_acts_on_is_signed():
@@ -146,11 +146,11 @@ def test_tampered_and_unsigned_jobs_are_refused_unimported_and_unpickled(
         "option": {"retries": "1000"},
         "new_option": {"timeout": "0.5"},
         "sig": {"sig": os.urandom(32)},
-        "swapped": {"sig": redis_client.hget("nbq:job:data", "sig")},  # same call, another job's signature
+        "swapped": {"sig": redis_client.hget(keys.job("data", "sig"), "sig")},  # same call, another job's signature
     }
     for name, changes in tamper.items():
-        redis_client.hset(keys.job(name), mapping=changes)
-    redis_client.hdel("nbq:job:no_sig", "sig")
+        redis_client.hset(keys.job(name, "sig"), mapping=changes)
+    redis_client.hdel(keys.job("no_sig", "sig"), "sig")
     hand = _hand_written(redis_client, "hand", "sig", func=evil_func, data=_evil_data(unpickled))
     start_worker("sig", *mode)
     for name in [*tamper, "no_sig", "hand"]:
@@ -158,7 +158,7 @@ def test_tampered_and_unsigned_jobs_are_refused_unimported_and_unpickled(
         with pytest.raises(JobFailed, match=expected) as info:
             (hand if name == "hand" else jobs[name]).result(timeout=20)
         assert "not imported or unpickled" in str(info.value)
-    assert Job.fetch("option", redis_client).attempt == 1  # refused once: not retried 1000 times
+    assert Job.fetch("option", redis_client, queue="sig").attempt == 1  # refused once: not retried 1000 times
     assert not imported.exists() and not unpickled.exists()
     assert q.enqueue(nbq_tasks.add, 4, 5).result(timeout=20) == 9  # the worker goes on
 
@@ -208,7 +208,7 @@ def test_a_forged_result_is_refused_without_unpickling(start_worker, redis_clien
         forged.result()
     assert not unpickled.exists()
     monkeypatch.delenv("NBQUEUE_SECRET")  # the control: a client without a secret unpickles it
-    Job.fetch("forged", redis_client).result().close()  # the file object its unpickling opened
+    Job.fetch("forged", redis_client, queue="nowhere").result().close()  # the file object its unpickling opened
     assert unpickled.exists()
 
 

@@ -25,7 +25,7 @@ def test_a_job_runs_at_enqueue_and_its_outcome_is_in_redis(q, redis_client):
     stored = redis_client.hgetall(keys.job(job.id))
     assert stored[b"worker"].startswith(b"sync.") and stored[b"rsig"], "recorded and signed like a worker's"
     assert redis_client.zcard("nbq:workers") == 0, "the runner unregistered"
-    assert redis_client.llen(keys.queue("testing")) == 0 and redis_client.zcard("nbq:active") == 0
+    assert redis_client.llen(keys.queue("testing")) == 0 and redis_client.zcard(keys.active("testing")) == 0
 
 
 def test_the_job_context_output_progress_and_async_jobs(q):

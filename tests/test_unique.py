@@ -44,7 +44,7 @@ def test_a_new_job_once_the_holder_ended(redis_client, start_worker):
     assert first.result(timeout=20) == "a"
     again = q.enqueue_call(nbq_tasks.add, (2, 2), unique_key="k")
     assert again != first and again.result(timeout=20) == 4
-    ttl = redis_client.ttl("nbq:unique:k")
+    ttl = redis_client.ttl(keys.unique("uniq2", "k"))
     assert ttl > 24 * 3600, ttl
 
 
@@ -57,7 +57,7 @@ def test_a_canceled_or_expired_holder_frees_the_key(redis_client):
     redis_client.delete(keys.job(second.id))  # expired
     third = q.enqueue_call(nbq_tasks.add, (1, 1), unique_key="c")
     assert third not in (first, second)
-    redis_client.set("nbq:unique:c", b"junk id \xff")  # junk in Redis: no job holds it
+    redis_client.set(keys.unique("uniq3", "c"), b"junk id \xff")  # junk in Redis: no job holds it
     assert q.enqueue_call(nbq_tasks.add, (1, 1), unique_key="c") not in (first, second, third)
 
 

@@ -6,12 +6,12 @@ import asyncio
 import time
 
 import pytest
+from nbqueue import keys
 
 import nbq_tasks
 import nbqueue
 from conftest import cell_values, wait_for
 from nbqueue import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Group, JobCanceled, JobFailed, NoSuchGroup,
-from nbqueue import keys
                      Queue, ResultTimeout)
 
 

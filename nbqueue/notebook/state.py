@@ -124,7 +124,8 @@ class JobState:
     """One job as a widget shows it."""
 
     def __init__(self, job_id: str, call: str):
-        self.id, self.call = job_id, call
+        self.id, self.call = job_id, call  # id: the job's ref (keys.py)
+        self.shown = job_id.split(":", 1)[-1]  # its id
         self.status, self.queue, self.worker, self.attempt = "?", None, None, 0
         self.enqueued: Optional[float] = None
         self.started: Optional[float] = None
@@ -283,7 +284,7 @@ class JobState:
     def header_html(self) -> str:
         parts = [status_badge(self.status), f"<b style='white-space: pre-wrap'>{esc(short(self.call))}</b>"]
         parts += [f"queue <code>{esc(self.queue)}</code>"] if self.queue else []
-        parts += [f"job <code>{esc(self.id)}</code>"]
+        parts += [f"job <code>{esc(self.shown)}</code>"]
         parts += [esc(self.elapsed())] if self.elapsed() else []
         parts += [f"worker {esc(self.worker)}"] if self.worker else []
         parts += [f"attempt {self.attempt}"] if self.attempt > 1 else []
@@ -326,7 +327,7 @@ class JobState:
                 f'{output}{outcome}{note}</div>')
 
     def text(self) -> str:
-        line = f"Job {self.id} {short(self.call)}" + (f" on {self.queue}" if self.queue else "") + f": {self.status}"
+        line = f"Job {self.shown} {short(self.call)}" + (f" on {self.queue}" if self.queue else "") + f": {self.status}"
         elapsed = self.elapsed()
         extra = ([elapsed] if elapsed else []) + ([f"worker {self.worker}"] if self.worker else [])
         line += f" ({', '.join(extra)})" if extra else ""
