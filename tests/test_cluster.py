@@ -3,6 +3,11 @@ cluster-mode server (as managed services give), and 3 masters + 3 replicas to ki
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,8 +15,9 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+import nbq_tasks
 from conftest import wait_for
-from nbqueue import connection, keys
+from nbqueue import CrossSlotDependency, Queue, connection, info, keys
 from nbqueue.errors import InvalidURL
 
 HOST = "127.0.0.1"
@@ -192,3 +198,112 @@ def test_a_killed_master_fails_over_and_sends_find_the_promoted_replica(cluster_
           f"{sum(len(v) for v in lost.values())} ({lost['a'][:5]}); {len(errors)} retries")
     assert not lost["b"] and not lost["c"], "the other shards lost nothing"
     assert len(lost["a"]) <= 2, f"asynchronous replication may lose the last write or two, not {lost['a']}"
+
+
+# --- nbqueue on a cluster -------------------------------------------------------------------
+def _slot_owners(cluster, names) -> dict:
+    """Queue name -> port of the master holding its keys' slot (CLUSTER KEYSLOT, CLUSTER NODES)."""
+    owners = {}
+    with cluster.nodes[0].client() as node:
+        for name in names:
+            slot = node.execute_command("CLUSTER", "KEYSLOT", keys.queue(name))
+            assert slot == redis.crc.key_slot(keys.queue(name).encode())
+            owners[name] = cluster.master_of(keys.queue(name).encode()).port
+    return owners
+
+
+def _spread_queues(cluster, count: int = 3) -> list:
+    """``count`` queue names whose keys live on ``count`` different masters."""
+    names, ports = [], set()
+    for i in range(200):
+        name = f"q{i}"
+        port = cluster.master_of(keys.queue(name).encode()).port
+        if port not in ports:
+            names.append(name)
+            ports.add(port)
+        if len(names) == count:
+            return names
+    raise AssertionError("no queues on enough masters")
+
+
+@pytest.fixture
+def on_cluster(cluster, monkeypatch):
+    """The session cluster, flushed, as NBQUEUE_URL."""
+    cluster.flush()
+    monkeypatch.setenv("NBQUEUE_URL", cluster.url)
+    return cluster
+
+
+def test_queues_spread_over_shards_and_one_worker_serves_them_in_priority_order(on_cluster, spawn_worker):
+    names = ["high", "mid", "low", "default", "emails", "reports"]
+    owners = _slot_owners(on_cluster, names)
+    assert len(set(owners.values())) >= 2, f"queues land on several shards: {owners}"
+    first, second, third = _spread_queues(on_cluster)
+    conn = connection.get_connection(on_cluster.url)
+    jobs = [j for name in (third, second, first) for j in Queue(name, conn).enqueue_many([(nbq_tasks.now, ())] * 5)]
+    worker = spawn_worker(first, second, third, "--inline", "--burst", "--url", on_cluster.url)
+    assert worker.wait(60) == 0, worker.log()
+    started = sorted(jobs, key=lambda j: j.result(timeout=5))
+    assert [j.queue for j in started] == [first] * 5 + [second] * 5 + [third] * 5
+    snap = info.snapshot(conn)
+    assert {q.name: q.finished_recent for q in snap.queues} == {first: 5, second: 5, third: 5}
+
+
+def test_an_idle_worker_on_three_shards_wakes_at_once_and_stops_at_once(on_cluster, spawn_worker):
+    names = _spread_queues(on_cluster)
+    worker = spawn_worker(*names, "--url", on_cluster.url).wait_ready()
+    conn = connection.get_connection(on_cluster.url)
+    time.sleep(1.0)
+    for name in reversed(names):  # each shard's waker wakes it
+        began = time.monotonic()
+        job = Queue(name, conn).enqueue(nbq_tasks.add, 1, 2)
+        assert job.result(timeout=5) == 3 and time.monotonic() - began < 2
+    began = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0 and time.monotonic() - began < 3, worker.log()
+
+
+def test_a_cross_slot_dependency_is_refused_saying_why(on_cluster):
+    conn = connection.get_connection(on_cluster.url)
+    a, b = _spread_queues(on_cluster, 2)
+    parent = Queue(a, conn).enqueue(nbq_tasks.add, 1, 2)
+    with pytest.raises(CrossSlotDependency, match="another Redis Cluster hash slot.*Nothing was enqueued"):
+        Queue(b, conn).enqueue_call(nbq_tasks.add, (1, 2), depends_on=parent)
+    assert not conn.llen(keys.queue(b)) and not conn.exists(keys.dependents(parent.id))
+    child = Queue(a, conn).enqueue_call(nbq_tasks.add, (3, 4), depends_on=parent)  # same queue: fine
+    assert child.status == "deferred"
+
+
+def test_nbqueue_info_and_the_readme_quickstart_run_unchanged_on_a_cluster_node(on_cluster, tmp_path):
+    node_url = on_cluster.nodes[1].url  # a plain redis://host:port/0 of one node: cluster mode is found out
+    (tmp_path / "tasks.py").write_text("def add(a, b):\n    return a + b\n")
+    env = {**os.environ, "NBQUEUE_URL": node_url, "PYTHONPATH": str(tmp_path)}
+    worker = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "worker", "low"], cwd=str(tmp_path), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        script = ("from nbqueue import Queue\nimport tasks\n\njob = Queue(\"low\").enqueue(tasks.add, 20, 40)\n"
+                  "print(job.result(timeout=10))   # 60\n")
+        out = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip() == "60", out.stdout + out.stderr
+        shown = subprocess.run([sys.executable, "-m", "nbqueue.cli", "info"], env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert re.search(r"^low\s+0\s+0\s+1\s", shown.stdout, re.M) and "workers: 1" in shown.stdout, shown.stdout
+    finally:
+        worker.terminate()
+        rest = worker.communicate(timeout=20)[0]
+    assert worker.returncode == 0 and "redis+cluster://" in rest, rest
+
+
+def test_a_worker_and_client_on_a_single_shard_cluster_mode_endpoint(single_shard, spawn_worker, monkeypatch):
+    single_shard.flush()
+    url = single_shard.nodes[0].url
+    monkeypatch.setenv("NBQUEUE_URL", url)
+    conn = connection.get_connection(url)
+    assert isinstance(conn, RedisCluster)
+    spawn_worker("a", "b", "--url", url).wait_ready()
+    parent = Queue("a", conn).enqueue(nbq_tasks.add, 1, 2)
+    child = Queue("a", conn).enqueue_call(nbq_tasks.add, (3, 4), depends_on=parent)
+    other = Queue("b", conn).enqueue(nbq_tasks.add, 5, 6)
+    assert (parent.result(timeout=10), child.result(timeout=10), other.result(timeout=10)) == (3, 7, 11)
