@@ -307,3 +307,60 @@ def test_a_worker_and_client_on_a_single_shard_cluster_mode_endpoint(single_shar
     child = Queue("a", conn).enqueue_call(nbq_tasks.add, (3, 4), depends_on=parent)
     other = Queue("b", conn).enqueue(nbq_tasks.add, 5, 6)
     assert (parent.result(timeout=10), child.result(timeout=10), other.result(timeout=10)) == (3, 7, 11)
+
+
+def test_a_master_killed_under_load_loses_no_acknowledged_job(cluster_ha, spawn_worker, monkeypatch):
+    """3 masters + 3 replicas (AOF, fsync always): jobs are enqueued on three shards while a worker
+    runs them; the master of one shard is killed and its replica promoted. Every job whose enqueue
+    returned must finish."""
+    url = cluster_ha.url
+    monkeypatch.setenv("NBQUEUE_URL", url)
+    names = _spread_queues(cluster_ha)
+    conn = connection.client_for(url, socket_timeout=2, socket_connect_timeout=1)
+    spawn_worker(*names, "--inline", "--concurrency", "4", "--url", url).wait_ready()
+    victim = cluster_ha.master_of(keys.queue(names[0]).encode())
+    replica = cluster_ha.replica_of(victim)
+    acked: list = []
+    retries: list = []
+    stop = threading.Event()
+    first_after: dict = {}
+
+    def enqueue() -> None:
+        queues = [Queue(name, conn) for name in names]
+        i = 0
+        while not stop.is_set():
+            queue = queues[i % 3]
+            try:
+                acked.append((queue.enqueue(nbq_tasks.add, i, 0), i))
+                if "killed" in first_after and queue.name == names[0] and "resumed" not in first_after:
+                    first_after["resumed"] = time.monotonic() - first_after["killed"]
+                i += 1
+            except (redis.ConnectionError, redis.TimeoutError):
+                retries.append(i)
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=enqueue, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(acked) > 300, 30, message="jobs enqueued before the kill")
+        first_after["killed"] = time.monotonic()
+        cluster_ha.kill(victim)
+        promoted = cluster_ha.wait_promoted(replica)
+        wait_for(lambda: "resumed" in first_after, 30, message="enqueues on the failed shard again")
+        count = len(acked)
+        wait_for(lambda: len(acked) > count + 300, 30, message="jobs enqueued after the failover")
+    finally:
+        stop.set()
+        thread.join(10)
+    deadline = time.monotonic() + 90
+    lost = []
+    for job, i in acked:
+        try:
+            assert job.result(timeout=max(0.1, deadline - time.monotonic())) == i
+        except Exception as exc:  # noqa: BLE001 - counted and shown below
+            lost.append((job.id, job.queue, type(exc).__name__))
+    on_victim = sum(1 for job, _ in acked if job.queue == names[0])
+    print(f"\nfailover under load: promoted {promoted:.2f} s after the kill, enqueues on that shard resumed "
+          f"after {first_after['resumed']:.2f} s; enqueued {len(acked)} ({on_victim} on the killed shard), "
+          f"finished {len(acked) - len(lost)}, lost {len(lost)}; {len(retries)} enqueue retries")
+    assert not lost, f"acknowledged jobs lost: {lost[:10]}"
