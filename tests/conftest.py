@@ -193,6 +193,21 @@ def _isolated_nbqueue_env(redis_url: str) -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def every_node(client: object) -> list:
+    """Plain clients of every node of a cluster client (``[client]`` for a standalone one): for the
+    checks a cluster answers per node (PUBSUB NUMSUB, CLIENT KILL, INFO)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        return [client.get_redis_connection(node) for node in client.get_nodes()]
+    return [client]
+
+
+def numsub(client: object, channel: str) -> int:
+    """Subscribers of ``channel`` (on a cluster: on every node)."""
+    return sum(node.pubsub_numsub(channel)[0][1] for node in every_node(client))
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A client to the test server; its database is flushed before each test (on a cluster:

@@ -11,7 +11,7 @@ import warnings
 import pytest
 from nbqueue import keys
 
-from conftest import wait_for
+from conftest import every_node, wait_for
 from nbqueue import Group, Job, JobFailed, Queue, progress
 from nbqueue.events import LOG_MAX_LINE, LOG_MAX_LINES
 from nbqueue.keys import log as log_key
@@ -178,7 +178,7 @@ def test_watcher_survives_a_reconnect_and_resyncs(redis_client, ev_tasks):
     watcher, seen, ticks = Watcher(redis_client), Recorder(), []
     sub = watcher.watch([keys.ref("r", keys.tag("ev"))], seen, on_tick=lambda: ticks.append(time.monotonic()))
     wait_for(lambda: seen.of(SYNC), 5, message="subscribed")
-    killed = redis_client.client_kill_filter(_type="pubsub")
+    killed = sum(node.client_kill_filter(_type="pubsub") for node in every_node(redis_client))
     assert killed >= 1
     wait_for(lambda: len(seen.of(SYNC)) >= 2, 10, message="a re-sync after the reconnect")
     Queue("ev", redis_client).enqueue_call(ev_tasks.chatty, (1,), job_id="r")

@@ -284,6 +284,7 @@ def test_widget_states_show_deferred_jobs(redis_client):
     assert "nbq-status-deferred" in group.header_html()
 
 
+@pytest.mark.standalone("a dependency on another queue's job: refused on a cluster (CrossSlotDependency)")
 def test_released_jobs_follow_their_queues_order_and_priority(redis_client, start_worker):
     lo, hi = Queue("lo", redis_client), Queue("hi", redis_client)
     a = lo.enqueue(t.load, 1)

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import nbq_tasks
-from conftest import wait_for
+from conftest import numsub, wait_for
 from nbqueue import Job, JobCanceled, JobFailed, Queue
 from nbqueue.heartbeat import LEASE
 from nbqueue import keys
@@ -243,7 +243,7 @@ def test_junk_on_the_control_channel_leaves_the_heartbeat_alive(start_worker, re
     worker ran it again. Now each bad message is logged (rate-limited) and ignored."""
     channel = "nbq:ctl:junk-target"
     worker = start_worker("low", "solo", "--name", "junk-target", *mode)
-    wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 1, message="the worker listens")
+    wait_for(lambda: numsub(redis_client, channel) == 1, message="the worker listens")
     job = _running_job(Queue("low", redis_client), tmp_path, "long", 8, "kept")
     start_worker("low")  # would run the job again if its lease lapsed
     valid_but_wrong = [{"cancel": job.id, "attempt": "NaN"}, {"cancel": job.id, "attempt": True},
