@@ -88,6 +88,7 @@ PREFIX = "nbq:"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")  # queue names and job ids, as they go into keys
 REF = re.compile(r"(?:([0-9a-f]{4}):)?([A-Za-z0-9][A-Za-z0-9_.\-]{0,99})")  # a job ref: [<tag>:]<id>
 _MADE = re.compile(r"[0-9a-f]{32}")  # the shape of an id nbqueue makes
+_TAG = re.compile(r"[0-9a-f]{4}")
 
 SCHEMA = PREFIX + "schema"
 SCHEMA_VERSION = "2"
@@ -126,6 +127,8 @@ def split(job: str, queue: Optional[str] = None) -> Tuple[str, str]:
         return (job.split(":", 1)[1] if ":" in job else job), tag(queue)
     if ":" in job:
         tag_, job_id = job.split(":", 1)
+        if not _TAG.fullmatch(tag_):
+            raise JobQueueUnknown(f"Job {job!r}: no job id, nor a ref (<tag>:<id>, the tag 4 hex digits).")
         return job_id, tag_
     found = id_tag(job)
     if found is None:
