@@ -96,7 +96,7 @@ QUEUES = PREFIX + "queues"
 WORKERS = PREFIX + "workers"
 SUSPENDED = PREFIX + "suspended"
 SCHEDULE_QUEUES = PREFIX + "schedule-queues"
-OLD_LAYOUT = (PREFIX + "active", PREFIX + "scheduled", PREFIX + "beat")  # only the previous layout wrote these
+OLD_LAYOUT = (PREFIX + "active", PREFIX + "scheduled", PREFIX + "beat", PREFIX + "schedules")  # only the previous layout wrote these
 
 
 @lru_cache(maxsize=4096)
@@ -319,10 +319,10 @@ def check_schema(client: Redis) -> None:
         return
     with client.pipeline(transaction=False) as pipe:
         pipe.get(SCHEMA)
-        pipe.exists(*OLD_LAYOUT)
-        pipe.type(PREFIX + "schedules")
-        version, old, schedules_type = pipe.execute()
-    if version is None and (old or schedules_type == b"zset"):
+        for key in OLD_LAYOUT:  # one key each: a cluster client sends each to its own node
+            pipe.exists(key)
+        version, *old = pipe.execute()
+    if version is None and any(old):
         raise LayoutError(
             "This Redis holds the key layout of an older nbqueue (nbq:active, nbq:queue:<name>, ... with no "
             f"{SCHEMA}); this version keeps keys per queue slot tag and reads none of them. Finish or drop "
