@@ -4,8 +4,9 @@
 
 For each deployment: enqueue ``--jobs`` no-op jobs spread over ``--queues`` queues, drain them with
 one inline worker (``--burst``), then sum ``INFO commandstats`` over every master: microseconds of
-server time per job (enqueue + take + finish + the worker's heartbeats while it ran), and the
-commands per job. Ports: as the tests' clusters pick them (``NBQUEUE_TEST_PORTS=lo-hi`` to choose).
+server time per job (enqueue + take + finish + the worker's heartbeats while it ran): the servers'
+own CPU (``INFO cpu``), the scripts' time (EVALSHA usec: a script's inner calls are in it), and
+the top-level commands per job. Ports: as the tests' clusters pick them (``NBQUEUE_TEST_PORTS=lo-hi`` to choose).
 """
 from __future__ import annotations
 
@@ -36,15 +37,26 @@ class _Volatile(PrivateRedis):
         return cmd
 
 
-def _stats(urls: list) -> tuple:
-    """(usec, calls) summed over every command of every server."""
-    usec = calls = 0
+def _stats(urls: list) -> dict:
+    """Summed over every server: the CPU it used (s), and per command name its calls and usec. A
+    script's own calls are counted under their names too, so only top-level commands are summed."""
+    totals = {"cpu": 0.0, "evalsha_calls": 0, "evalsha_usec": 0, "top_calls": 0}
     for url in urls:
         with redis.Redis.from_url(url) as client:
-            for stat in client.info("commandstats").values():
-                usec += stat["usec"]
-                calls += stat["calls"]
-    return usec, calls
+            cpu = client.info("cpu")
+            totals["cpu"] += cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+            for name, stat in client.info("commandstats").items():
+                if name in ("cmdstat_evalsha", "cmdstat_eval"):
+                    totals["evalsha_calls"] += stat["calls"]
+                    totals["evalsha_usec"] += stat["usec"]
+                    totals["top_calls"] += stat["calls"]
+                elif name in TOP_LEVEL:
+                    totals["top_calls"] += stat["calls"]
+    return totals
+
+
+TOP_LEVEL = {f"cmdstat_{c}" for c in ("blpop", "sadd", "smembers", "get", "set", "hset", "hget", "expire", "zadd",
+                                      "zrem", "del", "rpush", "info", "ping", "cluster|slots", "cluster|shards")}
 
 
 def _reset(urls: list) -> None:
@@ -57,17 +69,18 @@ def measure(url: str, masters: list, jobs: int, queues: int) -> dict:
     names = [f"q{i}" for i in range(queues)]
     conn = nbqueue.connect(url)
     _reset(masters)
+    before = _stats(masters)
     began = time.perf_counter()
     for i in range(jobs):
         nbqueue.Queue(names[i % queues], conn).enqueue(print)  # never run: a worker would print
-    enqueued = _stats(masters)
     worker = subprocess.run([sys.executable, "-m", "nbqueue.cli", "worker", *names, "--inline", "--burst",
                              "--url", url], cwd=str(ROOT / "tests"), capture_output=True, text=True, timeout=600)
     assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
     elapsed = time.perf_counter() - began
-    usec, calls = _stats(masters)
-    return {"us/job": usec / jobs, "enqueue us/job": enqueued[0] / jobs, "commands/job": calls / jobs,
-            "seconds": elapsed}
+    after = _stats(masters)
+    return {"server CPU us/job": (after["cpu"] - before["cpu"]) * 1e6 / jobs,
+            "script us/job": after["evalsha_usec"] / jobs, "scripts/job": after["evalsha_calls"] / jobs,
+            "commands/job": after["top_calls"] / jobs, "seconds": elapsed}
 
 
 def main() -> None:
@@ -76,6 +89,8 @@ def main() -> None:
     parser.add_argument("--queues", type=int, default=6)
     args = parser.parse_args()
     rows = []
+    print(f"{args.jobs} jobs over {args.queues} queue(s), one inline worker; INFO cpu and commandstats summed "
+          f"over masters (scripts: top-level EVALSHA; commands: top-level ones)", flush=True)
     with tempfile.TemporaryDirectory(prefix="nbqcost-") as tmp:
         with _Volatile.tcp(Path(tmp) / "standalone", "127.0.0.1") as server:
             rows.append(("standalone", measure(server.url, [server.url], args.jobs, args.queues)))
@@ -83,7 +98,6 @@ def main() -> None:
             with LocalCluster(Path(tmp) / f"c{masters}", masters=masters) as cluster:
                 rows.append((f"cluster, {masters} shard(s)",
                              measure(cluster.url, cluster.node_urls, args.jobs, args.queues)))
-    print(f"{args.jobs} jobs over {args.queues} queues, one inline worker; INFO commandstats summed over masters")
     for name, row in rows:
         print(f"{name:<22} " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()))
 

@@ -1,9 +1,9 @@
 """What a running job says while it runs: its progress and its output.
 
-Core, no IPython (the listening side is ``watcher.py``). Besides the state changes the scripts publish, a job's channel ``nbq:ev:<id>``
+Core, no IPython (the listening side is ``watcher.py``). Besides the state changes the scripts publish, a job's channel (``keys.events``)
 carries ``{"id", "status": "progress", "done", "total", "message", "t"}`` and
 ``{"id", "status": "log", "lines": [...], "t"}``, where ``t`` is the worker's clock ("sec.usec").
-The output of a job is also kept in the Redis list ``nbq:log:<id>`` (its last lines).
+The output of a job is also kept in the Redis list ``keys.log`` (its last lines).
 """
 from __future__ import annotations
 
@@ -267,7 +267,7 @@ class capture_output:
     """``with capture_output(job, attempt):`` tee stdout, stderr and logging of a running job to Redis.
 
     What the job's thread (and threads it starts) writes still reaches the worker's terminal.
-    Lines are flushed every ~0.1 s (never one Redis call per print) to ``nbq:log:<id>`` (its
+    Lines are flushed every ~0.1 s (never one Redis call per print) to ``keys.log`` (its
     last ``LOG_MAX_LINES``) and published as ``log`` events — only while ``attempt`` (default:
     the one running when it starts) still holds the job.
     """

@@ -91,6 +91,7 @@ PREFIX = "nbq:"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")  # queue names and job ids, as they go into keys
 REF = re.compile(r"(?:([0-9a-f]{4}):)?([A-Za-z0-9][A-Za-z0-9_.\-]{0,99})")  # a job ref: [<tag>:]<id>
 _MADE = re.compile(r"[0-9a-f]{32}")  # the shape of an id nbqueue makes
+_TAG = re.compile(r"[0-9a-f]{4}")
 
 SCHEMA = PREFIX + "schema"
 SCHEMA_VERSION = "2"
@@ -98,7 +99,7 @@ QUEUES = PREFIX + "queues"
 WORKERS = PREFIX + "workers"
 SUSPENDED = PREFIX + "suspended"
 SCHEDULE_QUEUES = PREFIX + "schedule-queues"
-OLD_LAYOUT = (PREFIX + "active", PREFIX + "scheduled", PREFIX + "beat")  # only the previous layout wrote these
+OLD_LAYOUT = (PREFIX + "active", PREFIX + "scheduled", PREFIX + "beat", PREFIX + "schedules")  # only the previous layout wrote these
 
 
 @lru_cache(maxsize=4096)
@@ -129,6 +130,8 @@ def split(job: str, queue: Optional[str] = None) -> Tuple[str, str]:
         return (job.split(":", 1)[1] if ":" in job else job), tag(queue)
     if ":" in job:
         tag_, job_id = job.split(":", 1)
+        if not _TAG.fullmatch(tag_):
+            raise JobQueueUnknown(f"Job {job!r}: no job id, nor a ref (<tag>:<id>, the tag 4 hex digits).")
         return job_id, tag_
     found = id_tag(job)
     if found is None:
@@ -318,19 +321,16 @@ def _pool(client: Any) -> Any:
 def check_schema(client: Any) -> None:
     """Make sure the Redis holds this layout (once per process and connection pool): mark an empty
     one as ours; refuse, with ``LayoutError``, one that holds the previous layout's keys (before
-    anything is read or written). A cluster never held them (the previous layout could not run there)."""
+    anything is read or written)."""
     pool = _pool(client)
     if pool in _checked:
         return
-    if isinstance(client, RedisCluster):
-        version, old, schedules_type = client.get(SCHEMA), 0, None
-    else:
-        with client.pipeline(transaction=False) as pipe:
-            pipe.get(SCHEMA)
-            pipe.exists(*OLD_LAYOUT)
-            pipe.type(PREFIX + "schedules")
-            version, old, schedules_type = pipe.execute()
-    if version is None and (old or schedules_type == b"zset"):
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(SCHEMA)
+        for key in OLD_LAYOUT:  # one key each: a cluster client sends each to its own node
+            pipe.exists(key)
+        version, *old = pipe.execute()
+    if version is None and any(old):
         raise LayoutError(
             "This Redis holds the key layout of an older nbqueue (nbq:active, nbq:queue:<name>, ... with no "
             f"{SCHEMA}); this version keeps keys per queue slot tag and reads none of them. Finish or drop "

@@ -48,7 +48,7 @@ class Watcher:
 
     It SUBSCRIBEs to the channels of the watched jobs only, adding and dropping them as watchers
     come and go, so a kernel watching 3 jobs does not receive the events of a busy farm; a
-    dashboard asks for ``all_jobs`` (PSUBSCRIBE ``nbq:ev:*``). Each subscribe confirmation — first
+    dashboard asks for ``all_jobs`` (PSUBSCRIBE ``keys.EVENTS_PATTERN``). Each subscribe confirmation — first
     subscribe or re-subscribe after a reconnect — is delivered as a ``sync`` event, telling the
     watcher to re-read the job: nothing published before or during a gap is lost. The thread
     ends when nothing is watched and starts again on demand; after ``fork`` the child starts fresh.

@@ -209,7 +209,7 @@ def pid_alive(pid: int) -> bool:
 
 
 class EventLog:
-    """Collects the JSON events of one job's channel (``nbq:ev:<id>``) in a thread, from now on."""
+    """Collects the JSON events of one job's channel (``keys.events``) in a thread, from now on."""
 
     def __init__(self, client: redis.Redis, job_id: str):
         self.events: list = []

@@ -33,10 +33,10 @@ USER, PASSWORD = "nbq-test", "s3cret-Pass"
 # The README's rules, word for word: keys and channels under nbq:, and the commands nbqueue sends
 # (directly, or from its scripts: a script's own calls are checked against the user's rules too).
 ACL_RULES = (
-    "on ~nbq:* resetchannels &nbq:* &nbq:ev:* -@all "
+    "on ~nbq:* resetchannels &nbq:* &nbq:{*}:ev:* -@all "
     "+ping +info +select +client|setinfo +multi +exec +evalsha +script|load +script|exists "
-    "+blpop +lpop +lpush +rpush +llen +lrange +lrem +ltrim +hget +hmget +hgetall +hset +hdel "
-    "+exists +del +expire +persist +get +set +sadd +smembers +zadd +zrem +zrange +zrangebyscore +zcard +time "
+    "+blpop +lpop +lpush +rpush +llen +lindex +lrange +lrem +ltrim +hget +hmget +hgetall +hset +hdel "
+    "+exists +del +expire +persist +get +set +sadd +smembers +zadd +zrem +zrange +zrangebyscore +zscore +zcard +time "
     "+publish +subscribe +unsubscribe +psubscribe +punsubscribe"
 ).split()
 OLD_SERVER_LACKS = "+client|setinfo"  # Redis < 7.2 has no CLIENT SETINFO (and redis-py then sends none)

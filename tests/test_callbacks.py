@@ -16,7 +16,7 @@ def callback_jobs(redis_client, job_id: str) -> list:
     for key in redis_client.scan_iter("nbq:{*}:job:*"):
         func = redis_client.hget(key, "func")
         if func == b"nbqueue.callbacks:call_back":
-            job = Job.fetch(key.decode().split(":", 2)[2], redis_client)
+            job = Job.fetch(key.decode().split(":", 3)[3], redis_client)
             if job.args[1] == job_id:
                 found.append(job)
     return found

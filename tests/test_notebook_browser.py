@@ -56,7 +56,7 @@ def jobs(client: redis.Redis, **match: str) -> Dict[str, Dict[str, str]]:
         fields = {k.decode(): v.decode(errors="replace") for k, v in client.hgetall(key).items()
                   if k not in (b"data", b"code", b"result", b"sig", b"rsig")}
         if all(fields.get(k) == v for k, v in match.items()):
-            found[key.decode()[len("nbq:job:"):]] = fields
+            found[key.decode().split(":", 3)[3]] = fields
     return found
 
 

@@ -48,7 +48,7 @@ def _finished(job: Job) -> Job:
 
 
 def _state(job: Job) -> JobState:
-    state = JobState(job.id, "test")
+    state = JobState(job.ref, "test")
     state.load(job)
     return state
 
