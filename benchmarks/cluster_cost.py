@@ -6,7 +6,7 @@ For each deployment: enqueue ``--jobs`` no-op jobs spread over ``--queues`` queu
 one inline worker (``--burst``), then sum ``INFO commandstats`` over every master: microseconds of
 server time per job (enqueue + take + finish + the worker's heartbeats while it ran): the servers'
 own CPU (``INFO cpu``), the scripts' time (EVALSHA usec: a script's inner calls are in it), and
-the top-level commands per job. Ports: as the tests' clusters pick them (``NBQUEUE_TEST_PORTS=lo-hi`` to choose).
+the scripts run per job. Ports: as the tests' clusters pick them (``NBQUEUE_TEST_PORTS=lo-hi`` to choose).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from clusters import LocalCluster  # noqa: E402
 from servers import PrivateRedis  # noqa: E402
 
 import nbqueue  # noqa: E402
+from benchmarks import tasks  # noqa: E402
 
 
 class _Volatile(PrivateRedis):
@@ -40,7 +41,7 @@ class _Volatile(PrivateRedis):
 def _stats(urls: list) -> dict:
     """Summed over every server: the CPU it used (s), and per command name its calls and usec. A
     script's own calls are counted under their names too, so only top-level commands are summed."""
-    totals = {"cpu": 0.0, "evalsha_calls": 0, "evalsha_usec": 0, "top_calls": 0}
+    totals = {"cpu": 0.0, "evalsha_calls": 0, "evalsha_usec": 0, "top_calls": 0}  # top_calls: BLPOPs
     for url in urls:
         with redis.Redis.from_url(url) as client:
             cpu = client.info("cpu")
@@ -49,14 +50,9 @@ def _stats(urls: list) -> dict:
                 if name in ("cmdstat_evalsha", "cmdstat_eval"):
                     totals["evalsha_calls"] += stat["calls"]
                     totals["evalsha_usec"] += stat["usec"]
-                    totals["top_calls"] += stat["calls"]
-                elif name in TOP_LEVEL:
+                elif name == "cmdstat_blpop":
                     totals["top_calls"] += stat["calls"]
     return totals
-
-
-TOP_LEVEL = {f"cmdstat_{c}" for c in ("blpop", "sadd", "smembers", "get", "set", "hset", "hget", "expire", "zadd",
-                                      "zrem", "del", "rpush", "info", "ping", "cluster|slots", "cluster|shards")}
 
 
 def _reset(urls: list) -> None:
@@ -72,15 +68,15 @@ def measure(url: str, masters: list, jobs: int, queues: int) -> dict:
     before = _stats(masters)
     began = time.perf_counter()
     for i in range(jobs):
-        nbqueue.Queue(names[i % queues], conn).enqueue(print)  # never run: a worker would print
+        nbqueue.Queue(names[i % queues], conn).enqueue(tasks.noop)
     worker = subprocess.run([sys.executable, "-m", "nbqueue.cli", "worker", *names, "--inline", "--burst",
-                             "--url", url], cwd=str(ROOT / "tests"), capture_output=True, text=True, timeout=600)
+                             "--url", url], cwd=str(ROOT), capture_output=True, text=True, timeout=600)
     assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
     elapsed = time.perf_counter() - began
     after = _stats(masters)
     return {"server CPU us/job": (after["cpu"] - before["cpu"]) * 1e6 / jobs,
             "script us/job": after["evalsha_usec"] / jobs, "scripts/job": after["evalsha_calls"] / jobs,
-            "commands/job": after["top_calls"] / jobs, "seconds": elapsed}
+            "BLPOPs/job": after["top_calls"] / jobs, "seconds": elapsed}
 
 
 def main() -> None:
@@ -90,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     print(f"{args.jobs} jobs over {args.queues} queue(s), one inline worker; INFO cpu and commandstats summed "
-          f"over masters (scripts: top-level EVALSHA; commands: top-level ones)", flush=True)
+          f"over masters (scripts: top-level EVALSHA calls and their time)", flush=True)
     with tempfile.TemporaryDirectory(prefix="nbqcost-") as tmp:
         with _Volatile.tcp(Path(tmp) / "standalone", "127.0.0.1") as server:
             rows.append(("standalone", measure(server.url, [server.url], args.jobs, args.queues)))
