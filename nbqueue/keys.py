@@ -325,11 +325,14 @@ def check_schema(client: Any) -> None:
     pool = _pool(client)
     if pool in _checked:
         return
-    with client.pipeline(transaction=False) as pipe:
-        pipe.get(SCHEMA)
-        for key in OLD_LAYOUT:  # one key each: a cluster client sends each to its own node
-            pipe.exists(key)
-        version, *old = pipe.execute()
+    if isinstance(client, RedisCluster):  # the previous layout never ran on a cluster (CROSSSLOT)
+        version, old = client.get(SCHEMA), []
+    else:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get(SCHEMA)
+            for key in OLD_LAYOUT:
+                pipe.exists(key)
+            version, *old = pipe.execute()
     if version is None and any(old):
         raise LayoutError(
             "This Redis holds the key layout of an older nbqueue (nbq:active, nbq:queue:<name>, ... with no "

@@ -19,15 +19,20 @@ Stopping pushes onto each run's wake list: the wakers return at once.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, List
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
+
+import redis
 
 from . import keys
 from .connection import is_cluster
 
 if TYPE_CHECKING:  # pragma: no cover
     from .worker import Worker
+
+log = logging.getLogger("nbqueue.worker")
 
 
 def runs_of(connection: Any, queues: List[str], split: bool = False) -> List[List[str]]:
@@ -56,6 +61,7 @@ class Run:
         self.wait_keys = [*map(keys.wake, queues), self.wake_key]
         self.reflag = keys.evalsha("reflag", [*map(keys.queue, queues), *map(keys.wake, queues)], [])
         self.popped = False  # a waker popped one of its flags, and no take of this run ran since
+        self.down = False  # its last take found its shard unreachable
 
 
 class Takes:
@@ -66,7 +72,8 @@ class Takes:
         self.worker = worker
         self.connection = worker.connection
         self.runs = [Run(worker.name, queues) for queues in runs]
-        self._take_run = take_run  # the worker's take from one run's queues: its settled reply (dequeue.lua)
+        self._take_run = take_run  # the worker's take from one run's queues: its settled reply (dequeue.lua);
+        # it raises a lost connection (this passes over that run)
         self._redis = redis_call  # the worker's: waits out a lost Redis
         self._cond = threading.Condition()
         self._idle = 0  # slots waiting for a waker
@@ -76,18 +83,40 @@ class Takes:
 
     # --- taking ---------------------------------------------------------------------------
     def take(self) -> Any:
-        """Try the runs in priority order: the first reply that is a job (or "suspended"), else the last."""
+        """Try the runs in priority order: the first reply that is a job (or "suspended"), else "none".
+        A run whose shard can't be reached is passed over (the others are served meanwhile); only
+        when none can be reached is the error raised (the worker waits it out)."""
         reply: Any = [b"none", []]
-        tried = 0
+        tried, lost = 0, None
         for run in self.runs:
             tried += 1
             with self._cond:
                 run.popped = False  # this take sets its flags anew
-            reply = self._take_run(run.queues)
-            if reply[0] in (b"job", b"suspended"):
+            try:
+                got = self._take_run(run.queues)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                lost = exc
+                self._down(run, exc)
+                continue
+            self._down(run, None)
+            if got[0] in (b"job", b"suspended"):
+                reply = got
                 break
+        if lost is not None and tried == len(self.runs) and all(run.down for run in self.runs):
+            raise lost
         self._reflag(self.runs[tried:])
         return reply
+
+    def _down(self, run: Run, exc: Optional[BaseException]) -> None:
+        """Log once when a run's shard is lost (``exc``) and when it is back."""
+        if (exc is not None) == run.down:
+            return
+        run.down = exc is not None
+        if run.down:
+            log.warning("worker %s: lost the shard of queue(s) %s (%s); serving the others meanwhile",
+                        self.worker.name, ", ".join(run.queues), exc)
+        else:
+            log.warning("worker %s: the shard of queue(s) %s is back", self.worker.name, ", ".join(run.queues))
 
     def _reflag(self, runs: List[Run]) -> None:
         """Set anew the flags of the runs a waker popped and no take looked at since."""

@@ -281,12 +281,13 @@ class Worker:
     def _take_reply(self) -> Any:
         """Take a job (a slot reserved one): the take's settled reply."""
         if self._takes is not None:
-            return self._takes.take()
-        return self._take_run(self.queues)
+            return self._redis(self._takes.take)  # waits only while no shard of its queues answers
+        return self._redis(lambda: self._take_run(self.queues))
 
     def _take_run(self, queues: list) -> Any:
-        """Take a job from the first of ``queues`` (one run: they share a slot) that has one."""
-        reply = self._redis(lambda: keys.send(self.connection, self._take_command(queues))[0])
+        """Take a job from the first of ``queues`` (one run: they share a slot) that has one; a lost
+        connection is raised."""
+        reply = keys.send(self.connection, self._take_command(queues))[0]
         return self._settled(reply, queues)
 
     def _wait_and_take(self) -> Optional[Taken]:

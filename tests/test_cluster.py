@@ -364,3 +364,23 @@ def test_a_master_killed_under_load_loses_no_acknowledged_job(cluster_ha, spawn_
           f"after {first_after['resumed']:.2f} s; enqueued {len(acked)} ({on_victim} on the killed shard), "
           f"finished {len(acked) - len(lost)}, lost {len(lost)}; {len(retries)} enqueue retries")
     assert not lost, f"acknowledged jobs lost: {lost[:10]}"
+
+
+def test_a_worker_serves_its_other_shards_while_one_is_down(tmp_path, spawn_worker, monkeypatch):
+    """3 masters, no replicas, cluster-require-full-coverage no: the shard of the worker's first
+    queue dies for good; its other queues' jobs still run. (That shard holds no global key the
+    worker and the client use: those live on one shard each, and nothing works without them.)"""
+    from clusters import LocalCluster
+
+    with LocalCluster(tmp_path / "cluster", masters=3) as local:
+        monkeypatch.setenv("NBQUEUE_URL", local.url)
+        victim = local.master_of(keys.SUSPENDED.encode())
+        used = [keys.SCHEMA, keys.QUEUES, keys.WORKERS, keys.worker("w1"), keys.worker_wake("w1")]
+        assert all(local.master_of(k.encode()) is not victim for k in used)
+        names = sorted(_spread_queues(local), key=lambda n: local.master_of(keys.queue(n).encode()) is not victim)
+        worker = spawn_worker(*names, "--inline", "--name", "w1", "--url", local.url).wait_ready()
+        local.kill(victim)
+        conn = connection.client_for(local.url, socket_timeout=2, socket_connect_timeout=1)
+        jobs = [Queue(name, conn).enqueue(nbq_tasks.add, i, 1) for i, name in enumerate(names[1:])]
+        assert [job.result(timeout=15) for job in jobs] == [1, 2], worker.log()
+        assert "lost the shard of queue(s) " + names[0] in worker.log()
