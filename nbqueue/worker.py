@@ -34,7 +34,7 @@ log = logging.getLogger("nbqueue.worker")
 
 IDLE_WAKE = 5.0  # an idle slot looks around at least this often
 MAX_IDLE = 10 * 365 * 24 * 3600.0  # seconds: the longest --max-idle
-WINDOW = 8  # ids of each queue a take starts knowing (dequeue.lua); doubled while others take them first
+WINDOW = 2  # ids of each queue a take starts knowing (dequeue.lua); doubled while others take them first
 MAX_WINDOW = 256
 TAKE_ROUNDS = 20  # takes in a row whose window was stale, at most, before the loop looks again
 STOP_GRACE = 3.0  # seconds a "stop now" waits for an inline job that ignores it before exiting anyway
@@ -111,8 +111,8 @@ class Worker:
         self._grace_until: Optional[float] = None  # a stop now waits this long for inline jobs
         # the take: per queue its 4 keys, and the job key prefix and channel prefix of its jobs
         self._take_keys = [k for q in self.queues for k in (keys.queue(q), keys.wake(q), keys.active(q), keys.paused(q))]
-        self._take_jobs = [(q, keys.job("", q), keys.events_prefix(keys.tag(q))) for q in self.queues]
-        self._windows: dict = {}  # queue -> its first ids as the last take saw them (dequeue.lua)
+        self._take_jobs = [(q, keys.job("", q).encode(), keys.events_prefix(keys.tag(q))) for q in self.queues]
+        self._windows: dict = {}  # queue -> its first ids (bytes) as the last take saw them (dequeue.lua)
         self._window = WINDOW
         self._wait_keys = [*map(keys.wake, self.queues), keys.worker_wake(self.name)]
         socket_timeout = self.connection.connection_pool.connection_kwargs.get("socket_timeout")
@@ -251,7 +251,7 @@ class Worker:
         for _ in range(TAKE_ROUNDS):
             if reply[1]:
                 stale = any(self._windows.get(q) for q in self.queues)
-                self._windows = {q: [i.decode() for i in w] for q, w in zip(self.queues, reply[1])}
+                self._windows = dict(zip(self.queues, reply[1]))  # ids as bytes, as sent back
             if reply[0] != b"retry":
                 return reply
             if stale:  # others took the ids we knew of: look further ahead next time
