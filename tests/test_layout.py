@@ -14,6 +14,13 @@ import nbq_tasks
 from nbqueue import Job, LayoutError, Queue, Worker, keys
 from nbqueue.info import snapshot
 
+@pytest.fixture(autouse=True)
+def _flushed_after(redis_client):
+    """Leave no foreign layout behind: later tests that use no ``redis_client`` would meet it."""
+    yield
+    redis_client.flushdb()
+
+
 GLOBAL = re.compile(r"nbq:(schema|queues|workers|worker:.*|wake-worker:.*|schedule-queues|group:.*|suspended)")
 
 
