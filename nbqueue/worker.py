@@ -34,7 +34,7 @@ log = logging.getLogger("nbqueue.worker")
 
 IDLE_WAKE = 5.0  # an idle slot looks around at least this often
 MAX_IDLE = 10 * 365 * 24 * 3600.0  # seconds: the longest --max-idle
-WINDOW = 8  # ids of each queue a take starts knowing (dequeue.lua); doubled while others take them first
+WINDOW = 2  # ids of each queue a take starts knowing (dequeue.lua); doubled while others take them first
 MAX_WINDOW = 256
 TAKE_ROUNDS = 20  # takes in a row whose window was stale, at most, before the loop looks again
 STOP_GRACE = 3.0  # seconds a "stop now" waits for an inline job that ignores it before exiting anyway
@@ -116,8 +116,8 @@ class Worker:
         runs = takes.runs_of(self.connection, self.queues, split=self.split_runs)
         self._takes_of = {tuple(run): (
             [k for q in run for k in (keys.queue(q), keys.wake(q), keys.active(q), keys.paused(q))],
-            [(q, keys.job("", q), keys.events_prefix(keys.tag(q))) for q in run]) for run in runs}
-        self._windows: dict = {}  # queue -> its first ids as the last take saw them (dequeue.lua)
+            [(q, keys.job("", q).encode(), keys.events_prefix(keys.tag(q))) for q in run]) for run in runs}
+        self._windows: dict = {}  # queue -> its first ids (bytes) as the last take saw them (dequeue.lua)
         self._window = WINDOW
         own = keys.worker_wake_on(self.name, self.queues[0]) if is_cluster(self.connection) else keys.worker_wake(
             self.name)  # on a cluster, in the slot of the flags it is waited on with
@@ -265,7 +265,7 @@ class Worker:
         for _ in range(TAKE_ROUNDS):
             if reply[1]:
                 stale = any(self._windows.get(q) for q in queues)
-                self._windows = {**self._windows, **{q: [i.decode() for i in w] for q, w in zip(queues, reply[1])}}
+                self._windows = {**self._windows, **dict(zip(queues, reply[1]))}  # ids as bytes, as sent back
             if reply[0] != b"retry":
                 return reply
             if stale:  # others took the ids we knew of: look further ahead next time

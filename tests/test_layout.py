@@ -11,8 +11,15 @@ import pytest
 import redis
 
 import nbq_tasks
-from nbqueue import Job, LayoutError, Queue, Worker, keys
+from nbqueue import Job, LayoutError, Queue, Worker, as_completed, keys, wait
 from nbqueue.info import snapshot
+
+@pytest.fixture(autouse=True)
+def _flushed_after(redis_client):
+    """Leave no foreign layout behind: later tests that use no ``redis_client`` would meet it."""
+    yield
+    redis_client.flushdb()
+
 
 GLOBAL = re.compile(r"nbq:(schema|queues|workers|worker:.*|wake-worker:.*|schedule-queues|group:.*|suspended)")
 
@@ -65,6 +72,8 @@ def test_a_chosen_id_is_per_queue_and_dependencies_cross_queues(redis_client):
     assert Worker(["qa", "qb"], connection=redis_client, inline=True, burst=True).work() == 2
     assert second.result(timeout=5) == 13  # its dependency on the other queue passed its result
     assert Job.fetch(second.ref, redis_client).dependencies == (first.ref,)
+    assert wait([first, second], timeout=5).done == {first, second}  # waited for by ref, as results are
+    assert list(as_completed([second], timeout=5)) == [second]
 
 
 def test_the_registry_is_written_once_per_process_not_by_the_enqueue_script(redis_client, redis_url):
