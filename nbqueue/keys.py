@@ -24,6 +24,8 @@ Per queue ``<name>`` (tag ``T = tag(name)``):
 - ``{T}:schedule:<sname>``  hash: a schedule's call as enqueue signs it (``func``, ``code``, ``data``,
                             ``sig``, ``options``, ``queue``), ``rule``, ``missed``, ``token``, ``next``,
                             ``last_job`` (a ref), ``last_run``, ``fired``, ``error`` (``schedule.py``)
+- ``{T}:wake-worker:<worker>``  on a cluster, the list a worker's waiter on this queue's slot blocks on
+                            beside the flags, so a stop wakes it (``worker_wake_on``, ``takes.py``)
 
 Per job (under its queue's tag; ``<id>`` as in the queue list, with no tag):
 

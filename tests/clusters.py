@@ -10,7 +10,7 @@ redis-cli needed).
         cluster.kill(master); cluster.wait_promoted(master)
 
 Ports: free ones the kernel picks, or, with ``NBQUEUE_TEST_PORTS=7100-7199``, free ones in that
-range (each node needs two: clients and the cluster bus).
+range (each node needs two: clients and the cluster bus, ``--cluster-port``: Redis 7.0+, Valkey).
 """
 from __future__ import annotations
 
@@ -122,7 +122,10 @@ class LocalCluster:
         for i, node in enumerate(masters):
             last = SLOTS - 1 if i == len(masters) - 1 else (i + 1) * size - 1
             with node.client() as client:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * size, last)
+                try:
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * size, last)
+                except redis.ResponseError:  # before Redis 7.0
+                    client.execute_command("CLUSTER", "ADDSLOTS", *range(i * size, last + 1))
         with self.nodes[0].client() as client:
             for node in self.nodes[1:]:
                 client.execute_command("CLUSTER", "MEET", HOST, node.port, node.bus_port)

@@ -131,6 +131,7 @@ def test_lone_surrogates_in_cells_are_replaced():
     assert parse(made.encode())["table"] == {"columns": ["?x"], "index": ["0", "1", "2"], "rows": [["a?b"]] * 3}
 
 
+@pytest.mark.standalone("no Redis in it: it runs in the standalone run")
 def test_a_small_result_costs_its_job_a_type_check():
     """What each job pays on the worker for the common case: no summary for a number, None or a
     short str or bytes (its pickle is as small; the notebook fetches it); bounded work otherwise."""
