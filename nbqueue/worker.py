@@ -563,7 +563,8 @@ class Worker:
 
     def _wake_lists(self) -> list:
         """The lists the worker's own threads block on (a stop pushes onto them)."""
-        return [keys.worker_wake(self.name), *(self._takes.wake_keys() if self._takes is not None else [])]
+        own = [keys.worker_wake(self.name), self._wait_keys[-1]]  # the same key but on a cluster
+        return [*dict.fromkeys(own), *(self._takes.wake_keys() if self._takes is not None else [])]
 
     def _unregister(self) -> None:
         try:

@@ -384,3 +384,11 @@ def test_a_worker_serves_its_other_shards_while_one_is_down(tmp_path, spawn_work
         jobs = [Queue(name, conn).enqueue(nbq_tasks.add, i, 1) for i, name in enumerate(names[1:])]
         assert [job.result(timeout=15) for job in jobs] == [1, 2], worker.log()
         assert "lost the shard of queue(s) " + names[0] in worker.log()
+
+
+def test_a_one_queue_worker_on_a_cluster_stops_at_once(on_cluster, spawn_worker):
+    worker = spawn_worker("solo", "--url", on_cluster.url).wait_ready()
+    time.sleep(0.5)  # blocked in its wait
+    began = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0 and time.monotonic() - began < 2, worker.log()
