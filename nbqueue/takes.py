@@ -15,6 +15,7 @@ round trip: ``BLPOP`` on the wake flags, then the take). With several runs:
   sets the flags anew, or, if it did not get that far (a higher run had a job, or no slot was
   idle any more), ``reflag.lua`` sets them anew, so other workers blocked on them still wake.
 
+A run whose shard can't be reached is passed over (logged once), its neighbours served meanwhile.
 Stopping pushes onto each run's wake list: the wakers return at once.
 """
 from __future__ import annotations
