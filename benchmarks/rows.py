@@ -212,10 +212,10 @@ def latency_rq(ctx: Ctx) -> dict:
 # --- 6. status change -> event seen by a watcher (nbqueue only) --------------------------------
 
 def events_nbq(ctx: Ctx) -> dict:
-    """Jobs run one at a time by an idle worker; a thread receives every event on nbq:ev:*."""
+    """Jobs run one at a time by an idle worker; a thread receives every event (keys.EVENTS_PATTERN)."""
     received: list = []
     pubsub = ctx.client().pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe("nbq:ev:*")
+    pubsub.psubscribe(nbqueue.keys.EVENTS_PATTERN)
     stop = threading.Event()
 
     def listen() -> None:

@@ -19,7 +19,7 @@ import redis  # noqa: E402
 
 from benchmarks import tasks  # noqa: E402
 from benchmarks.harness import Server  # noqa: E402
-from nbqueue import Queue  # noqa: E402
+from nbqueue import Queue, keys  # noqa: E402
 from nbqueue.server import find_binary  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def enqueue_rate(q: Queue, n: int) -> tuple:
     seconds, cpu = perf_counter() - t, time.process_time() - cpu
     server = server_cpu(q.connection) - server
     assert len(q) == n
-    assert bool(q.connection.hget(f"nbq:job:{q.job_ids[0]}", "sig")) == (q.signer is not None)
+    assert bool(q.connection.hget(keys.job(q.job_ids[0], q.name), "sig")) == (q.signer is not None)
     return n / seconds, cpu / n * 1e6, server / n * 1e6
 
 

@@ -175,7 +175,7 @@ def requeue(queue, job_ids, all_failed, url) -> None:
     problems = []
     for job_id in ids:
         try:
-            Job(job_id, q.connection).requeue()
+            Job(job_id, q.connection, queue=q.name).requeue()
         except (NoSuchJob, InvalidTransition) as exc:
             problems.append(str(exc))
     click.echo(f"requeued {len(ids) - len(problems)} job(s) on {queue} at {describe(q.connection)}")

@@ -3,8 +3,11 @@
 Order: an explicit URL → ``$NBQUEUE_URL`` → a Redis answering on
 ``redis://localhost:6379/0`` → the embedded server (started if needed).
 The URL ``"embedded"`` forces the embedded server; ``redis+sentinel://`` URLs
-reach the master of a Sentinel-monitored service. On first contact with a Redis
-nbqueue reads its ``maxmemory-policy``: one that evicts keys would drop jobs.
+reach the master of a Sentinel-monitored service; ``redis+cluster://`` (``rediss+cluster://``
+with TLS) URLs a Redis or Valkey Cluster, as does a plain ``redis://`` URL to a node that runs
+in cluster mode (found out on first contact), and a ``redis.cluster.RedisCluster`` client.
+On first contact with a Redis nbqueue reads its ``maxmemory-policy``: one that evicts keys
+would drop jobs.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -27,8 +31,8 @@ from .errors import ConnectionFailed, EvictingRedis, InvalidConnection, InvalidU
 from .server import EmbeddedServer
 
 __all__ = [
-    "ConnectionFailed", "InvalidURL", "Resolved", "SentinelURL", "check_eviction", "client_for", "connect",
-    "describe", "eviction_policy", "get_connection", "mask_url", "resolve",
+    "Client", "ConnectionFailed", "InvalidURL", "Resolved", "SentinelURL", "check_eviction", "client_for", "connect",
+    "connection_options", "describe", "is_cluster", "eviction_policy", "get_connection", "mask_url", "resolve",
 ]
 
 LOCAL_URL = "redis://localhost:6379/0"  # probed when nothing is configured
@@ -37,11 +41,14 @@ CHECK_TIMEOUT = 5.0  # seconds for the first PING of a configured URL
 SENTINEL_TIMEOUT = 2.0  # seconds for a sentinel's answer (which master), so a hung one can't hang us
 EMBEDDED = "embedded"
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}  # -> the scheme of its nodes
 URL_FORMS = (
     "redis://[user:password@]host[:port][/db], rediss://... (TLS), "
     "unix://[user:password@]/path/to/socket[?db=N], "
-    "redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db], or 'embedded'"
+    "redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db], "
+    "redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster://: TLS), or 'embedded'"
 )
+Client = Union[redis.Redis, RedisCluster]  # what nbqueue works with
 
 logger = logging.getLogger("nbqueue")
 
@@ -120,8 +127,8 @@ class SentinelURL:
                    options.get("sentinel_username"), options.get("sentinel_password"))
 
 
-def _host_port(item: str, bad: Any) -> Tuple[str, int]:
-    """``host:port`` (port 26379 if left out; IPv6 in brackets) of one sentinel."""
+def _host_port(item: str, bad: Any, default: int = 26379) -> Tuple[str, int]:
+    """``host:port`` (port ``default`` if left out; IPv6 in brackets) of one sentinel or node."""
     item = item.strip()
     if item.startswith("["):
         host, _, port = item[1:].partition("]")
@@ -129,16 +136,61 @@ def _host_port(item: str, bad: Any) -> Tuple[str, int]:
     else:
         host, _, port = item.partition(":")
     if not host:
-        raise bad("a sentinel address has no host")
+        raise bad("an address has no host")
     if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise bad(f"sentinel port {port!r} is not a port number")
-    return host, int(port or 26379)
+        raise bad(f"port {port!r} is not a port number")
+    return host, int(port or default)
 
 
-def client_for(url: str, **options: Any) -> redis.Redis:
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a Redis Cluster client (``redis.cluster.RedisCluster``)."""
+    return isinstance(client, RedisCluster)
+
+
+def _cluster_url(url: str) -> Optional[Tuple[str, list]]:
+    """For a ``redis+cluster://`` URL: the URL of its first node (``redis://`` or ``rediss://``, with
+    the credentials and options) and the (host, port) of the others; None for any other URL.
+    ``InvalidURL`` if it is malformed."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    if plain is None or not sep:
+        return None
+    netloc, slash, tail = rest.partition("/")
+    path, _, query = ("/" + tail if slash else "").partition("?")
+    if "?" in netloc:
+        netloc, _, query = netloc.partition("?")
+    if path.strip("/") not in ("", "0"):
+        raise InvalidURL(f"invalid cluster URL {mask_url(url)!r}: a cluster has only db 0; use {URL_FORMS}")
+    userinfo, at, hostlist = netloc.rpartition("@")
+
+    def bad(why: str) -> InvalidURL:
+        return InvalidURL(f"invalid cluster URL {mask_url(url)!r} ({why}); use {URL_FORMS}")
+
+    hosts = [_host_port(item, bad, 6379) for item in hostlist.split(",")]
+    first = f"{plain}://{userinfo}{at}{_join(hosts[0])}" + (f"?{query}" if query else "")
+    return first, hosts[1:]
+
+
+def _join(host_port: Tuple[str, int]) -> str:
+    host, port = host_port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _as_cluster(url: str, **options: Any) -> RedisCluster:
+    """A RedisCluster for a ``redis://``/``rediss://`` URL of one node (or a cluster URL)."""
+    parsed = _cluster_url(url)
+    first, others = parsed if parsed else (url, [])
+    options = {k: v for k, v in options.items() if k not in ("db", "health_check_interval")}
+    nodes = [ClusterNode(host, port) for host, port in others]
+    return RedisCluster.from_url(first, startup_nodes=nodes, **options)
+
+
+def client_for(url: str, **options: Any) -> Client:
     """A redis-py client for ``url`` (any form nbqueue accepts but 'embedded'), with ``options``
     for its connections. A Sentinel URL gives ``Sentinel(...).master_for(service)``: every
-    connection asks the sentinels for the master when it opens."""
+    connection asks the sentinels for the master when it opens; a cluster URL a ``RedisCluster``."""
+    if _cluster_url(url) is not None:
+        return _as_cluster(url, **options)
     if not url.lower().startswith(SENTINEL_SCHEME + "://"):
         return redis.Redis.from_url(url, **options)
     parsed = SentinelURL.parse(url)
@@ -157,8 +209,9 @@ def _check_url(url: str) -> None:
     if url.lower().startswith(SENTINEL_SCHEME + "://"):
         SentinelURL.parse(url)
         return
+    parsed = _cluster_url(url)
     try:
-        redis.ConnectionPool.from_url(url)
+        redis.ConnectionPool.from_url(parsed[0] if parsed else url)
     except (ValueError, TypeError) as e:
         raise InvalidURL(f"invalid Redis URL {mask_url(url)!r} ({e}); use {URL_FORMS}") from None
 
@@ -233,16 +286,30 @@ def connect(url: Optional[str] = None) -> redis.Redis:
     if client is None:
         if resolved.source in ("argument", "NBQUEUE_URL"):
             _check_reachable(resolved)
-        client = client_for(
-            resolved.url, decode_responses=False, health_check_interval=30, socket_timeout=None,
-            **_keepalive(resolved.url),
-        )
+        options = dict(decode_responses=False, health_check_interval=30, socket_timeout=None,
+                       **_keepalive(resolved.url))
+        client = client_for(resolved.url, **options)
+        if isinstance(client, redis.Redis) and _cluster_enabled(client):
+            client.close()
+            client = _as_cluster(resolved.url, **options)
         with _lock:
             client = _by_url.setdefault(resolved.url, client)
     with _lock:
         _by_request[request] = client
     _announce(resolved)
     return client
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    """Whether ``client``'s server is a cluster node (``INFO cluster``); False if it can't tell.
+    A unix socket or Sentinel-managed client is taken as standalone (a cluster is reached over TCP)."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool) or pool.connection_kwargs.get("path"):
+        return False
+    try:
+        return str(client.info("cluster").get("cluster_enabled", 0)) == "1"
+    except redis.ResponseError:  # e.g. INFO not allowed: standalone as far as we know
+        return False
 
 
 def _keepalive(url: str) -> dict:
@@ -313,7 +380,7 @@ def _in_kernel() -> bool:
 _chosen: dict = {}  # "client": what use_redis() chose for this process
 
 
-def use_redis(connection: Union[redis.Redis, str, None] = None) -> redis.Redis:
+def use_redis(connection: Union[Client, str, None] = None) -> Client:
     """Use this Redis (a client, a URL, or by default the one nbqueue resolves: ``NBQUEUE_URL``,
     a local Redis, else the embedded one) for every queue, job and worker of this process made
     without ``connection=``; returns its client. ``use_redis()`` again with another one switches."""
@@ -323,21 +390,52 @@ def use_redis(connection: Union[redis.Redis, str, None] = None) -> redis.Redis:
     return client
 
 
-def get_connection(connection: Union[redis.Redis, str, None] = None, evicting: str = "warn") -> redis.Redis:
+def get_connection(connection: Union[Client, str, None] = None, evicting: str = "warn") -> Client:
     """``connection`` if it is a client, else :func:`connect` to it (a URL or None: the one
-    ``use_redis`` chose, if it did). ``evicting`` says what to do if that Redis may evict keys
-    (see :func:`check_eviction`)."""
+    ``use_redis`` chose, if it did). A ``redis.Redis`` to a node of a cluster is used through a
+    ``RedisCluster`` to that cluster (made once per client). ``evicting`` says what to do if that
+    Redis may evict keys (see :func:`check_eviction`)."""
     if connection is None and "client" in _chosen:  # redis-py's pool reopens its sockets after a fork
         connection = _chosen["client"]
     if connection is None or isinstance(connection, str):
         client = connect(connection)
-    elif isinstance(connection, redis.Redis):
+    elif isinstance(connection, RedisCluster):
         client = connection
+    elif isinstance(connection, redis.Redis):
+        client = _cluster_for(connection)
     else:
         kind = type(connection).__name__
-        raise InvalidConnection(f"connection must be a redis.Redis, a URL or None, not {kind}")
+        raise InvalidConnection(f"connection must be a redis.Redis, a redis.cluster.RedisCluster, a URL or None, "
+                                f"not {kind}")
     check_eviction(client, evicting)
     return client
+
+
+_clusters: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # pool -> RedisCluster or False
+
+
+def _cluster_for(client: redis.Redis) -> Client:
+    """``client``, or a RedisCluster (same options) if its server is a cluster node; asked once per pool."""
+    pool = client.connection_pool
+    found = _clusters.get(pool)
+    if found is None:
+        found = False
+        try:
+            if _cluster_enabled(client):
+                kw = {k: v for k, v in pool.connection_kwargs.items()
+                      if k not in ("db", "connection_class", "health_check_interval")}
+                if issubclass(pool.connection_class, redis.SSLConnection):
+                    kw["ssl"] = True
+                found = RedisCluster(**kw)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return client  # away: ask again at the next contact
+        _clusters[pool] = found
+    return found or client
+
+
+def _key(client: Client) -> Any:
+    """What per-client facts are cached by: the connection pool (a cluster client: itself)."""
+    return client if isinstance(client, RedisCluster) else client.connection_pool
 
 
 # Per connection pool (per client): its server's maxmemory-policy, read once per process.
@@ -345,14 +443,21 @@ _policies: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 _told: "weakref.WeakSet[Any]" = weakref.WeakSet()  # pools whose eviction was logged
 
 
-def eviction_policy(client: redis.Redis) -> str:
+def eviction_policy(client: Client) -> str:
     """The ``maxmemory-policy`` of ``client``'s Redis ("" if it can't be read, e.g. a user not
-    allowed INFO), read from ``INFO memory`` (no CONFIG rights needed) once per process."""
-    pool = client.connection_pool
+    allowed INFO), read from ``INFO memory`` (no CONFIG rights needed) once per process; of a
+    cluster, the first master's that evicts (else "noeviction")."""
+    pool = _key(client)
     policy = _policies.get(pool)
     if policy is None:
         try:
-            policy = str(client.info("memory").get("maxmemory_policy", ""))
+            if isinstance(client, RedisCluster):
+                replies = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+                policies = [str(r.get("maxmemory_policy", "")) for r in replies.values()] if len(
+                    client.get_primaries()) > 1 else [str(replies.get("maxmemory_policy", ""))]
+                policy = next((p for p in policies if p != "noeviction"), "noeviction")
+            else:
+                policy = str(client.info("memory").get("maxmemory_policy", ""))
         except redis.ResponseError as exc:  # e.g. NOPERM: don't ask again
             logger.debug("nbqueue: cannot read maxmemory-policy of %s: %s", describe(client), exc)
             policy = ""
@@ -360,11 +465,11 @@ def eviction_policy(client: redis.Redis) -> str:
     return policy
 
 
-def check_eviction(client: redis.Redis, evicting: str = "warn") -> None:
+def check_eviction(client: Client, evicting: str = "warn") -> None:
     """Act on a Redis that may evict keys when full (a ``maxmemory-policy`` other than
     ``noeviction``), which drops jobs silently: ``"refuse"`` raises ``EvictingRedis`` (a worker),
     ``"warn"`` logs a warning once per client (a client), ``"allow"`` logs that it was allowed."""
-    if evicting == "warn" and client.connection_pool in _told:
+    if evicting == "warn" and _key(client) in _told:
         return  # fast: Job() calls this for every job
     try:
         policy = eviction_policy(client)
@@ -376,7 +481,7 @@ def check_eviction(client: redis.Redis, evicting: str = "warn") -> None:
         if not policy and evicting == "refuse" and client.connection_pool not in _told:
             logger.warning("nbqueue: could not read the maxmemory-policy of Redis at %s (INFO memory): make sure it "
                            "is noeviction, or jobs can be evicted silently", describe(client))
-        _told.add(client.connection_pool)
+        _told.add(_key(client))
         return
     where = describe(client)
     fix = "CONFIG SET maxmemory-policy noeviction (and in its config file)"
@@ -385,7 +490,7 @@ def check_eviction(client: redis.Redis, evicting: str = "warn") -> None:
             f"Redis at {where} has maxmemory-policy {policy}: when full it evicts keys, which drops jobs "
             f"silently; set it to noeviction ({fix}), or start the worker with --allow-eviction.")
     if client.connection_pool not in _told:
-        _told.add(client.connection_pool)
+        _told.add(_key(client))
         if evicting == "allow":
             logger.warning("nbqueue: Redis at %s has maxmemory-policy %s, allowed by --allow-eviction: "
                            "when full it evicts keys, and jobs are lost silently", where, policy)
@@ -394,8 +499,25 @@ def check_eviction(client: redis.Redis, evicting: str = "warn") -> None:
                            "jobs silently; set it to noeviction: %s", where, policy, fix)
 
 
-def describe(client: redis.Redis) -> str:
+def connection_options(client: Client) -> dict:
+    """The options ``client`` opens its connections with (of a cluster: those to its nodes)."""
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        return dict(node.redis_connection.connection_pool.connection_kwargs) if node.redis_connection else {}
+    return dict(client.connection_pool.connection_kwargs)
+
+
+def describe(client: Client) -> str:
     """A URL-like description of ``client`` with any password masked."""
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        kw = connection_options(client)
+        user = kw.get("username") or ""
+        auth = f"{user}:***@" if kw.get("password") else (f"{user}@" if user else "")
+        tls = kw.get("ssl") or (node.redis_connection is not None and issubclass(
+            node.redis_connection.connection_pool.connection_class, redis.SSLConnection))
+        hosts = ",".join(_join((n.host, n.port)) for n in client.get_primaries())
+        return f"{'rediss' if tls else 'redis'}+cluster://{auth}{hosts}"
     pool = client.connection_pool
     kw = pool.connection_kwargs
     user = kw.get("username") or ""

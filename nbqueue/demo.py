@@ -23,10 +23,11 @@ def divide(a, b):
 
 def run(url: str) -> None:
     from . import JobFailed, Queue, connect
+    from .connection import connection_options
 
     conn = connect(url)
     queue = Queue("demo", conn)
-    worker_url = conn.connection_pool.connection_kwargs.get("path")
+    worker_url = connection_options(conn).get("path")
     worker_url = f"unix://{worker_url}" if worker_url else url
     worker = subprocess.Popen([sys.executable, "-m", "nbqueue.cli", "worker", "demo", "--concurrency", "4",
                                "--url", worker_url])

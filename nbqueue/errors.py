@@ -6,6 +6,7 @@
     ├── EnqueueError (ValueError) ........ the call can't be enqueued; nothing was written
     │   ├── InvalidQueueName ............. a queue name nbqueue does not accept
     │   ├── JobExists .................... the chosen job_id is taken
+    │   ├── CrossSlotDependency .......... on a cluster, a dependency lives in another slot
     │   └── ScheduleError ................ a schedule's rule, name or options can't be used
     ├── WorkerError (ValueError) ......... a worker can't start as asked (or can't go on)
     │   └── WorkerTakenOver .............. another worker registered under this worker's name
@@ -17,6 +18,8 @@
     ├── ServerError (RuntimeError) ....... the embedded server can't be found, started or stopped
     ├── InvalidProgress (TypeError, ValueError)  progress() was given no finite number
     ├── NoSuchJob (LookupError) .......... no job with that id (or it expired)
+    │   └── JobQueueUnknown .............. a job id you chose, looked up without its queue
+    ├── LayoutError ...................... the Redis holds another key layout (an older nbqueue's)
     ├── NoSuchGroup (LookupError) ........ no group with that id (or it expired)
     ├── InvalidTransition ................ the job's state does not allow it
     ├── ResultTimeout (TimeoutError) ..... result(timeout=...) gave up; the job goes on
@@ -55,6 +58,12 @@ class JobExists(EnqueueError):
     """A job with the requested ``job_id`` already exists."""
 
 
+class CrossSlotDependency(EnqueueError):
+    """On a Redis Cluster, a job's dependency is a job of a queue in another hash slot: the step that
+    records a job's end releases its dependents atomically, which one script can do only within one
+    slot. Nothing was written."""
+
+
 class ScheduleError(EnqueueError):
     """A schedule can't be made as asked (its every=/cron=, timezone, name or catch-up rule). Nothing was written."""
 
@@ -85,6 +94,16 @@ class InvalidProgress(NbqueueError, TypeError, ValueError):
 
 class NoSuchJob(NbqueueError, LookupError):
     """No job with that id (never enqueued, or expired after its TTL)."""
+
+
+class JobQueueUnknown(NoSuchJob):
+    """A job id chosen by the caller (``job_id=...``) was looked up without its queue: its keys live
+    under the queue's slot tag, so give ``queue=`` (ids nbqueue makes carry their queue's tag)."""
+
+
+class LayoutError(NbqueueError):
+    """The Redis holds keys of another nbqueue key layout (the previous, untagged one): nothing is read
+    or written until it is drained with the version that wrote it, or the ``nbq:*`` keys are removed."""
 
 
 class NoSuchGroup(NbqueueError, LookupError):

@@ -1,9 +1,9 @@
 """What a running job says while it runs: its progress and its output.
 
-Core, no IPython (the listening side is ``watcher.py``). Besides the state changes the scripts publish, a job's channel ``nbq:ev:<id>``
+Core, no IPython (the listening side is ``watcher.py``). Besides the state changes the scripts publish, a job's channel (``keys.events``)
 carries ``{"id", "status": "progress", "done", "total", "message", "t"}`` and
 ``{"id", "status": "log", "lines": [...], "t"}``, where ``t`` is the worker's clock ("sec.usec").
-The output of a job is also kept in the Redis list ``nbq:log:<id>`` (its last lines).
+The output of a job is also kept in the Redis list ``keys.log`` (its last lines).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def progress(done: float, total: Optional[float] = None, message: Optional[str] 
     if live is not None:  # a thread the job started has no current job; one live job is it
         live.set_progress(record)
     elif job is not None:
-        _publish(job.connection, job.id, _attempt(job), None, record)
+        _publish(job.connection, job.ref, _attempt(job), None, record)
     else:
         warnings.warn("nbqueue.progress() was called outside a job; nothing was recorded",
                       RuntimeWarning, stacklevel=2)
@@ -67,16 +67,17 @@ def progress(done: float, total: Optional[float] = None, message: Optional[str] 
 def _publish(conn: redis.Redis, job_id: str, attempt: int, lines: Optional[list], record: Optional[dict],
              ttl: int = LOG_TTL) -> bool:
     """Store and publish output lines and progress of attempt ``attempt``; False if it was refused."""
-    args = [job_id, keys.events(job_id), attempt, LOG_MAX_LINES, ttl, json.dumps(record) if record else "",
+    plain, tag = keys.split(job_id)  # job_id: a ref
+    args = [plain, keys.events(plain, tag=tag), attempt, LOG_MAX_LINES, ttl, json.dumps(record) if record else "",
             *(lines or ())]
-    return keys.script("output")([keys.job(job_id), keys.log(job_id)], args, client=conn) == 1
+    return keys.script("output")([keys.job(plain, tag=tag), keys.log(plain, tag=tag)], args, client=conn) == 1
 
 
 def _attempt(job: Job) -> int:
     """The attempt running ``job`` now (read when it starts, so later attempts are told apart)."""
     if job.attempt:
         return job.attempt
-    raw = job.connection.hget(keys.job(job.id), "attempt")
+    raw = job.connection.hget(job._key, "attempt")
     return int(raw or 0)
 
 
@@ -138,7 +139,7 @@ class _Live:
         if self.fenced or not (lines or record or (final and self.written)):
             return  # a silent job costs no Redis call at all
         try:
-            self.fenced = not _publish(self.job.connection, self.job.id, self.attempt, lines, record,
+            self.fenced = not _publish(self.job.connection, self.job.ref, self.attempt, lines, record,
                                        ttl if final else LOG_TTL)
             self.written = True
         except redis.RedisError as exc:
@@ -266,7 +267,7 @@ class capture_output:
     """``with capture_output(job, attempt):`` tee stdout, stderr and logging of a running job to Redis.
 
     What the job's thread (and threads it starts) writes still reaches the worker's terminal.
-    Lines are flushed every ~0.1 s (never one Redis call per print) to ``nbq:log:<id>`` (its
+    Lines are flushed every ~0.1 s (never one Redis call per print) to ``keys.log`` (its
     last ``LOG_MAX_LINES``) and published as ``log`` events — only while ``attempt`` (default:
     the one running when it starts) still holds the job.
     """

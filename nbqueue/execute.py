@@ -121,7 +121,8 @@ REASONS = {
 def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[[], None]], None]] = None) -> Outcome:
     """Import, check and call the job's function here; never raises. A coroutine function's job
     runs on an event loop of its own in this thread; ``on_task`` is given a function that cancels it."""
-    token = jobs._current.set(jobs.Job(taken.id, connection, {"status": b"started", "queue": taken.queue.encode()}))
+    token = jobs._current.set(jobs.Job(taken.id, connection, {"status": b"started", "queue": taken.queue.encode()},
+                                              queue=taken.queue))
     try:
         if taken.refused:  # checked before anything is imported or unpickled
             return Outcome.failure(taken.refused)
@@ -135,7 +136,7 @@ def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[
             return Outcome.failure(line)
         if taken.deps:  # results of the jobs it depends on, read now (not through the client)
             try:
-                allow = connection.hget(keys.job(taken.id), "allow_failure") == b"1"
+                allow = connection.hget(keys.job(taken.id, taken.queue), "allow_failure") == b"1"
                 args, kwargs = flow.substitute(args, kwargs, connection, taken.signer, allow)
             except DependencyError as exc:
                 return Outcome.failure(f"DependencyFailed: {exc}")

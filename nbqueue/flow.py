@@ -49,7 +49,7 @@ _CONTAINERS = (list, tuple, dict)
 
 
 class Result:
-    """Stands in the arguments for the result of the job ``id`` (a Job given as an argument)."""
+    """Stands in the arguments for the result of the job ``id`` (a Job given as an argument; its ref)."""
 
     __slots__ = ("id",)
 
@@ -64,7 +64,7 @@ class Result:
 
 
 class Results:
-    """Stands for the list of results of a group's jobs (a Group given as an argument)."""
+    """Stands for the list of results of a group's jobs (a Group given as an argument; their refs)."""
 
     __slots__ = ("ids",)
 
@@ -83,11 +83,11 @@ def _swap(value: Any, depth: int, budget: list, found: list) -> Any:
     if kind in _PLAIN:
         return value
     if isinstance(value, Job):
-        found.append(value.id)
-        return Result(value.id)
+        found.append(value.ref)
+        return Result(value.ref)
     if isinstance(value, Group):
-        found.extend(value.ids)
-        return Results(value.ids)
+        found.extend(value.refs)
+        return Results(value.refs)
     if kind not in _CONTAINERS or depth >= MAX_DEPTH or budget[0] < len(value):
         return value
     budget[0] -= len(value)
@@ -99,7 +99,7 @@ def _swap(value: Any, depth: int, budget: list, found: list) -> Any:
 
 
 def extract(args: tuple, kwargs: dict) -> Tuple[tuple, dict, List[str]]:
-    """The call with a placeholder for each Job or Group in it, and the ids of those jobs."""
+    """The call with a placeholder for each Job or Group in it, and the refs of those jobs."""
     for a in args:  # the common case, plain values only: one type check each (~0.2 us in all)
         if type(a) not in _PLAIN:
             break
@@ -113,19 +113,20 @@ def extract(args: tuple, kwargs: dict) -> Tuple[tuple, dict, List[str]]:
     return new_args, new_kwargs, found
 
 
-def ids_of(depends_on: Any) -> List[str]:
-    """The job ids ``depends_on`` names: a Job, a Group, a job id, or a list/tuple/set of them."""
+def ids_of(depends_on: Any, tag: str) -> List[str]:
+    """The refs of the jobs ``depends_on`` names: a Job, a Group, a job id (one nbqueue made, a ref,
+    or an id chosen at enqueue: of the enqueuing queue, whose tag is ``tag``), or a list/tuple/set of them."""
     if depends_on is None:
         return []
     items = depends_on if isinstance(depends_on, (list, tuple, set, frozenset)) else [depends_on]
     ids: list = []
     for item in items:
         if isinstance(item, Job):
-            ids.append(item.id)
+            ids.append(item.ref)
         elif isinstance(item, Group):
-            ids.extend(item.ids)
-        elif isinstance(item, str) and keys.NAME.fullmatch(item):
-            ids.append(item)
+            ids.extend(item.refs)
+        elif isinstance(item, str) and keys.REF.fullmatch(item):
+            ids.append(item if ":" in item or keys.id_tag(item) else keys.ref(item, tag))
         else:
             raise EnqueueError(f"depends_on={depends_on!r} is not valid: give a Job, a Group, a job id, or a list "
                                f"of them. Nothing was enqueued.")
@@ -133,8 +134,8 @@ def ids_of(depends_on: Any) -> List[str]:
 
 
 def check_cycles(connection: redis.Redis, new: dict) -> None:
-    """Refuse a batch in which a job would wait for itself: ``new`` maps each new job id to the ids it
-    waits for. Only jobs with ids the caller chose can close a loop (through each other, or through a
+    """Refuse a batch in which a job would wait for itself: ``new`` maps each new job's ref to the refs
+    it waits for. Only jobs with ids the caller chose can close a loop (through each other, or through a
     job still waiting for an old job of that id), so ``enqueue`` calls this only then."""
     chosen = set(new)
     frontier = {d for deps in new.values() for d in deps}
@@ -155,7 +156,7 @@ def check_cycles(connection: redis.Redis, new: dict) -> None:
         while stack:
             node = stack.pop()
             if node == start:
-                raise EnqueueError(f"Job {start!r} would wait for itself (a cycle of dependencies through "
+                raise EnqueueError(f"Job {keys.split(start)[0]!r} would wait for itself (a cycle of dependencies through "
                                    f"job ids you chose). Nothing was enqueued.")
             if node not in visited:
                 visited.add(node)
@@ -163,8 +164,8 @@ def check_cycles(connection: redis.Redis, new: dict) -> None:
 
 
 def dependents_of(connection: redis.Redis, job_id: str, failing: bool) -> Tuple[list, list]:
-    """The dependents of ``job_id`` as the end scripts take them (``deps.lua``): their keys and their
-    ``[n, id, parent, expanded, queue, ...]`` values. With ``failing`` (the job failed or was canceled),
+    """The dependents of the job ``job_id`` (a ref) as the end scripts take them (``deps.lua``): their
+    keys and their ``[n, ref, parent, expanded, queue, id, channel, ...]`` values. With ``failing`` (the job failed or was canceled),
     the dependents that will fail have their own dependents read too, down the chain. Members that are
     no job id (junk written by hand) are removed from the set first."""
     nodes: list = []  # [id, parent index, expanded, queue]
@@ -182,7 +183,7 @@ def dependents_of(connection: redis.Redis, job_id: str, failing: bool) -> Tuple[
             good = []
             for raw in found:
                 name = raw.decode(errors="replace")
-                if keys.NAME.fullmatch(name) and name.encode() == raw:
+                if keys.REF.fullmatch(name) and name.encode() == raw and (":" in name or keys.id_tag(name)):
                     good.append(name)
                 else:
                     log.warning("dropping %r from the dependents of job %s: it is no job id", raw, parent)
@@ -206,9 +207,10 @@ def dependents_of(connection: redis.Redis, job_id: str, failing: bool) -> Tuple[
     node_keys: list = []
     values: list = [len(nodes)]
     for member, parent, expand, queue in nodes:
-        node_keys += [keys.job(member), keys.queue(queue), keys.wake(queue), keys.failed(queue),
-                      keys.dependents(member)]
-        values += [member, parent, expand, queue]
+        job_id, tag = keys.split(member)
+        node_keys += [keys.job(job_id, tag=tag), keys.queue(queue), keys.wake(queue), keys.failed(queue),
+                      keys.dependents(job_id, tag=tag)]
+        values += [member, parent, expand, queue, job_id, keys.events(job_id, tag=tag)]
     return node_keys, values
 
 
@@ -223,7 +225,7 @@ def end_with_dependents(connection: redis.Redis, script: str, job_id: str, scrip
             return reply
         node_keys, values = dependents_of(connection, job_id, failing)
         reply = keys.run(connection, script, [*script_keys, keys.dependents(job_id), *node_keys],
-                         [*head, *values, *tail])
+                         [*head, *values, *tail], tag=keys.split(job_id)[1])
     raise RuntimeError(f"the dependents of job {job_id} kept changing while they were read")
 
 
@@ -232,9 +234,10 @@ def release(connection: redis.Redis, job_ids: Iterable[str]) -> None:
     job that the recovery failed or canceled); jobs that did not end are passed over."""
     from .job import DEFAULT_FAILURE_TTL
 
-    for job_id in job_ids:
-        script_keys, head = [keys.job(job_id)], [job_id, DEFAULT_FAILURE_TTL]
-        first = keys.run(connection, "release", [*script_keys, keys.dependents(job_id)], [*head, 0])
+    for job_id in job_ids:  # refs
+        plain, tag = keys.split(job_id)
+        script_keys, head = [keys.job(job_id)], [plain, DEFAULT_FAILURE_TTL, job_id]
+        first = keys.run(connection, "release", [*script_keys, keys.dependents(job_id)], [*head, 0], tag=tag)
         if first == 3:
             status = connection.hget(keys.job(job_id), "status")
             end_with_dependents(connection, "release", job_id, script_keys, head, [], status != b"finished", first)

@@ -37,13 +37,13 @@ class Group:
         return cls([Job(i.decode(), conn) for i in ids], group_id)
 
     def save(self, ttl: Optional[float] = DEFAULT_FAILURE_TTL) -> "Group":
-        """Keep the group's job ids in Redis under ``id`` for ``ttl`` seconds (``None``: forever)."""
+        """Keep the group's job refs in Redis under ``id`` for ``ttl`` seconds (``None``: forever)."""
         if self.jobs:
             key = keys.group(self.id)
             with self.jobs[0].connection.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 for start in range(0, len(self.jobs), 10_000):
-                    pipe.rpush(key, *self.ids[start:start + 10_000])
+                    pipe.rpush(key, *self.refs[start:start + 10_000])
                 if ttl is not None:
                     pipe.expire(key, max(1, int(ttl)))
                 pipe.execute()
@@ -52,6 +52,11 @@ class Group:
     @property
     def ids(self) -> List[str]:
         return [job.id for job in self.jobs]
+
+    @property
+    def refs(self) -> List[str]:
+        """The jobs' refs (``keys.py``): their ids, for ids nbqueue made."""
+        return [job.ref for job in self.jobs]
 
     def results(self, timeout: Optional[float] = None, return_exceptions: bool = False) -> list:
         """Every job's result, in order, waiting up to ``timeout`` seconds in all (``None``: as long
@@ -78,9 +83,9 @@ class Group:
         values: list = []
         if not self.jobs:
             return values
-        with Waiter(self.jobs[0].connection, self.ids, stop) as waiter:
+        with Waiter(self.jobs[0].connection, self.refs, stop) as waiter:
             for job in self.jobs:
-                outcome = waiter.outcome(job.id, until)
+                outcome = waiter.outcome(job.ref, until)
                 if outcome is None:
                     unreachable = " (Redis is unreachable)" if waiter.lost else ""
                     raise ResultTimeout(f"{len(waiter.outcomes)} of {len(self)} jobs are done after {timeout} s"
@@ -103,7 +108,7 @@ class Group:
         conn = self.jobs[0].connection
         with conn.pipeline(transaction=False) as pipe:
             for job in self.jobs:
-                pipe.hget(keys.job(job.id), "status")
+                pipe.hget(job._key, "status")
             return Counter(s.decode() if s else "expired" for s in pipe.execute())
 
     def cancel(self) -> int:

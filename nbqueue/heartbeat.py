@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Optional
 
 import redis
 
-from . import flow, keys
+from . import keys, sweep
 from .errors import WorkerTakenOver
-from .schedule import DUE_BATCH, Firer
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
+from .schedule import Firer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .worker import Worker
@@ -39,6 +38,7 @@ LEASE = 5.0  # seconds an attempt holds its job without renewal
 HEARTBEAT = 1.0  # seconds between heartbeats
 BATCH = 100  # jobs recovered or promoted per heartbeat at most
 QUIET = 2.5 * HEARTBEAT  # no heartbeat from any worker for this long: Redis (or every worker) was away
+QUEUES_EVERY = 10  # beats between two reads of the queue names (keys.QUEUES)
 MAX_REQUEST = 1024  # bytes: a control request is a small JSON object
 LOG_EVERY = 10.0  # seconds between two log lines about the same kind of trouble
 _ATTEMPT = re.compile(r"[0-9]{1,18}")
@@ -99,6 +99,8 @@ class Heartbeat(threading.Thread):
         self._bad_requests = Throttled()
         self._errors = Throttled()
         self._firer = Firer(worker.connection, worker.signer)
+        self._queues = sorted(set(worker.queues))  # the queues the next sweep looks at
+        self._beats = 0
 
     def stop(self) -> None:
         self._stopped.set()
@@ -159,42 +161,35 @@ class Heartbeat(threading.Thread):
         registering, self._register = self._register, False
         if registering:  # only then: a worker that lost its name to another must not write it back
             presence["token"] = self.token
+        by_queue = worker.held_by_queue()
+        swept = list(self._queues)  # every queue known at the last beat: each sweep covers them all
         commands = [
             ("HGET", keys.worker(worker.name), "token"),
             ("HSET", keys.worker(worker.name), *[x for pair in presence.items() for x in pair]),
             ("EXPIRE", keys.worker(worker.name), int(HEARTBEAT * 10)),
             ("ZADD", keys.WORKERS, now, worker.name),
-            keys.evalsha("recover", [keys.ACTIVE, keys.BEAT],
-                         [DEFAULT_LOST_RETRIES, BATCH, DEFAULT_FAILURE_TTL, int(LEASE * 1000), int(QUIET * 1000),
-                          DEFAULT_RESULT_TTL]),
-            keys.evalsha("promote", [keys.SCHEDULED], [BATCH]),
-            keys.evalsha("due", [keys.SCHEDULES], [DUE_BATCH]),  # schedules due: {} almost always
+            *sweep.commands(swept, int(LEASE * 1000), int(QUIET * 1000)),
+            *[keys.evalsha("renew", [keys.active(q), *[keys.job(i, q) for i in jobs]],
+                           [worker.name, int(LEASE * 1000), *_flat(jobs)]) for q, jobs in by_queue.items()],
         ]
-        if held:
-            commands.append(keys.evalsha("renew", [keys.ACTIVE], [worker.name, int(LEASE * 1000), *_flat(held)]))
-        replies = keys.send(self.connection, *commands)
+        replies = keys.send_grouped(self.connection, *commands)  # one round trip (on a cluster, one per slot)
         owner = replies[0]
         if owner is None:  # the hash expired (Redis was away long) or was deleted: register again
             self._register = True
         elif owner != self.token.encode() and not registering:
             raise WorkerTakenOver(f"another worker registered as {worker.name} (token {owner[:40]!r}); "
                             f"two workers must not share a name, as leases are held by name")
-        if held:
-            reply = [i.decode() for i in replies[7]]
+        for renewed, jobs in zip(replies[4 + len(swept):], by_queue.values()):
+            reply = [i.decode() for i in renewed]
             split = reply.index("|")
             for job_id in reply[:split]:  # the verdicts are about the attempts we sent
-                worker.interrupt(job_id, "lost", attempt=held[job_id])
+                worker.interrupt(job_id, "lost", attempt=jobs[job_id])
             for job_id in reply[split + 1:]:
-                worker.interrupt(job_id, "cancel", attempt=held[job_id])
-        if replies[6]:
-            self._firer.fire_due(replies[6])
-        recovered = replies[4]
-        if recovered:
-            log.warning("re-queued or failed %d job(s) of lost workers: %s", len(recovered),
-                        " ".join(i.decode(errors="replace") for i in recovered))
-            # those failed or canceled (lost too often): their dependents fail too. A worker that dies
-            # right here leaves them deferred: the one gap in "released in the same step" (flow.py)
-            flow.release(self.connection, [i.decode(errors="replace") for i in recovered])
+                worker.interrupt(job_id, "cancel", attempt=jobs[job_id])
+        sweep.handle(self.connection, swept, replies[4:4 + len(swept)], self._firer)
+        self._beats += 1
+        if self._beats % QUEUES_EVERY == 1:  # queues made since: swept from the next beat on
+            self._queues = sweep.known_queues(self.connection, worker.queues)
 
     def _on_request(self, data: object) -> None:
         try:

@@ -91,17 +91,21 @@ def served_queues(connection: Union[redis.Redis, str, None] = None) -> set:
 
 def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) -> Snapshot:
     """Counts per queue, the live workers with what each is running, and the ``recent`` jobs
-    that ended last on each queue (two round trips)."""
+    that ended last on each queue (three round trips)."""
     conn = get_connection(connection)
     now = time.time()
     with conn.pipeline(transaction=False) as pipe:
         pipe.smembers(keys.QUEUES)
-        pipe.zrange(keys.ACTIVE, 0, -1)
         pipe.zrangebyscore(keys.WORKERS, now - 3 * HEARTBEAT, "+inf")
-        queue_names, active_ids, worker_names = pipe.execute()
+        queue_names, worker_names = pipe.execute()
+    keys.check_schema(conn)  # another layout's keys are never half-read
     names = sorted(n.decode(errors="replace") for n in queue_names)
-    active = [i.decode(errors="replace") for i in active_ids]
     live = [w.decode(errors="replace") for w in worker_names]
+    with conn.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zrange(keys.active(name), 0, -1)
+        active_lists = pipe.execute()
+    active = [(name, i.decode(errors="replace")) for name, found in zip(names, active_lists) for i in found]
     per_queue = 3 + (recent > 0)
     with conn.pipeline(transaction=False) as pipe:
         for name in names:
@@ -110,8 +114,8 @@ def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) 
             pipe.hgetall(keys.stats(name))
             if recent > 0:
                 pipe.zrange(keys.ended(name), -recent, -1, withscores=True)
-        for job_id in active:
-            pipe.hmget(keys.job(job_id), "queue", "func", "worker", "started_at")
+        for name, job_id in active:
+            pipe.hmget(keys.job(job_id, name), "queue", "func", "worker", "started_at")
         for name in live:
             pipe.hgetall(keys.worker(name))
         replies = pipe.execute()
@@ -120,7 +124,7 @@ def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) 
     workers = replies[per_queue * len(names) + len(active):]
     held: dict = {}
     started: dict = {}
-    for job_id, (queue, func, worker, started_at) in zip(active, jobs):
+    for (_, job_id), (queue, func, worker, started_at) in zip(active, jobs):
         if queue is None:
             continue
         name = queue.decode(errors="replace")
@@ -132,7 +136,7 @@ def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) 
         reply = counts[per_queue * i:per_queue * (i + 1)]
         queues.append(QueueStats(name, reply[0], started.get(name, 0), reply[1], *_counts(reply[2], now)))
         if recent > 0:
-            ended += [(job_id.decode(errors="replace"), name, t) for job_id, t in reply[3]]
+            ended += [(keys.ref(job_id.decode(errors="replace"), keys.tag(name)), name, t) for job_id, t in reply[3]]
     infos = []
     for name, fields in zip(live, workers):
         if not fields:

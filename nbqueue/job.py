@@ -108,9 +108,15 @@ class Job:
     dependencies: tuple = ()  # ids of the jobs it waits for (a Job or Group argument, depends_on)
 
     def __init__(self, job_id: str, connection: Optional[redis.Redis] = None, fields: Optional[dict] = None, *,
-                 secret: signing.Secret = None):
-        """``secret``: to check the result's signature (see ``signing``); default: the queue's default."""
-        self.id = job_id
+                 secret: signing.Secret = None, queue: Optional[str] = None):
+        """``job_id``: the job's id (with ``queue`` if you chose it at enqueue) or its ref (``keys.py``);
+        ``JobQueueUnknown`` if neither tells where it lives. ``secret``: to check the result's signature
+        (see ``signing``); default: the queue's default."""
+        self.id, self._tag = keys.split(job_id, queue)
+        self.ref = keys.ref(self.id, self._tag)  # how Redis points to it (the id, for an id nbqueue made)
+        self._key = keys.job(self.id, tag=self._tag)
+        if queue is not None:
+            self.queue = queue
         self.connection = get_connection(connection)
         self._meta: Optional[dict] = None
         self._call: Optional[tuple] = None
@@ -120,14 +126,16 @@ class Job:
             self._load(fields)
 
     @classmethod
-    def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None, *, secret: signing.Secret = None) -> "Job":
-        """The job with this id; ``NoSuchJob`` if it does not exist (or has expired)."""
-        job = cls(job_id, connection, secret=secret)
+    def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None, *, secret: signing.Secret = None,
+              queue: Optional[str] = None) -> "Job":
+        """The job with this id (give its ``queue`` too if you chose the id at enqueue); ``NoSuchJob``
+        if it does not exist (or has expired), ``JobQueueUnknown`` for a chosen id without its queue."""
+        job = cls(job_id, connection, secret=secret, queue=queue)
         job.refresh()
         return job
 
     def refresh(self) -> "Job":
-        values = self.connection.hmget(keys.job(self.id), _FIELDS)
+        values = self.connection.hmget(self._key, _FIELDS)
         if values[2] is None:
             raise self._missing()
         self._load(dict(zip(_FIELDS, values)))
@@ -142,7 +150,7 @@ class Job:
     def status(self) -> str:
         """The job's status now: deferred (waiting for its dependencies), queued, scheduled, started,
         finished, failed or canceled."""
-        status = self.connection.hget(keys.job(self.id), "status")
+        status = self.connection.hget(self._key, "status")
         if status is None:
             raise self._missing()
         self._status = status.decode()
@@ -164,7 +172,7 @@ class Job:
         return self._meta
 
     def refresh_meta(self) -> dict:
-        raw = self.connection.hget(keys.job(self.id), "meta")
+        raw = self.connection.hget(self._key, "meta")
         try:
             value = json.loads(raw) if raw else {}
         except ValueError:
@@ -174,7 +182,7 @@ class Job:
 
     def save_meta(self) -> None:
         """Write ``meta`` to Redis as JSON (``EnqueueError`` if it can't be: see ``dumps_meta``)."""
-        self.connection.hset(keys.job(self.id), "meta", dumps_meta(self.meta))
+        self.connection.hset(self._key, "meta", dumps_meta(self.meta))
 
     @property
     def args(self) -> tuple:
@@ -202,7 +210,7 @@ class Job:
 
     def _func_name(self) -> str:
         if self.func_name is None:
-            raw = self.connection.hget(keys.job(self.id), "func")
+            raw = self.connection.hget(self._key, "func")
             self.func_name = raw.decode(errors="replace") if raw else None
         return self._func()
 
@@ -210,7 +218,7 @@ class Job:
         """``(instance or None, args, kwargs)`` of the call, read once its signature is checked."""
         if self._call is None:
             fields = ("func", "code", *signing.OPTION_FIELDS, "data", "sig", *signing.CALLBACK_FIELDS)
-            values = self.connection.hmget(keys.job(self.id), fields)
+            values = self.connection.hmget(self._key, fields)
             if values[0] is None:
                 raise self._missing()
             func, code, *options, data, sig, on_success, on_failure = values
@@ -228,7 +236,7 @@ class Job:
     def return_value(self) -> Any:
         """The result if the job finished, else ``None``; never waits (RQ's ``return_value``).
         A result whose signature does not match raises ``SignatureError``, as ``result()`` does."""
-        outcome = self.connection.hmget(keys.job(self.id), OUTCOME)
+        outcome = self.connection.hmget(self._key, OUTCOME)
         if outcome[0] != FINISHED.encode():
             return None
         outcome[0] = FINISHED
@@ -241,7 +249,7 @@ class Job:
     @property
     def traceback(self) -> Optional[str]:
         """The worker's traceback of a failed job."""
-        error = self.connection.hget(keys.job(self.id), "error")
+        error = self.connection.hget(self._key, "error")
         return error.decode() if error is not None else None
 
     def result(self, timeout: Optional[float] = None) -> Any:
@@ -292,7 +300,7 @@ class Job:
         """The worker's short description of a finished job's result (see ``nbqueue.summary``),
         read without fetching the result; None if there is none, or it is junk or not signed
         with our secret (when we have one)."""
-        fields = self.connection.hmget(keys.job(self.id), "status", "attempt", SUMMARY, SUMMARY_SIG)
+        fields = self.connection.hmget(self._key, "status", "attempt", SUMMARY, SUMMARY_SIG)
         return self.checked_summary(*fields)
 
     def checked_summary(self, status: Optional[bytes], attempt: Optional[bytes], raw: Optional[bytes],
@@ -309,10 +317,10 @@ class Job:
     def _wait(self, timeout: Optional[float], stop: Optional[threading.Event] = None) -> list:
         """The job's outcome once it ended (see ``_value``), waiting up to ``timeout`` seconds."""
         until = deadline(timeout)
-        with Waiter(self.connection, [self.id], stop) as waiter:
-            outcome = waiter.outcome(self.id, until)
+        with Waiter(self.connection, [self.ref], stop) as waiter:
+            outcome = waiter.outcome(self.ref, until)
             if outcome is None:
-                state = "has had no answer from Redis" if waiter.lost else f"is still {waiter.status(self.id)}"
+                state = "has had no answer from Redis" if waiter.lost else f"is still {waiter.status(self.ref)}"
                 raise ResultTimeout(f"job {self.id} ({self._func()}) {state} after {timeout} s; "
                                     f"it goes on: call result() again to wait longer.")
         if outcome[0] is None:
@@ -328,7 +336,7 @@ class Job:
         or "finished"/"failed" if it ended first.
         """
         deadline(wait, "wait")  # a bad wait is refused before anything is asked
-        reply = cancel(self.connection, self.id)
+        reply = cancel(self.connection, self.ref, self.queue)
         if reply is None:
             raise NoSuchJob(f"No job {self.id!r} to cancel.")
         if reply == 1:
@@ -345,7 +353,17 @@ class Job:
 
     def requeue(self) -> None:
         """Put a failed (or canceled) job back at the end of its queue."""
-        status = keys.run(self.connection, "requeue", [], [self.id])
+        queue = self.queue
+        for _ in range(5):
+            if queue is None:
+                raw = self.connection.hget(self._key, "queue")
+                queue = raw.decode(errors="replace") if raw is not None else ""
+            status = keys.run(self.connection, "requeue",
+                              [self._key, keys.log(self.id, tag=self._tag), keys.failed(queue), keys.queue(queue),
+                               keys.wake(queue)], [self.id, queue], tag=self._tag)
+            if status != 4:  # 4: it is of another queue than we thought
+                break
+            queue = None
         if status is None:
             raise NoSuchJob(f"No job {self.id!r} to requeue.")
         if status != 1:
@@ -353,17 +371,19 @@ class Job:
         self._status = QUEUED
 
     def _missing(self) -> NoSuchJob:
-        return NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
+        where = ("" if keys.id_tag(self.id) == self._tag else
+                 f" on queue {self.queue!r}" if self.queue else f" (tag {self._tag})")
+        return NoSuchJob(f"No job {self.id!r}{where}: it was never enqueued here, or it expired after its TTL.")
 
     def __reduce__(self) -> tuple:
         raise TypeError(f"a Job handle can't be pickled; as an argument of a job, a Job (or Group) is passed as its "
                         f"result when it sits at the top level or in lists, tuples and dicts up to {_NESTING} deep")
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Job) and other.id == self.id
+        return isinstance(other, Job) and other.ref == self.ref
 
     def __hash__(self) -> int:
-        return hash(self.id)
+        return hash(self.ref)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self._func()} {self._status or '?'}>"
@@ -371,7 +391,7 @@ class Job:
     @property
     def progress(self) -> Optional[dict]:
         """The last progress the job reported (``{"done", "total", "message"}``), or ``None``."""
-        raw = self.connection.hget(keys.job(self.id), "progress")
+        raw = self.connection.hget(self._key, "progress")
         return json.loads(raw) if raw else None
 
     def logs(self, tail: Optional[int] = None) -> list:
@@ -381,16 +401,39 @@ class Job:
         if tail is not None and tail <= 0:
             return []
         start = 0 if tail is None else -tail
-        return [line.decode(errors="replace") for line in self.connection.lrange(keys.log(self.id), start, -1)]
+        return [line.decode(errors="replace") for line in self.connection.lrange(keys.log(self.id, tag=self._tag), start, -1)]
 
 
-def cancel(connection: redis.Redis, job_id: str) -> Any:
-    """Run the cancel script for one job (its dependents read and passed if it has any): its reply."""
+def cancel_command(ref: str, queue: str) -> tuple:
+    """The cancel script's call for one job of ``queue`` (passing no dependents), to give to ``keys.send``."""
+    script_keys, head = _cancel_args(ref, queue)
+    return keys.evalsha("cancel", [*script_keys, keys.dependents(ref)], [*head, 0], tag=keys.tag(queue))
+
+
+def _cancel_args(ref: str, queue: str) -> tuple:
+    job_id, tag = keys.split(ref)
+    return ([keys.job(job_id, tag=tag), keys.queue(queue), keys.scheduled(queue)],
+            [job_id, DEFAULT_RESULT_TTL, DEFAULT_FAILURE_TTL, queue, keys.control(""), ref])
+
+
+def cancel(connection: redis.Redis, ref: str, queue: Optional[str] = None, first: Any = None) -> Any:
+    """Run the cancel script for one job (its dependents read and passed if it has any): its reply.
+    ``queue``: the job's queue if known (else read); ``first``: the reply of ``cancel_command`` sent already."""
     from . import flow
 
-    script_keys, head = [keys.SCHEDULED], [job_id, DEFAULT_RESULT_TTL, DEFAULT_FAILURE_TTL]
-    first = keys.run(connection, "cancel", [*script_keys, keys.dependents(job_id)], [*head, 0])
-    return flow.end_with_dependents(connection, "cancel", job_id, script_keys, head, [], True, first)
+    job_id, tag = keys.split(ref)
+    for _ in range(5):
+        if queue is None:
+            raw = connection.hget(keys.job(job_id, tag=tag), "queue")
+            queue = raw.decode(errors="replace") if raw is not None else ""
+        script_keys, head = _cancel_args(ref, queue)
+        if first is None:
+            first = keys.run(connection, "cancel", [*script_keys, keys.dependents(ref)], [*head, 0], tag=tag)
+        reply = flow.end_with_dependents(connection, "cancel", ref, script_keys, head, [], True, first)
+        if reply != 4:  # 4: it is of another queue than we thought
+            return reply
+        queue, first = None, None
+    return reply
 
 
 class Waiter:
@@ -404,7 +447,7 @@ class Waiter:
         self.stop = stop  # set by another thread: give up (an awaiting task was canceled)
         self.waiting: Dict[str, Optional[str]] = dict.fromkeys(ids)  # id -> last status seen, in order
         self.outcomes: Dict[str, list] = {}  # id -> outcome of a job that ended (status None: no such job)
-        self._channels = {keys.events(i).encode(): i for i in self.waiting}
+        self._channels = {keys.events(i).encode(): i for i in self.waiting}  # ids: refs
         self._pubsub: Optional[redis.client.PubSub] = None
         self._read_once = False
         self._given: set = set()  # ids ``ended()`` returned already

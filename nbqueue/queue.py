@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import reprlib
-import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import redis
 
 from . import flow, keys, signing, testing
-from .connection import describe, get_connection
-from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, QUEUED, Job, cancel, dumps_meta
+from .connection import describe, get_connection, is_cluster
+from .errors import CrossSlotDependency, EnqueueError, InvalidQueueName, JobExists, RedisFull
+from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, QUEUED, Job, cancel, cancel_command, dumps_meta
 from .options import (  # noqa: F401 - MAX_*, check_seconds and check_count: also nbqueue.queue's, as before
     MAX_DELAY, MAX_RETRIES, MAX_RETRY_DELAY, MAX_TIMEOUT, MAX_TTL, Options, _delay_ms, _until, check_count,
     check_seconds,
@@ -88,13 +87,17 @@ class Queue:
 
     @property
     def connection(self) -> redis.Redis:
-        if not isinstance(self._connection, redis.Redis):
-            self._connection = get_connection(self._connection)
+        if not getattr(self, "_resolved", False):
+            self._connection, self._resolved = get_connection(self._connection), True  # may be a RedisCluster
         return self._connection
 
     @property
     def key(self) -> str:
         return keys.queue(self.name)
+
+    @property
+    def _tag(self) -> str:
+        return keys.tag(self.name)
 
     def enqueue(self, func: Callable, *args: Any, **kwargs: Any) -> Job:
         """Put ``func(*args, **kwargs)`` on the queue. Every keyword goes to ``func``; options: ``enqueue_call``."""
@@ -169,8 +172,9 @@ class Queue:
         for name, value in (("at_front", at_front), ("allow_failure", allow_failure)):
             if not isinstance(value, bool):
                 raise EnqueueError(f"{name}={reprlib.repr(value)} is not valid: give True or False. Nothing was enqueued.")
-        ordering = flow.ids_of(depends_on)
-        graph: dict = {}  # job id -> the ids it waits for (only jobs that wait)
+        tag = self._tag
+        ordering = flow.ids_of(depends_on, tag)
+        graph: dict = {}  # job ref -> the refs it waits for (only jobs that wait)
         signer = self.signer
         callbacks = [_callback_path(name, f) for name, f in (("on_success", on_success), ("on_failure", on_failure))]
         argv: list = []  # per job: id, index of its function, data, signature
@@ -194,7 +198,7 @@ class Queue:
                                    f"{reprlib.repr(call.kwargs)}. Nothing was enqueued.") from None
             args, kwargs, found = flow.extract(args, kwargs)
             if found or ordering:
-                graph[job_id] = list(dict.fromkeys(found + ordering))
+                graph[keys.ref(job_id, tag)] = list(dict.fromkeys(found + ordering))
             data = dumps_call(ref, args, kwargs)
             argv += [job_id, index, data, signing.Signer.sign_job(mac, job_id, data) if mac is not None else b""]
             ids.append(job_id)
@@ -227,16 +231,17 @@ class Queue:
             self._write_deferred(["1" if at_front else "0", "1" if chosen else "0", "1" if allow_failure else "0",
                                   DEFAULT_FAILURE_TTL, len(fields) // 2, *fields, *funcs_table], argv, graph)
         else:
-            head = [self.name, "1" if at_front else "0", _delay_ms(delay), "1" if chosen else "0",
+            head = [self.name, "1" if at_front else "0", _delay_ms(delay), "1" if chosen else "0", "",
                     len(fields) // 2, *fields, *funcs_table]
             holder = self._write(head, argv, chosen, unique_key)
             if holder is not None:  # a job with the same unique_key is queued or running: that one
-                return [Job(holder, self.connection, secret=signer)]
+                return [Job(holder, self.connection, secret=signer, queue=self.name)]
         conn, queue = self.connection, self.name.encode()
         status = b"scheduled" if delay and _delay_ms(delay) else b"queued"  # as far as we know: deferred ones may be queued
-        jobs = [Job(i, conn, {"status": b"deferred" if i in graph else status, "queue": queue, "func": f,
-                              "deps": " ".join(graph[i]).encode() if i in graph else None}, secret=signer)
-                for i, f in zip(ids, funcs)]
+        refs = [keys.ref(i, tag) for i in ids]
+        jobs = [Job(r, conn, {"status": b"deferred" if r in graph else status, "queue": queue, "func": f,
+                              "deps": " ".join(graph[r]).encode() if r in graph else None}, secret=signer)
+                for r, f in zip(refs, funcs)]
         if not self.is_async:
             testing.run_now(self, jobs)
         return jobs
@@ -271,33 +276,41 @@ class Queue:
 
         return remove(self.connection, name)
 
-    @staticmethod
-    def _job_id(job_id: Optional[str]) -> str:
+    def _job_id(self, job_id: Optional[str]) -> str:
         if job_id is None:
-            return secrets.token_hex(16)  # 128 random bits, like uuid4, in a sixth of the time
+            return keys.new_id(self.name)  # the queue's tag and 112 random bits
         if not isinstance(job_id, str) or not keys.NAME.fullmatch(job_id):
             raise EnqueueError(f"job_id={job_id!r} is not valid: use 1 to 100 letters, digits, '_', '-' or '.'.")
         return job_id
+
+    def _exists(self, job_id: str) -> JobExists:
+        return JobExists(f"A job with id {job_id!r} already exists on queue {self.name!r}; nothing was enqueued. "
+                         f"Pick a new job_id, or fetch the existing one with Job.fetch({job_id!r}, queue={self.name!r}).")
 
     def _write(self, head: list, argv: list, chosen: list, unique_key: Optional[str] = None) -> Optional[str]:
         """Run the enqueue script; for a unique job, the id of the job that holds its key, if one does."""
         if not argv:
             return None
-        script_keys = [keys.QUEUES, self.key, keys.wake(self.name), keys.SCHEDULED]
+        keys.register(self.connection, [self.name])
+        tag = self._tag
+        queue_keys = [self.key, keys.wake(self.name), keys.scheduled(self.name)]
         if unique_key is not None:
-            return self._write_unique(head, argv, script_keys, keys.unique(unique_key))
+            return self._write_unique(head, argv, queue_keys, keys.unique(self.name, unique_key))
         chunks = [argv[i:i + 4 * _BATCH] for i in range(0, len(argv), 4 * _BATCH)]
         if head[1] == "1":
             chunks.reverse()  # the first chunk must end up in front
         if len(chunks) > 1 and chosen:  # the script checks ids per chunk; check all before writing any
             self._check_new_ids(chosen)
+        job_key = keys.job("", tag=tag)  # + the id
         try:
             if len(chunks) == 1:
-                keys.send(self.connection, keys.evalsha("enqueue", script_keys, head + chunks[0]))
+                keys.send(self.connection, keys.evalsha(
+                    "enqueue", [*queue_keys, *[job_key + i for i in argv[::4]]], head + chunks[0], tag=tag))
             else:
-                with self.connection.pipeline(transaction=True) as pipe:
+                with keys.node_for(self.connection, queue_keys[0]).pipeline(transaction=True) as pipe:
                     for chunk in chunks:
-                        keys.run(pipe, "enqueue", script_keys, head + chunk)
+                        keys.run(pipe, "enqueue", [*queue_keys, *[job_key + i for i in chunk[::4]]], head + chunk,
+                                 tag=tag)
                     replies = pipe.execute(raise_on_error=False)
                 errors = [r for r in replies if isinstance(r, Exception)]
                 if errors:  # each chunk's script runs or not as a whole; the ones before a refusal ran
@@ -308,21 +321,20 @@ class Queue:
             raise _full(self.connection, 0, len(argv) // 4) from None
         except redis.ResponseError as exc:
             if "NBQ_EXISTS" in str(exc):
-                job_id = str(exc).split("NBQ_EXISTS", 1)[1].strip()
-                raise JobExists(
-                    f"A job with id {job_id!r} already exists; nothing was enqueued. Pick a new job_id, "
-                    f"or fetch the existing one with Job.fetch({job_id!r})."
-                ) from None
+                raise self._exists(str(exc).split("NBQ_EXISTS", 1)[1].strip()) from None
             raise
         return None
 
-    def _write_unique(self, head: list, argv: list, script_keys: list, unique: str) -> Optional[str]:
+    def _write_unique(self, head: list, argv: list, queue_keys: list, unique: str) -> Optional[str]:
         """Enqueue one job under a unique key (optimistic: the script checks the holder we saw)."""
+        tag = self._tag
         for _ in range(UNIQUE_ROUNDS):
             seen = self.connection.get(unique)
-            holder_key = keys.job_of(seen) if seen else keys.job(argv[0])
+            holder_key = keys.job_of(seen, tag) if seen else keys.job(argv[0], tag=tag)
+            values = [*head[:4], seen or b"", *head[5:], *argv]
             try:
-                keys.send(self.connection, keys.evalsha("enqueue", [*script_keys, unique, holder_key], head + argv))
+                keys.send(self.connection, keys.evalsha(
+                    "enqueue", [*queue_keys, keys.job(argv[0], tag=tag), unique, holder_key], values, tag=tag))
                 return None
             except redis.exceptions.OutOfMemoryError:
                 raise _full(self.connection, 0, 1) from None
@@ -331,27 +343,34 @@ class Queue:
                 if "NBQ_UNIQUE" in text:
                     return text.split("NBQ_UNIQUE", 1)[1].strip()
                 if "NBQ_EXISTS" in text:
-                    raise JobExists(f"A job with id {argv[0]!r} already exists; nothing was enqueued.") from None
+                    raise self._exists(argv[0]) from None
                 if "NBQ_RETRY" not in text:
                     raise
         raise EnqueueError(f"unique_key: its holder changed {UNIQUE_ROUNDS} times while enqueuing; nothing was "
                            f"enqueued, try again.")
 
     def _write_deferred(self, head: list, argv: list, graph: dict) -> None:
-        """Write jobs of which some wait for others (``scripts/defer.lua``), ``_BATCH`` jobs per call."""
-        base = [keys.QUEUES, self.key, keys.wake(self.name), keys.failed(self.name)]
+        """Write jobs of which some wait for others (``scripts/defer.lua``), ``_BATCH`` jobs per call.
+        ``graph``: ref of a job that waits -> the refs it waits for."""
+        keys.register(self.connection, [self.name])
+        tag = self._tag
+        if is_cluster(self.connection):
+            _check_slots(self.name, graph)
+        base = [self.key, keys.wake(self.name), keys.failed(self.name)]
         calls = []
         for start in range(0, len(argv), 4 * _BATCH):
             script_keys, values = list(base), []
             for i in range(start, min(len(argv), start + 4 * _BATCH), 4):
-                job_id, deps = argv[i], graph.get(argv[i], [])
-                script_keys.append(keys.job(job_id))
+                job_id = argv[i]
+                ref = keys.ref(job_id, tag)
+                deps = graph.get(ref, [])
+                script_keys.append(keys.job(job_id, tag=tag))
                 for dep in deps:
                     script_keys += [keys.job(dep), keys.dependents(dep)]
-                values += [*argv[i:i + 4], len(deps), *deps]
+                values += [job_id, ref, *argv[i + 1:i + 4], len(deps), *deps]
             calls.append((script_keys, [self.name, *head, *values]))
         if len(calls) > 1:  # each call checks its own jobs; check all before writing any
-            batch = set(graph) | {argv[i] for i in range(0, len(argv), 4)}
+            batch = set(graph) | {keys.ref(argv[i], tag) for i in range(0, len(argv), 4)}
             outside = sorted({d for deps in graph.values() for d in deps} - batch)
             with self.connection.pipeline(transaction=False) as pipe:
                 for dep in outside:
@@ -362,18 +381,16 @@ class Queue:
             if head[1] == "1":
                 self._check_new_ids([argv[i] for i in range(0, len(argv), 4)])
         try:
-            with self.connection.pipeline(transaction=True) as pipe:
+            with keys.node_for(self.connection, calls[0][0][0]).pipeline(transaction=True) as pipe:
                 for script_keys, values in calls:
-                    keys.run(pipe, "defer", script_keys, values)
+                    keys.run(pipe, "defer", script_keys, values, tag=tag)
                 pipe.execute()
         except redis.exceptions.OutOfMemoryError:
             raise _full(self.connection, 0, len(argv) // 4) from None
         except redis.ResponseError as exc:
             text = str(exc)
             if "NBQ_EXISTS" in text:
-                job_id = text.split("NBQ_EXISTS", 1)[1].strip()
-                raise JobExists(f"A job with id {job_id!r} already exists; nothing was enqueued. Pick a new job_id, "
-                                f"or fetch the existing one with Job.fetch({job_id!r}).") from None
+                raise self._exists(text.split("NBQ_EXISTS", 1)[1].strip()) from None
             if "NBQ_NODEP" in text:
                 job_id, dep = text.split("NBQ_NODEP", 1)[1].split()[:2]
                 raise _no_dependency(f"job {job_id}", dep) from None
@@ -386,10 +403,10 @@ class Queue:
     def _check_new_ids(self, ids: list) -> None:
         with self.connection.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.exists(keys.job(job_id))
+                pipe.exists(keys.job(job_id, tag=self._tag))
             taken = [i for i, exists in zip(ids, pipe.execute()) if exists]
         if taken:
-            raise JobExists(f"A job with id {taken[0]!r} already exists; nothing was enqueued. Pick a new job_id.")
+            raise self._exists(taken[0])
 
     def __len__(self) -> int:
         return self.connection.llen(self.key)
@@ -405,7 +422,8 @@ class Queue:
 
     @property
     def jobs(self) -> list[Job]:
-        return [Job(i, self.connection, {"status": QUEUED.encode()}, secret=self.signer) for i in self.job_ids]
+        return [Job(i, self.connection, {"status": QUEUED.encode()}, secret=self.signer, queue=self.name)
+                for i in self.job_ids]
 
     @property
     def failed_job_ids(self) -> list[str]:
@@ -413,7 +431,7 @@ class Queue:
         ids = [i.decode() for i in self.connection.zrange(keys.failed(self.name), 0, -1)]
         with self.connection.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.exists(keys.job(job_id))
+                pipe.exists(keys.job(job_id, tag=self._tag))
             alive = pipe.execute()
         gone = [i for i, exists in zip(ids, alive) if not exists]
         if gone:
@@ -423,7 +441,7 @@ class Queue:
     @property
     def failed_jobs(self) -> list[Job]:
         """This queue's failed jobs (with ``traceback``, ``attempt``, ``workers``), oldest first."""
-        return [Job.fetch(i, self.connection, secret=self.signer) for i in self.failed_job_ids]
+        return [Job.fetch(i, self.connection, secret=self.signer, queue=self.name) for i in self.failed_job_ids]
 
     def is_empty(self) -> bool:
         return len(self) == 0
@@ -433,10 +451,10 @@ class Queue:
         ids = self.job_ids
         if not ids:
             return 0
-        replies = keys.send(self.connection, *[
-            keys.evalsha("cancel", [keys.SCHEDULED, keys.dependents(job_id)],
-                         [job_id, DEFAULT_RESULT_TTL, DEFAULT_FAILURE_TTL, 0]) for job_id in ids])
-        replies = [cancel(self.connection, i) if r == 3 else r for i, r in zip(ids, replies)]  # has dependents
+        refs = [keys.ref(i, self._tag) for i in ids]
+        replies = keys.send(self.connection, *[cancel_command(ref, self.name) for ref in refs])
+        replies = [cancel(self.connection, ref, self.name, r) if r in (3, 4) else r  # 3: it has dependents
+                   for ref, r in zip(refs, replies)]
         return sum(reply == 1 for reply in replies)
 
     @classmethod
@@ -480,9 +498,24 @@ def _callback_path(name: str, func: Optional[Callable]) -> Optional[bytes]:
 
 
 def _no_dependency(who: str, dep: str) -> EnqueueError:
+    dep = keys.split(dep)[0] if keys.REF.fullmatch(dep) else dep  # its id, not its ref
     return EnqueueError(f"Can't enqueue {who}: it depends on job {dep!r}, which does not exist (never enqueued here, "
                         f"or it expired after its TTL; a job of the same call must come after the jobs it depends "
                         f"on). Nothing was enqueued.")
+
+
+def _check_slots(queue: str, graph: dict) -> None:
+    """On a cluster: ``CrossSlotDependency`` unless every dependency in ``graph`` lives in ``queue``'s slot."""
+    slot = keys.slot_of(("TYPE", keys.queue(queue)))
+    for ref, deps in graph.items():
+        for dep in deps:
+            if keys.slot_of(("TYPE", keys.job(dep))) != slot:
+                raise CrossSlotDependency(
+                    f"Job {ref} on queue {queue!r} depends on job {dep}, which lives in another Redis Cluster hash "
+                    f"slot (its queue's slot tag {{{keys.split(dep)[1]}}}, this queue's {{{keys.tag(queue)}}}): the "
+                    f"step that ends a job releases its dependents atomically, which a cluster allows within one "
+                    f"slot only. Enqueue both on one queue, or have the job wait for the other's result itself "
+                    f"(Job.result). Nothing was enqueued.")
 
 
 def _full(connection: redis.Redis, done: int, total: int) -> RedisFull:

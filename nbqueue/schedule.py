@@ -1,10 +1,11 @@
 """Schedules that live in Redis: ``q.schedule(f, every=300)`` or ``cron="0 9 * * 1-5"``, fired by the workers.
 
-There is no scheduler process. A schedule is a hash (``keys.schedule(name)``) holding the call as
-enqueue would store it (checked by the same guard, pickled, signed), its rule and catch-up policy,
-plus its name in a sorted set by next due time (``keys.SCHEDULES``). Every worker's heartbeat asks
-for due schedules in the round trip it makes anyway (``due.lua``: one ZRANGEBYSCORE, nothing when
-none is due); a worker that sees one reads it, checks its signature, and runs ``fire.lua``, which
+There is no scheduler process. A schedule is a hash (``keys.schedule(name, queue)``) holding the call
+as enqueue would store it (checked by the same guard, pickled, signed), its rule and catch-up policy,
+plus its name in its queue's sorted set by next due time (``keys.schedules(queue)``; the name -> queue
+registry ``keys.SCHEDULE_QUEUES`` finds it by name). The queue sweeps of the heartbeat ask for due
+schedules in the round trip they make anyway (``sweep.lua``: one ZRANGEBYSCORE, nothing when none is
+due); a worker that sees one reads it, checks its signature, and runs ``fire.lua``, which
 queues the tick's job and advances the schedule only if no other worker did so first: one job per
 tick however many workers run. A schedule outlives the process (a notebook kernel) that made it.
 
@@ -126,36 +127,52 @@ def create(queue: "Queue", func: Callable, args: Iterable, kwargs: Optional[dict
     fields = {"queue": queue.name, "func": ref.path, "code": ref.code_hash, "data": data, "sig": sig,
               "options": json.dumps(stored), "rule": rule.stored(), "missed": policy, "token": secrets.token_hex(8),
               "next": due, "created_at": now, "fired": 0}
+    keys.register(conn, [queue.name])  # so the sweeps look at its queue
+    old = conn.hget(keys.SCHEDULE_QUEUES, name)
+    if old is not None and old.decode(errors="replace") != queue.name:
+        remove(conn, name)  # it fired on another queue: its keys live there
     with conn.pipeline(transaction=True) as pipe:  # replaces a schedule of that name whole
-        pipe.delete(keys.schedule(name))
-        pipe.hset(keys.schedule(name), mapping=fields)
-        pipe.zadd(keys.SCHEDULES, {name: due})
+        pipe.delete(keys.schedule(name, queue.name))
+        pipe.hset(keys.schedule(name, queue.name), mapping=fields)
+        pipe.zadd(keys.schedules(queue.name), {name: due})
         pipe.execute()
+    conn.hset(keys.SCHEDULE_QUEUES, name, queue.name)
     return Schedule(name, queue.name, ref.path, rule.describe(), policy, as_datetime(due))
 
 
 def remove(conn: redis.Redis, name: str) -> bool:
+    raw = conn.hget(keys.SCHEDULE_QUEUES, name)
+    queue = raw.decode(errors="replace") if raw is not None else None
+    if queue is None or not keys.NAME.fullmatch(queue):
+        return bool(conn.hdel(keys.SCHEDULE_QUEUES, name))
     with conn.pipeline(transaction=True) as pipe:
-        pipe.zrem(keys.SCHEDULES, name)
-        pipe.delete(keys.schedule(name))
+        pipe.zrem(keys.schedules(queue), name)
+        pipe.delete(keys.schedule(name, queue))
         removed, deleted = pipe.execute()
+    conn.hdel(keys.SCHEDULE_QUEUES, name)
     return bool(removed or deleted)
 
 
 def schedules(connection: Union[redis.Redis, str, None] = None) -> list:
     """Every schedule (a ``Schedule`` each), next due first: for ``nbqueue schedule list`` and the dashboard."""
     conn = get_connection(connection)
-    names = [(n.decode(errors="replace"), score) for n, score in conn.zrange(keys.SCHEDULES, 0, -1, withscores=True)]
+    where = [(n.decode(errors="replace"), q.decode(errors="replace"))
+             for n, q in conn.hgetall(keys.SCHEDULE_QUEUES).items()]
+    where = [(n, q) for n, q in where if keys.NAME.fullmatch(q)]
     with conn.pipeline(transaction=False) as pipe:
-        for name, _ in names:
-            pipe.hmget(keys.schedule(name), *_FIELDS)
-        rows = pipe.execute()
+        for name, queue in where:
+            pipe.zscore(keys.schedules(queue), name)
+            pipe.hmget(keys.schedule(name, queue), *_FIELDS)
+        replies = pipe.execute()
+    names = [(name, math.nan if score is None else score) for (name, _), score in zip(where, replies[::2])]
+    rows = replies[1::2]
     with conn.pipeline(transaction=False) as pipe:
         for row in rows:
             last = _text(row[6])
-            pipe.hget(keys.job(last), "status") if last and keys.NAME.fullmatch(last) else pipe.echo("")
+            pipe.hget(keys.job(last), "status") if last and keys.id_tag(last) else pipe.echo("")
         statuses = pipe.execute()
-    return [_listed(name, score, row, status) for (name, score), row, status in zip(names, rows, statuses)]
+    listed = [_listed(name, score, row, status) for (name, score), row, status in zip(names, rows, statuses)]
+    return sorted(listed, key=lambda s: (s.next_run is None, s.next_run and s.next_run.timestamp() or 0, s.name))
 
 
 def render(listed: list) -> str:
@@ -196,42 +213,44 @@ def _listed(name: str, score: float, row: list, status: Optional[bytes]) -> Sche
 
 
 class Firer:
-    """What a worker's heartbeat uses to fire due schedules (``due.lua``'s reply in, jobs out)."""
+    """What a worker's heartbeat uses to fire due schedules (``sweep.lua``'s reply in, jobs out)."""
 
     def __init__(self, connection: redis.Redis, signer: Optional[signing.Signer]):
         self.connection, self.signer = connection, signer
         self._warned: dict = {}  # schedule name -> monotonic time of its last warning
 
-    def fire_due(self, reply: list) -> int:
-        """Fire the schedules in ``due.lua``'s reply; returns the jobs queued. Never raises for one
-        broken schedule (it is logged and looked at again later); connection errors pass."""
+    def fire_due(self, queue: str, reply: list) -> int:
+        """Fire the schedules of ``queue`` in ``sweep.lua``'s reply; returns the jobs queued. Never
+        raises for one broken schedule (it is logged and looked at again later); connection errors pass."""
         now = int(reply[0])
         queued = 0
         for raw_name, raw_due in zip(reply[1::2], reply[2::2]):
             name = raw_name.decode(errors="replace")
             try:
-                queued += self._fire(name, raw_name, raw_due, now)
+                queued += self._fire(queue, name, raw_name, raw_due, now)
             except (redis.ConnectionError, redis.TimeoutError):
                 raise
             except Exception as exc:  # a bug or junk written by hand: never let it stop the heartbeat
                 self._warn(name, f"can't fire schedule {name!r}: {type(exc).__name__}: {exc}")
         return queued
 
-    def _fire(self, name: str, raw_name: bytes, raw_due: bytes, now: int) -> int:
+    def _fire(self, on: str, name: str, raw_name: bytes, raw_due: bytes, now: int) -> int:
         due = float(raw_due)
         due = int(due) if math.isfinite(due) else now  # -inf: written by hand; fire it now
-        key = keys.schedule(name) if keys.NAME.fullmatch(name) else None
+        key = keys.schedule(name, on) if keys.NAME.fullmatch(name) else None
         stored = self.connection.hgetall(key) if key else {}
         if not stored:  # a name in the set without a hash (junk, or removed meanwhile): drop it
-            self._run(key or keys.schedule("-"), raw_name, raw_due, b"", "", "", "default", [])
+            self._run(key or keys.schedule("-", on), raw_name, raw_due, b"", "", "", on, [])
             return 0
         token = stored.get(b"token", b"")
         try:
             queue, func, code, data, options, rule, missed = self._parse(name, stored)
+            if queue != on:
+                raise ValueError(f"it names queue {queue[:40]!r} but is kept with queue {on!r}")
         except (ValueError, TypeError, KeyError) as exc:
             why = f"schedule {name!r} is broken ({exc}); remove it, or schedule it again"
             self._warn(name, why)
-            self._run(key, raw_name, raw_due, token, str(now + BROKEN_RETRY), why, "default", [])
+            self._run(key, raw_name, raw_due, token, str(now + BROKEN_RETRY), why, on, [])
             return 0
         ticks = rule.ticks(due, now, MAX_CATCH_UP if missed == "all" else 1)  # oldest first
         if missed == "skip" and now - ticks[-1] > LATE * 1000:
@@ -244,7 +263,7 @@ class Firer:
                      f"client with another secret): no job queued; schedule it again")
             self._warn(name, error)
             ticks = []
-        jobs = [secrets.token_hex(16) for _ in ticks]
+        jobs = [keys.new_id(queue) for _ in ticks]
         sigs = self._sign(func.decode(), code.decode(), options, jobs, data)
         fired = self._run(key, raw_name, raw_due, token, str(rule.next_after(now, anchor=due)), error, queue,
                           [x for i, s, t in zip(jobs, sigs, ticks) for x in (i, s, keys.events(i), t)],
@@ -277,8 +296,8 @@ class Firer:
 
     def _run(self, key: str, raw_name: bytes, raw_due: bytes, token: bytes, next_due: str, error: str, queue: str,
              jobs: list, func: bytes = b"", code: bytes = b"", data: bytes = b"", options: Optional[list] = None) -> int:
-        script_keys = [keys.SCHEDULES, key, keys.QUEUES, keys.queue(queue), keys.wake(queue),
-                       *[keys.job(i) for i in jobs[::4]]]
+        script_keys = [keys.schedules(queue), key, keys.queue(queue), keys.wake(queue),
+                       *[keys.job(i, queue) for i in jobs[::4]]]
         options = options or []
         return int(keys.run(self.connection, "fire", script_keys,
                             [raw_name, raw_due, token, next_due, error, queue, func, code, data, len(options) // 2,

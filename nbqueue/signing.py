@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from .connection import connection_options
 from .errors import SecretError
 
 # the job options a worker acts on, in the order they are signed (the job hash fields of Options)
@@ -227,7 +228,7 @@ def read_file(path: Union[str, os.PathLike]) -> list:
 
 def _embedded_secret(connection: Any) -> Optional[Signer]:
     """The embedded server's per-user secret, if ``connection`` talks to the embedded server."""
-    path = connection.connection_pool.connection_kwargs.get("path")
+    path = connection_options(connection).get("path")
     if not path:
         return None
     from .server import EmbeddedServer, ServerError
@@ -252,7 +253,7 @@ _lock = threading.Lock()
 def default(connection: Any) -> Optional[Signer]:
     """The secret from the environment, a key file, or the embedded server (see the module docstring)."""
     env = tuple(os.environ.get(name) or "" for name in _ENV)
-    cache_key = (env, connection.connection_pool.connection_kwargs.get("path"))
+    cache_key = (env, connection_options(connection).get("path"))
     try:
         return _defaults[cache_key]
     except KeyError:

@@ -79,5 +79,7 @@ def _promote(queue: "Queue", job: Job) -> None:
     """Make a scheduled job due now and move it (with any other due job) to its queue."""
     from . import keys
 
-    queue.connection.zadd(keys.SCHEDULED, {job.id: 0}, xx=True)
-    keys.run(queue.connection, "promote", [keys.SCHEDULED], [ROUNDS])
+    from . import sweep
+
+    queue.connection.zadd(keys.scheduled(queue.name), {job.id: 0}, xx=True)
+    sweep.promote(queue.connection, queue.name, [job.id])

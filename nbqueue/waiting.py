@@ -22,7 +22,7 @@ class DoneAndNotDone(NamedTuple):
 
 
 def _unique(jobs: Iterable[Job]) -> dict:
-    return {job.id: job for job in jobs}
+    return {job.ref: job for job in jobs}  # by ref: what the Waiter reads and hears
 
 
 def as_completed(jobs: Iterable[Job], timeout: Optional[float] = None) -> Iterator[Job]:

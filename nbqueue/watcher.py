@@ -48,7 +48,7 @@ class Watcher:
 
     It SUBSCRIBEs to the channels of the watched jobs only, adding and dropping them as watchers
     come and go, so a kernel watching 3 jobs does not receive the events of a busy farm; a
-    dashboard asks for ``all_jobs`` (PSUBSCRIBE ``nbq:ev:*``). Each subscribe confirmation — first
+    dashboard asks for ``all_jobs`` (PSUBSCRIBE ``keys.EVENTS_PATTERN``). Each subscribe confirmation — first
     subscribe or re-subscribe after a reconnect — is delivered as a ``sync`` event, telling the
     watcher to re-read the job: nothing published before or during a gap is lost. The thread
     ends when nothing is watched and starts again on demand; after ``fork`` the child starts fresh.
@@ -201,8 +201,7 @@ class Watcher:
                     self._tick()
                     done.set()
             return
-        prefix = keys.events("")
-        job_id = channel[len(prefix):] if channel.startswith(prefix) else None
+        job_id = keys.channel_ref(channel) if isinstance(channel, str) else None  # the job's ref
         with self._lock:
             if kind in ("message", "subscribe"):
                 targets = [s for s in self._channels.get(channel, ()) if not s.all_jobs]
@@ -217,6 +216,8 @@ class Watcher:
                 event = json.loads(message["data"])
             except (TypeError, ValueError):
                 return
+            if job_id is not None and isinstance(event, dict):
+                event["id"] = job_id  # its ref, as subscribers know the job
         for sub in targets:
             self._call(sub.on_event, event)
 

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import redis
 
-from . import child, flow, keys, signing
-from .connection import describe, get_connection
+from . import child, flow, keys, signing, sweep, takes
+from .connection import connection_options, describe, get_connection, is_cluster
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
@@ -34,11 +34,16 @@ log = logging.getLogger("nbqueue.worker")
 
 IDLE_WAKE = 5.0  # an idle slot looks around at least this often
 MAX_IDLE = 10 * 365 * 24 * 3600.0  # seconds: the longest --max-idle
+WINDOW = 2  # ids of each queue a take starts knowing (dequeue.lua); doubled while others take them first
+MAX_WINDOW = 256
+TAKE_ROUNDS = 20  # takes in a row whose window was stale, at most, before the loop looks again
 STOP_GRACE = 3.0  # seconds a "stop now" waits for an inline job that ignores it before exiting anyway
 
 
 class Worker:
     """Serve ``queues`` (first = highest priority), running each job in a forked child or inline.
+
+    On a cluster, queues on different slots are taken from in priority order too (``takes.py``).
 
     ``adopt_orphans`` (fork mode, Linux): this process becomes a subreaper, so the processes a
     killed job leaves, even those that left its process group (``setsid``), come to it and are
@@ -106,15 +111,25 @@ class Worker:
         self.callbacks_here = False  # run callbacks at once in this process (testing mode), not queued
         self._slots_ended = 0
         self._grace_until: Optional[float] = None  # a stop now waits this long for inline jobs
-        self._take_command = keys.evalsha(
-            "dequeue", [keys.ACTIVE, *map(keys.queue, self.queues), *map(keys.wake, self.queues), keys.SUSPENDED],
-            [self.name, int(LEASE * 1000), *self.queues])
-        self._wait_keys = [*map(keys.wake, self.queues), keys.worker_wake(self.name)]
-        socket_timeout = self.connection.connection_pool.connection_kwargs.get("socket_timeout")
+        # the take: per queue its 4 keys, and the job key prefix and channel prefix of its jobs; per run of
+        # queues on one slot (one run standalone: all the queues; takes.py)
+        runs = takes.runs_of(self.connection, self.queues, split=self.split_runs)
+        self._takes_of = {tuple(run): (
+            [k for q in run for k in (keys.queue(q), keys.wake(q), keys.active(q), keys.paused(q))],
+            [(q, keys.job("", q).encode(), keys.events_prefix(keys.tag(q))) for q in run]) for run in runs}
+        self._windows: dict = {}  # queue -> its first ids (bytes) as the last take saw them (dequeue.lua)
+        self._window = WINDOW
+        own = keys.worker_wake_on(self.name, self.queues[0]) if is_cluster(self.connection) else keys.worker_wake(
+            self.name)  # on a cluster, in the slot of the flags it is waited on with
+        self._wait_keys = [*map(keys.wake, self.queues), own]
+        self._takes = takes.Takes(self, runs, self._take_run, self._redis) if len(runs) > 1 else None
+        socket_timeout = connection_options(self.connection).get("socket_timeout")
         # block for less than the client's read timeout (redis-py's default is 5 s), or reads get cut off
         self._idle_wait = IDLE_WAKE if not socket_timeout else max(0.1, min(IDLE_WAKE, socket_timeout - 1))
         if self.max_idle is not None:
             self._idle_wait = max(0.1, min(self._idle_wait, self.max_idle))
+
+    split_runs = False  # tests: take run by run (one per queue) on a standalone server, as on a cluster
 
     # --- the loop -------------------------------------------------------------------------
     def work(self) -> int:
@@ -124,6 +139,9 @@ class Worker:
         self._pid = os.getpid()
         self._signals, self._slots_ended, self._grace_until = [], 0, None
         heartbeat = Heartbeat(self)
+        keys.register(self.connection, self.queues)  # the layout checked, the queues known to all
+        if self.connection.exists(keys.SUSPENDED):  # suspended before our queues were known: theirs too
+            _pause(self.connection, self.queues, True)
         heartbeat.beat()  # register before taking anything
         self._wake = socket.socketpair()  # portable, unlike a pipe in select()
         for end in self._wake:
@@ -226,11 +244,51 @@ class Worker:
                 taken = None
                 time.sleep(1.0)  # not a hot loop if it keeps happening
 
+    def _take_command(self, queues: Optional[list] = None) -> tuple:
+        """The take (``dequeue.lua``) from ``queues`` (one run; default: all, standalone) with the job
+        keys of the queues' windows as last seen."""
+        queues = queues or self.queues
+        take_keys, take_jobs = self._takes_of[tuple(queues)]
+        job_keys, values = [], []
+        windows = self._windows
+        for q, job_key, channel in take_jobs:
+            window = windows.get(q, ())
+            job_keys += [job_key + i for i in window]
+            values += [q, channel, len(window), *window]
+        return keys.evalsha("dequeue", [*take_keys, *job_keys],
+                            [self.name, int(LEASE * 1000), self._window, len(queues), *values])
+
+    def _settled(self, reply: Any, queues: Optional[list] = None) -> Any:
+        """A take's reply once it is not 'retry' (taken again with the fresh windows it returned)."""
+        queues = queues or self.queues
+        stale = False
+        for _ in range(TAKE_ROUNDS):
+            if reply[1]:
+                stale = any(self._windows.get(q) for q in queues)
+                self._windows = {**self._windows, **dict(zip(queues, reply[1]))}  # ids as bytes, as sent back
+            if reply[0] != b"retry":
+                return reply
+            if stale:  # others took the ids we knew of: look further ahead next time
+                self._window = min(self._window * 2, MAX_WINDOW)
+            reply = self._redis(lambda: keys.send(self.connection, self._take_command(queues))[0])
+        return [b"none", []]
+
     def _take(self) -> Optional[Taken]:
         if not self._may_take():
             return None
-        reply = self._redis(lambda: keys.send(self.connection, self._take_command)[0])
-        return self._taken_from(reply)
+        return self._taken_from(self._take_reply())
+
+    def _take_reply(self) -> Any:
+        """Take a job (a slot reserved one): the take's settled reply."""
+        if self._takes is not None:
+            return self._redis(self._takes.take)  # waits only while no shard of its queues answers
+        return self._redis(lambda: self._take_run(self.queues))
+
+    def _take_run(self, queues: list) -> Any:
+        """Take a job from the first of ``queues`` (one run: they share a slot) that has one; a lost
+        connection is raised."""
+        reply = keys.send(self.connection, self._take_command(queues))[0]
+        return self._settled(reply, queues)
 
     def _wait_and_take(self) -> Optional[Taken]:
         """Block until a wake flag of one of our queues is set (or a stop, or a while passes), then
@@ -239,9 +297,12 @@ class Worker:
         if not self._may_take():
             self._redis(lambda: self.connection.blpop([keys.worker_wake(self.name)], self._idle_wait))
             return None
+        if self._takes is not None:  # queues on several slots: wait for a waker, then take in order
+            self._takes.wait(self._idle_wait)
+            return self._taken_from([b"none", []] if self._stopping else self._takes.take())
         _, reply = self._redis(lambda: keys.send(
-            self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command))
-        return self._taken_from(reply)
+            self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command()))
+        return self._taken_from(self._settled(reply))
 
     def _may_take(self) -> bool:
         """Whether a slot may take a job now (not stopping, under ``max_jobs``); reserves one."""
@@ -254,12 +315,12 @@ class Worker:
 
     def _taken_from(self, reply: Any) -> Optional[Taken]:
         """The take's reply as a job; None if there was none (the reservation is given back)."""
-        if reply and reply != [b"suspended"]:
+        if reply[0] == b"job":
             self._active_at = time.monotonic()
-            return Taken.from_reply(reply, self.signer)
+            return Taken.from_reply(reply[2:], self.signer)
         with self._lock:
             self._taken -= 1
-            self._suspended = bool(reply)  # suspended: the next wait blocks on our own list only
+            self._suspended = reply[0] == b"suspended"  # suspended: the next wait blocks on our own list only
         return None
 
     def _idle(self) -> None:
@@ -325,28 +386,32 @@ class Worker:
         ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
+        q, tag = taken.queue, keys.tag(taken.queue)
+        ref = keys.ref(taken.id, tag)
         head = [taken.id, self.name, taken.attempt, status, ttl, jitter,
-                keys.ENDED_KEEP, keys.STATS_BUCKET, keys.STATS_SLOTS, DEFAULT_FAILURE_TTL]
+                keys.ENDED_KEEP, keys.STATS_BUCKET, keys.STATS_SLOTS, DEFAULT_FAILURE_TTL, ref]
         fields = list(outcome.fields)
         if self.signer is not None:
             fields += self._sign(taken, outcome)
-        script_keys = [keys.ACTIVE, keys.failed(taken.queue), keys.SCHEDULED, keys.ended(taken.queue),
-                       keys.stats(taken.queue)]
+        script_keys = [keys.active(q), keys.failed(q), keys.scheduled(q), keys.ended(q), keys.stats(q),
+                       keys.job(taken.id, tag=tag)]
         # with the dependents it had when taken (read now, so the next job is taken after their release),
         # or as if it had none (one EXISTS in the script); 3: some were added, read them and call again
         node_keys, values = [], [0]
         if taken.has_dependents:
-            node_keys, values = self._redis(lambda: flow.dependents_of(self.connection, taken.id, status != FINISHED))
-        commands = [keys.evalsha("finish", [*script_keys, keys.dependents(taken.id), *node_keys],
-                                 [*head, *values, *fields])]
-        if then_take:
-            commands.append(self._take_command)
+            node_keys, values = self._redis(lambda: flow.dependents_of(self.connection, ref, status != FINISHED))
+        commands = [keys.evalsha("finish", [*script_keys, keys.dependents(taken.id, tag=tag), *node_keys],
+                                 [*head, *values, *fields], tag=tag)]
+        # the next take goes in the same packet if it is one run (it then shares the job's slot)
+        together = then_take and self._takes is None
+        if together:
+            commands.append(self._take_command())
         replies = self._redis(lambda: keys.send(self.connection, *commands))
-        following = self._taken_from(replies[1]) if then_take else None
+        following = self._taken_from(self._settled(replies[1]) if together else self._take_reply()) if then_take else None
         written = replies[0]
         if written == 3:
             written = self._redis(lambda: flow.end_with_dependents(
-                self.connection, "finish", taken.id, script_keys, head, fields, status != FINISHED, 3))
+                self.connection, "finish", ref, script_keys, head, fields, status != FINISHED, 3))
         return int(written or 0), following
 
     def _call_back(self, taken: Taken, status: str) -> None:
@@ -358,7 +423,7 @@ class Worker:
         from .queue import Queue
 
         queue = Queue(taken.queue, self.connection, secret=self.signer, is_async=not self.callbacks_here)
-        job = self._redis(lambda: queue.enqueue(call_back, path, taken.id))
+        job = self._redis(lambda: queue.enqueue(call_back, path, keys.ref(taken.id, keys.tag(taken.queue))))
         log.info("%s: callback %s enqueued as %s", taken.id, path.replace(":", "."), job.id)
 
     def _sign(self, taken: Taken, outcome: Outcome) -> list:
@@ -403,6 +468,14 @@ class Worker:
         """Job id -> attempt of the jobs this worker runs now."""
         with self._lock:
             return {job_id: run.taken.attempt for job_id, run in self._running.items()}
+
+    def held_by_queue(self) -> dict:
+        """Queue -> {job id -> attempt} of the jobs this worker runs now."""
+        found: dict = {}
+        with self._lock:
+            for job_id, run in self._running.items():
+                found.setdefault(run.taken.queue, {})[job_id] = run.taken.attempt
+        return found
 
     def interrupt(self, job_id: str, reason: str, attempt: int = 0) -> None:
         """Stop a running job for ``reason`` (cancel, lost, timeout, stop)."""
@@ -452,8 +525,11 @@ class Worker:
         """Stop after the running jobs."""
         self._stopping = True
         self._poke()
+        if self._takes is not None:
+            self._takes.stop()
         try:
-            self.connection.rpush(keys.worker_wake(self.name), *[b"stop"] * self.concurrency)
+            wake = [("RPUSH", key, *[b"stop"] * self.concurrency) for key in self._wake_lists()]
+            keys.send_grouped(self.connection, *wake)
         except redis.RedisError:
             pass  # idle slots notice within IDLE_WAKE seconds
 
@@ -485,12 +561,15 @@ class Worker:
                 pass
         log.warning("worker %s exits with %d job(s) marked failed that ignored the stop", self.name, len(runs))
 
+    def _wake_lists(self) -> list:
+        """The lists the worker's own threads block on (a stop pushes onto them)."""
+        own = [keys.worker_wake(self.name), self._wait_keys[-1]]  # the same key but on a cluster
+        return [*dict.fromkeys(own), *(self._takes.wake_keys() if self._takes is not None else [])]
+
     def _unregister(self) -> None:
         try:
-            with self.connection.pipeline() as pipe:
-                pipe.delete(keys.worker(self.name), keys.worker_wake(self.name))
-                pipe.zrem(keys.WORKERS, self.name)
-                pipe.execute()
+            keys.send_grouped(self.connection, ("DEL", keys.worker(self.name)), ("ZREM", keys.WORKERS, self.name),
+                              *[("DEL", key) for key in self._wake_lists()])
         except redis.RedisError as exc:
             log.warning("could not unregister worker %s: %s", self.name, exc)
 
@@ -504,14 +583,25 @@ def _duration(seconds: float) -> str:
 
 
 def suspend(connection: Union[redis.Redis, str, None] = None) -> None:
-    """Suspend every worker on this Redis: they finish what they run and take nothing new."""
-    get_connection(connection).set(keys.SUSPENDED, str(time.time()))
+    """Suspend every worker on this Redis: they finish what they run and take nothing new (each
+    known queue gets its ``paused`` flag, which takes read; a worker starting later sets its queues')."""
+    conn = get_connection(connection)
+    conn.set(keys.SUSPENDED, str(time.time()))
+    _pause(conn, sweep.known_queues(conn, ()), True)
+
+
+def _pause(conn: redis.Redis, queues: Iterable[str], on: bool) -> None:
+    with conn.pipeline(transaction=False) as pipe:
+        for q in queues:
+            pipe.set(keys.paused(q), "1") if on else pipe.delete(keys.paused(q))
+        pipe.execute()
 
 
 def resume(connection: Union[redis.Redis, str, None] = None) -> int:
     """Let suspended workers take jobs again (they are woken now); returns how many were woken."""
     conn = get_connection(connection)
     conn.delete(keys.SUSPENDED)
+    _pause(conn, sweep.known_queues(conn, ()), False)
     names = [n.decode() for n in conn.zrange(keys.WORKERS, 0, -1)]
     with conn.pipeline(transaction=False) as pipe:
         for name in names:

@@ -82,16 +82,65 @@ def _pings(url: str) -> bool:
         return False
 
 
+CLUSTER_MODE = os.environ.get("NBQUEUE_TEST_CLUSTER", "") not in ("", "0")  # the suites run on a cluster
+not_on_cluster = pytest.mark.skipif(CLUSTER_MODE, reason="NBQUEUE_TEST_CLUSTER: needs a standalone server")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "standalone(reason): needs a standalone Redis (skipped on a cluster)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """With NBQUEUE_TEST_CLUSTER, tests marked ``standalone("why")`` are skipped, saying why."""
+    if CLUSTER_MODE:
+        for item in items:
+            mark = item.get_closest_marker("standalone")
+            if mark is not None:
+                why = mark.args[0] if mark.args else "needs a standalone Redis"
+                item.add_marker(pytest.mark.skip(reason=f"NBQUEUE_TEST_CLUSTER: {why}"))
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A local 3-master cluster (no replicas) for the session (``tests/clusters.py``)."""
+    from clusters import LocalCluster
+
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), masters=3) as local:
+        yield local
+
+
+@pytest.fixture(scope="session")
+def single_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A cluster-mode server owning every slot alone (as managed services give), for the session."""
+    from clusters import LocalCluster
+
+    with LocalCluster(tmp_path_factory.mktemp("single"), masters=1) as local:
+        yield local
+
+
+@pytest.fixture
+def cluster_ha(tmp_path: Path) -> Iterator[object]:
+    """3 masters with a replica each, append-only files, for this test alone (to kill a master)."""
+    from clusters import LocalCluster
+
+    with LocalCluster(tmp_path / "cluster", masters=3, replicas=1, persist=True) as local:
+        yield local
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """URL of the Redis the tests may use (and flush).
 
-    ``$NBQUEUE_TEST_URL`` if set, else a private server on a unix socket in a
-    temporary folder, killed at the end of the session.
+    ``$NBQUEUE_TEST_URL`` if set; with ``NBQUEUE_TEST_CLUSTER=1`` the session's 3-master cluster
+    (``redis+cluster://``); else a private server on a unix socket in a temporary folder, killed
+    at the end of the session.
     """
     explicit = os.environ.get("NBQUEUE_TEST_URL")
     if explicit:
         yield explicit
+        return
+    if CLUSTER_MODE:
+        yield request.getfixturevalue("cluster").url
         return
     tmp = tempfile.mkdtemp(prefix="nbqt-")  # short: unix socket paths are limited
     sock = os.path.join(tmp, "redis.sock")
@@ -144,11 +193,34 @@ def _isolated_nbqueue_env(redis_url: str) -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def every_node(client: object) -> list:
+    """Plain clients of every node of a cluster client (``[client]`` for a standalone one): for the
+    checks a cluster answers per node (PUBSUB NUMSUB, CLIENT KILL, INFO)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        return [client.get_redis_connection(node) for node in client.get_nodes()]
+    return [client]
+
+
+def numsub(client: object, channel: str) -> int:
+    """Subscribers of ``channel`` (on a cluster: on every node)."""
+    return sum(node.pubsub_numsub(channel)[0][1] for node in every_node(client))
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A client to the test server; its database is flushed before each test."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    """A client to the test server; its database is flushed before each test (on a cluster:
+    a RedisCluster, every master flushed)."""
+    if CLUSTER_MODE and redis_url.startswith("redis+cluster://"):
+        from redis.cluster import RedisCluster
+
+        host, _, port = redis_url.split("://", 1)[1].partition(":")
+        client = RedisCluster(host=host, port=int(port))
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
     try:
         yield client
     finally:

@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from nbqueue.server import find_binary
+from nbqueue import keys
 
 T = TypeVar("T")
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
@@ -208,12 +209,12 @@ def pid_alive(pid: int) -> bool:
 
 
 class EventLog:
-    """Collects the JSON events of one job's channel (``nbq:ev:<id>``) in a thread, from now on."""
+    """Collects the JSON events of one job's channel (``keys.events``) in a thread, from now on."""
 
     def __init__(self, client: redis.Redis, job_id: str):
         self.events: list = []
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(f"nbq:ev:{job_id}")
+        self._pubsub.subscribe(keys.events(job_id))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="event-log", daemon=True)
         self._thread.start()

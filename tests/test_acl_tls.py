@@ -27,15 +27,16 @@ from nbqueue import Group, Job, JobCanceled, JobFailed, Queue
 from nbqueue.info import render, snapshot
 from nbqueue.watcher import Watcher
 from servers import PrivateRedis
+from nbqueue import keys
 
 USER, PASSWORD = "nbq-test", "s3cret-Pass"
 # The README's rules, word for word: keys and channels under nbq:, and the commands nbqueue sends
 # (directly, or from its scripts: a script's own calls are checked against the user's rules too).
 ACL_RULES = (
-    "on ~nbq:* resetchannels &nbq:* &nbq:ev:* -@all "
+    "on ~nbq:* resetchannels &nbq:* &nbq:{*}:ev:* -@all "
     "+ping +info +select +client|setinfo +multi +exec +evalsha +script|load +script|exists "
-    "+blpop +lpop +lpush +rpush +llen +lrange +lrem +ltrim +hget +hmget +hgetall +hset +hdel "
-    "+exists +del +expire +persist +get +set +sadd +smembers +zadd +zrem +zrange +zrangebyscore +zcard +time "
+    "+blpop +lpop +lpush +rpush +llen +lindex +lrange +lrem +ltrim +hget +hmget +hgetall +hset +hdel "
+    "+exists +del +expire +persist +get +set +sadd +smembers +zadd +zrem +zrange +zrangebyscore +zscore +zcard +time "
     "+publish +subscribe +unsubscribe +psubscribe +punsubscribe"
 ).split()
 OLD_SERVER_LACKS = "+client|setinfo"  # Redis < 7.2 has no CLIENT SETINFO (and redis-py then sends none)
@@ -318,6 +319,6 @@ def test_tls_with_a_self_signed_ca(tmp_path: Path):
             redis.Redis.from_url(server.url, socket_timeout=5, retry=None).ping()
         mutual = f"{server.url}&ssl_certfile={certs['client.crt']}&ssl_keyfile={certs['client.key']}"
         assert Queue("tls", mutual).enqueue(nbq_tasks.add, 5, 5).id  # the README's URL form, as given
-        assert redis.Redis.from_url(mutual, socket_timeout=5).llen("nbq:queue:tls") == 1
+        assert redis.Redis.from_url(mutual, socket_timeout=5).llen(keys.queue("tls")) == 1
     finally:
         server.kill()

@@ -7,15 +7,16 @@ import pytest
 import nbq_tasks
 from conftest import wait_for
 from nbqueue import EnqueueError, Job, JobFailed, Queue
+from nbqueue import keys
 
 
 def callback_jobs(redis_client, job_id: str) -> list:
     """The callback jobs enqueued for ``job_id`` (their args name it)."""
     found = []
-    for key in redis_client.scan_iter("nbq:job:*"):
+    for key in redis_client.scan_iter("nbq:{*}:job:*"):
         func = redis_client.hget(key, "func")
         if func == b"nbqueue.callbacks:call_back":
-            job = Job.fetch(key.decode().split(":", 2)[2], redis_client)
+            job = Job.fetch(key.decode().split(":", 3)[3], redis_client)
             if job.args[1] == job_id:
                 found.append(job)
     return found
@@ -53,15 +54,15 @@ def test_callbacks_are_checked_by_the_guard(redis_client):
     for bad in (lambda job: 1, nbq_tasks.Greeter("hi").greet, "nbq_tasks.on_ok"):
         with pytest.raises(EnqueueError):
             q.enqueue_call(nbq_tasks.add, (1, 1), on_success=bad)
-    assert not redis_client.keys("nbq:job:*")
+    assert not redis_client.keys("nbq:{*}:job:*")
 
 
 def test_a_callback_added_or_changed_in_redis_is_refused(redis_client, start_worker):
     q = Queue("cb4", redis_client)
     plain = q.enqueue(nbq_tasks.add, 1, 1)
-    redis_client.hset(f"nbq:job:{plain.id}", "on_success", "os:system")  # tampered: no signature covers it
+    redis_client.hset(keys.job(plain.id), "on_success", "os:system")  # tampered: no signature covers it
     with_cb = q.enqueue_call(nbq_tasks.add, (1, 1), on_success=nbq_tasks.on_ok)
-    redis_client.hset(f"nbq:job:{with_cb.id}", "on_success", "nbq_tasks:on_bad")
+    redis_client.hset(keys.job(with_cb.id), "on_success", "nbq_tasks:on_bad")
     start_worker("cb4", "--inline")
     for job in (plain, with_cb):
         with pytest.raises(JobFailed, match="SignatureError"):

@@ -22,6 +22,7 @@ from conftest import wait_for
 from nbqueue import Job, Queue
 from nbqueue.serialization import loads_result
 from servers import EventLog, pid_alive, tolerant
+from nbqueue import keys
 
 RERUN_BOUND = 10.0  # seconds from a worker's death to the re-run's start (LEASE + HEARTBEAT + slack)
 DISCARDED = re.compile(r"lost the job's lease .*its outcome is discarded|not recording the outcome: "
@@ -35,7 +36,7 @@ def _runs(flag_dir: Path) -> list:
 
 
 def _holder(client: redis.Redis, job: Job) -> str:
-    return (client.hget(f"nbq:job:{job.id}", "worker") or b"").decode()
+    return (client.hget(keys.job(job.id), "worker") or b"").decode()
 
 
 # --- a worker SIGKILLed mid-job ------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_a_frozen_inline_worker_cannot_overwrite_the_rerun(start_worker, redis_c
     assert _runs(flags) == [a.pid] and _holder(redis_client, job) == "fence-A"
     b = start_worker("fence", "--inline", "--name", "fence-B")
     events = EventLog(redis_client, job.id)
-    key = f"nbq:job:{job.id}"
+    key = keys.job(job.id)
 
     a.signal(signal.SIGSTOP)
     try:
@@ -132,7 +133,7 @@ def _statuses(client: redis.Redis, ids: list, deadline: float) -> list:
     def read():
         with client.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(f"nbq:job:{job_id}", "status")
+                pipe.hget(keys.job(job_id), "status")
             return [(s or b"").decode() for s in pipe.execute()]
     return tolerant(read, deadline, "reading the jobs' statuses")
 
@@ -149,7 +150,7 @@ def _wait_all_finished(client: redis.Redis, ids: list, deadline: float) -> list:
 def _outcomes(client: redis.Redis, ids: list) -> list:
     with client.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hmget(f"nbq:job:{job_id}", "status", "result", "attempt", "lost", "exc")
+            pipe.hmget(keys.job(job_id), "status", "result", "attempt", "lost", "exc")
         rows = pipe.execute()
     return [{"status": (s or b"").decode(), "result": loads_result(r) if r else None,
              "attempt": int(a or 0), "lost": int(lost or 0), "exc": (e or b"").decode()}

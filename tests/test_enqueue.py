@@ -14,6 +14,8 @@ from nbqueue import (
     Call, EnqueueError, InvalidQueueName, InvalidTransition, Job, JobExists, NoSuchJob, Queue,
 )
 from nbqueue.serialization import function_ref
+from nbqueue.errors import JobQueueUnknown
+from nbqueue import keys
 
 
 @pytest.fixture
@@ -35,15 +37,15 @@ def test_enqueue_writes_one_job_and_queues_it(q, redis_client):
 def test_every_keyword_goes_to_the_function(q, redis_client):
     job = q.enqueue(nbq_tasks.takes_timeout, 1, timeout=5, result_ttl=7, job_id="mine")
     assert job.id != "mine"  # job_id went to the function, not to the job
-    data = redis_client.hget(f"nbq:job:{job.id}", "data")
+    data = redis_client.hget(keys.job(job.id), "data")
     assert b"mine" in data
-    assert redis_client.hget(f"nbq:job:{job.id}", "timeout") is None  # default, not stored
+    assert redis_client.hget(keys.job(job.id), "timeout") is None  # default, not stored
 
 
 def test_enqueue_call_options_are_stored(q, redis_client):
     job = q.enqueue_call(nbq_tasks.add, (1, 2), timeout=30, result_ttl=None, job_id="my-job.1")
     assert job.id == "my-job.1"
-    assert redis_client.hmget("nbq:job:my-job.1", "timeout", "result_ttl") == [b"30", b"none"]
+    assert redis_client.hmget(keys.job("my-job.1", "low"), "timeout", "result_ttl") == [b"30", b"none"]
 
 
 def test_at_front_runs_first(q):
@@ -83,8 +85,11 @@ def test_existing_job_id_is_refused_and_nothing_is_overwritten(q, redis_client):
     q.enqueue_call(nbq_tasks.add, (1, 2), job_id="report")
     with pytest.raises(JobExists, match="'report' already exists"):
         q.enqueue_call(nbq_tasks.echo, (3,), job_id="report")
-    assert Job.fetch("report", redis_client).func_name == "nbq_tasks:add"
+    assert Job.fetch("report", redis_client, queue="low").func_name == "nbq_tasks:add"
     assert len(q) == 1
+    with pytest.raises(JobQueueUnknown, match="give the queue too"):  # a chosen id lives under its queue's tag
+        Job.fetch("report", redis_client)
+    assert Job.fetch(keys.ref("report", keys.tag("low")), redis_client).func_name == "nbq_tasks:add"  # or its ref
 
 
 def test_enqueue_many_is_all_or_none(q):
@@ -187,14 +192,23 @@ def test_cancel_a_queued_job(q, redis_client):
     job.cancel()
     assert job.status == "canceled"
     assert q.job_ids == [keep.id]
-    assert 0 < redis_client.ttl(f"nbq:job:{job.id}") <= 24 * 3600
+    assert 0 < redis_client.ttl(keys.job(job.id)) <= 24 * 3600
     with pytest.raises(InvalidTransition, match="only a queued, scheduled or running job"):
         job.cancel()
 
 
 def test_fetch_unknown_job(redis_client):
     with pytest.raises(NoSuchJob, match="never enqueued here, or it expired"):
-        Job.fetch("nope", redis_client)
+        Job.fetch(keys.new_id("low"), redis_client)
+    with pytest.raises(NoSuchJob, match="'nope' on queue 'low': it was never enqueued here"):
+        Job.fetch("nope", redis_client, queue="low")
+
+
+def test_made_ids_carry_their_queues_tag(q, redis_client):
+    job = q.enqueue(nbq_tasks.add, 1, 2)
+    assert len(job.id) == 32 and job.id[:4] == keys.tag("low") == keys.id_tag(job.id) and job.ref == job.id
+    assert redis_client.exists(f"nbq:{{{keys.tag('low')}}}:job:{job.id}")  # under the queue's slot tag
+    assert keys.tag("low") != keys.tag("high") and len({keys.new_id("low") for _ in range(100)}) == 100
 
 
 def test_empty_cancels_waiting_jobs(q):

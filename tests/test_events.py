@@ -9,8 +9,9 @@ import time
 import warnings
 
 import pytest
+from nbqueue import keys
 
-from conftest import wait_for
+from conftest import every_node, wait_for
 from nbqueue import Group, Job, JobFailed, Queue, progress
 from nbqueue.events import LOG_MAX_LINE, LOG_MAX_LINES
 from nbqueue.keys import log as log_key
@@ -81,7 +82,7 @@ class Recorder:
 def test_progress_and_output_reach_watcher_and_logs(start_worker, redis_client, ev_tasks, tmp_path, mode):
     worker = start_worker("ev", *mode, cwd=tmp_path)
     watcher, seen = Watcher(redis_client), Recorder()
-    sub = watcher.watch(["j1"], seen)
+    sub = watcher.watch([keys.ref("j1", keys.tag("ev"))], seen)
     wait_for(lambda: seen.of(SYNC), 5, message="the subscription is live")
     job = Queue("ev", redis_client).enqueue_call(ev_tasks.chatty, (500, 0.3), job_id="j1")
     assert job.result(timeout=20) == 500
@@ -102,7 +103,7 @@ def test_progress_and_output_reach_watcher_and_logs(start_worker, redis_client, 
     assert job.logs(tail=1) == ["partial line without newline"]
     statuses = [e["status"] for e in seen.events if e["status"] != "progress"]
     assert statuses.index("started") < statuses.index("log") < statuses.index("finished")
-    assert 0 < redis_client.ttl(log_key("j1")) <= 24 * 3600  # the job's result TTL
+    assert 0 < redis_client.ttl(log_key("j1", "ev")) <= 24 * 3600  # the job's result TTL
     wait_for(lambda: "starting 500" in worker.log(), 5, message="the worker terminal shows the output")
 
 
@@ -154,29 +155,30 @@ def test_progress_outside_a_job_warns():
 def test_watcher_thread_stops_when_nothing_is_watched_and_sees_all_jobs(redis_client, ev_tasks):
     watcher, every, one = Watcher(redis_client), Recorder(), Recorder()
     all_sub = watcher.watch(on_event=every, all_jobs=True)
-    one_sub = watcher.watch(["a"], one)
+    a, b = (keys.ref(i, keys.tag("ev")) for i in "ab")  # chosen ids: their refs are what watchers see
+    one_sub = watcher.watch([a], one)
     wait_for(lambda: one.of(SYNC) and every.of(SYNC), 5, message="both subscriptions live")
     q = Queue("ev", redis_client)
     q.enqueue_call(ev_tasks.chatty, (1,), job_id="a")
     q.enqueue_call(ev_tasks.chatty, (1,), job_id="b")
-    wait_for(lambda: {e["id"] for e in every.of("queued")} == {"a", "b"}, 5, message="pattern events")
+    wait_for(lambda: {e["id"] for e in every.of("queued")} == {a, b}, 5, message="pattern events")
     wait_for(lambda: one.of("queued"), 5, message="channel event")
-    assert {e["id"] for e in one.events} == {"a"}
+    assert {e["id"] for e in one.events} == {a}
     one_sub.close()
     assert watcher.running
     all_sub.close()
     wait_for(lambda: not watcher.running, 5, message="the watcher thread to end")
     again = Recorder()
-    sub = watcher.watch(["b"], again)  # starts a new thread on demand
+    sub = watcher.watch([b], again)  # starts a new thread on demand
     wait_for(lambda: again.of(SYNC), 5, message="a new thread")
     sub.close()
 
 
 def test_watcher_survives_a_reconnect_and_resyncs(redis_client, ev_tasks):
     watcher, seen, ticks = Watcher(redis_client), Recorder(), []
-    sub = watcher.watch(["r"], seen, on_tick=lambda: ticks.append(time.monotonic()))
+    sub = watcher.watch([keys.ref("r", keys.tag("ev"))], seen, on_tick=lambda: ticks.append(time.monotonic()))
     wait_for(lambda: seen.of(SYNC), 5, message="subscribed")
-    killed = redis_client.client_kill_filter(_type="pubsub")
+    killed = sum(node.client_kill_filter(_type="pubsub") for node in every_node(redis_client))
     assert killed >= 1
     wait_for(lambda: len(seen.of(SYNC)) >= 2, 10, message="a re-sync after the reconnect")
     Queue("ev", redis_client).enqueue_call(ev_tasks.chatty, (1,), job_id="r")
@@ -195,31 +197,33 @@ def test_group_results_statuses_and_cancel(start_worker, redis_client, ev_tasks,
     group = q.map(ev_tasks.chatty, range(3, 8))
     assert group.results(timeout=30) == [3, 4, 5, 6, 7]
     assert group.statuses() == {"finished": 5}
-    assert json.loads(redis_client.hget(f"nbq:job:{group[0].id}", "progress"))["done"] == 3
+    assert json.loads(redis_client.hget(keys.job(group[0].id), "progress"))["done"] == 3
 
 
 def test_writes_of_an_attempt_that_no_longer_holds_the_job_are_refused(redis_client):
     from nbqueue.events import _publish
 
-    redis_client.hset("nbq:job:f", mapping={"status": "started", "attempt": 2})
+    f = keys.ref("f", keys.tag("q"))  # a job id chosen on queue q
+    redis_client.hset(keys.job(f), mapping={"status": "started", "attempt": 2})
     record = {"done": 1, "total": 2, "message": None}
-    assert not _publish(redis_client, "f", 1, ["stale line"], record)  # attempt 1 lost the job
-    assert redis_client.llen(log_key("f")) == 0 and redis_client.hget("nbq:job:f", "progress") is None
-    assert _publish(redis_client, "f", 2, ["fresh line"], record, ttl=60)
-    assert Job("f", redis_client).logs() == ["fresh line"] and Job("f", redis_client).progress == record
-    assert 0 < redis_client.ttl(log_key("f")) <= 60
-    redis_client.hset("nbq:job:f", "status", "finished")
-    assert not _publish(redis_client, "f", 2, ["after the end"], None)
+    assert not _publish(redis_client, f, 1, ["stale line"], record)  # attempt 1 lost the job
+    assert redis_client.llen(log_key(f)) == 0 and redis_client.hget(keys.job(f), "progress") is None
+    assert _publish(redis_client, f, 2, ["fresh line"], record, ttl=60)
+    assert Job("f", redis_client, queue="q").logs() == ["fresh line"] and Job(f, redis_client).progress == record
+    assert 0 < redis_client.ttl(log_key(f)) <= 60
+    redis_client.hset(keys.job(f), "status", "finished")
+    assert not _publish(redis_client, f, 2, ["after the end"], None)
 
 
 def test_catch_up_returns_once_earlier_events_are_handled(redis_client):
     watcher, seen, ticks = Watcher(redis_client), Recorder(), []
     assert watcher.catch_up(0.1)  # nothing watched: nothing to wait for
-    sub = watcher.watch(["c"], seen, on_tick=lambda: ticks.append(1))
+    c = keys.new_id("q")
+    sub = watcher.watch([c], seen, on_tick=lambda: ticks.append(1))
     assert watcher.catch_up(5)  # right after the thread starts: the barrier is not lost
     assert seen.of(SYNC)  # the subscription was confirmed before the barrier came back
     for i in range(50):
-        redis_client.publish("nbq:ev:c", json.dumps({"id": "c", "status": "progress", "done": i}))
+        redis_client.publish(keys.events(c), json.dumps({"id": c, "status": "progress", "done": i}))
     assert watcher.catch_up(5)
     assert [e["done"] for e in seen.of("progress")] == list(range(50)) and ticks
     sub.close()
@@ -227,9 +231,10 @@ def test_catch_up_returns_once_earlier_events_are_handled(redis_client):
 
 def test_a_new_watcher_of_an_already_subscribed_job_gets_its_sync(redis_client):
     watcher, first, second = Watcher(redis_client), Recorder(), Recorder()
-    sub1 = watcher.watch(["s"], first)
+    s = keys.new_id("ev")
+    sub1 = watcher.watch([s], first)
     wait_for(lambda: first.of(SYNC), 5, message="the first subscription")
-    sub2 = watcher.watch(["s"], second)  # the channel is subscribed already: no confirmation comes
+    sub2 = watcher.watch([s], second)  # the channel is subscribed already: no confirmation comes
     wait_for(lambda: second.of(SYNC), 5, message="a sync for the second watcher all the same")
     sub1.close()
     sub2.close()

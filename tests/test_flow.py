@@ -21,8 +21,8 @@ MODE_IDS = ["fork", "inline"]
 
 def deferred_left(client) -> list:
     """Ids of every job still deferred in this database."""
-    ids = [k.decode().split(":", 2)[2] for k in client.scan_iter(match=keys.job("*"), count=1000)]
-    return [i for i in ids if client.hget(keys.job(i), "status") == DEFERRED.encode()]
+    found = [k for k in client.scan_iter(match="nbq:{*}:job:*", count=1000)]
+    return [k.decode().split(":", 3)[3] for k in found if client.hget(k, "status") == DEFERRED.encode()]
 
 
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
@@ -151,7 +151,7 @@ def test_a_dependency_that_finished_already_queues_the_job_at_once(redis_client,
 
 def test_a_missing_dependency_or_a_cycle_is_refused_at_enqueue(redis_client):
     q = Queue("fl", redis_client)
-    gone = Job("never-enqueued", redis_client)
+    gone = Job("never-enqueued", redis_client, queue="fl")
     with pytest.raises(EnqueueError, match="depends on job 'never-enqueued', which does not exist"):
         q.enqueue(t.echo, gone)
     with pytest.raises(EnqueueError, match="which does not exist"):
@@ -161,13 +161,13 @@ def test_a_missing_dependency_or_a_cycle_is_refused_at_enqueue(redis_client):
     # a loop through a job still waiting for an old job of the same id (expired, deleted)
     q.enqueue_call(t.load, (1,), job_id="old-a")
     d = q.enqueue_call(t.echo, depends_on="old-a", job_id="waits-for-a")
-    redis_client.delete(keys.job("old-a"))
+    redis_client.delete(keys.job("old-a", "fl"))
     with pytest.raises(EnqueueError, match="'old-a' would wait for itself"):
         q.enqueue_call(t.echo, job_id="old-a", depends_on=d)
     with pytest.raises(EnqueueError, match="delay= and dependencies"):
         q.enqueue_call(t.echo, depends_on=d, delay=5)
     assert q.job_ids == ["old-a"]  # the deleted one's id, dropped when taken
-    assert not redis_client.exists(keys.job("old-a"), keys.job("self-loop"))
+    assert not redis_client.exists(keys.job("old-a", "fl"), keys.job("self-loop", "fl"))
     assert d.status == "deferred"
 
 
@@ -219,8 +219,8 @@ def test_fan_out_and_fan_in_of_100_across_3_workers_with_one_killed(redis_client
     wait_for(lambda: len(os.listdir(folder)) >= 20, timeout=60)
 
     def held_by_victim() -> list:
-        return [i for i in redis_client.zrange(keys.ACTIVE, 0, -1)
-                if redis_client.hget(keys.job(i.decode()), "worker") == name.encode()]
+        return [i for i in redis_client.zrange(keys.active("fan"), 0, -1)
+                if redis_client.hget(keys.job(i.decode(), "fan"), "worker") == name.encode()]
 
     victim = wait_for(held_by_victim, timeout=60)[0].decode()  # mid-job, mid-chain
     os.kill(workers[0].proc.pid, signal.SIGKILL)
@@ -285,6 +285,7 @@ def test_widget_states_show_deferred_jobs(redis_client):
     assert "nbq-status-deferred" in group.header_html()
 
 
+@pytest.mark.standalone("a dependency on another queue's job: refused on a cluster (CrossSlotDependency)")
 def test_released_jobs_follow_their_queues_order_and_priority(redis_client, start_worker):
     lo, hi = Queue("lo", redis_client), Queue("hi", redis_client)
     a = lo.enqueue(t.load, 1)

@@ -21,6 +21,7 @@ import redis
 import hostile_tasks as ht
 from conftest import TESTS_DIR, wait_for
 from nbqueue import EnqueueError, Job, JobCanceled, JobFailed, Queue
+from nbqueue import keys
 
 FORK, INLINE, BOTH = ("fork",), ("inline",), ("fork", "inline")
 ENQUEUE = ("enqueue",)  # refused at enqueue: no worker involved
@@ -203,7 +204,7 @@ def test_hostile(case: Case, mode: str, served, client, tmp_path):
             Queue("hostile-enqueue", client).enqueue_call(func, args, **options)
         assert re.search(detail, str(info.value)), str(info.value)
         assert "Nothing was enqueued" in str(info.value) or "Wrap the call" in str(info.value)
-        assert client.llen("nbq:queue:hostile-enqueue") == 0
+        assert client.llen(keys.queue("hostile-enqueue")) == 0
         return
 
     worker = served[mode]
@@ -226,7 +227,7 @@ def test_hostile(case: Case, mode: str, served, client, tmp_path):
         assert proc.poll() is None, f"the worker died:\n{worker.log.read_text()[-3000:]}"
         assert "unexpected error" not in worker.log.read_text()
     finally:
-        client.delete(f"nbq:job:{job.id}")  # big payloads and results don't stay in the session's Redis
+        client.delete(keys.job(job.id))  # big payloads and results don't stay in the session's Redis
 
 
 def _check_outcome(job: Job, kind: str, detail: str) -> None:

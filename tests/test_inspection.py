@@ -6,6 +6,7 @@ import pytest
 
 import nbq_tasks
 from nbqueue import EnqueueError, Job, Queue, SignatureError
+from nbqueue import keys
 
 
 @pytest.mark.parametrize("mode", [[], ["--inline"]], ids=["fork", "inline"])
@@ -26,13 +27,13 @@ def test_meta_set_at_enqueue_and_updated_by_the_job(redis_client, start_worker, 
 def test_meta_that_json_cannot_keep_is_refused(redis_client, meta):
     with pytest.raises(EnqueueError, match="meta"):
         Queue("meta", redis_client).enqueue_call(nbq_tasks.add, (1, 2), meta=meta)
-    assert not redis_client.keys("nbq:job:*")
+    assert not redis_client.keys("nbq:{*}:job:*")
 
 
 def test_junk_meta_in_redis_reads_as_empty(redis_client):
     job = Queue("meta", redis_client).enqueue(nbq_tasks.add, 1, 2)
     for junk in (b"[1, 2]", b"{not json", b"\xff\xfe"):
-        redis_client.hset(f"nbq:job:{job.id}", "meta", junk)
+        redis_client.hset(keys.job(job.id), "meta", junk)
         assert job.refresh_meta() == {}
 
 
@@ -48,7 +49,7 @@ def test_args_kwargs_and_description(redis_client):
 
 def test_a_tampered_call_is_not_unpickled(redis_client):
     job = Queue("inspect", redis_client).enqueue(nbq_tasks.add, 1, 2)
-    redis_client.hset(f"nbq:job:{job.id}", "data", b"\x80\x04K\x01.")  # a different pickle
+    redis_client.hset(keys.job(job.id), "data", b"\x80\x04K\x01.")  # a different pickle
     with pytest.raises(SignatureError, match="not imported or unpickled"):
         Job.fetch(job.id, redis_client).args
     assert Job.fetch(job.id, redis_client).description == "nbq_tasks.add(…)"

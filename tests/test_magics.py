@@ -11,6 +11,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import nbq_tasks
 from conftest import TESTS_DIR
 from nbqueue import Group, Job, Queue
+from nbqueue import keys
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def ip(redis_client, tmp_path, monkeypatch):
 
 
 def queued_jobs(redis_client) -> list:
-    return redis_client.keys("nbq:job:*")
+    return redis_client.keys("nbq:{*}:job:*")
 
 
 def test_enqueue_keeps_the_call_verbatim_and_evaluates_each_part(ip, start_worker):
@@ -35,7 +36,7 @@ def test_enqueue_keeps_the_call_verbatim_and_evaluates_each_part(ip, start_worke
     assert args == ("a  b", "{x}", "$x", 42, 3, 4)
     assert kwargs == {"k": "--timeout 5", "k2": "v2"}
     assert job.queue == "default"
-    assert job.connection.hmget(f"nbq:job:{job.id}", "timeout", "result_ttl") == [b"600", b"60"]
+    assert job.connection.hmget(keys.job(job.id), "timeout", "result_ttl") == [b"600", b"60"]
 
 
 def test_run_cell_assigns_the_job_and_the_queue_name_is_optional(ip, redis_client):
@@ -136,7 +137,7 @@ def test_enqueue_workflow_options_name_objects_of_the_namespace(ip, start_worker
                                        "--depends-on [first] --meta '{\"run\": 3}'")
     assert job.result(timeout=20) == 13  # first's result came in as the argument
     assert job.meta == {"run": 3} and job.dependencies == (first.id,)
-    assert redis_client.hget(f"nbq:job:{job.id}", "on_success") == b"nbq_tasks:on_ok"
+    assert redis_client.hget(keys.job(job.id), "on_success") == b"nbq_tasks:on_ok"
     with pytest.raises(UsageError, match="--on-success"):
         ip.run_line_magic("enqueue", "wf nbq_tasks.add(1, 2) --on-success no_such_name")
     with pytest.raises(UsageError, match="callable|on_success"):

@@ -26,6 +26,7 @@ import chaos_tasks
 from conftest import TESTS_DIR, WorkerProcess, wait_for
 from nbqueue import Queue
 from servers import EventLog, PrivateRedis, pid_alive
+from nbqueue import keys
 
 DISCARDED = re.compile(r"lost the job's lease .*its outcome is discarded|not recording the outcome: "
                        r"this attempt no longer holds the job")
@@ -128,7 +129,7 @@ def test_a_cut_off_worker_is_replaced_and_its_late_outcome_refused(link, tmp_pat
             job = Queue("net", client).enqueue_call(chaos_tasks.long_run, (str(flags), 10.0, 0.5))
             wait_for(lambda: _runs(flags), 15, message="A's run to start")
             [child_a] = _runs(flags)
-            assert client.hget(f"nbq:job:{job.id}", "worker") == b"net-A"
+            assert client.hget(keys.job(job.id), "worker") == b"net-A"
             b = WorkerProcess(["net", "--url", server.url, "--name", "net-B"], TESTS_DIR, tmp_path / "worker-B.log")
             workers.append(b)
             b.wait_ready()
@@ -141,7 +142,7 @@ def test_a_cut_off_worker_is_replaced_and_its_late_outcome_refused(link, tmp_pat
             rerun_delay = job.started_at.timestamp() - cut_at
             assert result["ppid"] == b.pid
             assert (job.status, job.attempt, job.workers) == ("finished", 2, ["net-A", "net-B"])
-            written_by_b = client.hgetall(f"nbq:job:{job.id}")
+            written_by_b = client.hgetall(keys.job(job.id))
             a_still_running = pid_alive(child_a)
             a_log_during_cut = a.log()
 
@@ -160,7 +161,7 @@ def test_a_cut_off_worker_is_replaced_and_its_late_outcome_refused(link, tmp_pat
                   f"{noticed:.2f} s after the link came back A logged {DISCARDED.search(a_log).group(0)!r}; "
                   f"terminal events {[(e['status'], e['worker'], e['attempt']) for e in ends]}")
             assert rerun_delay <= 12
-            assert client.hgetall(f"nbq:job:{job.id}") == written_by_b  # A's stale writes were refused
+            assert client.hgetall(keys.job(job.id)) == written_by_b  # A's stale writes were refused
             assert [(e["status"], e["worker"], e["attempt"]) for e in ends] == [("finished", "net-B", 2)]
             assert a.proc.poll() is None, "A died instead of riding out the cut"
         finally:

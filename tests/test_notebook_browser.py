@@ -19,6 +19,7 @@ import redis
 
 from browser import JupyterServer, Notebook, measured, write_notebook
 from conftest import wait_for
+from nbqueue import keys
 
 TESTS = Path(__file__).resolve().parent
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -51,11 +52,11 @@ def worker(spawn_worker: Any, client: Any, *args: str) -> Any:
 def jobs(client: redis.Redis, **match: str) -> Dict[str, Dict[str, str]]:
     """Job id -> job hash (decoded, without the pickled call) of the jobs whose fields match."""
     found = {}
-    for key in client.scan_iter(match="nbq:job:*"):
+    for key in client.scan_iter(match="nbq:{*}:job:*"):
         fields = {k.decode(): v.decode(errors="replace") for k, v in client.hgetall(key).items()
                   if k not in (b"data", b"code", b"result", b"sig", b"rsig")}
         if all(fields.get(k) == v for k, v in match.items()):
-            found[key.decode()[len("nbq:job:"):]] = fields
+            found[key.decode().split(":", 3)[3]] = fields
     return found
 
 
@@ -66,7 +67,7 @@ def one_job(client: redis.Redis, **match: str) -> str:
 
 
 def status(client: redis.Redis, job_id: str) -> str:
-    return (client.hget(f"nbq:job:{job_id}", "status") or b"").decode()
+    return (client.hget(keys.job(job_id), "status") or b"").decode()
 
 
 def nbq_outputs(nb: Notebook, i: int) -> List[dict]:
@@ -79,7 +80,7 @@ def ended(client: redis.Redis, ids: List[str]) -> int:
     """How many of the jobs ``ids`` ended (finished or failed)."""
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hget(f"nbq:job:{job_id}", "status")
+        pipe.hget(keys.job(job_id), "status")
     return sum(s in (b"finished", b"failed") for s in pipe.execute())
 
 
@@ -162,13 +163,13 @@ def test_cancel_and_cancel_all_stop_running_jobs_within_1s_while_a_cell_sleeps(
         clicked = nb.click(1, "Cancel")
         wait_for(lambda: status(redis_server, job_id) == "canceled", 1.0 - (time.time() - clicked),
                  message="the job canceled within 1 s of the click")
-        ended = float(redis_server.hget(f"nbq:job:{job_id}", "ended_at"))
+        ended = float(redis_server.hget(keys.job(job_id), "ended_at"))
         job_latency = ended - clicked
 
         clicked_all = nb.click(2, "Cancel all", widget=".nbq-group")
         wait_for(lambda: all(status(redis_server, j) == "canceled" for j in group_ids),
                  1.0 - (time.time() - clicked_all), message="all the group's jobs canceled within 1 s of the click")
-        group_latency = float(redis_server.hget(f"nbq:job:{running[0]}", "ended_at")) - clicked_all
+        group_latency = float(redis_server.hget(keys.job(running[0]), "ended_at")) - clicked_all
         busy = nb.prompt(3)
         nb.wait_text(1, "", "canceled", timeout=10)
         shot(nb, "cancel", frontend, "canceled")

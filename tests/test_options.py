@@ -18,6 +18,7 @@ from IPython.core.error import UsageError
 import nbq_tasks
 from nbqueue import Call, EnqueueError, JobFailed, Options, Queue
 from nbqueue.queue import MAX_DELAY, MAX_RETRIES, MAX_RETRY_DELAY, MAX_TIMEOUT, MAX_TTL
+from nbqueue import keys
 
 try:
     import numpy as np
@@ -126,8 +127,8 @@ if np is not None:
 @pytest.mark.parametrize("name, value, stored", GOOD, ids=[f"{n}={v!r}"[:50] for n, v, _ in GOOD])
 def test_good_values_are_accepted_and_stored_as_plain_numbers(q, redis_client, name, value, stored):
     job = q.enqueue_call(nbq_tasks.add, (1, 2), **{name: value})
-    assert redis_client.hget(f"nbq:job:{job.id}", name) == stored
-    assert [redis_client.hget(f"nbq:job:{j.id}", name) for j in q.map(nbq_tasks.echo, [1, 2], **{name: value})] == [
+    assert redis_client.hget(keys.job(job.id), name) == stored
+    assert [redis_client.hget(keys.job(j.id), name) for j in q.map(nbq_tasks.echo, [1, 2], **{name: value})] == [
         stored, stored]
 
 
@@ -149,7 +150,7 @@ def test_the_longest_delay_is_an_exact_millisecond_score(q, redis_client):
     before = int(time.time() * 1000)
     job = q.enqueue_in(MAX_DELAY, nbq_tasks.add, 1, 2)
     after = int(time.time() * 1000) + 1
-    score = redis_client.zscore("nbq:scheduled", job.id)
+    score = redis_client.zscore(keys.scheduled(job.queue), job.id)
     assert job.status == "scheduled" and score == int(score) and score < 2 ** 53
     assert before + MAX_DELAY * 1000 <= score <= after + MAX_DELAY * 1000
     tiny = q.enqueue_in(0.0001, nbq_tasks.add, 1, 2)  # any delay above 0 schedules the job, rounded up to 1 ms
@@ -162,7 +163,7 @@ def test_enqueue_at_a_past_time_queues_now_and_a_future_one_schedules(q, redis_c
     assert q.enqueue_at(datetime(2000, 1, 1, tzinfo=timezone.utc), nbq_tasks.add, 1, 2).status == "queued"
     assert q.enqueue_at(datetime.min, nbq_tasks.add, 1, 2).status == "queued"
     later = q.enqueue_at(datetime.now() + timedelta(hours=1), nbq_tasks.add, 1, 2)  # naive: local time
-    due = redis_client.zscore("nbq:scheduled", later.id) / 1000
+    due = redis_client.zscore(keys.scheduled(later.queue), later.id) / 1000
     assert later.status == "scheduled" and abs(due - (time.time() + 3600)) < 60
 
 
@@ -189,16 +190,16 @@ def test_the_largest_values_are_honoured(start_worker, redis_client, mode):
     with pytest.raises(JobFailed):
         failed.result(timeout=15)
     for job in (done, failed):
-        assert MAX_TTL - 60 < redis_client.ttl(f"nbq:job:{job.id}") <= MAX_TTL
+        assert MAX_TTL - 60 < redis_client.ttl(keys.job(job.id)) <= MAX_TTL
 
 
 def test_a_fractional_ttl_is_rounded_up_and_then_expires(start_worker, redis_client, wait_for):
     start_worker("opts", "--inline")
     job = Queue("opts", redis_client).enqueue_call(nbq_tasks.add, (1, 2), result_ttl=2.5)
-    assert redis_client.hget(f"nbq:job:{job.id}", "result_ttl") == b"3"
+    assert redis_client.hget(keys.job(job.id), "result_ttl") == b"3"
     assert job.result(timeout=15) == 3
-    assert 0 < redis_client.ttl(f"nbq:job:{job.id}") <= 3  # kept, not forever
-    wait_for(lambda: not redis_client.exists(f"nbq:job:{job.id}"), timeout=15, message="the job to expire")
+    assert 0 < redis_client.ttl(keys.job(job.id)) <= 3  # kept, not forever
+    wait_for(lambda: not redis_client.exists(keys.job(job.id)), timeout=15, message="the job to expire")
 
 
 def test_retries_with_no_delay_rerun_at_once(start_worker, redis_client, tmp_path):
@@ -293,10 +294,10 @@ def test_magic_options_are_checked_the_same_way(ip, redis_client, line, expected
 
 def test_magic_accepts_the_bounds(ip, redis_client):
     job = ip.run_line_magic("enqueue", f"nbq_tasks.add(1, 2) --timeout {MAX_TIMEOUT} --result-ttl none --retries 1000")
-    stored = redis_client.hmget(f"nbq:job:{job.id}", "timeout", "result_ttl", "retries")
+    stored = redis_client.hmget(keys.job(job.id), "timeout", "result_ttl", "retries")
     assert stored == [b"31536000", b"none", b"1000"]
     job = ip.run_line_magic("enqueue", "nbq_tasks.add(1, 2) --timeout 0.5 --retry-delay 0")
-    assert redis_client.hmget(f"nbq:job:{job.id}", "timeout", "retry_delay") == [b"0.5", b"0"]
+    assert redis_client.hmget(keys.job(job.id), "timeout", "retry_delay") == [b"0.5", b"0"]
 
 
 # --- waits: result(timeout=), cancel(wait=), Group.results(timeout=) ------------------------------
@@ -349,7 +350,7 @@ def test_calls_of_the_wrong_shape_are_enqueue_errors(redis_client, enqueue):
     q = Queue("shapes", redis_client)
     with pytest.raises(EnqueueError, match="Nothing was enqueued"):
         enqueue(q)
-    assert len(q) == 0 and not redis_client.keys("nbq:job:*")
+    assert len(q) == 0 and not redis_client.keys("nbq:{*}:job:*")
 
 
 def test_a_worker_refuses_a_bool_concurrency(redis_client):

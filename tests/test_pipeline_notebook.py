@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from nbqueue import keys
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -41,4 +42,4 @@ def test_pipeline_notebook_runs_against_real_workers(start_worker, redis_client,
     [model_cell] = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("raw =")]
     html = "".join(o.data.get("text/html", "") for o in model_cell.outputs if o.output_type == "display_data")
     assert "nbq-report" in html and "nbq-status-finished" in html and "slope" in html
-    assert not redis_client.zcard("nbq:schedules")
+    assert not redis_client.hlen(keys.SCHEDULE_QUEUES)

@@ -170,7 +170,7 @@ def test_a_full_redis_is_an_nbqueue_error_and_nothing_is_enqueued(private_redis)
         with pytest.raises(RedisFull, match="nothing was enqueued"):
             q.enqueue_many([(nbq_tasks.add, (i, 1)) for i in range(2500)])  # several chunks, one MULTI
         assert len(q) == 1
-        assert len(client.keys(keys.job("*"))) == 1
+        assert len(client.keys("nbq:{*}:job:*")) == 1
     finally:
         client.config_set("maxmemory", 0)
     q.enqueue(nbq_tasks.add, 1, 2)

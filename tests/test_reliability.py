@@ -10,9 +10,10 @@ import threading
 import pytest
 
 import nbq_tasks
-from conftest import wait_for
+from conftest import numsub, wait_for
 from nbqueue import Job, JobCanceled, JobFailed, Queue
 from nbqueue.heartbeat import LEASE
+from nbqueue import keys
 
 MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 
@@ -29,7 +30,7 @@ class Events:
         self.seen: list = []
         self._stop = threading.Event()
         pubsub = client.pubsub()
-        pubsub.psubscribe("nbq:ev:*")
+        pubsub.psubscribe(keys.EVENTS_PATTERN)
         confirmed = pubsub.get_message(timeout=10)  # listening for sure before the test goes on
         assert confirmed and confirmed["type"] == "psubscribe", confirmed
         pubsub.ignore_subscribe_messages = True
@@ -74,7 +75,7 @@ def test_inline_timeout_stops_the_job(start_worker, q):
 def test_no_timeout(start_worker, q, redis_client):
     start_worker("low")
     job = q.enqueue_call(nbq_tasks.add, (1, 2), timeout=None)
-    assert redis_client.hget(f"nbq:job:{job.id}", "timeout") == b"none"
+    assert redis_client.hget(keys.job(job.id), "timeout") == b"none"
     assert job.result(timeout=10) == 3
 
 
@@ -242,16 +243,16 @@ def test_junk_on_the_control_channel_leaves_the_heartbeat_alive(start_worker, re
     worker ran it again. Now each bad message is logged (rate-limited) and ignored."""
     channel = "nbq:ctl:junk-target"
     worker = start_worker("low", "solo", "--name", "junk-target", *mode)
-    wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 1, message="the worker listens")
+    wait_for(lambda: numsub(redis_client, channel) == 1, message="the worker listens")
     job = _running_job(Queue("low", redis_client), tmp_path, "long", 8, "kept")
     start_worker("low")  # would run the job again if its lease lapsed
     valid_but_wrong = [{"cancel": job.id, "attempt": "NaN"}, {"cancel": job.id, "attempt": True},
                        {"cancel": job.id, "attempt": 2}, {"cancel": job.id, "attempt": "2"}]
     for junk in JUNK + [json.dumps(m).encode() for m in valid_but_wrong]:
         redis_client.publish(channel, junk)
-    redis_client.zadd("nbq:active", {b"\xff\xfe not utf-8": 0})  # a lapsed lease of junk: the beat logs it
-    redis_client.set("nbq:job:clobbered", "not a hash")  # recover.lua fails on it once: logged, and on we go
-    redis_client.zadd("nbq:active", {"clobbered": 0})
+    redis_client.zadd(keys.active("low"), {b"\xff\xfe not utf-8": 0})  # a lapsed lease of junk: the beat logs it
+    redis_client.set(keys.job("clobbered", "low"), "not a hash")  # recover.lua fails on it once: logged, and on we go
+    redis_client.zadd(keys.active("low"), {"clobbered": 0})
     for _ in range(300):  # a flood must not flood the log
         redis_client.publish(channel, b'["cancel"]')
     _wait_for_renewals(redis_client, job.id, "the lease renewed by beats after the junk")
@@ -308,7 +309,7 @@ def test_a_job_canceled_while_its_worker_is_lost_gets_its_ttl(start_worker, redi
     start_worker("low")  # its heartbeat recovers the lapsed leases
     for job, ttl in ((own, 600), (default, 24 * 3600)):
         wait_for(lambda: job.status == "canceled", timeout=30, message="canceled by the recovery")
-        assert ttl - 60 < redis_client.ttl(f"nbq:job:{job.id}") <= ttl
+        assert ttl - 60 < redis_client.ttl(keys.job(job.id)) <= ttl
         seen = events.wait_for(job.id, lambda es: es and es[-1]["status"] == "canceled", message="canceled event")
         assert {k: seen[-1][k] for k in ("id", "worker", "attempt")} == {"id": job.id, "worker": "doomed", "attempt": 1}
         with pytest.raises(JobCanceled):
@@ -322,7 +323,7 @@ def test_a_canceled_job_is_kept_for_its_result_ttl(redis_client):
         job = q.enqueue_call(nbq_tasks.add, (1, 1), delay=60, **options)
         assert job.cancel() == "canceled"
         low, high = expected
-        assert low <= redis_client.ttl(f"nbq:job:{job.id}") <= high, options
+        assert low <= redis_client.ttl(keys.job(job.id)) <= high, options
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -333,8 +334,8 @@ def test_a_job_key_overwritten_by_hand_does_not_stop_other_renewals(start_worker
     broken = _running_job(q, tmp_path, "broken")  # renewed first: the attempts go in the order they started
     kept = _running_job(q, tmp_path, "kept", 8, "kept")
     start_worker("low")  # would run the kept job again if its lease lapsed
-    redis_client.delete(f"nbq:job:{broken.id}")
-    redis_client.set(f"nbq:job:{broken.id}", "not a hash")
+    redis_client.delete(keys.job(broken.id))
+    redis_client.set(keys.job(broken.id), "not a hash")
     _wait_for_renewals(redis_client, kept.id, "the kept job's lease renewed after the other job's key broke")
     assert kept.result(timeout=30) == "kept"
     kept.refresh()
@@ -346,5 +347,5 @@ def test_a_job_key_overwritten_by_hand_does_not_stop_other_renewals(start_worker
 def _wait_for_renewals(client, job_id: str, message: str) -> None:
     """Wait until the job's lease runs more than two seconds past now: beats renewed it since."""
     sent, _ = client.time()
-    wait_for(lambda: (client.zscore("nbq:active", job_id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
+    wait_for(lambda: (client.zscore(keys.active("low"), job_id) or 0) > (sent + 2 + LEASE) * 1000, timeout=15,
              message=message)

@@ -10,6 +10,7 @@ import json
 import time
 
 import pytest
+from redis.cluster import RedisCluster
 
 import nbq_tasks
 from conftest import wait_for
@@ -17,12 +18,17 @@ from nbqueue import Job, Queue, signing
 from nbqueue.job import SUMMARY, SUMMARY_SIG
 from nbqueue.notebook.state import JobState
 from nbqueue.summary import MAX_BYTES, REPR_MAX, human, needed, parse, summarise
+from nbqueue import keys
 
 MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 MB50 = 50_000_000
 
 
 def _sent(client) -> int:
+    """Bytes the server (on a cluster: every node) has sent so far."""
+    if isinstance(client, RedisCluster):
+        return sum(int(node["total_net_output_bytes"]) for node in client.info(
+            "stats", target_nodes=RedisCluster.ALL_NODES).values())
     return int(client.info("stats")["total_net_output_bytes"])
 
 
@@ -42,7 +48,7 @@ def _finished(job: Job) -> Job:
 
 
 def _state(job: Job) -> JobState:
-    state = JobState(job.id, "test")
+    state = JobState(job.ref, "test")
     state.load(job)
     return state
 
@@ -125,6 +131,7 @@ def test_lone_surrogates_in_cells_are_replaced():
     assert parse(made.encode())["table"] == {"columns": ["?x"], "index": ["0", "1", "2"], "rows": [["a?b"]] * 3}
 
 
+@pytest.mark.standalone("no Redis in it: it runs in the standalone run")
 def test_a_small_result_costs_its_job_a_type_check():
     """What each job pays on the worker for the common case: no summary for a number, None or a
     short str or bytes (its pickle is as small; the notebook fetches it); bounded work otherwise."""
@@ -159,9 +166,9 @@ def test_junk_summaries_are_refused(junk):
 @pytest.mark.parametrize("mode", MODES)
 def test_a_50_mb_result_is_shown_by_its_summary_without_being_fetched(start_worker, redis_client, mode):
     job = _run(start_worker, redis_client, mode, nbq_tasks.big_bytes, MB50)
-    stored = redis_client.hget(f"nbq:job:{job.id}", SUMMARY)
+    stored = redis_client.hget(keys.job(job.id), SUMMARY)
     assert json.loads(stored)["text"] == "bytes, 50.0 MB" and len(stored) < 300
-    assert job.summary()["size"] == redis_client.hstrlen(f"nbq:job:{job.id}", "result") > MB50
+    assert job.summary()["size"] == redis_client.hstrlen(keys.job(job.id), "result") > MB50
 
     shown: dict = {}
     read = _read_by(redis_client, lambda: shown.update(state=_state(job)))
@@ -211,7 +218,7 @@ def test_arrays_fake_frames_and_bad_reprs_from_real_workers(start_worker, redis_
     assert bad.result == "BadRepr object" and "repr failed: ValueError" in bad.html() and "<script" not in bad.html()
     assert huge.result == "HugeRepr object" and "&lt;b&gt;yyy" in huge.html() and len(huge.html()) < 4 * REPR_MAX
     assert small.result == "42" and small.text().endswith("→ 42") and "pickled" not in small.html()
-    assert redis_client.hget(f"nbq:job:{jobs[4].id}", SUMMARY) is None  # a small number: fetched to be shown
+    assert redis_client.hget(keys.job(jobs[4].id), SUMMARY) is None  # a small number: fetched to be shown
     assert isinstance(jobs[2].result(timeout=5), nbq_tasks.BadRepr)
 
 
@@ -223,7 +230,7 @@ HOSTILE = json.dumps({"type": "x", "text": "<script>alert(4)</script>", "size": 
 def test_a_summary_written_by_hand_is_not_shown_when_signed(start_worker, redis_client):
     big, small = (_run(start_worker, redis_client, [], nbq_tasks.big_bytes, n) for n in (MB50, 10))
     for job in (big, small):
-        redis_client.hset(f"nbq:job:{job.id}", SUMMARY, HOSTILE)  # the signature no longer matches
+        redis_client.hset(keys.job(job.id), SUMMARY, HOSTILE)  # the signature no longer matches
         assert job.summary() is None
     shown: dict = {}
     read = _read_by(redis_client, lambda: shown.update(state=_state(big)))
@@ -234,10 +241,10 @@ def test_a_summary_written_by_hand_is_not_shown_when_signed(start_worker, redis_
 
     # a summary and its signature moved from another job (or attempt) do not verify either
     other = _run(start_worker, redis_client, [], nbq_tasks.small_list, 20)
-    moved = redis_client.hmget(f"nbq:job:{other.id}", SUMMARY, SUMMARY_SIG)
-    redis_client.hset(f"nbq:job:{small.id}", mapping=dict(zip((SUMMARY, SUMMARY_SIG), moved)))
+    moved = redis_client.hmget(keys.job(other.id), SUMMARY, SUMMARY_SIG)
+    redis_client.hset(keys.job(small.id), mapping=dict(zip((SUMMARY, SUMMARY_SIG), moved)))
     assert small.summary() is None and _state(small).result == "b'xxxxxxxxxx'"
-    redis_client.hset(f"nbq:job:{other.id}", "attempt", 2)
+    redis_client.hset(keys.job(other.id), "attempt", 2)
     assert other.summary() is None
 
 
@@ -246,7 +253,7 @@ def test_jobs_recorded_without_a_summary_fall_back_to_size_then_small_fetches(st
     big, small = (_run(start_worker, redis_client, [], nbq_tasks.big_bytes, n) for n in (MB50, 100))
     listed = _run(start_worker, redis_client, [], nbq_tasks.small_list, 10_000)
     for job in (big, small, listed):
-        redis_client.hdel(f"nbq:job:{job.id}", SUMMARY, SUMMARY_SIG)
+        redis_client.hdel(keys.job(job.id), SUMMARY, SUMMARY_SIG)
     shown: dict = {}
     read = _read_by(redis_client, lambda: shown.update(state=_state(big)))
     state = shown["state"]
@@ -255,16 +262,16 @@ def test_jobs_recorded_without_a_summary_fall_back_to_size_then_small_fetches(st
     assert _state(small).result == "bytes, 100 B"
     assert _state(listed).result == "list of 10,000"  # under 64 kB pickled: fetched, summarised here
     # a small result changed in Redis is refused by its signature, not unpickled
-    redis_client.hset(f"nbq:job:{small.id}", "result", b"\x80\x05K\x07.")
+    redis_client.hset(keys.job(small.id), "result", b"\x80\x05K\x07.")
     assert "SignatureError" in _state(small).result
 
 
 def test_hostile_summaries_in_unsigned_mode_are_escaped_or_refused(redis_client, monkeypatch):
     """With no secret a summary is shown as stored: escaped, and only if it is well formed."""
     monkeypatch.delenv("NBQUEUE_SECRET")
-    key = "nbq:job:h1"
+    key = keys.job("h1", "q")
     redis_client.hset(key, mapping={"status": "finished", "attempt": 1, "queue": "q", "result": b"\x80\x05K*."})
-    job = Job("h1", redis_client)
+    job = Job("h1", redis_client, queue="q")
     assert signing.get(redis_client) is None
     redis_client.hset(key, SUMMARY, HOSTILE)
     page = _state(job).html()
@@ -282,6 +289,6 @@ def test_hostile_summaries_in_unsigned_mode_are_escaped_or_refused(redis_client,
 def test_requeue_clears_the_summary(start_worker, redis_client):
     job = _run(start_worker, redis_client, [], nbq_tasks.small_list, 20)
     assert job.summary()["text"] == "list of 20"
-    redis_client.hset(f"nbq:job:{job.id}", "status", "failed")  # so it may be requeued
+    redis_client.hset(keys.job(job.id), "status", "failed")  # so it may be requeued
     job.requeue()
-    assert redis_client.hmget(f"nbq:job:{job.id}", SUMMARY, SUMMARY_SIG) == [None, None]
+    assert redis_client.hmget(keys.job(job.id), SUMMARY, SUMMARY_SIG) == [None, None]

@@ -129,10 +129,16 @@ def test_rule_options_are_exclusive_and_time_zones_checked():
 
 # --- in Redis, with real workers ----------------------------------------------------------------
 
+def due_now(client, queue: str = "sched") -> list:
+    """The schedules of ``queue`` due now, as a sweep reads them (``sweep.lua``'s third part)."""
+    return keys.run(client, "sweep", [keys.active(queue), keys.beat(queue), keys.scheduled(queue),
+                                      keys.schedules(queue)], [5000, 2500, 10])[2]
+
+
 def scheduled_jobs(client, name: str) -> list:
     """Every job hash a schedule queued, by tick."""
     jobs = []
-    for key in client.scan_iter(match=keys.job("*")):
+    for key in client.scan_iter(match="nbq:{*}:job:*"):
         fields = client.hgetall(key)
         if fields.get(b"schedule") == name.encode():
             jobs.append({"id": key.decode().rsplit(":", 1)[1], **{k.decode(): v for k, v in fields.items()}})
@@ -223,7 +229,7 @@ def test_list_and_remove_through_the_api_and_the_command(redis_client, start_wor
     assert again.returncode == 1 and "no schedule named 'hourly'" in again.stderr and "Traceback" not in again.stderr
     assert nbqueue.Schedule.remove("morning") is True and nbqueue.Schedule.remove("morning") is False
     assert [s.name for s in nbqueue.schedules()] == ["often"]
-    assert q.unschedule("often") and redis_client.exists(keys.schedule("often"), keys.SCHEDULES) == 0
+    assert q.unschedule("often") and redis_client.exists(keys.schedule("often", "sched"), keys.schedules("sched")) == 0
     assert "schedule" in nbqueue_cli("--help").stdout and nbqueue_cli("schedule", "list", "--help").returncode == 0
 
 
@@ -256,7 +262,8 @@ def test_scheduling_a_name_again_replaces_it(redis_client):
     Queue("other").schedule(nbq_tasks.echo, cron="*/5 * * * *", name="same")
     (only,) = nbqueue.schedules()
     assert (only.queue, only.func, only.rule) == ("other", "nbq_tasks:echo", "cron */5 * * * * (UTC)")
-    assert redis_client.zcard(keys.SCHEDULES) == 1
+    assert redis_client.zcard(keys.schedules("other")) == 1 and redis_client.zcard(keys.schedules("sched")) == 0
+    assert not redis_client.exists(keys.schedule("same", "sched"))  # moved to the other queue's keys, whole
     assert Queue("sched").schedule(nbq_tasks.add, 1, 2, every=60).name == "nbq_tasks.add"  # default name: the path
 
 
@@ -297,15 +304,15 @@ def test_junk_in_redis_is_logged_and_skipped_and_other_schedules_fire(redis_clie
     q.schedule(nbq_tasks.add, 1, 1, every=1, name="good")
     for name in ("norule", "badrule", "badqueue", "badopts", "badfunc", "forged", "unsigned"):
         q.schedule(nbq_tasks.add, 1, 2, every=1, name=name)
-    redis_client.hdel(keys.schedule("norule"), "rule")
-    redis_client.hset(keys.schedule("badrule"), "rule", "every:0")
-    redis_client.hset(keys.schedule("badqueue"), "queue", "no such:queue")
-    redis_client.hset(keys.schedule("badopts"), "options", '{"not": "a list"}')
-    redis_client.hset(keys.schedule("badfunc"), "func", b"\xff\xfe")
-    stored = redis_client.hget(keys.schedule("forged"), "data")
-    redis_client.hset(keys.schedule("forged"), "data", stored.replace(b"\x02", b"\x03"))  # add(1, 3)
-    redis_client.hset(keys.schedule("unsigned"), "sig", "")
-    redis_client.zadd(keys.SCHEDULES, {"hashless": 0, "no spaces allowed": 0, "minus-inf": float("-inf")})
+    redis_client.hdel(keys.schedule("norule", "sched"), "rule")
+    redis_client.hset(keys.schedule("badrule", "sched"), "rule", "every:0")
+    redis_client.hset(keys.schedule("badqueue", "sched"), "queue", "no such:queue")
+    redis_client.hset(keys.schedule("badopts", "sched"), "options", '{"not": "a list"}')
+    redis_client.hset(keys.schedule("badfunc", "sched"), "func", b"\xff\xfe")
+    stored = redis_client.hget(keys.schedule("forged", "sched"), "data")
+    redis_client.hset(keys.schedule("forged", "sched"), "data", stored.replace(b"\x02", b"\x03"))  # add(1, 3)
+    redis_client.hset(keys.schedule("unsigned", "sched"), "sig", "")
+    redis_client.zadd(keys.schedules("sched"), {"hashless": 0, "no spaces allowed": 0, "minus-inf": float("-inf")})
     worker = start_worker("sched", "--inline")
     wait_for(lambda: len(scheduled_jobs(redis_client, "good")) >= 3, timeout=30, message="good keeps firing")
     for name in ("norule", "badrule", "badqueue", "badopts", "badfunc", "forged", "unsigned", "minus-inf"):
@@ -351,8 +358,8 @@ def test_many_firers_racing_on_one_due_tick_queue_one_job(redis_client):
 
     q = Queue("sched")
     q.schedule(nbq_tasks.add, 1, 2, every=1, name="race")
-    redis_client.zadd(keys.SCHEDULES, {"race": redis_ms(redis_client) - 10})  # due now
-    due = keys.run(redis_client, "due", [keys.SCHEDULES], [10])
+    redis_client.zadd(keys.schedules("sched"), {"race": redis_ms(redis_client) - 10})  # due now
+    due = due_now(redis_client)
     assert [x for x in due[1::2]] == [b"race"]
     firers = [Firer(redis.Redis.from_url(os.environ["NBQUEUE_URL"]), signing.default(redis_client)) for _ in range(20)]
     barrier = threading.Barrier(len(firers))
@@ -360,7 +367,7 @@ def test_many_firers_racing_on_one_due_tick_queue_one_job(redis_client):
 
     def fire(firer):
         barrier.wait()
-        counts.append(firer.fire_due(due))
+        counts.append(firer.fire_due("sched", due))
 
     threads = [threading.Thread(target=fire, args=(f,)) for f in firers]
     for t in threads:
@@ -369,7 +376,7 @@ def test_many_firers_racing_on_one_due_tick_queue_one_job(redis_client):
         t.join(30)
     assert sorted(counts) == [0] * 19 + [1]
     assert len(scheduled_jobs(redis_client, "race")) == 1 and Queue("sched").count == 1
-    assert keys.run(redis_client, "due", [keys.SCHEDULES], [10]) == []  # advanced past now
+    assert due_now(redis_client) == []  # advanced past now
 
 
 @pytest.mark.parametrize("missed, expected", [("all", MAX_CATCH_UP), ("once", 1)])
@@ -380,10 +387,9 @@ def test_a_clock_a_year_ahead_queues_a_bounded_catch_up(redis_client, missed, ex
 
     made = Queue("sched").schedule_call(nbq_tasks.add, (1, 2), every=1, name="year", missed=missed)
     due = int(made.next_run.timestamp() * 1000) - 365 * 86400 * 1000
-    redis_client.zadd(keys.SCHEDULES, {"year": due})
+    redis_client.zadd(keys.schedules("sched"), {"year": due})
     start = time.perf_counter()
-    assert Firer(redis_client, signing.default(redis_client)).fire_due(
-        keys.run(redis_client, "due", [keys.SCHEDULES], [10])) == expected
+    assert Firer(redis_client, signing.default(redis_client)).fire_due("sched", due_now(redis_client)) == expected
     assert time.perf_counter() - start < 2
     jobs = scheduled_jobs(redis_client, "year")
     assert len(jobs) == expected and all((int(j["tick"]) - due) % 1000 == 0 for j in jobs)
@@ -395,5 +401,5 @@ def test_a_clock_a_year_ahead_queues_a_bounded_catch_up(redis_client, missed, ex
 def test_a_due_time_far_ahead_just_waits(redis_client):
     """Redis's clock went back (a restore on another machine): nothing fires until the due time comes."""
     Queue("sched").schedule(nbq_tasks.add, 1, 2, every=1, name="ahead")
-    redis_client.zadd(keys.SCHEDULES, {"ahead": redis_ms(redis_client) + 86400 * 1000})
-    assert keys.run(redis_client, "due", [keys.SCHEDULES], [10]) == []
+    redis_client.zadd(keys.schedules("sched"), {"ahead": redis_ms(redis_client) + 86400 * 1000})
+    assert due_now(redis_client) == []

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import nbq_tasks
+from nbqueue import keys
 from nbqueue import Queue, use_redis
 from nbqueue import connection as connection_module
 
@@ -39,7 +40,7 @@ def test_use_redis_sets_the_process_default_and_can_switch(redis_client, private
         chosen = use_redis(private_redis.url)
         assert Queue().connection is chosen
         job = Queue("seed").enqueue(nbq_tasks.add, 1, 2)
-        assert private_redis.client().exists(f"nbq:job:{job.id}") and not redis_client.exists(f"nbq:job:{job.id}")
+        assert private_redis.client().exists(keys.job(job.id)) and not redis_client.exists(keys.job(job.id))
         assert job.return_value is None  # queued: never waits
         back = use_redis(redis_client)
         assert back is redis_client and Queue().connection is redis_client

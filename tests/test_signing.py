@@ -24,6 +24,7 @@ from conftest import TESTS_DIR, WorkerProcess
 from nbqueue import Job, JobFailed, Options, Queue, signing
 from nbqueue.errors import SecretError, SignatureError
 from nbqueue.server import EmbeddedServer
+from nbqueue import keys
 
 MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 MISMATCH = "SignatureError: signature does not match"
@@ -56,10 +57,10 @@ def evil_module(tmp_path, monkeypatch) -> tuple:
 
 
 def _hand_written(client: redis.Redis, job_id: str, queue: str, **fields) -> Job:
-    client.hset(f"nbq:job:{job_id}", mapping={"queue": queue, "status": "queued", **fields})
-    client.rpush(f"nbq:queue:{queue}", job_id)
-    client.rpush(f"nbq:wake:{queue}", "1")
-    return Job(job_id, client)
+    client.hset(keys.job(job_id, queue), mapping={"queue": queue, "status": "queued", **fields})
+    client.rpush(keys.queue(queue), job_id)
+    client.rpush(keys.wake(queue), "1")
+    return Job(job_id, client, queue=queue)
 
 
 def test_every_option_a_worker_acts_on_is_signed():
@@ -116,17 +117,17 @@ def test_signed_jobs_run_and_their_results_are_checked(start_worker, redis_clien
     q = Queue("sig", redis_client)
     job = q.enqueue_call(nbq_tasks.add, (2, 3), retries=1, timeout=30)
     assert job.result(timeout=20) == 5
-    raw = redis_client.hmget(f"nbq:job:{job.id}", "sig", "rsig")
+    raw = redis_client.hmget(keys.job(job.id), "sig", "rsig")
     assert all(len(value) == 32 for value in raw)  # both signed
     listed = q.enqueue(nbq_tasks.echo, *range(20))
     assert listed.result(timeout=20)[0] == tuple(range(20))
-    assert len(redis_client.hget(f"nbq:job:{listed.id}", "ssig")) == 32  # and the summary of a result
+    assert len(redis_client.hget(keys.job(listed.id), "ssig")) == 32  # and the summary of a result
     assert listed.summary()["text"].startswith("((0, 1, 2,") and job.summary() is None  # (none for a small number)
     failed = q.enqueue(nbq_tasks.fail, "no")
     with pytest.raises(JobFailed, match="ValueError: no"):
         failed.result(timeout=20)
-    assert len(redis_client.hget(f"nbq:job:{failed.id}", "rsig")) == 32  # the error is signed too
-    assert redis_client.hmget(f"nbq:job:{failed.id}", "summary", "ssig") == [None, None]  # no result, no summary
+    assert len(redis_client.hget(keys.job(failed.id), "rsig")) == 32  # the error is signed too
+    assert redis_client.hmget(keys.job(failed.id), "summary", "ssig") == [None, None]  # no result, no summary
     assert q.map(nbq_tasks.echo, [1, 2]).results(timeout=20) == [((1,), {}), ((2,), {})]
 
 
@@ -145,11 +146,11 @@ def test_tampered_and_unsigned_jobs_are_refused_unimported_and_unpickled(
         "option": {"retries": "1000"},
         "new_option": {"timeout": "0.5"},
         "sig": {"sig": os.urandom(32)},
-        "swapped": {"sig": redis_client.hget("nbq:job:data", "sig")},  # same call, another job's signature
+        "swapped": {"sig": redis_client.hget(keys.job("data", "sig"), "sig")},  # same call, another job's signature
     }
     for name, changes in tamper.items():
-        redis_client.hset(f"nbq:job:{name}", mapping=changes)
-    redis_client.hdel("nbq:job:no_sig", "sig")
+        redis_client.hset(keys.job(name, "sig"), mapping=changes)
+    redis_client.hdel(keys.job("no_sig", "sig"), "sig")
     hand = _hand_written(redis_client, "hand", "sig", func=evil_func, data=_evil_data(unpickled))
     start_worker("sig", *mode)
     for name in [*tamper, "no_sig", "hand"]:
@@ -157,7 +158,7 @@ def test_tampered_and_unsigned_jobs_are_refused_unimported_and_unpickled(
         with pytest.raises(JobFailed, match=expected) as info:
             (hand if name == "hand" else jobs[name]).result(timeout=20)
         assert "not imported or unpickled" in str(info.value)
-    assert Job.fetch("option", redis_client).attempt == 1  # refused once: not retried 1000 times
+    assert Job.fetch("option", redis_client, queue="sig").attempt == 1  # refused once: not retried 1000 times
     assert not imported.exists() and not unpickled.exists()
     assert q.enqueue(nbq_tasks.add, 4, 5).result(timeout=20) == 9  # the worker goes on
 
@@ -187,14 +188,14 @@ def test_a_forged_result_is_refused_without_unpickling(start_worker, redis_clien
     q = Queue("sig", redis_client)
     one, two = q.enqueue(nbq_tasks.add, 1, 1), q.enqueue(nbq_tasks.add, 2, 2)
     assert one.result(timeout=20) == 2 and two.result(timeout=20) == 4
-    key = f"nbq:job:{one.id}"
+    key = keys.job(one.id)
     own = redis_client.hgetall(key)
     unpickled = tmp_path / "unpickled"
     evil = pickle.dumps(_Touch(unpickled))
     redis_client.hset(key, "result", evil)
     with pytest.raises(SignatureError, match="signature does not match.*not unpickled"):
         one.result()
-    redis_client.hset(key, mapping={k: redis_client.hget(f"nbq:job:{two.id}", k) for k in (b"result", b"rsig")})
+    redis_client.hset(key, mapping={k: redis_client.hget(keys.job(two.id), k) for k in (b"result", b"rsig")})
     with pytest.raises(SignatureError, match="signature does not match"):  # another job's signed result
         Job.fetch(one.id, redis_client).result()
     redis_client.hset(key, mapping={k: own[k] for k in (b"result", b"rsig")})
@@ -207,7 +208,7 @@ def test_a_forged_result_is_refused_without_unpickling(start_worker, redis_clien
         forged.result()
     assert not unpickled.exists()
     monkeypatch.delenv("NBQUEUE_SECRET")  # the control: a client without a secret unpickles it
-    Job.fetch("forged", redis_client).result().close()  # the file object its unpickling opened
+    Job.fetch("forged", redis_client, queue="nowhere").result().close()  # the file object its unpickling opened
     assert unpickled.exists()
 
 
@@ -288,9 +289,9 @@ def test_the_embedded_server_signs_with_no_configuration(embedded_env, tmp_path)
         assert f"secret from the embedded server's key file {secret_file}" in worker.log()
         q = Queue("emb", server.url)  # this client too has no secret configured
         job = q.enqueue(nbq_tasks.add, 20, 22)
-        assert len(q.connection.hget(f"nbq:job:{job.id}", "sig")) == 32
+        assert len(q.connection.hget(keys.job(job.id), "sig")) == 32
         assert job.result(timeout=20) == 42
-        q.connection.hset(f"nbq:job:{job.id}", "result", pickle.dumps(41))
+        q.connection.hset(keys.job(job.id), "result", pickle.dumps(41))
         with pytest.raises(SignatureError):
             Job.fetch(job.id, server.url).result()
     finally:

@@ -11,6 +11,7 @@ import nbq_tasks
 from conftest import cell_values
 import nbqueue
 from nbqueue import EnqueueError, JobFailed, Queue
+from nbqueue import keys
 
 
 @pytest.fixture
@@ -21,10 +22,10 @@ def q(redis_client):
 def test_a_job_runs_at_enqueue_and_its_outcome_is_in_redis(q, redis_client):
     job = q.enqueue(nbq_tasks.add, 20, 22)
     assert job.status == "finished" and job.result(timeout=0) == 42
-    stored = redis_client.hgetall(f"nbq:job:{job.id}")
+    stored = redis_client.hgetall(keys.job(job.id))
     assert stored[b"worker"].startswith(b"sync.") and stored[b"rsig"], "recorded and signed like a worker's"
     assert redis_client.zcard("nbq:workers") == 0, "the runner unregistered"
-    assert redis_client.llen("nbq:queue:testing") == 0 and redis_client.zcard("nbq:active") == 0
+    assert redis_client.llen(keys.queue("testing")) == 0 and redis_client.zcard(keys.active("testing")) == 0
 
 
 def test_the_job_context_output_progress_and_async_jobs(q):
@@ -55,7 +56,7 @@ def test_retries_and_delays_are_not_waited_for(q, tmp_path):
 def test_the_guard_still_refuses_what_a_worker_could_not_import(q, redis_client):
     with pytest.raises(EnqueueError, match="lambda"):
         q.enqueue(lambda: 1)
-    assert not redis_client.keys("nbq:job:*")
+    assert not redis_client.keys("nbq:{*}:job:*")
 
 
 def test_sync_context_makes_every_queue_run_at_enqueue(redis_client):

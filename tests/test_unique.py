@@ -9,6 +9,7 @@ import pytest
 import nbq_tasks
 from nbqueue import EnqueueError, Queue
 from nbqueue.errors import JobExists
+from nbqueue import keys
 
 
 def test_twenty_concurrent_enqueuers_make_one_job(redis_client, redis_url):
@@ -30,8 +31,8 @@ def test_twenty_concurrent_enqueuers_make_one_job(redis_client, redis_url):
         t.join(30)
     assert not errors and len(ids) == 20
     assert len(set(ids)) == 1, set(ids)
-    assert redis_client.llen("nbq:queue:uniq") == 1
-    assert redis_client.hget(f"nbq:job:{ids[0]}", "unique_key") == b"report-2024-w48"
+    assert redis_client.llen(keys.queue("uniq")) == 1
+    assert redis_client.hget(keys.job(ids[0]), "unique_key") == b"report-2024-w48"
 
 
 def test_a_new_job_once_the_holder_ended(redis_client, start_worker):
@@ -43,7 +44,7 @@ def test_a_new_job_once_the_holder_ended(redis_client, start_worker):
     assert first.result(timeout=20) == "a"
     again = q.enqueue_call(nbq_tasks.add, (2, 2), unique_key="k")
     assert again != first and again.result(timeout=20) == 4
-    ttl = redis_client.ttl("nbq:unique:k")
+    ttl = redis_client.ttl(keys.unique("uniq2", "k"))
     assert ttl > 24 * 3600, ttl
 
 
@@ -53,10 +54,10 @@ def test_a_canceled_or_expired_holder_frees_the_key(redis_client):
     first.cancel()
     second = q.enqueue_call(nbq_tasks.add, (1, 1), unique_key="c")
     assert second != first
-    redis_client.delete(f"nbq:job:{second.id}")  # expired
+    redis_client.delete(keys.job(second.id))  # expired
     third = q.enqueue_call(nbq_tasks.add, (1, 1), unique_key="c")
     assert third not in (first, second)
-    redis_client.set("nbq:unique:c", b"junk id \xff")  # junk in Redis: no job holds it
+    redis_client.set(keys.unique("uniq3", "c"), b"junk id \xff")  # junk in Redis: no job holds it
     assert q.enqueue_call(nbq_tasks.add, (1, 1), unique_key="c") not in (first, second, third)
 
 
@@ -64,7 +65,7 @@ def test_a_canceled_or_expired_holder_frees_the_key(redis_client):
 def test_bad_unique_keys_are_refused(redis_client, key):
     with pytest.raises(EnqueueError, match="unique_key"):
         Queue("uniq4", redis_client).enqueue_call(nbq_tasks.add, (1, 1), unique_key=key)
-    assert not redis_client.keys("nbq:job:*")
+    assert not redis_client.keys("nbq:{*}:job:*")
 
 
 def test_unique_is_for_one_job_and_keeps_job_id_checks(redis_client):

@@ -96,12 +96,12 @@ def test_hostile_progress_never_breaks_the_widget(redis_client, start_worker, wa
 
 
 def test_junk_in_the_job_hash_renders(redis_client):
-    redis_client.hset(keys.job("junky"), mapping={
+    redis_client.hset(keys.job("junky", "q"), mapping={
         "status": "started", "queue": "q", "attempt": "many", "started_at": "yesterday", "enqueued_at": "nan",
         "progress": '{"done": "half", "total": 1e999}', "func": "x:y"})
     from nbqueue import Job
-    state = JobState("junky", "x.y()")
-    state.load(Job("junky", redis_client))
+    state = JobState(keys.ref("junky", keys.tag("q")), "x.y()")
+    state.load(Job("junky", redis_client, queue="q"))
     assert state.status == "started" and state.attempt == 0 and state.started is None
     assert "nbq-status-started" in state.html() and state.text().startswith("Job junky x.y() on q: started")
 

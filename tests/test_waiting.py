@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from nbqueue import keys
 
 import nbq_tasks
 import nbqueue
@@ -62,9 +63,9 @@ def test_a_canceled_await_stops_its_waiting_thread(redis_client):
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    before = redis_client.pubsub_numsub(f"nbq:ev:{job.id}")[0][1]
+    before = redis_client.pubsub_numsub(keys.events(job.id))[0][1]
     asyncio.run(main())  # asyncio.run waits for the executor's threads to end: it returns only if the wait gave up
-    wait_for(lambda: redis_client.pubsub_numsub(f"nbq:ev:{job.id}")[0][1] == before, timeout=5)
+    wait_for(lambda: redis_client.pubsub_numsub(keys.events(job.id))[0][1] == before, timeout=5)
 
 
 def test_as_completed_yields_jobs_in_the_order_they_end(redis_client, start_worker, tmp_path):

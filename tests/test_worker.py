@@ -14,6 +14,7 @@ import nbq_tasks
 from conftest import TESTS_DIR, wait_for
 from nbqueue import Job, JobFailed, Queue, signing
 from nbqueue.worker import STOP_GRACE
+from nbqueue import keys
 
 MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 
@@ -41,7 +42,7 @@ def test_results_times_and_worker_are_recorded(start_worker, redis_client, mode)
     assert job.worker and str(worker.pid) in job.worker
     whoami = q.enqueue(nbq_tasks.whoami)
     assert whoami.result(timeout=10) == whoami.id  # get_current_job() inside the job
-    assert 0 < redis_client.ttl(f"nbq:job:{job.id}") <= 24 * 3600
+    assert 0 < redis_client.ttl(keys.job(job.id)) <= 24 * 3600
     assert q.enqueue(nbq_tasks.Greeter("hi").greet, "ann").result(timeout=10) == "hi, ann"
 
 
@@ -77,7 +78,7 @@ def test_a_failing_job_keeps_the_traceback_and_the_worker_goes_on(start_worker, 
     assert "ValueError: disk full" in str(info.value)
     assert 'nbq_tasks.py", line' in info.value.traceback and "in fail" in info.value.traceback
     assert "execute.py" not in info.value.traceback  # the worker's own frames are left out
-    assert bad.status == "failed" and redis_client.zscore("nbq:failed:low", bad.id)
+    assert bad.status == "failed" and redis_client.zscore(keys.failed("low"), bad.id)
     assert q.enqueue(nbq_tasks.add, 1, 2).result(timeout=10) == 3
 
 
@@ -93,9 +94,9 @@ def test_corrupt_payload_and_missing_function_fail_only_their_job(start_worker, 
         "noattr": {"func": "nbq_tasks:no_such_function", "data": _args()},
         "badattempt": {"func": "nbq_tasks:add", "data": _args(), "attempt": "x", "retries": "y"},
     }.items():
-        redis_client.hset(f"nbq:job:{job_id}", mapping={**fields, "queue": "low", "status": "queued"})
-        redis_client.rpush("nbq:queue:low", job_id)
-    redis_client.rpush("nbq:wake:low", "1")
+        redis_client.hset(keys.job(job_id, "low"), mapping={**fields, "queue": "low", "status": "queued"})
+        redis_client.rpush(keys.queue("low"), job_id)
+    redis_client.rpush(keys.wake("low"), "1")
     expected = {
         "garbage": "The job's arguments can't be loaded",
         "nofunc": "has no function recorded",
@@ -103,10 +104,10 @@ def test_corrupt_payload_and_missing_function_fail_only_their_job(start_worker, 
         "noattr": "has no attribute 'no_such_function'",
     }
     for job_id, message in expected.items():
-        job = Job(job_id, redis_client)
+        job = Job(job_id, redis_client, queue="low")
         with pytest.raises(JobFailed, match=message):
             job.result(timeout=10)
-    assert Job(job_id="badattempt", connection=redis_client).result(timeout=10) == 3  # fields broken by hand
+    assert Job(job_id="badattempt", connection=redis_client, queue="low").result(timeout=10) == 3  # fields broken by hand
     assert q.enqueue(nbq_tasks.add, 2, 3).result(timeout=10) == 5
 
 
@@ -173,7 +174,7 @@ def test_requeue_a_failed_job(start_worker, redis_client):
     with pytest.raises(JobFailed):
         failing.result(timeout=10)
     failing.requeue()
-    assert not redis_client.zscore("nbq:failed:low", failing.id)
+    assert not redis_client.zscore(keys.failed("low"), failing.id)
     with pytest.raises(JobFailed):
         failing.result(timeout=10)
     assert Job.fetch(failing.id, redis_client).attempt == 2
@@ -299,17 +300,17 @@ def test_junk_timeouts_and_ttls_written_by_hand(start_worker, redis_client, mode
     for job_id, extra in fields.items():
         stored = [x for pair in extra.items() for x in pair]
         sig = signer.sign_job(signer.job_mac("nbq_tasks:add", "", stored), job_id, _args())
-        redis_client.hset(f"nbq:job:{job_id}", mapping={"func": "nbq_tasks:add", "data": _args(), "queue": "low",
+        redis_client.hset(keys.job(job_id, "low"), mapping={"func": "nbq_tasks:add", "data": _args(), "queue": "low",
                                                         "status": "queued", "sig": sig, **extra})
-        redis_client.rpush("nbq:queue:low", job_id)
-    redis_client.rpush("nbq:wake:low", "1")
+        redis_client.rpush(keys.queue("low"), job_id)
+    redis_client.rpush(keys.wake("low"), "1")
     for job_id in fields:
-        assert Job(job_id, redis_client).result(timeout=20) == 3, job_id
-        assert Job.fetch(job_id, redis_client).attempt == 1  # ran once: no lost attempts
-    assert redis_client.ttl("nbq:job:inf") == -1  # kept forever
+        assert Job(job_id, redis_client, queue="low").result(timeout=20) == 3, job_id
+        assert Job.fetch(job_id, redis_client, queue="low").attempt == 1  # ran once: no lost attempts
+    assert redis_client.ttl(keys.job("inf", "low")) == -1  # kept forever
     for job_id in ("nan", "negative", "junk", "zero"):
-        assert 0 < redis_client.ttl(f"nbq:job:{job_id}") <= 24 * 3600, job_id
-    assert 24 * 3600 < redis_client.ttl("nbq:job:huge") <= 2**31
+        assert 0 < redis_client.ttl(keys.job(job_id, "low")) <= 24 * 3600, job_id
+    assert 24 * 3600 < redis_client.ttl(keys.job("huge", "low")) <= 2**31
     assert "unexpected error" not in worker.log()
 
 

@@ -27,17 +27,17 @@ HOSTILE = ['NaN', 'Infinity', '-Infinity', '-5', '1e308', '"many"', '[1, 2]', '{
 def hostile_progress(flag=None):
     """Write junk progress where a widget reads it: the job hash and the job's channel."""
     job = get_current_job()
-    conn, channel = job.connection, keys.events(job.id)
+    conn, channel = job.connection, keys.events(job.ref)
     for done in HOSTILE:
         for total in HOSTILE[:6]:
             raw = f'{{"done": {done}, "total": {total}, "message": {total}}}'
-            conn.hset(keys.job(job.id), "progress", raw)
+            conn.hset(keys.job(job.ref), "progress", raw)
             conn.publish(channel, f'{{"id": "{job.id}", "status": "progress", "done": {done}, "total": {total}}}')
     for junk in ("not json", "[1, 2]", '{"status": "progress"}', '{"status": "log", "lines": "abc"}',
                  '{"status": "log", "lines": [1, null, {"x": 1}]}', '{"id": 5, "status": "finished"}',
                  json.dumps({"id": job.id, "status": "progress", "done": 10 ** 30, "total": -1})):
         conn.publish(channel, junk)
-    conn.hset(keys.job(job.id), "progress", "{broken")
+    conn.hset(keys.job(job.ref), "progress", "{broken")
     if flag:
         open(flag, "w").close()
     time.sleep(0.5)

@@ -25,7 +25,7 @@ def _in_kernel() -> bool:
 
 
 def _key(obj: Any) -> tuple:
-    return ("job", obj.id) if isinstance(obj, Job) else ("group", tuple(obj.ids))
+    return ("job", obj.ref) if isinstance(obj, Job) else ("group", tuple(obj.refs))
 
 
 def _execution() -> Optional[int]:
@@ -64,7 +64,7 @@ def job_bundle(job: Job) -> Any:
     from .state import JobState
     from .widgets import call_texts
 
-    state = JobState(job.id, call_texts.get(job.id) or job.description)
+    state = JobState(job.ref, call_texts.get(job.id) or job.description)
     state.load(job)
     return {"text/plain": state.text()}
 

@@ -68,7 +68,7 @@ class Dashboard(LiveView):
         if status == "sync" or not job_id:
             self._stale = True
         elif status in _STATES:
-            if not isinstance(job_id, str) or not keys.NAME.fullmatch(job_id):
+            if not isinstance(job_id, str) or not keys.REF.fullmatch(job_id):
                 return False  # junk on a job channel
             entry = self.recent.pop(job_id, {"id": job_id})
             t = _float(event.get("t"))

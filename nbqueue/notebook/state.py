@@ -124,7 +124,8 @@ class JobState:
     """One job as a widget shows it."""
 
     def __init__(self, job_id: str, call: str):
-        self.id, self.call = job_id, call
+        self.id, self.call = job_id, call  # id: the job's ref (keys.py)
+        self.shown = job_id.split(":", 1)[-1]  # its id
         self.status, self.queue, self.worker, self.attempt = "?", None, None, 0
         self.enqueued: Optional[float] = None
         self.started: Optional[float] = None
@@ -275,7 +276,7 @@ class JobState:
         """When a scheduled job is due (a second round trip, for scheduled jobs only; None if a
         restricted user may not run ZSCORE)."""
         try:
-            due = _float(conn.zscore(keys.SCHEDULED, self.id))
+            due = _float(conn.zscore(keys.scheduled(self.queue), keys.split(self.id)[0])) if self.queue else None
         except redis.ResponseError:
             return None
         return due / 1000 if due is not None else None
@@ -283,7 +284,7 @@ class JobState:
     def header_html(self) -> str:
         parts = [status_badge(self.status), f"<b style='white-space: pre-wrap'>{esc(short(self.call))}</b>"]
         parts += [f"queue <code>{esc(self.queue)}</code>"] if self.queue else []
-        parts += [f"job <code>{esc(self.id)}</code>"]
+        parts += [f"job <code>{esc(self.shown)}</code>"]
         parts += [esc(self.elapsed())] if self.elapsed() else []
         parts += [f"worker {esc(self.worker)}"] if self.worker else []
         parts += [f"attempt {self.attempt}"] if self.attempt > 1 else []
@@ -326,7 +327,7 @@ class JobState:
                 f'{output}{outcome}{note}</div>')
 
     def text(self) -> str:
-        line = f"Job {self.id} {short(self.call)}" + (f" on {self.queue}" if self.queue else "") + f": {self.status}"
+        line = f"Job {self.shown} {short(self.call)}" + (f" on {self.queue}" if self.queue else "") + f": {self.status}"
         elapsed = self.elapsed()
         extra = ([elapsed] if elapsed else []) + ([f"worker {self.worker}"] if self.worker else [])
         line += f" ({', '.join(extra)})" if extra else ""

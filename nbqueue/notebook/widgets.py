@@ -273,7 +273,7 @@ class JobWidget(LiveView):
     def __init__(self, job: Job, call: Optional[str] = None):
         super().__init__(job.connection)
         self.job = job
-        self.state = JobState(job.id, call or call_texts.get(job.id) or job.description)
+        self.state = JobState(job.ref, call or call_texts.get(job.id) or job.description)
         self.state.load(job)
         self.header = _html("nbq-job-header")
         self.bar = w.FloatProgress(min=0.0, max=1.0, layout=w.Layout(width="40%"))
@@ -295,7 +295,7 @@ class JobWidget(LiveView):
         self.render()
         self._update_detached()
         if not (self.done() and self.settled()):
-            self.watch([job.id])
+            self.watch([job.ref])
 
     def _act(self, action: Any, verb: str) -> None:
         """A button click (on nbqueue's subshell thread, or the main one): act, note a refusal; the
@@ -310,7 +310,7 @@ class JobWidget(LiveView):
             self.state.load(self.job)  # the state after the action (no widget is written here)
         self._dirty = True
         if not self.live:  # an ended job being requeued: follow it again
-            self.watch([self.job.id])
+            self.watch([self.job.ref])
 
     def apply(self, event: dict) -> bool:
         if not isinstance(event, dict):  # any JSON may come on a job's channel
@@ -377,7 +377,7 @@ class GroupWidget(LiveView):
         jobs = list(group)
         super().__init__(jobs[0].connection if jobs else None)
         self.group = group
-        self.state = GroupState([j.id for j in jobs], call or self._call(jobs))
+        self.state = GroupState([j.ref for j in jobs], call or self._call(jobs))
         self.state.load(self._conn())
         self.header = _html("nbq-group-header")
         self.bar = w.IntProgress(min=0, max=max(1, len(jobs)), layout=w.Layout(width="40%"))

@@ -1,23 +1,47 @@
 -- Take the next job from the first non-empty queue and record who holds it, in one step.
--- KEYS[1] active leases (zset: job id -> lease deadline in ms),
--- KEYS[2 .. n+1] queue lists in priority order, KEYS[n+2 .. 2n+1] their wake flags,
--- KEYS[2n+2] the suspension flag (``nbqueue suspend``)
--- ARGV[1] key prefix, ARGV[2] worker name, ARGV[3] lease in ms, ARGV[4 .. n+3] queue names
--- Returns {queue, id, attempt, func, data, code, timeout, result_ttl, failure_ttl, retries, retry_delay,
--- lost_retries, sig, on_success, on_failure, deps, dependents} or nil: the call, the options the worker
--- acts on, their signature, its callbacks, the ids of the jobs whose results it takes (nil: none;
--- flow.py) and whether jobs wait for it; {'suspended'} while workers are suspended (nothing is taken).
+-- A script names every key it touches up front, and a queue's next id is known only once read: the
+-- caller passes the job keys of a window of each queue's first ids as it last saw them (returned by
+-- the previous take). If a queue's head is not in its window (other workers took those, or jobs were
+-- put in front), nothing is taken and 'retry' comes back with fresh windows: call again with them.
+-- KEYS per queue q (n queues, in priority order): 4 keys at 4q-3 .. 4q: queue list, wake flag, active
+-- leases (zset: job id -> lease deadline in ms), paused flag (``nbqueue suspend``); then the job
+-- hashes of every window id, in the order of ARGV.
+-- ARGV[1] unused, ARGV[2] worker name, ARGV[3] lease in ms, ARGV[4] window size to return, ARGV[5] n,
+-- then per queue: name, channel prefix of its jobs, c, then c ids (its window).
+-- Returns {kind, windows, job...}: kind 'job' (job follows), 'none' (the queues are empty), 'retry'
+-- or 'suspended' (nothing taken); windows: per queue its first ids now; job: {queue, id, attempt,
+-- func, data, code, timeout, result_ttl, failure_ttl, retries, retry_delay, lost_retries, sig,
+-- on_success, on_failure, deps, dependents}: the call, the options the worker acts on, their
+-- signature, its callbacks, the refs of the jobs whose results it takes (nil: none; flow.py) and
+-- whether jobs wait for it.
 -- Leaves each wake flag set exactly when its queue still holds jobs, so an idle worker
 -- blocked on the flags wakes for the jobs this worker did not take.
-local prefix, worker, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local n = (#KEYS - 2) / 2
-if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'suspended'} end
-local taken
+local worker, lease, size, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local queues, a, c = {}, 6, 4 * n + 1
 for q = 1, n do
+  local window, count = {}, tonumber(ARGV[a + 2])
+  for i = 1, count do window[ARGV[a + 2 + i]] = KEYS[c + i - 1] end
+  queues[q] = {name = ARGV[a], ev = ARGV[a + 1], list = KEYS[4 * q - 3], wake = KEYS[4 * q - 2],
+    active = KEYS[4 * q - 1], window = window}
+  a, c = a + 3 + count, c + count
+end
+local function windows()
+  local all = {}
+  for q = 1, n do all[q] = redis.call('LRANGE', queues[q].list, 0, size - 1) end
+  return all
+end
+for q = 1, n do
+  if redis.call('EXISTS', KEYS[4 * q]) == 1 then return {'suspended', {}} end
+end
+local taken, kind
+for q = 1, n do
+  local Q = queues[q]
   while not taken do
-    local id = redis.call('LPOP', KEYS[1 + q])
+    local id = redis.call('LINDEX', Q.list, 0)
     if not id then break end
-    local key = prefix .. 'job:' .. id
+    local key = Q.window[id]
+    if not key then kind = 'retry'; break end
+    redis.call('LPOP', Q.list)
     local cur = redis.call('HMGET', key, 'status', 'workers', 'attempt')
     if cur[1] == 'queued' then
       local t = redis.call('TIME')
@@ -25,23 +49,27 @@ for q = 1, n do
       local attempt = math.floor(tonumber(cur[3]) or 0) + 1  -- no error (and no lost pop) on a field broken by hand
       redis.call('HSET', key, 'status', 'started', 'worker', worker, 'started_at', now, 'attempt', attempt,
         'workers', cur[2] and (cur[2] .. ' ' .. worker) or worker)
-      redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000) + lease, id)
-      redis.call('PUBLISH', prefix .. 'ev:' .. id, '{"id":"' .. id .. '","status":"started","worker":"'
+      redis.call('ZADD', Q.active, t[1] * 1000 + math.floor(t[2] / 1000) + lease, id)
+      redis.call('PUBLISH', Q.ev .. id, '{"id":"' .. id .. '","status":"started","worker":"'
         .. worker .. '","attempt":' .. attempt .. ',"t":"' .. now .. '"}')  -- plain names: no escaping
       local f = redis.call('HMGET', key, 'func', 'data', 'code', 'timeout', 'result_ttl', 'failure_ttl',
         'retries', 'retry_delay', 'lost_retries', 'sig', 'on_success', 'on_failure', 'deps', 'dependents')
-      taken = {ARGV[3 + q], id, attempt, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12],
+      taken = {Q.name, id, attempt, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12],
         f[13], f[14]}  -- a missing field is false here, nil in the reply: the array stays whole
     end
     -- an id whose job is gone (deleted, expired) or no longer queued is dropped
   end
-  if taken then break end
+  if taken or kind then break end
 end
 for q = 1, n do
-  if redis.call('LLEN', KEYS[1 + q]) > 0 then
-    if redis.call('LLEN', KEYS[1 + n + q]) == 0 then redis.call('RPUSH', KEYS[1 + n + q], '1') end
+  if redis.call('LLEN', queues[q].list) > 0 then
+    if redis.call('LLEN', queues[q].wake) == 0 then redis.call('RPUSH', queues[q].wake, '1') end
   else
-    redis.call('DEL', KEYS[1 + n + q])
+    redis.call('DEL', queues[q].wake)
   end
 end
-return taken
+local reply = {taken and 'job' or kind or 'none', windows()}
+if taken then
+  for i = 1, 17 do reply[2 + i] = taken[i] end
+end
+return reply

@@ -1,8 +1,8 @@
 -- Fire one tick of a schedule (or several missed ones): queue its jobs and advance it, atomically,
 -- only if the schedule is still as the caller read it, so one worker wins each tick.
--- KEYS[1] schedules set, KEYS[2] the schedule's hash, KEYS[3] queue set, KEYS[4] queue list,
--- KEYS[5] queue wake flag, KEYS[6 ..] the new jobs' hashes.
--- ARGV[1] key prefix, ARGV[2] schedule name, ARGV[3] due time exactly as due.lua read it, ARGV[4] token as read,
+-- KEYS[1] the queue's schedules, KEYS[2] the schedule's hash, KEYS[3] queue list,
+-- KEYS[4] queue wake flag, KEYS[5 ..] the new jobs' hashes.
+-- ARGV[1] unused, ARGV[2] schedule name, ARGV[3] due time exactly as sweep.lua read it, ARGV[4] token as read,
 -- ARGV[5] next due ms ('' : drop the schedule if its hash is gone), ARGV[6] error text to record ('' : none),
 -- ARGV[7] queue name, ARGV[8] func, ARGV[9] code, ARGV[10] data, ARGV[11] k, then k option pairs,
 -- then per job: id, signature ('' : unsigned), event channel, the tick (ms) it is for.
@@ -25,7 +25,7 @@ local options = {unpack(ARGV, 12, 11 + 2 * k)}
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', t[2])
 local ids = {}
-local j = 6
+local j = 5
 for i = 12 + 2 * k, #ARGV, 4 do
   local id, sig, channel, tick = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   redis.call('HSET', KEYS[j], 'func', func, 'data', data, 'code', code, 'queue', queue, 'status', 'queued',
@@ -37,9 +37,8 @@ for i = 12 + 2 * k, #ARGV, 4 do
   j = j + 1
 end
 if #ids > 0 then
-  redis.call('SADD', KEYS[3], queue)
-  redis.call('RPUSH', KEYS[4], unpack(ids))
-  if redis.call('LLEN', KEYS[5]) == 0 then redis.call('RPUSH', KEYS[5], '1') end
+  redis.call('RPUSH', KEYS[3], unpack(ids))
+  if redis.call('LLEN', KEYS[4]) == 0 then redis.call('RPUSH', KEYS[4], '1') end
   redis.call('HSET', KEYS[2], 'last_job', ids[#ids], 'last_run', t[1] * 1000 + math.floor(t[2] / 1000))
   redis.call('HINCRBY', KEYS[2], 'fired', #ids)
 end
