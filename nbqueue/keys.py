@@ -80,7 +80,7 @@ from typing import Any, Iterable, Optional, Tuple
 
 from redis import Redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .errors import JobQueueUnknown, LayoutError
 
@@ -314,7 +314,7 @@ def check_schema(client: Redis) -> None:
     """Make sure the Redis holds this layout (once per process and connection pool): mark an empty
     one as ours; refuse, with ``LayoutError``, one that holds the previous layout's keys (before
     anything is read or written)."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", client)  # a cluster client has one per node
     if pool in _checked:
         return
     with client.pipeline(transaction=False) as pipe:
@@ -322,6 +322,8 @@ def check_schema(client: Redis) -> None:
         for key in OLD_LAYOUT:  # one key each: a cluster client sends each to its own node
             pipe.exists(key)
         version, *old = pipe.execute()
+    if version is None and not any(old):  # no lease, schedule or beat ever: jobs only enqueued, maybe
+        old = [_old_queues(client)]
     if version is None and any(old):
         raise LayoutError(
             "This Redis holds the key layout of an older nbqueue (nbq:active, nbq:queue:<name>, ... with no "
@@ -337,9 +339,22 @@ def check_schema(client: Redis) -> None:
         _checked.setdefault(pool, set())
 
 
+def _old_queues(client: Redis) -> bool:
+    """Whether a queue of ``QUEUES`` (the first 1000) has keys of the previous layout (untagged)."""
+    try:
+        names = sorted(client.smembers(QUEUES))[:1000]
+    except ResponseError:  # junk under that name: no queue of any layout
+        return False
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            for kind in (b"queue:", b"failed:", b"ended:"):
+                pipe.exists(PREFIX.encode() + kind + name)
+        return any(pipe.execute())
+
+
 def register(client: Redis, queues: Iterable[str]) -> None:
     """Add queue names to ``QUEUES`` (once per process and connection pool), the layout checked first."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", client)
     known = _checked.get(pool)
     if known is None:
         check_schema(client)
