@@ -36,7 +36,6 @@ log = logging.getLogger("nbqueue.worker")
 
 LEASE = 5.0  # seconds an attempt holds its job without renewal
 HEARTBEAT = 1.0  # seconds between heartbeats
-BATCH = 100  # jobs recovered or promoted per heartbeat at most
 QUIET = 2.5 * HEARTBEAT  # no heartbeat from any worker for this long: Redis (or every worker) was away
 QUEUES_EVERY = 10  # beats between two reads of the queue names (keys.QUEUES)
 MAX_REQUEST = 1024  # bytes: a control request is a small JSON object

@@ -335,6 +335,8 @@ def check_schema(client: Any) -> None:
             for key in OLD_LAYOUT:
                 pipe.exists(key)
             version, *old = pipe.execute()
+        if version is None and not any(old):  # no lease, schedule or beat ever: jobs only enqueued, maybe
+            old = [_old_queues(client)]
     if version is None and any(old):
         raise LayoutError(
             "This Redis holds the key layout of an older nbqueue (nbq:active, nbq:queue:<name>, ... with no "
@@ -348,6 +350,19 @@ def check_schema(client: Any) -> None:
                           f"this version reads layout {SCHEMA_VERSION!r} only. Use a matching nbqueue.")
     with _check_lock:
         _checked.setdefault(pool, set())
+
+
+def _old_queues(client: Any) -> bool:
+    """Whether a queue of ``QUEUES`` (the first 1000) has keys of the previous layout (untagged)."""
+    try:
+        names = sorted(client.smembers(QUEUES))[:1000]
+    except ResponseError:  # junk under that name: no queue of any layout
+        return False
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            for kind in (b"queue:", b"failed:", b"ended:"):
+                pipe.exists(PREFIX.encode() + kind + name)
+        return any(pipe.execute())
 
 
 def register(client: Any, queues: Iterable[str]) -> None:

@@ -11,6 +11,7 @@ import logging
 from typing import Any, Iterable, List, Optional
 
 from . import flow, keys
+from .schedule import DUE_BATCH
 
 log = logging.getLogger("nbqueue.worker")
 
@@ -20,7 +21,7 @@ BATCH = 100  # jobs recovered or promoted per queue and sweep at most
 def commands(queues: Iterable[str], lease_ms: int, quiet_ms: int) -> List[tuple]:
     """The ``sweep.lua`` calls for ``queues``, to send with others in one round trip."""
     return [keys.evalsha("sweep", [keys.active(q), keys.beat(q), keys.scheduled(q), keys.schedules(q)],
-                         [lease_ms, quiet_ms, BATCH]) for q in queues]
+                         [lease_ms, quiet_ms, BATCH, DUE_BATCH]) for q in queues]
 
 
 def handle(connection: Any, queues: Iterable[str], replies: Iterable[Any], firer: Optional[Any] = None) -> List[str]:

@@ -109,15 +109,15 @@ OLD = {  # what the previous layout wrote (a queued job, a lease, a schedule)
 }
 
 
-@pytest.mark.parametrize("marker", ["nbq:active", "nbq:scheduled", "nbq:beat", "nbq:schedules"])
+@pytest.mark.parametrize("marker", ["nbq:active", "nbq:scheduled", "nbq:beat", "nbq:schedules", None])
 def test_the_previous_layout_is_refused_and_nothing_is_read_or_written(redis_client, redis_url, marker):
     for key, (command, value) in OLD.items():
         if key != "nbq:active":
             getattr(redis_client, command)(key, *value) if command != "hset" else redis_client.hset(key, mapping=value)
     if marker in ("nbq:active", "nbq:scheduled", "nbq:schedules"):
         redis_client.zadd(marker, {"j0": 1})
-    else:
-        redis_client.set(marker, "1")
+    elif marker:
+        redis_client.set(marker, "1")  # None: only enqueued, never a worker: the queue's old list tells
     before = {k: redis_client.dump(k) for k in redis_client.keys("*")}
     client = redis.Redis.from_url(redis_url)  # a process that never saw this Redis
     with pytest.raises(LayoutError, match="key layout of an older nbqueue"):
@@ -130,6 +130,17 @@ def test_the_previous_layout_is_refused_and_nothing_is_read_or_written(redis_cli
                          capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "older nbqueue" in run.stderr and "Traceback" not in run.stderr
     assert {k: redis_client.dump(k) for k in redis_client.keys("*")} == before  # not a key written
+
+
+def test_a_registry_of_junk_or_of_new_queues_is_no_old_layout(redis_client, redis_url):
+    redis_client.set(keys.QUEUES, "not a set")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):  # refused by Redis, not as another layout
+        Queue("junk", redis.Redis.from_url(redis_url)).enqueue(nbq_tasks.add, 1, 2)
+    redis_client.flushdb()
+    redis_client.sadd(keys.QUEUES, "fresh")  # a registry whose schema key was lost: its queues are tagged
+    redis_client.rpush(keys.queue("fresh"), "x")
+    assert Queue("fresh", redis.Redis.from_url(redis_url)).enqueue(nbq_tasks.add, 1, 2)
+    assert redis_client.get(keys.SCHEMA) == b"2"
 
 
 def test_another_schema_version_is_refused(redis_client, redis_url):
