@@ -11,7 +11,8 @@ import redis
 from . import keys
 from .connection import get_connection
 from .errors import InvalidTransition, NbqueueError, NoSuchGroup, NoSuchJob, ResultTimeout
-from .job import DEFAULT_FAILURE_TTL, Job, Waiter, in_thread
+from .job import Job, Waiter, in_thread
+from .schema import DEFAULT_FAILURE_TTL, EXPIRED, TERMINAL, text
 from .seconds import deadline
 
 
@@ -70,7 +71,7 @@ class Group:
     def done(self) -> bool:
         """Whether every job ended."""
         counts = self.statuses()
-        return sum(counts[s] for s in ("finished", "failed", "canceled", "expired")) == len(self)
+        return sum(counts[s] for s in (*TERMINAL, EXPIRED)) == len(self)
 
     def _results(self, timeout: Optional[float], return_exceptions: bool,
                  stop: Optional[threading.Event] = None) -> list:
@@ -104,7 +105,7 @@ class Group:
         with conn.pipeline(transaction=False) as pipe:
             for job in self.jobs:
                 pipe.hget(keys.job(job.id), "status")
-            return Counter(s.decode() if s else "expired" for s in pipe.execute())
+            return Counter(text(s) if s else EXPIRED for s in pipe.execute())
 
     def cancel(self) -> int:
         """Cancel every job not done yet (running ones are asked to stop, without waiting);

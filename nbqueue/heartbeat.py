@@ -28,7 +28,7 @@ import redis
 from . import flow, keys
 from .errors import WorkerTakenOver
 from .schedule import DUE_BATCH, Firer
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
+from .schema import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
 
 if TYPE_CHECKING:  # pragma: no cover
     from .worker import Worker

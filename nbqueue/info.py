@@ -11,6 +11,7 @@ import redis
 from . import keys
 from .connection import get_connection
 from .heartbeat import HEARTBEAT
+from .schema import CANCELED, FAILED, FINISHED
 
 
 WINDOW = 600.0  # seconds: "recent" counts of finished/failed/canceled jobs
@@ -61,7 +62,7 @@ def _counts(fields: dict, now: float) -> tuple:
     bucket_now = int(now // keys.STATS_BUCKET)
     window = int(WINDOW // keys.STATS_BUCKET)  # buckets back, besides the current one
     rate_back = int(RATE_WINDOW // keys.STATS_BUCKET) - 1
-    totals = {"finished": 0, "failed": 0, "canceled": 0}
+    totals = dict.fromkeys((FINISHED, FAILED, CANCELED), 0)
     last = 0
     for field, value in fields.items():
         try:
@@ -73,7 +74,7 @@ def _counts(fields: dict, now: float) -> tuple:
             totals[status] += count
             last += count if bucket_now - bucket <= rate_back else 0
     span = now - (bucket_now - rate_back) * keys.STATS_BUCKET  # from the oldest bucket counted to now
-    return totals["finished"], totals["failed"], totals["canceled"], last / span
+    return totals[FINISHED], totals[FAILED], totals[CANCELED], last / span
 
 
 def served_queues(connection: Union[redis.Redis, str, None] = None) -> set:

@@ -16,27 +16,17 @@ import redis
 from . import keys, signing
 from .connection import get_connection
 from .errors import EnqueueError, InvalidTransition, JobCanceled, JobFailed, NbqueueError, NoSuchJob, ResultTimeout, SignatureError
+from .schema import (  # noqa: F401  (statuses and defaults re-exported for older imports)
+    CALLBACK_FIELDS, CANCELED, DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY,
+    DEFAULT_TIMEOUT, DEFERRED, FAILED, FINISHED, OPTION_FIELDS, OUTCOME, QUEUED, READ_FIELDS, SCHEDULED, STARTED,
+    SUMMARY, SUMMARY_SIG, SYNC, TERMINAL, Status,
+)
 from .seconds import deadline
 from .serialization import loads_args, loads_result
 from .summary import parse as parse_summary
 
 logger = logging.getLogger("nbqueue")
 
-QUEUED, SCHEDULED, STARTED = "queued", "scheduled", "started"
-DEFERRED = "deferred"  # waits for its dependencies to end, in no queue list (flow.py)
-FINISHED, FAILED, CANCELED = "finished", "failed", "canceled"
-TERMINAL = frozenset({FINISHED, FAILED, CANCELED})
-
-DEFAULT_TIMEOUT = 3600  # seconds a job may run
-DEFAULT_RESULT_TTL = 24 * 3600  # finished and canceled jobs are kept a day
-DEFAULT_FAILURE_TTL = 7 * 24 * 3600  # failed jobs a week, to be looked at and requeued
-DEFAULT_RETRY_DELAY = 1.0  # seconds before the first retry; doubles with each failure
-DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
-
-_FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc",
-           "workers", "failures", "lost", "deps")
-SUMMARY, SUMMARY_SIG = "summary", "ssig"  # a finished job's result summary (JSON, see summary.py), its signature
-OUTCOME = ("status", "result", "error", "exc", "attempt", "rsig")  # the job hash fields a waiter reads
 _NESTING = 4  # flow.MAX_DEPTH: how deep a Job argument is looked for
 RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
 STOPPABLE = 0.25  # seconds: a waiter that may be stopped looks at its stop flag this often
@@ -127,10 +117,10 @@ class Job:
         return job
 
     def refresh(self) -> "Job":
-        values = self.connection.hmget(keys.job(self.id), _FIELDS)
+        values = self.connection.hmget(keys.job(self.id), READ_FIELDS)
         if values[2] is None:
             raise self._missing()
-        self._load(dict(zip(_FIELDS, values)))
+        self._load(dict(zip(READ_FIELDS, values)))
         return self
 
     def _load(self, fields: dict) -> None:
@@ -209,7 +199,7 @@ class Job:
     def _call_args(self) -> tuple:
         """``(instance or None, args, kwargs)`` of the call, read once its signature is checked."""
         if self._call is None:
-            fields = ("func", "code", *signing.OPTION_FIELDS, "data", "sig", *signing.CALLBACK_FIELDS)
+            fields = ("func", "code", *OPTION_FIELDS, "data", "sig", *CALLBACK_FIELDS)
             values = self.connection.hmget(keys.job(self.id), fields)
             if values[0] is None:
                 raise self._missing()

@@ -11,7 +11,8 @@ import redis
 from . import flow, keys, signing, testing
 from .connection import describe, get_connection
 from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, QUEUED, Job, cancel, dumps_meta
+from .job import Job, cancel, dumps_meta
+from .schema import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFERRED, QUEUED, SCHEDULED
 from .options import (  # noqa: F401 - MAX_*, check_seconds and check_count: also nbqueue.queue's, as before
     MAX_DELAY, MAX_RETRIES, MAX_RETRY_DELAY, MAX_TIMEOUT, MAX_TTL, Options, _delay_ms, _until, check_count,
     check_seconds,
@@ -233,8 +234,8 @@ class Queue:
             if holder is not None:  # a job with the same unique_key is queued or running: that one
                 return [Job(holder, self.connection, secret=signer)]
         conn, queue = self.connection, self.name.encode()
-        status = b"scheduled" if delay and _delay_ms(delay) else b"queued"  # as far as we know: deferred ones may be queued
-        jobs = [Job(i, conn, {"status": b"deferred" if i in graph else status, "queue": queue, "func": f,
+        status = (SCHEDULED if delay and _delay_ms(delay) else QUEUED).encode()  # as far as we know: deferred ones may be queued
+        jobs = [Job(i, conn, {"status": DEFERRED.encode() if i in graph else status, "queue": queue, "func": f,
                               "deps": " ".join(graph[i]).encode() if i in graph else None}, secret=signer)
                 for i, f in zip(ids, funcs)]
         if not self.is_async:

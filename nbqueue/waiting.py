@@ -10,7 +10,8 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Iterable, Iterator, NamedTuple, Optional, Set
 
 from .errors import ResultTimeout
-from .job import FAILED, CANCELED, Job, Waiter
+from .job import Job, Waiter
+from .schema import CANCELED, FAILED
 from .seconds import deadline
 
 __all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "DoneAndNotDone", "as_completed", "wait"]

@@ -17,10 +17,10 @@ import redis
 
 from . import keys
 from .connection import describe, get_connection
+from .schema import SYNC  # noqa: F401  (the watcher's own event; re-exported)
 
 log = logging.getLogger("nbqueue.watcher")
 
-SYNC = "sync"  # the watcher's own event: "re-read this job, events may have been missed"
 
 
 class Subscription:
