@@ -72,6 +72,7 @@ JOB_FIELDS: Dict[str, str] = {
     "deps": "ids it waits for, space-separated", "pending": "dependencies not ended yet",
     "allow_failure": "1: runs even if a dependency failed", "at_front": "1: queued at the front once free",
     "dependents": "1: jobs wait for it", "unique_key": "its unique key", "unique_ttl": "that key's TTL",
+    "schedule": "the schedule that fired it", "tick": "the tick it was fired for (ms)",
 }
 JOB_FIELD_PREFIXES = ("dep:",)  # "dep:<id>": a dependency not ended yet
 READ_FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc",
