@@ -1,17 +1,18 @@
 """A snapshot of queues and workers, for ``nbqueue info`` and the notebook dashboard."""
 from __future__ import annotations
 
-import json
 import math
 import time
-from typing import Iterator, NamedTuple, Optional, Union
+from queue import Empty, SimpleQueue
+from typing import Any, Iterator, NamedTuple, Optional, Union
 
 import redis
 
 from . import keys
 from .connection import get_connection
 from .heartbeat import HEARTBEAT
-from .schema import CANCELED, FAILED, FINISHED
+from .schema import CANCELED, FAILED, FINISHED, SYNC
+from .watcher import get_watcher
 
 
 WINDOW = 600.0  # seconds: "recent" counts of finished/failed/canceled jobs
@@ -176,18 +177,21 @@ def render(snap: Snapshot, now: Optional[float] = None) -> str:
 
 
 def watch_events(connection: Union[redis.Redis, str, None] = None) -> Iterator[str]:
-    """Yield one line per job event, as it is published (blocks)."""
+    """Yield one line per job event, as it is published (blocks), through the process's watcher
+    (so it goes on through a Redis restart)."""
     conn = get_connection(connection)
-    pubsub = conn.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe(keys.EVENTS_PATTERN)
+    events: "SimpleQueue[Any]" = SimpleQueue()
+    sub = get_watcher(conn).watch(on_event=events.put, all_jobs=True)
     try:
-        for message in pubsub.listen():
+        while True:
             try:
-                event = json.loads(message["data"])
-            except ValueError:
+                event = events.get(timeout=1.0)  # a timeout: Ctrl-C is seen at once everywhere
+            except Empty:
                 continue
-            stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("t", time.time()))))
+            if not isinstance(event, dict) or event.get("status") == SYNC:
+                continue  # junk on a job channel, or the watcher's own (re-)subscription
+            stamp = time.strftime("%H:%M:%S", time.localtime(_num(event.get("t")) or time.time()))
             extra = " ".join(f"{k}={event[k]}" for k in ("queue", "worker", "attempt", "delay") if k in event)
             yield f"{stamp} {event.get('id')} {event.get('status')} {extra}".rstrip()
     finally:
-        pubsub.close()
+        sub.close()

@@ -50,11 +50,14 @@ class Watcher:
     come and go, so a kernel watching 3 jobs does not receive the events of a busy farm; a
     dashboard asks for ``all_jobs`` (PSUBSCRIBE ``nbq:ev:*``). Each subscribe confirmation — first
     subscribe or re-subscribe after a reconnect — is delivered as a ``sync`` event, telling the
-    watcher to re-read the job: nothing published before or during a gap is lost. The thread
-    ends when nothing is watched and starts again on demand; after ``fork`` the child starts fresh.
+    watcher to re-read the job: nothing published before or during a gap is lost. ``Job.result``,
+    ``Group.results``, ``as_completed``/``wait`` (``job.Waiter``), ``nbqueue info --watch`` and the
+    notebook's views all listen here. The thread ends ``LINGER`` s after nothing is watched and
+    starts again on demand; after ``fork`` the child starts fresh.
     """
 
     TICK = 0.2  # seconds between on_tick calls
+    LINGER = 1.0  # seconds the thread (and its connection) outlives the last watch: waits in a row share it
 
     def __init__(self, connection: redis.Redis):
         self.connection = connection
@@ -137,7 +140,7 @@ class Watcher:
 
     # --- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        pubsub, delay, next_tick = None, 0.1, time.monotonic()
+        pubsub, delay, next_tick, idle_since = None, 0.1, time.monotonic(), None
         subscribed: set = set()
         pattern = False
         me = threading.current_thread()
@@ -146,9 +149,13 @@ class Watcher:
                 if self._thread is not me:  # fork or a replaced thread
                     return
                 if not self._subs:
-                    self._thread = None
-                    self._ready.clear()
-                    break
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since >= self.LINGER:
+                        self._thread = None
+                        self._ready.clear()
+                        break
+                else:
+                    idle_since = None
                 wanted, want_all = set(self._channels), any(s.all_jobs for s in self._subs)
                 fresh, self._fresh = self._fresh, []
             try:
