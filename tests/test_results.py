@@ -12,13 +12,12 @@ import time
 import pytest
 
 import nbq_tasks
-from conftest import wait_for
+from conftest import MODES, wait_for
 from nbqueue import Job, Queue, signing
 from nbqueue.job import SUMMARY, SUMMARY_SIG
 from nbqueue.notebook.state import JobState
 from nbqueue.summary import MAX_BYTES, REPR_MAX, human, needed, parse, summarise
 
-MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 MB50 = 50_000_000
 
 

@@ -13,7 +13,7 @@ import redis
 
 import nbq_tasks
 import nbqueue
-from conftest import cell_values, wait_for
+from conftest import InThread, cell_values, wait_for
 from nbqueue import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Group, JobCanceled, JobFailed, NoSuchGroup,
                      Queue, ResultTimeout, as_completed, keys, wait)
 from nbqueue.info import watch_events
@@ -157,19 +157,6 @@ def _subscribers(admin, name: str) -> list:
     return [c for c in admin.client_list() if c.get("name") == name and int(c["sub"]) + int(c["psub"]) > 0]
 
 
-class _InThread(threading.Thread):
-    def __init__(self, call):
-        super().__init__(daemon=True)
-        self.call, self.value, self.error = call, None, None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.value = self.call()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-
-
 def _waits(client, jobs: list, seen_events: list) -> list:
     """Every kind of wait at once, each in its thread: result() per job, Group.results,
     as_completed, wait, and ``nbqueue info --watch``'s event lines."""
@@ -182,11 +169,11 @@ def _waits(client, jobs: list, seen_events: list) -> list:
                 return n
         return 0
 
-    return ([_InThread(lambda j=j: j.result(timeout=90)) for j in jobs]
-            + [_InThread(lambda: Group(jobs).results(timeout=90)),
-               _InThread(lambda: [j.id for j in as_completed(jobs, timeout=90)]),
-               _InThread(lambda: len(wait(jobs, timeout=90).done)),
-               _InThread(watch)])
+    return ([InThread(lambda j=j: j.result(timeout=90)) for j in jobs]
+            + [InThread(lambda: Group(jobs).results(timeout=90)),
+               InThread(lambda: [j.id for j in as_completed(jobs, timeout=90)]),
+               InThread(lambda: len(wait(jobs, timeout=90).done)),
+               InThread(watch)])
 
 
 def _check(waits: list, jobs: list) -> None:
@@ -259,7 +246,7 @@ def test_waits_see_jobs_that_ended_while_the_watcher_was_cut_off(redis_client, s
             redis_client.client_kill_filter(_type="pubsub", skipme=True)
             time.sleep(0.05)
 
-    cutter = _InThread(cut)
+    cutter = InThread(cut)
     try:
         for waiting in waits:
             waiting.join(timeout=90)
