@@ -165,3 +165,24 @@ def test_option_decoding():
         schema.decode_option(b"soon", 7)
     assert schema.DEFAULTS["timeout"] == schema.DEFAULT_TIMEOUT
     assert tuple(schema.DEFAULTS) == schema.OPTION_FIELDS
+
+
+def test_the_field_lists_of_the_python_side_are_schema_fields():
+    from nbqueue import schedule
+
+    for fields in (schema.READ_FIELDS, schema.OUTCOME, schema.VIEW_FIELDS, schema.OPTION_FIELDS,
+                   schema.CALLBACK_FIELDS):
+        assert set(fields) <= set(schema.JOB_FIELDS), fields
+    assert set(schedule._FIELDS) <= set(schema.SCHEDULE_FIELDS)
+
+
+def test_every_job_field_the_python_code_reads_or_writes_is_a_schema_field():
+    call = re.compile(r"\.h(?:m?get|set|del|strlen|exists)\(keys\.job\([^()]*\),\s*([^()\n]*)\)")
+    used = {}
+    for path in sorted((Path(schema.__file__).parent).rglob("*.py")):
+        for match in call.finditer(path.read_text()):
+            for name in re.findall(r'"(\w+)"', match.group(1)):
+                used.setdefault(name, set()).add(path.name)
+    assert {"status", "meta", "progress", "error"} <= set(used), used  # the scan sees the code
+    unknown = {f: sorted(p) for f, p in used.items() if f not in schema.JOB_FIELDS}
+    assert not unknown, f"job hash fields used in Python but not in nbqueue/schema.py: {unknown}"
