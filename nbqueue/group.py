@@ -58,7 +58,7 @@ class Group:
         """Every job's result, in order, waiting up to ``timeout`` seconds in all (``None``: as long
         as it takes). The first failed job in order raises its ``JobFailed`` (``JobCanceled``), or
         with ``return_exceptions=True`` each failed job's error takes its place in the list.
-        Waits on one connection for all the jobs, through a Redis restart or outage."""
+        Listens through the process's one watcher, through a Redis restart or outage."""
         return self._results(timeout, return_exceptions)
 
     async def aresults(self, timeout: Optional[float] = None, return_exceptions: bool = False) -> list:

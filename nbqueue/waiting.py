@@ -1,8 +1,8 @@
 """Waiting for many jobs at once, as ``concurrent.futures`` does for futures.
 
 ``as_completed(jobs)`` yields each job as it ends; ``wait(jobs, return_when=...)`` returns the
-done and not-done sets. Both listen on one pub/sub connection for all the jobs (``job.Waiter``),
-through a Redis restart or outage, and never poll.
+done and not-done sets. Both listen through the process's one watcher (``job.Waiter``), through
+a Redis restart or outage, and never poll.
 """
 from __future__ import annotations
 

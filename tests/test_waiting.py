@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -255,3 +256,20 @@ def test_waits_see_jobs_that_ended_while_the_watcher_was_cut_off(redis_client, s
         stop.set()
         cutter.join(timeout=10)
     assert [w.value for w in waits[:15]] == [2 * i for i in range(15)]
+
+
+def test_junk_and_lies_on_a_jobs_channel_do_not_end_its_wait(redis_client):
+    job = Queue("junk", redis_client).enqueue(nbq_tasks.add, 1, 2)  # no worker: it stays queued
+    waiting = InThread(lambda: job.result(timeout=3))
+    channel = keys.events(job.id)
+    wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 1, 10, message="the wait to listen")
+    for junk in [b"5", b"not json {", b"[]", b'{"id": 5}', b'{"status": "finished"}',
+                 json.dumps({"id": job.id, "status": "finished"}), json.dumps({"id": job.id, "status": ["x"]})]:
+        redis_client.publish(channel, junk)
+    waiting.join(timeout=30)
+    assert isinstance(waiting.error, ResultTimeout) and "is still queued" in str(waiting.error), waiting.error
+    redis_client.hset(keys.job(job.id), "status", "canceled")  # a real end is still seen at once
+    began = time.monotonic()
+    with pytest.raises(nbqueue.JobCanceled):
+        job.result(timeout=10)
+    assert time.monotonic() - began < 1
