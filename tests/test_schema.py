@@ -139,7 +139,7 @@ def test_statuses_are_their_text():
     assert {FAILED: 1}["failed"] == 1 and {"failed": 1}[FAILED] == 1
     assert str(FAILED) == f"{FAILED}" == "%s" % FAILED == "failed"
     assert json.loads(json.dumps({"s": FAILED})) == {"s": "failed"}
-    assert Status("queued") is schema.QUEUED
+    assert Status("queued") is schema.QUEUED and repr(schema.CANCELED) == "'canceled'"
     assert schema.TERMINAL | schema.WAITING | {schema.STARTED} == schema.STATUSES
     assert not schema.TERMINAL & schema.WAITING
     assert list(schema.ORDER) == list(Status)
