@@ -177,17 +177,19 @@ def render(snap: Snapshot, now: Optional[float] = None) -> str:
 
 
 def watch_events(connection: Union[redis.Redis, str, None] = None) -> Iterator[str]:
-    """Yield one line per job event, as it is published (blocks), through the process's watcher
-    (so it goes on through a Redis restart)."""
+    """Yield one line per job event, as it is published (blocks), through the process's watcher.
+    A dropped connection is reopened; if Redis can't be reached (or refuses us) the error is raised."""
     conn = get_connection(connection)
     events: "SimpleQueue[Any]" = SimpleQueue()
-    sub = get_watcher(conn).watch(on_event=events.put, all_jobs=True)
+    sub = get_watcher(conn).watch(on_event=events.put, all_jobs=True, on_error=events.put)
     try:
         while True:
             try:
                 event = events.get(timeout=1.0)  # a timeout: Ctrl-C is seen at once everywhere
             except Empty:
                 continue
+            if isinstance(event, Exception):
+                raise event if isinstance(event, redis.RedisError) else redis.ConnectionError(str(event))
             if not isinstance(event, dict) or event.get("status") == SYNC:
                 continue  # junk on a job channel, or the watcher's own (re-)subscription
             stamp = time.strftime("%H:%M:%S", time.localtime(_num(event.get("t")) or time.time()))

@@ -25,11 +25,14 @@ log = logging.getLogger("nbqueue.watcher")
 
 class Subscription:
     """Someone watching some jobs (or all of them): ``on_event(event)``, and ``on_tick()`` a few
-    times a second, both called on the watcher's thread. ``close()`` when done."""
+    times a second, and ``on_error(exc)`` each time connecting to Redis fails (the watcher goes on
+    trying), all called on the watcher's thread. ``close()`` when done."""
 
     def __init__(self, watcher: "Watcher", on_event: Callable[[dict], None],
-                 on_tick: Optional[Callable[[], None]], all_jobs: bool):
+                 on_tick: Optional[Callable[[], None]], all_jobs: bool,
+                 on_error: Optional[Callable[[Exception], None]] = None):
         self.watcher, self.on_event, self.on_tick, self.all_jobs = watcher, on_event, on_tick, all_jobs
+        self.on_error = on_error
         self.job_ids: set = set()
         self.closed = False
 
@@ -75,9 +78,10 @@ class Watcher:
         self._fresh: list = []  # (subscription, job id) added since the thread last looked
 
     def watch(self, job_ids: Iterable[str] = (), on_event: Callable[[dict], None] = lambda e: None,
-              on_tick: Optional[Callable[[], None]] = None, all_jobs: bool = False) -> Subscription:
+              on_tick: Optional[Callable[[], None]] = None, all_jobs: bool = False,
+              on_error: Optional[Callable[[Exception], None]] = None) -> Subscription:
         """Call ``on_event`` with each event of ``job_ids`` (or of every job) until ``close()``."""
-        sub = Subscription(self, on_event, on_tick, all_jobs)
+        sub = Subscription(self, on_event, on_tick, all_jobs, on_error)
         self._change(sub, add=list(job_ids))
         return sub
 
@@ -158,6 +162,7 @@ class Watcher:
                     idle_since = None
                 wanted, want_all = set(self._channels), any(s.all_jobs for s in self._subs)
                 fresh, self._fresh = self._fresh, []
+            connecting = pubsub is None
             try:
                 if pubsub is None:
                     self._ready.clear()
@@ -183,6 +188,11 @@ class Watcher:
                 log.debug("watcher lost Redis (%r); reconnecting", exc)
                 keys.close_pubsub(pubsub)
                 pubsub = None
+                if connecting:  # not a dropped connection (redis-py's own retries are spent): Redis is away
+                    with self._lock:
+                        told = [s.on_error for s in self._subs if s.on_error is not None]
+                    for on_error in told:
+                        self._call(on_error, exc)
                 time.sleep(delay)  # backoff while Redis is away
                 delay = min(delay * 2, 5.0)
         keys.close_pubsub(pubsub)
