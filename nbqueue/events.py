@@ -22,7 +22,8 @@ import redis
 
 from . import keys
 from .errors import InvalidProgress
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Job, get_current_job
+from .job import Job, get_current_job
+from .schema import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL
 
 log = logging.getLogger("nbqueue.events")
 

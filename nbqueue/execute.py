@@ -17,7 +17,7 @@ import traceback
 from typing import Any, Callable, NamedTuple, Optional
 
 from . import job as jobs
-from . import flow, keys, signing
+from . import flow, keys, schema, signing
 from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
 from .errors import CodeMismatchError, DependencyError, PayloadError
 from .events import capture_output
@@ -64,24 +64,20 @@ class Taken(NamedTuple):
         return cls(
             queue.decode(), job_id.decode(), int(attempt), func.decode(errors="replace") if func else None, data,
             code.decode(errors="replace") if code else "",
-            _seconds(timeout, jobs.DEFAULT_TIMEOUT), _ttl(result_ttl, jobs.DEFAULT_RESULT_TTL),
-            _ttl(failure_ttl, jobs.DEFAULT_FAILURE_TTL), refused, on_success, on_failure,
+            _seconds(timeout, schema.DEFAULT_TIMEOUT), _ttl(result_ttl, schema.DEFAULT_RESULT_TTL),
+            _ttl(failure_ttl, schema.DEFAULT_FAILURE_TTL), refused, on_success, on_failure,
             len(reply) > 15 and bool(reply[15]), signer, len(reply) > 16 and bool(reply[16]),
         )
 
 
 def _seconds(raw: Optional[bytes], default: float) -> Optional[float]:
     """A job's timeout as stored: ``none`` or infinite is no limit; junk, NaN or <= 0 the default."""
-    if raw is None:
-        return default
-    if raw == b"none":
-        return None
     try:
-        value = float(raw)
+        value = schema.decode_option(raw, default)
     except (TypeError, ValueError):
         value = math.nan
-    if value == math.inf:
-        return None
+    if value is None or raw is None:
+        return value
     if not value > 0:  # NaN, zero, negative, junk: written by hand, not by enqueue
         log.warning("a job's stored timeout or TTL %r is not a number of seconds above 0; using %g", raw, default)
         return default
@@ -103,7 +99,7 @@ class Outcome(NamedTuple):
     @classmethod
     def failure(cls, exc_line: str, text: Optional[str] = None) -> "Outcome":
         """A failed attempt: its one-line error and its traceback (by default, just that line)."""
-        return cls(jobs.FAILED, ["exc", exc_line, "error", text or exc_line + "\n"], exc_line)
+        return cls(schema.FAILED, ["exc", exc_line, "error", text or exc_line + "\n"], exc_line)
 
 
 class JobInterrupted(BaseException):
@@ -121,8 +117,8 @@ REASONS = {
 def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[[], None]], None]] = None) -> Outcome:
     """Import, check and call the job's function here; never raises. A coroutine function's job
     runs on an event loop of its own in this thread; ``on_task`` is given a function that cancels it."""
-    token = jobs._current.set(jobs.Job(taken.id, connection, {"status": b"started", "queue": taken.queue.encode()},
-                                              queue=taken.queue))
+    token = jobs._current.set(jobs.Job(taken.id, connection, {"status": schema.STARTED.encode(), "queue": taken.queue.encode()},
+                                       queue=taken.queue))
     try:
         if taken.refused:  # checked before anything is imported or unpickled
             return Outcome.failure(taken.refused)
@@ -225,7 +221,7 @@ def _result(value: Any) -> Outcome:
             f"nbqueue's limit of {RESULT_MAX / 2**20:.0f} MiB for a result kept in Redis; write big results to a "
             f"file or a store and return where they are")
     summary = summarise(value, len(blob)) if summary_needed(value) else None  # best effort, bounded, never fails
-    return Outcome(jobs.FINISHED, ["result", blob] + ([jobs.SUMMARY, summary] if summary else []), "ok")
+    return Outcome(schema.FINISHED, ["result", blob] + ([schema.SUMMARY, summary] if summary else []), "ok")
 
 
 def _failed(exc: BaseException) -> Outcome:
@@ -317,7 +313,7 @@ class Running:
                     self._child.kill(self.reason_text())
             outcome = self._child.wait()
         if self.reason == "cancel":
-            return Outcome(jobs.CANCELED, ["exc", self.reason_text()], "canceled")
+            return Outcome(schema.CANCELED, ["exc", self.reason_text()], "canceled")
         if self.reason in ("timeout", "stop") or (self.reason and outcome is None):
             return Outcome.failure(self.reason_text())
         return outcome

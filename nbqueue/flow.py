@@ -36,7 +36,8 @@ import redis
 from . import keys
 from .errors import DependencyError, EnqueueError, JobCanceled, JobFailed, NbqueueError
 from .group import Group
-from .job import _NESTING, DEFERRED, OUTCOME, Job
+from .job import _NESTING, Job
+from .schema import DEFAULT_FAILURE_TTL, DEFERRED, FINISHED, OUTCOME, TERMINAL
 from .serialization import loads_result
 
 log = logging.getLogger("nbqueue.worker")
@@ -232,15 +233,13 @@ def end_with_dependents(connection: redis.Redis, script: str, job_id: str, scrip
 def release(connection: redis.Redis, job_ids: Iterable[str]) -> None:
     """Release or fail the dependents of jobs that ended outside finish and cancel (a lost worker's
     job that the recovery failed or canceled); jobs that did not end are passed over."""
-    from .job import DEFAULT_FAILURE_TTL
-
     for job_id in job_ids:  # refs
         plain, tag = keys.split(job_id)
         script_keys, head = [keys.job(job_id)], [plain, DEFAULT_FAILURE_TTL, job_id]
         first = keys.run(connection, "release", [*script_keys, keys.dependents(job_id)], [*head, 0], tag=tag)
         if first == 3:
             status = connection.hget(keys.job(job_id), "status")
-            end_with_dependents(connection, "release", job_id, script_keys, head, [], status != b"finished", first)
+            end_with_dependents(connection, "release", job_id, script_keys, head, [], status != FINISHED.encode(), first)
 
 
 # --- on the worker -------------------------------------------------------------------------------
@@ -292,11 +291,11 @@ def substitute(args: tuple, kwargs: dict, connection: redis.Redis, signer: Any,
         if outcome[0] is None:
             raise DependencyError(f"dependency {job_id}'s result is gone: the job expired (its result_ttl) or "
                                   f"was deleted before this job started")
-        if outcome[0] not in ("finished", "failed", "canceled"):
+        if outcome[0] not in TERMINAL:
             raise DependencyError(f"dependency {job_id} is {outcome[0]}, so it has no result yet (was this job "
                                   f"requeued before its dependency ended?)")
         try:
-            if signer is None and outcome[0] == "finished":  # an unsigned worker checks no signature
+            if signer is None and outcome[0] == FINISHED:  # an unsigned worker checks no signature
                 results[job_id] = loads_result(outcome[1])
             else:
                 results[job_id] = job._value(outcome)

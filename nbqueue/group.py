@@ -11,7 +11,8 @@ import redis
 from . import keys
 from .connection import get_connection
 from .errors import InvalidTransition, NbqueueError, NoSuchGroup, NoSuchJob, ResultTimeout
-from .job import DEFAULT_FAILURE_TTL, Job, Waiter, in_thread
+from .job import Job, Waiter, in_thread
+from .schema import DEFAULT_FAILURE_TTL, EXPIRED, TERMINAL, text
 from .seconds import deadline
 
 
@@ -62,7 +63,7 @@ class Group:
         """Every job's result, in order, waiting up to ``timeout`` seconds in all (``None``: as long
         as it takes). The first failed job in order raises its ``JobFailed`` (``JobCanceled``), or
         with ``return_exceptions=True`` each failed job's error takes its place in the list.
-        Waits on one connection for all the jobs, through a Redis restart or outage."""
+        Listens through the process's one watcher, through a Redis restart or outage."""
         return self._results(timeout, return_exceptions)
 
     async def aresults(self, timeout: Optional[float] = None, return_exceptions: bool = False) -> list:
@@ -75,7 +76,7 @@ class Group:
     def done(self) -> bool:
         """Whether every job ended."""
         counts = self.statuses()
-        return sum(counts[s] for s in ("finished", "failed", "canceled", "expired")) == len(self)
+        return sum(counts[s] for s in (*TERMINAL, EXPIRED)) == len(self)
 
     def _results(self, timeout: Optional[float], return_exceptions: bool,
                  stop: Optional[threading.Event] = None) -> list:
@@ -109,7 +110,7 @@ class Group:
         with conn.pipeline(transaction=False) as pipe:
             for job in self.jobs:
                 pipe.hget(job._key, "status")
-            return Counter(s.decode() if s else "expired" for s in pipe.execute())
+            return Counter(text(s) if s else EXPIRED for s in pipe.execute())
 
     def cancel(self) -> int:
         """Cancel every job not done yet (running ones are asked to stop, without waiting);

@@ -1,16 +1,18 @@
 """A snapshot of queues and workers, for ``nbqueue info`` and the notebook dashboard."""
 from __future__ import annotations
 
-import json
 import math
 import time
-from typing import Iterator, NamedTuple, Optional, Union
+from queue import Empty, SimpleQueue
+from typing import Any, Iterator, NamedTuple, Optional, Union
 
 import redis
 
 from . import keys
 from .connection import get_connection
 from .heartbeat import HEARTBEAT
+from .schema import CANCELED, FAILED, FINISHED, SYNC
+from .watcher import get_watcher
 
 
 WINDOW = 600.0  # seconds: "recent" counts of finished/failed/canceled jobs
@@ -61,7 +63,7 @@ def _counts(fields: dict, now: float) -> tuple:
     bucket_now = int(now // keys.STATS_BUCKET)
     window = int(WINDOW // keys.STATS_BUCKET)  # buckets back, besides the current one
     rate_back = int(RATE_WINDOW // keys.STATS_BUCKET) - 1
-    totals = {"finished": 0, "failed": 0, "canceled": 0}
+    totals = dict.fromkeys((FINISHED, FAILED, CANCELED), 0)
     last = 0
     for field, value in fields.items():
         try:
@@ -73,7 +75,7 @@ def _counts(fields: dict, now: float) -> tuple:
             totals[status] += count
             last += count if bucket_now - bucket <= rate_back else 0
     span = now - (bucket_now - rate_back) * keys.STATS_BUCKET  # from the oldest bucket counted to now
-    return totals["finished"], totals["failed"], totals["canceled"], last / span
+    return totals[FINISHED], totals[FAILED], totals[CANCELED], last / span
 
 
 def served_queues(connection: Union[redis.Redis, str, None] = None) -> set:
@@ -179,18 +181,23 @@ def render(snap: Snapshot, now: Optional[float] = None) -> str:
 
 
 def watch_events(connection: Union[redis.Redis, str, None] = None) -> Iterator[str]:
-    """Yield one line per job event, as it is published (blocks)."""
+    """Yield one line per job event, as it is published (blocks), through the process's watcher.
+    A dropped connection is reopened; if Redis can't be reached (or refuses us) the error is raised."""
     conn = get_connection(connection)
-    pubsub = conn.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe(keys.EVENTS_PATTERN)
+    events: "SimpleQueue[Any]" = SimpleQueue()
+    sub = get_watcher(conn).watch(on_event=events.put, all_jobs=True, on_error=events.put)
     try:
-        for message in pubsub.listen():
+        while True:
             try:
-                event = json.loads(message["data"])
-            except ValueError:
+                event = events.get(timeout=1.0)  # a timeout: Ctrl-C is seen at once everywhere
+            except Empty:
                 continue
-            stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("t", time.time()))))
+            if isinstance(event, Exception):
+                raise event if isinstance(event, redis.RedisError) else redis.ConnectionError(str(event))
+            if not isinstance(event, dict) or event.get("status") == SYNC:
+                continue  # junk on a job channel, or the watcher's own (re-)subscription
+            stamp = time.strftime("%H:%M:%S", time.localtime(_num(event.get("t")) or time.time()))
             extra = " ".join(f"{k}={event[k]}" for k in ("queue", "worker", "attempt", "delay") if k in event)
             yield f"{stamp} {event.get('id')} {event.get('status')} {extra}".rstrip()
     finally:
-        pubsub.close()
+        sub.close()

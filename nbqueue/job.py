@@ -16,27 +16,18 @@ import redis
 from . import keys, signing
 from .connection import get_connection
 from .errors import EnqueueError, InvalidTransition, JobCanceled, JobFailed, NbqueueError, NoSuchJob, ResultTimeout, SignatureError
+from .schema import (  # noqa: F401  (statuses and defaults re-exported for older imports)
+    CALLBACK_FIELDS, CANCELED, DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY,
+    DEFAULT_TIMEOUT, DEFERRED, FAILED, FINISHED, OPTION_FIELDS, OUTCOME, QUEUED, READ_FIELDS, SCHEDULED, STARTED,
+    SUMMARY, SUMMARY_SIG, SYNC, TERMINAL, Status,
+)
 from .seconds import deadline
 from .serialization import loads_args, loads_result
 from .summary import parse as parse_summary
+from .watcher import get_watcher
 
 logger = logging.getLogger("nbqueue")
 
-QUEUED, SCHEDULED, STARTED = "queued", "scheduled", "started"
-DEFERRED = "deferred"  # waits for its dependencies to end, in no queue list (flow.py)
-FINISHED, FAILED, CANCELED = "finished", "failed", "canceled"
-TERMINAL = frozenset({FINISHED, FAILED, CANCELED})
-
-DEFAULT_TIMEOUT = 3600  # seconds a job may run
-DEFAULT_RESULT_TTL = 24 * 3600  # finished and canceled jobs are kept a day
-DEFAULT_FAILURE_TTL = 7 * 24 * 3600  # failed jobs a week, to be looked at and requeued
-DEFAULT_RETRY_DELAY = 1.0  # seconds before the first retry; doubles with each failure
-DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
-
-_FIELDS = ("func", "queue", "status", "enqueued_at", "started_at", "ended_at", "worker", "attempt", "exc",
-           "workers", "failures", "lost", "deps")
-SUMMARY, SUMMARY_SIG = "summary", "ssig"  # a finished job's result summary (JSON, see summary.py), its signature
-OUTCOME = ("status", "result", "error", "exc", "attempt", "rsig")  # the job hash fields a waiter reads
 _NESTING = 4  # flow.MAX_DEPTH: how deep a Job argument is looked for
 RECHECK = 2.0  # seconds: a waiter re-reads the statuses this often (an event lost while Redis was away)
 STOPPABLE = 0.25  # seconds: a waiter that may be stopped looks at its stop flag this often
@@ -135,10 +126,10 @@ class Job:
         return job
 
     def refresh(self) -> "Job":
-        values = self.connection.hmget(self._key, _FIELDS)
+        values = self.connection.hmget(self._key, READ_FIELDS)
         if values[2] is None:
             raise self._missing()
-        self._load(dict(zip(_FIELDS, values)))
+        self._load(dict(zip(READ_FIELDS, values)))
         return self
 
     def _load(self, fields: dict) -> None:
@@ -217,7 +208,7 @@ class Job:
     def _call_args(self) -> tuple:
         """``(instance or None, args, kwargs)`` of the call, read once its signature is checked."""
         if self._call is None:
-            fields = ("func", "code", *signing.OPTION_FIELDS, "data", "sig", *signing.CALLBACK_FIELDS)
+            fields = ("func", "code", *OPTION_FIELDS, "data", "sig", *CALLBACK_FIELDS)
             values = self.connection.hmget(self._key, fields)
             if values[0] is None:
                 raise self._missing()
@@ -437,18 +428,21 @@ def cancel(connection: redis.Redis, ref: str, queue: Optional[str] = None, first
 
 
 class Waiter:
-    """Waits for jobs to end on one pub/sub connection subscribed to all their event channels,
-    reading their outcomes in pipelines; through a lost or restarted Redis it re-subscribes with
-    backoff and re-reads, until the caller's deadline. Statuses are read after subscribing (and
-    again every ``RECHECK`` s), so no change is missed."""
+    """Waits for jobs to end, listening through the process's one watcher (``watcher.py``: one
+    pub/sub connection for every wait, view and ``info --watch`` of the process) and reading
+    outcomes in pipelines. A job is read when its channel says it ended, when the watcher
+    (re-)subscribes to it (a ``sync``: first subscribe, or after a reconnect), and every
+    ``RECHECK`` s; through a lost or restarted Redis it backs off and reads again, until the
+    caller's deadline. So no change is missed, and nothing polls faster than ``RECHECK``."""
 
     def __init__(self, connection: redis.Redis, ids: Iterable[str], stop: Optional[threading.Event] = None):
         self.connection = connection
         self.stop = stop  # set by another thread: give up (an awaiting task was canceled)
         self.waiting: Dict[str, Optional[str]] = dict.fromkeys(ids)  # id -> last status seen, in order
         self.outcomes: Dict[str, list] = {}  # id -> outcome of a job that ended (status None: no such job)
-        self._channels = {keys.events(i).encode(): i for i in self.waiting}  # ids: refs
-        self._pubsub: Optional[redis.client.PubSub] = None
+        self._sub: Any = None  # the watcher subscription, once the first read left jobs waiting
+        self._flagged: Dict[str, None] = {}  # ids to read (an end or a sync came), in order; set on the watcher thread
+        self._signal = threading.Condition()
         self._read_once = False
         self._given: set = set()  # ids ``ended()`` returned already
         self._full_read = 0.0  # when every waiting job's status was last read (monotonic)
@@ -475,6 +469,25 @@ class Waiter:
         self._given.update(new)
         return new
 
+    def _on_event(self, event: Any) -> None:
+        """On the watcher's thread: note a job to read (it ended, or events may have been missed)."""
+        if not isinstance(event, dict):  # any JSON may come on a job's channel
+            return
+        job_id, status = event.get("id"), event.get("status")
+        if isinstance(job_id, str) and job_id in self.waiting and (status == SYNC or status in TERMINAL
+                                                                   or not isinstance(status, str)):
+            with self._signal:
+                self._flagged[job_id] = None
+                self._signal.notify_all()
+
+    def _take(self, timeout: float) -> List[str]:
+        """The ids flagged, waiting up to ``timeout`` s for one."""
+        with self._signal:
+            if not self._flagged:
+                self._signal.wait(timeout)
+            flagged, self._flagged = self._flagged, {}
+        return [i for i in flagged if i in self.waiting]
+
     def _until(self, done: Callable[[], bool], deadline: Optional[float]) -> bool:
         """Read and listen until ``done()``; False if ``deadline`` (monotonic) passed or ``stop`` was set."""
         delay, tried = 0.05, False
@@ -487,21 +500,20 @@ class Waiter:
                 if not self._read_once:  # a job that ended already needs no subscription
                     self._read(list(self.waiting))
                     self._read_once = True
-                elif self._pubsub is None:
-                    self._subscribe()
-                    self._read(list(self.waiting))
+                elif self._sub is None:  # its syncs (subscribed, or already watched) read them all again
+                    self._sub = get_watcher(self.connection).watch(list(self.waiting), self._on_event)
+                    self._full_read = time.monotonic()
                 else:
                     slice_ = RECHECK if self.stop is None else STOPPABLE
-                    ended = self._listen(slice_ if remaining is None else min(remaining, slice_))
-                    if ended is not None:
-                        self._read(ended)
+                    flagged = self._take(slice_ if remaining is None else max(0.0, min(remaining, slice_)))
+                    if flagged:
+                        self._read(flagged)
                     elif time.monotonic() - self._full_read >= RECHECK or remaining is not None and remaining <= slice_:
                         self._read(list(self.waiting))
                 if self.lost:
                     self.lost = False
                     logger.warning("nbqueue: Redis is back; still waiting for %d job(s)", len(self.waiting))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self._close_pubsub()
                 if not self.lost:
                     self.lost = True
                     logger.warning("nbqueue: lost Redis while waiting for job(s) (%s); waiting for it to come back",
@@ -510,41 +522,6 @@ class Waiter:
                 time.sleep(pause)  # Redis is away: wait for it, not for a job
                 delay = min(delay * 2, 2.0)
         return True
-
-    def _subscribe(self) -> None:
-        pubsub = self.connection.pubsub()
-        try:
-            channels = [keys.events(i).encode() for i in self.waiting]
-            for start in range(0, len(channels), 10_000):
-                pubsub.subscribe(*channels[start:start + 10_000])
-        except BaseException:
-            pubsub.close()
-            raise
-        self._pubsub = pubsub
-
-    def _listen(self, timeout: float) -> Optional[list]:
-        """Ids of jobs whose channel said they ended within ``timeout`` s (every message already
-        there is taken); ``None`` if none did (time to re-read them all)."""
-        assert self._pubsub is not None
-        ended: Dict[str, None] = {}
-        end = time.monotonic() + timeout
-        while len(ended) < 1000:
-            left = 0.0 if ended else end - time.monotonic()
-            message = self._pubsub.get_message(timeout=max(0.0, left))
-            if message is None:
-                if ended or time.monotonic() >= end:
-                    break
-                continue
-            job_id = self._channels.get(message.get("channel"))
-            if message.get("type") != "message" or job_id not in self.waiting:
-                continue
-            try:
-                status = json.loads(message["data"]).get("status")
-            except (ValueError, AttributeError):
-                status = None  # unreadable: read the job itself
-            if status is None or status in TERMINAL:
-                ended[job_id] = None
-        return list(ended) or None
 
     def _read(self, ids: list) -> None:
         """Read the outcome of jobs in pipelines; the ones that ended move to ``outcomes``."""
@@ -564,12 +541,10 @@ class Waiter:
                 else:
                     self.waiting[job_id] = row[0]
 
-    def _close_pubsub(self) -> None:
-        keys.close_pubsub(self._pubsub)
-        self._pubsub = None
-
     def close(self) -> None:
-        self._close_pubsub()
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
 
     def __enter__(self) -> "Waiter":
         return self

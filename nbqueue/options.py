@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 from typing import Any, Optional, Union
 
 from .errors import EnqueueError
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT
+from .schema import (DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT,
+                     encode_option)
 from .seconds import as_seconds
 
 YEAR = 365 * 24 * 3600
@@ -104,7 +105,7 @@ class Options:
         for name in _CHECKS:
             value = getattr(self, name)
             if value != getattr(Options, name):
-                pairs += [name, "none" if value is None else repr(value)]  # none: no limit / forever
+                pairs += [name, encode_option(value)]  # "none": no limit / forever
         return pairs
 
 

@@ -10,7 +10,8 @@ import redis
 from . import flow, keys, signing, testing
 from .connection import describe, get_connection, is_cluster
 from .errors import CrossSlotDependency, EnqueueError, InvalidQueueName, JobExists, RedisFull
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, QUEUED, Job, cancel, cancel_command, dumps_meta
+from .job import Job, cancel, cancel_command, dumps_meta
+from .schema import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFERRED, QUEUED, SCHEDULED
 from .options import (  # noqa: F401 - MAX_*, check_seconds and check_count: also nbqueue.queue's, as before
     MAX_DELAY, MAX_RETRIES, MAX_RETRY_DELAY, MAX_TIMEOUT, MAX_TTL, Options, _delay_ms, _until, check_count,
     check_seconds,
@@ -237,9 +238,9 @@ class Queue:
             if holder is not None:  # a job with the same unique_key is queued or running: that one
                 return [Job(holder, self.connection, secret=signer, queue=self.name)]
         conn, queue = self.connection, self.name.encode()
-        status = b"scheduled" if delay and _delay_ms(delay) else b"queued"  # as far as we know: deferred ones may be queued
+        status = (SCHEDULED if delay and _delay_ms(delay) else QUEUED).encode()  # as far as we know: deferred ones may be queued
         refs = [keys.ref(i, tag) for i in ids]
-        jobs = [Job(r, conn, {"status": b"deferred" if r in graph else status, "queue": queue, "func": f,
+        jobs = [Job(r, conn, {"status": DEFERRED.encode() if r in graph else status, "queue": queue, "func": f,
                               "deps": " ".join(graph[r]).encode() if r in graph else None}, secret=signer)
                 for r, f in zip(refs, funcs)]
         if not self.is_async:

@@ -29,9 +29,7 @@ from typing import Any, Optional, Sequence, Union
 
 from .connection import connection_options
 from .errors import SecretError
-
-# the job options a worker acts on, in the order they are signed (the job hash fields of Options)
-OPTION_FIELDS = ("timeout", "result_ttl", "failure_ttl", "retries", "retry_delay", "lost_retries")
+from .schema import CALLBACK_FIELDS, OPTION_FIELDS  # noqa: F401  (the fields signed, in order)
 
 Secret = Union[str, bytes, Sequence[Union[str, bytes]], "Signer", None]
 UNSET: Any = object()  # a signer not looked up yet
@@ -42,7 +40,6 @@ def _netstrings(*parts: bytes) -> bytes:
     return b"".join([b"%d:%b," % (len(p), p) for p in parts])
 
 
-CALLBACK_FIELDS = ("on_success", "on_failure")  # job hash fields naming the functions a worker enqueues after
 
 
 def job_head(func: bytes, code: bytes, options: Sequence[Optional[bytes]],

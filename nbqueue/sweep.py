@@ -27,7 +27,7 @@ def commands(queues: Iterable[str], lease_ms: int, quiet_ms: int) -> List[tuple]
 def handle(connection: Any, queues: Iterable[str], replies: Iterable[Any], firer: Optional[Any] = None) -> List[str]:
     """Act on the replies of ``commands(queues)``: recover, promote and fire what they found.
     Returns the refs of the jobs recovered (re-queued, failed or canceled)."""
-    from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
+    from .schema import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
 
     recovered: List[str] = []
     for queue, reply in zip(queues, replies):

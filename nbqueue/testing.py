@@ -18,7 +18,8 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Iterator, List
 
 from .errors import NbqueueError
-from .job import QUEUED, SCHEDULED, STARTED, Job
+from .job import Job
+from .schema import QUEUED, SCHEDULED, STARTED
 
 if TYPE_CHECKING:
     from .queue import Queue

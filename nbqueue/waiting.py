@@ -1,8 +1,8 @@
 """Waiting for many jobs at once, as ``concurrent.futures`` does for futures.
 
 ``as_completed(jobs)`` yields each job as it ends; ``wait(jobs, return_when=...)`` returns the
-done and not-done sets. Both listen on one pub/sub connection for all the jobs (``job.Waiter``),
-through a Redis restart or outage, and never poll.
+done and not-done sets. Both listen through the process's one watcher (``job.Waiter``), through
+a Redis restart or outage, and never poll.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Iterable, Iterator, NamedTuple, Optional, Set
 
 from .errors import ResultTimeout
-from .job import FAILED, CANCELED, Job, Waiter
+from .job import Job, Waiter
+from .schema import CANCELED, FAILED
 from .seconds import deadline
 
 __all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "DoneAndNotDone", "as_completed", "wait"]

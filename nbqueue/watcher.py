@@ -17,19 +17,22 @@ import redis
 
 from . import keys
 from .connection import describe, get_connection
+from .schema import SYNC  # noqa: F401  (the watcher's own event; re-exported)
 
 log = logging.getLogger("nbqueue.watcher")
 
-SYNC = "sync"  # the watcher's own event: "re-read this job, events may have been missed"
 
 
 class Subscription:
     """Someone watching some jobs (or all of them): ``on_event(event)``, and ``on_tick()`` a few
-    times a second, both called on the watcher's thread. ``close()`` when done."""
+    times a second, and ``on_error(exc)`` each time connecting to Redis fails (the watcher goes on
+    trying), all called on the watcher's thread. ``close()`` when done."""
 
     def __init__(self, watcher: "Watcher", on_event: Callable[[dict], None],
-                 on_tick: Optional[Callable[[], None]], all_jobs: bool):
+                 on_tick: Optional[Callable[[], None]], all_jobs: bool,
+                 on_error: Optional[Callable[[Exception], None]] = None):
         self.watcher, self.on_event, self.on_tick, self.all_jobs = watcher, on_event, on_tick, all_jobs
+        self.on_error = on_error
         self.job_ids: set = set()
         self.closed = False
 
@@ -50,11 +53,14 @@ class Watcher:
     come and go, so a kernel watching 3 jobs does not receive the events of a busy farm; a
     dashboard asks for ``all_jobs`` (PSUBSCRIBE ``keys.EVENTS_PATTERN``). Each subscribe confirmation — first
     subscribe or re-subscribe after a reconnect — is delivered as a ``sync`` event, telling the
-    watcher to re-read the job: nothing published before or during a gap is lost. The thread
-    ends when nothing is watched and starts again on demand; after ``fork`` the child starts fresh.
+    watcher to re-read the job: nothing published before or during a gap is lost. ``Job.result``,
+    ``Group.results``, ``as_completed``/``wait`` (``job.Waiter``), ``nbqueue info --watch`` and the
+    notebook's views all listen here. The thread ends ``LINGER`` s after nothing is watched and
+    starts again on demand; after ``fork`` the child starts fresh.
     """
 
     TICK = 0.2  # seconds between on_tick calls
+    LINGER = 1.0  # seconds the thread (and its connection) outlives the last watch: waits in a row share it
 
     def __init__(self, connection: redis.Redis):
         self.connection = connection
@@ -72,9 +78,10 @@ class Watcher:
         self._fresh: list = []  # (subscription, job id) added since the thread last looked
 
     def watch(self, job_ids: Iterable[str] = (), on_event: Callable[[dict], None] = lambda e: None,
-              on_tick: Optional[Callable[[], None]] = None, all_jobs: bool = False) -> Subscription:
+              on_tick: Optional[Callable[[], None]] = None, all_jobs: bool = False,
+              on_error: Optional[Callable[[Exception], None]] = None) -> Subscription:
         """Call ``on_event`` with each event of ``job_ids`` (or of every job) until ``close()``."""
-        sub = Subscription(self, on_event, on_tick, all_jobs)
+        sub = Subscription(self, on_event, on_tick, all_jobs, on_error)
         self._change(sub, add=list(job_ids))
         return sub
 
@@ -137,7 +144,7 @@ class Watcher:
 
     # --- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        pubsub, delay, next_tick = None, 0.1, time.monotonic()
+        pubsub, delay, next_tick, idle_since = None, 0.1, time.monotonic(), None
         subscribed: set = set()
         pattern = False
         me = threading.current_thread()
@@ -146,11 +153,16 @@ class Watcher:
                 if self._thread is not me:  # fork or a replaced thread
                     return
                 if not self._subs:
-                    self._thread = None
-                    self._ready.clear()
-                    break
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since >= self.LINGER:
+                        self._thread = None
+                        self._ready.clear()
+                        break
+                else:
+                    idle_since = None
                 wanted, want_all = set(self._channels), any(s.all_jobs for s in self._subs)
                 fresh, self._fresh = self._fresh, []
+            connecting = pubsub is None
             try:
                 if pubsub is None:
                     self._ready.clear()
@@ -176,6 +188,11 @@ class Watcher:
                 log.debug("watcher lost Redis (%r); reconnecting", exc)
                 keys.close_pubsub(pubsub)
                 pubsub = None
+                if connecting:  # not a dropped connection (redis-py's own retries are spent): Redis is away
+                    with self._lock:
+                        told = [s.on_error for s in self._subs if s.on_error is not None]
+                    for on_error in told:
+                        self._call(on_error, exc)
                 time.sleep(delay)  # backoff while Redis is away
                 delay = min(delay * 2, 5.0)
         keys.close_pubsub(pubsub)

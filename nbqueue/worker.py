@@ -26,7 +26,7 @@ from .connection import connection_options, describe, get_connection, is_cluster
 from .errors import WorkerError
 from .execute import Outcome, Running, Taken
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
-from .job import CANCELED, DEFAULT_FAILURE_TTL, FAILED, FINISHED, SUMMARY, SUMMARY_SIG
+from .schema import CANCELED, DEFAULT_FAILURE_TTL, FAILED, FINISHED, REFUSED, SUMMARY, SUMMARY_SIG
 from .queue import check_queue_name
 from .seconds import as_seconds
 
@@ -383,9 +383,9 @@ class Worker:
     def _finish(self, taken: Taken, outcome: Outcome, then_take: bool = False) -> tuple:
         """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too.
         Returns (1 recorded, 2 recorded and a retry scheduled, 0 not ours any more; the next job)."""
-        ttl = taken.failure_ttl if outcome.status == "failed" else taken.result_ttl
+        ttl = taken.failure_ttl if outcome.status == FAILED else taken.result_ttl
         jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
-        status = "refused" if taken.refused and outcome.status == "failed" else outcome.status  # no retry
+        status = REFUSED if taken.refused and outcome.status == FAILED else outcome.status  # no retry
         q, tag = taken.queue, keys.tag(taken.queue)
         ref = keys.ref(taken.id, tag)
         head = [taken.id, self.name, taken.attempt, status, ttl, jitter,

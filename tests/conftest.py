@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import pytest
 import redis
@@ -52,6 +53,137 @@ def wait_for(
 def wait_for_fixture() -> Callable[..., object]:
     """The :func:`wait_for` polling helper."""
     return wait_for
+
+
+# --- shared helpers: worker modes, processes, events, threads ---------------------------------------
+MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]  # worker args per mode
+
+
+def proc_stat(pid: int) -> Optional[list]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as dead: nobody may have reaped it yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def children(pid: int) -> list:
+    """The pids (text) of the children of every thread of ``pid`` (a worker slot forks the job's child)."""
+    kids: list = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids += task.read_text().split()
+        except OSError:
+            pass
+    return kids
+
+
+class Events:
+    """The one event collector of the tests: job events as dicts, in the order they came.
+
+    Give it to a ``Watcher`` as ``on_event`` (it is called on the watcher thread), or ``listen``:
+    a thread of its own subscribed to one job's channel (or every job's), listening for sure
+    when ``listen`` returns; ``close()`` stops it and returns the events."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __call__(self, event: dict) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    @classmethod
+    def listen(cls, client: redis.Redis, job_id: Optional[str] = None) -> "Events":
+        from nbqueue import keys
+
+        collector = cls()
+        pubsub = client.pubsub()
+        if job_id is None:
+            pubsub.psubscribe(keys.EVENTS_PATTERN)
+        else:
+            pubsub.subscribe(keys.events(job_id))
+        confirmed = pubsub.get_message(timeout=10)
+        assert confirmed and confirmed["type"] in ("subscribe", "psubscribe"), confirmed
+        pubsub.ignore_subscribe_messages = True
+        collector._thread = threading.Thread(target=collector._run, args=(pubsub,), name="event-log", daemon=True)
+        collector._thread.start()
+        return collector
+
+    def _run(self, pubsub: "redis.client.PubSub") -> None:
+        with pubsub:
+            while not self._stop.is_set():
+                try:
+                    message = pubsub.get_message(timeout=0.05)
+                except (redis.RedisError, OSError, ValueError):
+                    return
+                if message:
+                    self(json.loads(message["data"]))
+
+    def of(self, status: str) -> list:
+        """The events of that kind ("queued", "progress", "sync", ...)."""
+        with self._lock:
+            return [e for e in self.events if e.get("status") == status]
+
+    def for_job(self, job_id: str) -> list:
+        with self._lock:
+            return [e for e in self.events if e.get("id") == job_id]
+
+    def wait_for(self, job_id: str, predicate: Callable[[list], object], message: str, timeout: float = 10) -> list:
+        """Wait until ``predicate`` holds for the job's events (they arrive from another thread)."""
+        wait_for(lambda: predicate(self.for_job(job_id)), timeout,
+                 message=f"{message}; events: {self.for_job(job_id)}")
+        return self.for_job(job_id)
+
+    def statuses(self) -> list:
+        """(status, worker, attempt) of the state changes seen (no log or progress)."""
+        with self._lock:
+            return [(e.get("status"), e.get("worker"), e.get("attempt")) for e in self.events
+                    if e.get("status") not in ("log", "progress")]
+
+    def close(self) -> list:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            return list(self.events)
+
+
+@pytest.fixture
+def events(redis_client: redis.Redis) -> Iterator[Events]:
+    """Every job's events on the test server, from the start of the test."""
+    collector = Events.listen(redis_client)
+    yield collector
+    collector.close()
+
+
+class InThread(threading.Thread):
+    """``call()`` (e.g. ``job.result(timeout=120)``) in a daemon thread: ``value`` or ``error`` once it ends."""
+
+    def __init__(self, call: Callable[[], object]):
+        super().__init__(daemon=True)
+        self.call, self.value, self.error = call, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self.call()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
 
 
 def server_binary() -> str:

@@ -13,7 +13,6 @@ starts its own here. Nothing here touches 127.0.0.1:6379: a TCP server needs an 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -21,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
@@ -191,49 +189,3 @@ def tolerant(call: Callable[[], T], deadline: float, what: str = "Redis call") -
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what}: Redis still unreachable at the deadline ({exc})") from exc
             time.sleep(0.05)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as dead: nobody may have reaped it yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-class EventLog:
-    """Collects the JSON events of one job's channel (``keys.events``) in a thread, from now on."""
-
-    def __init__(self, client: redis.Redis, job_id: str):
-        self.events: list = []
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(keys.events(job_id))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="event-log", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                message = self._pubsub.get_message(timeout=0.1)
-            except (redis.RedisError, OSError, ValueError):
-                return
-            if message:
-                self.events.append(json.loads(message["data"]))
-
-    def close(self) -> list:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._pubsub.close()
-        return self.events
-
-    def statuses(self) -> list:
-        return [(e.get("status"), e.get("worker"), e.get("attempt")) for e in self.events
-                if e.get("status") not in ("log", "progress")]

@@ -22,7 +22,7 @@ import redis
 
 import chaos_tasks
 import nbq_tasks
-from conftest import TESTS_DIR, WorkerProcess, wait_for
+from conftest import MODES, TESTS_DIR, wait_for, WorkerProcess
 from nbqueue import Group, Job, JobCanceled, JobFailed, Queue
 from nbqueue.info import render, snapshot
 from nbqueue.watcher import Watcher
@@ -40,7 +40,6 @@ ACL_RULES = (
     "+publish +subscribe +unsubscribe +psubscribe +punsubscribe"
 ).split()
 OLD_SERVER_LACKS = "+client|setinfo"  # Redis < 7.2 has no CLIENT SETINFO (and redis-py then sends none)
-MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 
 
 def create_user(admin: redis.Redis) -> list:

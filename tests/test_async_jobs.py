@@ -7,14 +7,11 @@ import os
 import pytest
 
 import async_tasks
-from conftest import wait_for
+from conftest import MODES, wait_for
 from nbqueue import JobFailed, Queue
 
-MODES = [[], ["--inline"]]
-MODE_IDS = ["fork", "inline"]
 
-
-@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode", MODES)
 def test_an_async_def_job_runs_with_its_job_context_output_and_progress(redis_client, start_worker, mode):
     start_worker("aq", *mode)
     q = Queue("aq", redis_client)
@@ -70,7 +67,7 @@ def test_an_async_job_that_swallows_cancel_is_still_stopped(redis_client, start_
     assert q.enqueue(async_tasks.add, 1, 2).result(timeout=20) == 3
 
 
-@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode", MODES)
 def test_tasks_an_async_job_leaves_behind_are_canceled_when_it_ends(redis_client, start_worker, tmp_path, mode):
     start_worker("aleft", *mode)
     flag = str(tmp_path / "flag")

@@ -18,10 +18,10 @@ from pathlib import Path
 import redis
 
 import chaos_tasks
-from conftest import wait_for
+from conftest import Events, children, pid_alive, wait_for
 from nbqueue import Job, Queue
 from nbqueue.serialization import loads_result
-from servers import EventLog, pid_alive, tolerant
+from servers import tolerant
 from nbqueue import keys
 
 RERUN_BOUND = 10.0  # seconds from a worker's death to the re-run's start (LEASE + HEARTBEAT + slack)
@@ -80,7 +80,7 @@ def test_a_frozen_inline_worker_cannot_overwrite_the_rerun(start_worker, redis_c
     wait_for(lambda: _runs(flags), 10, message="A's run to start")
     assert _runs(flags) == [a.pid] and _holder(redis_client, job) == "fence-A"
     b = start_worker("fence", "--inline", "--name", "fence-B")
-    events = EventLog(redis_client, job.id)
+    events = Events.listen(redis_client, job.id)
     key = keys.job(job.id)
 
     a.signal(signal.SIGSTOP)
@@ -226,7 +226,7 @@ class Killer(threading.Thread):
                 live = [w for w in self.workers if w.proc.poll() is None]
                 if live:
                     victim = self.rng.choice(live)
-                    busy = _has_children(victim.pid)
+                    busy = bool(children(victim.pid))
                     victim.signal(signal.SIGKILL)
                     victim.wait(timeout=10)
                     self.kills += 1
@@ -234,17 +234,6 @@ class Killer(threading.Thread):
                 self.workers.append(self.spawn_worker(*self.args))
         except BaseException as exc:  # reported by the test
             self.error = exc
-
-
-def _has_children(pid: int) -> bool:
-    """Whether any thread of ``pid`` has a child (a worker slot forks the job's child)."""
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            if children.read_text().split():
-                return True
-        except OSError:
-            pass
-    return False
 
 
 def _until(predicate, seconds: float) -> bool:

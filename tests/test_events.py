@@ -4,20 +4,18 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-import threading
 import time
 import warnings
 
 import pytest
 from nbqueue import keys
 
-from conftest import every_node, wait_for
+from conftest import MODES, Events, every_node, wait_for
 from nbqueue import Group, Job, JobFailed, Queue, progress
 from nbqueue.events import LOG_MAX_LINE, LOG_MAX_LINES
 from nbqueue.keys import log as log_key
 from nbqueue.watcher import SYNC, Watcher
 
-MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 
 TASKS = '''\
 import logging, sys, threading, time
@@ -62,26 +60,10 @@ def ev_tasks(tmp_path, monkeypatch):
     return importlib.import_module("ev_tasks")
 
 
-class Recorder:
-    """Collects a watcher's events (called on the watcher thread)."""
-
-    def __init__(self):
-        self.events: list = []
-        self.lock = threading.Lock()
-
-    def __call__(self, event: dict) -> None:
-        with self.lock:
-            self.events.append(event)
-
-    def of(self, status: str) -> list:
-        with self.lock:
-            return [e for e in self.events if e.get("status") == status]
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_progress_and_output_reach_watcher_and_logs(start_worker, redis_client, ev_tasks, tmp_path, mode):
     worker = start_worker("ev", *mode, cwd=tmp_path)
-    watcher, seen = Watcher(redis_client), Recorder()
+    watcher, seen = Watcher(redis_client), Events()
     sub = watcher.watch([keys.ref("j1", keys.tag("ev"))], seen)
     wait_for(lambda: seen.of(SYNC), 5, message="the subscription is live")
     job = Queue("ev", redis_client).enqueue_call(ev_tasks.chatty, (500, 0.3), job_id="j1")
@@ -153,7 +135,7 @@ def test_progress_outside_a_job_warns():
 
 
 def test_watcher_thread_stops_when_nothing_is_watched_and_sees_all_jobs(redis_client, ev_tasks):
-    watcher, every, one = Watcher(redis_client), Recorder(), Recorder()
+    watcher, every, one = Watcher(redis_client), Events(), Events()
     all_sub = watcher.watch(on_event=every, all_jobs=True)
     a, b = (keys.ref(i, keys.tag("ev")) for i in "ab")  # chosen ids: their refs are what watchers see
     one_sub = watcher.watch([a], one)
@@ -168,14 +150,14 @@ def test_watcher_thread_stops_when_nothing_is_watched_and_sees_all_jobs(redis_cl
     assert watcher.running
     all_sub.close()
     wait_for(lambda: not watcher.running, 5, message="the watcher thread to end")
-    again = Recorder()
+    again = Events()
     sub = watcher.watch([b], again)  # starts a new thread on demand
     wait_for(lambda: again.of(SYNC), 5, message="a new thread")
     sub.close()
 
 
 def test_watcher_survives_a_reconnect_and_resyncs(redis_client, ev_tasks):
-    watcher, seen, ticks = Watcher(redis_client), Recorder(), []
+    watcher, seen, ticks = Watcher(redis_client), Events(), []
     sub = watcher.watch([keys.ref("r", keys.tag("ev"))], seen, on_tick=lambda: ticks.append(time.monotonic()))
     wait_for(lambda: seen.of(SYNC), 5, message="subscribed")
     killed = sum(node.client_kill_filter(_type="pubsub") for node in every_node(redis_client))
@@ -216,7 +198,7 @@ def test_writes_of_an_attempt_that_no_longer_holds_the_job_are_refused(redis_cli
 
 
 def test_catch_up_returns_once_earlier_events_are_handled(redis_client):
-    watcher, seen, ticks = Watcher(redis_client), Recorder(), []
+    watcher, seen, ticks = Watcher(redis_client), Events(), []
     assert watcher.catch_up(0.1)  # nothing watched: nothing to wait for
     c = keys.new_id("q")
     sub = watcher.watch([c], seen, on_tick=lambda: ticks.append(1))
@@ -230,7 +212,7 @@ def test_catch_up_returns_once_earlier_events_are_handled(redis_client):
 
 
 def test_a_new_watcher_of_an_already_subscribed_job_gets_its_sync(redis_client):
-    watcher, first, second = Watcher(redis_client), Recorder(), Recorder()
+    watcher, first, second = Watcher(redis_client), Events(), Events()
     s = keys.new_id("ev")
     sub1 = watcher.watch([s], first)
     wait_for(lambda: first.of(SYNC), 5, message="the first subscription")

@@ -11,12 +11,9 @@ import signal
 import pytest
 
 import flow_tasks as t
-from conftest import wait_for
+from conftest import MODES, wait_for
 from nbqueue import EnqueueError, Group, Job, JobFailed, Queue, keys
 from nbqueue.job import DEFERRED
-
-MODES = [[], ["--inline"]]
-MODE_IDS = ["fork", "inline"]
 
 
 def deferred_left(client) -> list:
@@ -25,7 +22,7 @@ def deferred_left(client) -> list:
     return [k.decode().split(":", 3)[3] for k in found if client.hget(k, "status") == DEFERRED.encode()]
 
 
-@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode", MODES)
 def test_a_three_step_chain_runs_in_order_each_step_taking_the_last_result(redis_client, start_worker, mode):
     q = Queue("fl", redis_client)
     a = q.enqueue(t.load, 5)
@@ -43,7 +40,7 @@ def test_a_three_step_chain_runs_in_order_each_step_taking_the_last_result(redis
     assert deferred_left(redis_client) == []
 
 
-@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode", MODES)
 def test_a_group_argument_passes_the_list_of_results_and_nesting_works(redis_client, start_worker, mode):
     start_worker("fl", *mode)
     q = Queue("fl", redis_client)
@@ -67,7 +64,7 @@ def test_a_job_too_deep_in_the_arguments_is_refused_clearly(redis_client):
     assert q.job_ids == [a.id]
 
 
-@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode", MODES)
 def test_a_failing_dependency_fails_its_dependents_down_the_chain_unless_they_allow_failure(
         redis_client, start_worker, mode):
     q = Queue("fl", redis_client)
@@ -312,7 +309,7 @@ def test_many_dependents_in_several_script_calls_and_queue_empty(redis_client):
     assert deferred_left(redis_client) == []
 
 
-@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode", MODES)
 def test_dependents_enqueued_while_the_dependency_runs_are_released(redis_client, start_worker, mode):
     """The worker took the job with no dependents: its first finish call is told they changed
     (nothing written), reads them and records the end again, releasing them in the same step."""

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 import hostile_tasks as ht
-from conftest import TESTS_DIR, wait_for
+from conftest import TESTS_DIR, children, pid_alive, proc_stat, wait_for
 from nbqueue import EnqueueError, Job, JobCanceled, JobFailed, Queue
 from nbqueue import keys
 
@@ -151,19 +151,6 @@ def client(redis_url):
 
 
 # --- what the checks read in /proc ------------------------------------------------------------------
-def _stat(pid: int) -> Optional[list]:
-    """Fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session, ...)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"
-
 
 def strays(record: Path, worker: int) -> list:
     """Processes the job made that still run: its recorded pids (but the inline worker's own), and
@@ -171,26 +158,16 @@ def strays(record: Path, worker: int) -> list:
     if not record.exists():
         return []
     notes = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
-    left = [f"pid {n['pid']}" for n in notes if n["pid"] != worker and _alive(n["pid"])]
+    left = [f"pid {n['pid']}" for n in notes if n["pid"] != worker and pid_alive(n["pid"])]
     ours = {os.getpgrp(), os.getsid(0)}
     groups = {n["pgid"] for n in notes} - ours
     sessions = {n["sid"] for n in notes} - ours
     if groups or sessions:
         for name in os.listdir("/proc"):
-            stat = _stat(int(name)) if name.isdigit() else None
+            stat = proc_stat(int(name)) if name.isdigit() else None
             if stat and stat[0] != "Z" and (int(stat[2]) in groups or int(stat[3]) in sessions):
                 left.append(f"pid {name} (group {stat[2]}, session {stat[3]})")
     return left
-
-
-def children(pid: int) -> list:
-    kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            kids += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-        except OSError:
-            pass
-    return kids
 
 
 # --- the corpus -------------------------------------------------------------------------------------

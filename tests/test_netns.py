@@ -23,9 +23,9 @@ from typing import Iterator
 import pytest
 
 import chaos_tasks
-from conftest import TESTS_DIR, WorkerProcess, wait_for
+from conftest import TESTS_DIR, Events, WorkerProcess, pid_alive, wait_for
 from nbqueue import Queue
-from servers import EventLog, PrivateRedis, pid_alive
+from servers import PrivateRedis
 from nbqueue import keys
 
 DISCARDED = re.compile(r"lost the job's lease .*its outcome is discarded|not recording the outcome: "
@@ -133,7 +133,7 @@ def test_a_cut_off_worker_is_replaced_and_its_late_outcome_refused(link, tmp_pat
             b = WorkerProcess(["net", "--url", server.url, "--name", "net-B"], TESTS_DIR, tmp_path / "worker-B.log")
             workers.append(b)
             b.wait_ready()
-            events = EventLog(client, job.id)
+            events = Events.listen(client, job.id)
 
             link.cut()
             cut_at = time.time()

@@ -16,6 +16,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import nbq_tasks
+from conftest import MODES
 from nbqueue import Call, EnqueueError, JobFailed, Options, Queue
 from nbqueue.queue import MAX_DELAY, MAX_RETRIES, MAX_RETRY_DELAY, MAX_TIMEOUT, MAX_TTL
 from nbqueue import keys
@@ -25,7 +26,6 @@ try:
 except ImportError:  # pragma: no cover - numpy is in the test extras
     np = None
 
-MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 NAN, INF = float("nan"), float("inf")
 
 

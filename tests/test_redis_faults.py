@@ -15,7 +15,7 @@ import redis
 
 import chaos_tasks
 import nbq_tasks
-from conftest import wait_for
+from conftest import InThread, wait_for
 from nbqueue import Group, Job, Queue, keys
 from nbqueue.connection import client_for, connect
 from nbqueue.job import TERMINAL
@@ -34,21 +34,6 @@ def _statuses(client: redis.Redis, ids: list) -> list:
         for job_id in ids:
             pipe.hget(keys.job(job_id), "status")
         return [(s or b"").decode() or "missing" for s in pipe.execute()]
-
-
-class _Waiting(threading.Thread):
-    """A client blocked in ``call()`` (e.g. ``job.result(timeout=120)``) in a thread."""
-
-    def __init__(self, call):
-        super().__init__(daemon=True)
-        self.call, self.value, self.error = call, None, None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.value = self.call()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
 
 
 def _kill_and_restart(server: PrivateRedis, while_down) -> float:
@@ -116,9 +101,9 @@ def test_redis_killed_under_workers_and_blocked_clients_loses_nothing(private_re
     fork = spawn_worker("killed", "--url", private_redis.url, "-c", "2").wait_ready()
     inline = spawn_worker("killed", "--inline", "--url", private_redis.url).wait_ready()
     with caplog.at_level(logging.WARNING, logger="nbqueue"):
-        one = _Waiting(lambda: jobs[-1].result(timeout=120))
-        blocked = _Waiting(lambda: slow.result(timeout=120))
-        group = _Waiting(lambda: Group(jobs).results(timeout=120))
+        one = InThread(lambda: jobs[-1].result(timeout=120))
+        blocked = InThread(lambda: slow.result(timeout=120))
+        group = InThread(lambda: Group(jobs).results(timeout=120))
         wait_for(lambda: (tmp_path / "slow-started").exists(), 60, message="the slow job to start")
         wait_for(lambda: sum(_executions(executions).values()) >= 20, 60, message="some jobs to run")
         assert one.is_alive() and group.is_alive(), "the jobs ran out before Redis was killed"
@@ -151,7 +136,7 @@ def test_a_blocked_result_times_out_in_time_while_redis_is_away(private_redis, c
     client = redis.Redis.from_url(private_redis.url)
     job = Queue("away", client).enqueue(nbq_tasks.add, 1, 2)  # no worker: it stays queued
     with caplog.at_level(logging.WARNING, logger="nbqueue"):
-        waiting = _Waiting(lambda: job.result(timeout=6))
+        waiting = InThread(lambda: job.result(timeout=6))
         wait_for(lambda: client.pubsub_numsub(keys.events(job.id))[0][1] == 1, 30, message="the client to subscribe")
         private_redis.kill()
         began = time.monotonic()
@@ -197,7 +182,7 @@ def test_sentinel_failover_while_jobs_run(tmp_path, spawn_worker):
         try:
             wait_for(lambda: len(acked) >= FAILOVER_JOBS_BEFORE, 60, message="jobs enqueued before the kill")
             first = dict(list(acked.items())[:FAILOVER_JOBS_BEFORE])
-            group = _Waiting(lambda: Group([Job(i, client) for i in first.values()] + [gated]).results(timeout=120))
+            group = InThread(lambda: Group([Job(i, client) for i in first.values()] + [gated]).results(timeout=120))
             wait_for(lambda: sum(_executions(executions).values()) >= 50, 60, message="jobs running")
             at_kill = len(acked)
             began = time.monotonic()

@@ -10,58 +10,15 @@ import threading
 import pytest
 
 import nbq_tasks
-from conftest import numsub, wait_for
+from conftest import MODES, numsub, wait_for
 from nbqueue import Job, JobCanceled, JobFailed, Queue
 from nbqueue.heartbeat import LEASE
 from nbqueue import keys
-
-MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 
 
 @pytest.fixture
 def q(redis_client):
     return Queue("low", redis_client)
-
-
-class Events:
-    """Collects the events of every job, from a listening thread."""
-
-    def __init__(self, client):
-        self.seen: list = []
-        self._stop = threading.Event()
-        pubsub = client.pubsub()
-        pubsub.psubscribe(keys.EVENTS_PATTERN)
-        confirmed = pubsub.get_message(timeout=10)  # listening for sure before the test goes on
-        assert confirmed and confirmed["type"] == "psubscribe", confirmed
-        pubsub.ignore_subscribe_messages = True
-        self._thread = threading.Thread(target=self._listen, args=(pubsub,), daemon=True)
-        self._thread.start()
-
-    def _listen(self, pubsub) -> None:
-        with pubsub:
-            while not self._stop.is_set():
-                message = pubsub.get_message(timeout=0.05)
-                if message:
-                    self.seen.append(json.loads(message["data"]))
-
-    def of(self, job_id: str) -> list:
-        return [e for e in list(self.seen) if e["id"] == job_id]
-
-    def wait_for(self, job_id: str, predicate, message: str, timeout: float = 10) -> list:
-        """Wait until ``predicate`` holds for the job's events (they arrive from another thread)."""
-        wait_for(lambda: predicate(self.of(job_id)), timeout, message=f"{message}; events: {self.of(job_id)}")
-        return self.of(job_id)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-@pytest.fixture
-def events(redis_client):
-    collector = Events(redis_client)
-    yield collector
-    collector.close()
 
 
 def test_inline_timeout_stops_the_job(start_worker, q):

@@ -13,14 +13,13 @@ import pytest
 from redis.cluster import RedisCluster
 
 import nbq_tasks
-from conftest import wait_for
+from conftest import MODES, wait_for
 from nbqueue import Job, Queue, signing
 from nbqueue.job import SUMMARY, SUMMARY_SIG
 from nbqueue.notebook.state import JobState
 from nbqueue.summary import MAX_BYTES, REPR_MAX, human, needed, parse, summarise
 from nbqueue import keys
 
-MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 MB50 = 50_000_000
 
 

@@ -20,13 +20,12 @@ import pytest
 import redis
 
 import nbq_tasks
-from conftest import TESTS_DIR, WorkerProcess
+from conftest import MODES, TESTS_DIR, WorkerProcess
 from nbqueue import Job, JobFailed, Options, Queue, signing
 from nbqueue.errors import SecretError, SignatureError
 from nbqueue.server import EmbeddedServer
 from nbqueue import keys
 
-MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 MISMATCH = "SignatureError: signature does not match"
 UNSIGNED = "SignatureError: unsigned job refused"
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import threading
 import time
+import uuid
 
 import pytest
 from nbqueue import keys
+import redis
 
 import nbq_tasks
 import nbqueue
-from conftest import cell_values, wait_for
+from conftest import InThread, cell_values, wait_for
 from nbqueue import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Group, JobCanceled, JobFailed, NoSuchGroup,
-                     Queue, ResultTimeout)
+                     Queue, ResultTimeout, as_completed, keys, wait)
+from nbqueue.info import watch_events
 
 
 def test_await_a_job_and_a_group_without_blocking_the_loop(redis_client, start_worker):
@@ -145,3 +151,127 @@ def test_top_level_await_in_a_notebook_cell(redis_client, start_worker, tmp_path
              "import asyncio\nawait asyncio.gather(q.enqueue(nbq_tasks.add, 1, 1), q.map(nbq_tasks.echo, [7]))"]
     results = cell_values(cells)
     assert results[1:] == [["42"], ["[]"], ["[2, [((7,), {})]]"]], results
+
+
+# --- one listening mechanism per process (issue 11, part 5) ---------------------------------------
+def _subscribers(admin, name: str) -> list:
+    """The pub/sub connections named ``name`` on the server (CLIENT LIST)."""
+    return [c for c in admin.client_list() if c.get("name") == name and int(c["sub"]) + int(c["psub"]) > 0]
+
+
+def _waits(client, jobs: list, seen_events: list, watch_too: bool = True) -> list:
+    """Every kind of wait at once, each in its thread: result() per job, Group.results,
+    as_completed, wait, and (``watch_too``) ``nbqueue info --watch``'s event lines."""
+    n = len(jobs)
+
+    def watch() -> int:
+        for line in watch_events(client):
+            seen_events.append(line)
+            if sum(" finished" in x for x in seen_events) >= n:
+                return n
+        return 0
+
+    return ([InThread(lambda j=j: j.result(timeout=90)) for j in jobs]
+            + [InThread(lambda: Group(jobs).results(timeout=90)),
+               InThread(lambda: [j.id for j in as_completed(jobs, timeout=90)]),
+               InThread(lambda: len(wait(jobs, timeout=90).done))]
+            + ([InThread(watch)] if watch_too else []))
+
+
+def _check(waits: list, jobs: list) -> None:
+    for waiting in waits:
+        waiting.join(timeout=90)
+        assert not waiting.is_alive() and waiting.error is None, waiting.error
+    n = len(jobs)
+    assert [w.value for w in waits[:n]] == [2 * i for i in range(n)]
+    assert waits[n].value == [2 * i for i in range(n)]
+    assert sorted(waits[n + 1].value) == sorted(j.id for j in jobs)
+    assert waits[n + 2].value == n and all(w.value == n for w in waits[n + 3:])  # wait, info --watch
+
+
+def test_concurrent_waits_of_one_process_share_one_pubsub_connection(private_redis, spawn_worker):
+    name = "waits-" + uuid.uuid4().hex[:8]
+    client = redis.Redis.from_url(private_redis.url, client_name=name)
+    admin = private_redis.client()
+    q = Queue("shared", client)
+    n = 20
+    jobs = q.enqueue_many([(nbq_tasks.add, (i, i)) for i in range(n)])  # no worker yet: they all wait
+    events: list = []
+    waits = _waits(client, jobs, events)
+    channels = [keys.events(j.id) for j in jobs]
+    wait_for(lambda: all(c >= 1 for _, c in admin.pubsub_numsub(*channels)) and admin.pubsub_numpat() >= 1, 30,
+             message="every wait to listen")
+    assert [c for _, c in admin.pubsub_numsub(*channels)] == [1] * n and admin.pubsub_numpat() == 1
+    listening = _subscribers(admin, name)
+    assert len(listening) == 1, listening  # 20 result() waits, a group, as_completed, wait, info --watch
+    assert int(listening[0]["sub"]) == n + 1  # the jobs' channels (each once) and the watcher's wake channel
+    spawn_worker("shared", "--url", private_redis.url, "--inline", "-c", "4").wait_ready()
+    _check(waits, jobs)
+    assert len({line.split()[1] for line in events if " finished" in line}) == n
+    wait_for(lambda: not _subscribers(admin, name), 10, message="the watcher to let its connection go")
+
+
+def test_waits_end_when_redis_restarts_mid_wait(private_redis, spawn_worker, caplog):
+    """(``info --watch`` is not among them: it ends in one line when Redis can't be reached, test_cli.)"""
+    name = "restart-" + uuid.uuid4().hex[:8]
+    client = redis.Redis.from_url(private_redis.url, client_name=name)
+    admin = private_redis.client()
+    jobs = Queue("restart", client).enqueue_many([(nbq_tasks.add, (i, i)) for i in range(10)])
+    events: list = []
+    with caplog.at_level(logging.WARNING, logger="nbqueue"):
+        waits = _waits(client, jobs, events, watch_too=False)
+        wait_for(lambda: len(_subscribers(admin, name)) == 1, 30,
+                 message="every wait to listen")
+
+        def noticed() -> None:  # Redis away long enough for the waits to see it
+            wait_for(lambda: "lost Redis while waiting" in caplog.text, 30, message="a wait to notice")
+
+        private_redis.restart(while_down=noticed)  # the jobs come back from the append-only file
+        admin = private_redis.client()
+        wait_for(lambda: len(_subscribers(admin, name)) == 1, 30, message="the watcher to subscribe again")
+        spawn_worker("restart", "--url", private_redis.url, "--inline").wait_ready()
+        _check(waits, jobs)
+    assert all(not w.is_alive() for w in waits)
+
+
+def test_waits_see_jobs_that_ended_while_the_watcher_was_cut_off(redis_client, start_worker):
+    """The watcher's connection is killed over and over while jobs end (their events are lost):
+    every wait still ends, from the re-read each re-subscription brings."""
+    q = Queue("cutoff", redis_client)
+    jobs = q.enqueue_many([(nbq_tasks.sleep_then, (0.05 * (i % 5), 2 * i)) for i in range(15)])
+    events: list = []
+    waits = _waits(redis_client, jobs, events, watch_too=False)  # info --watch prints what it receives: lost is lost
+    start_worker("cutoff", "--inline", "-c", "3")
+    stop = threading.Event()
+
+    def cut() -> None:
+        while not stop.is_set():
+            redis_client.client_kill_filter(_type="pubsub", skipme=True)
+            time.sleep(0.05)
+
+    cutter = InThread(cut)
+    try:
+        for waiting in waits:
+            waiting.join(timeout=90)
+            assert not waiting.is_alive() and waiting.error is None, waiting.error
+    finally:
+        stop.set()
+        cutter.join(timeout=10)
+    assert [w.value for w in waits[:15]] == [2 * i for i in range(15)]
+
+
+def test_junk_and_lies_on_a_jobs_channel_do_not_end_its_wait(redis_client):
+    job = Queue("junk", redis_client).enqueue(nbq_tasks.add, 1, 2)  # no worker: it stays queued
+    waiting = InThread(lambda: job.result(timeout=3))
+    channel = keys.events(job.id)
+    wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 1, 10, message="the wait to listen")
+    for junk in [b"5", b"not json {", b"[]", b'{"id": 5}', b'{"status": "finished"}',
+                 json.dumps({"id": job.id, "status": "finished"}), json.dumps({"id": job.id, "status": ["x"]})]:
+        redis_client.publish(channel, junk)
+    waiting.join(timeout=30)
+    assert isinstance(waiting.error, ResultTimeout) and "is still queued" in str(waiting.error), waiting.error
+    redis_client.hset(keys.job(job.id), "status", "canceled")  # a real end is still seen at once
+    began = time.monotonic()
+    with pytest.raises(nbqueue.JobCanceled):
+        job.result(timeout=10)
+    assert time.monotonic() - began < 1

@@ -11,12 +11,10 @@ import time
 import pytest
 
 import nbq_tasks
-from conftest import TESTS_DIR, wait_for
+from conftest import children, MODES, TESTS_DIR, wait_for
 from nbqueue import Job, JobFailed, Queue, signing
 from nbqueue.worker import STOP_GRACE
 from nbqueue import keys
-
-MODES = [pytest.param([], id="fork"), pytest.param(["--inline"], id="inline")]
 
 
 def test_the_readme_flow(start_worker, tmp_path):
@@ -325,9 +323,7 @@ def test_fork_mode_leaks_no_descriptor_and_no_zombie(start_worker, redis_client)
         job = q.enqueue_call(func, args, **options)
         wait_for(lambda: job.status in ("finished", "failed"), 20, message="the job's end")
     wait_for(lambda: _pipes_and_pidfds(worker.pid) == before, 10, message="no pipe or pidfd left open")
-    kids = [c for t in os.listdir(f"/proc/{worker.pid}/task")
-            for c in open(f"/proc/{worker.pid}/task/{t}/children").read().split()]
-    assert kids == [], "a child left unreaped"
+    assert children(worker.pid) == [], "a child left unreaped"
 
 
 def _pipes_and_pidfds(pid: int) -> int:

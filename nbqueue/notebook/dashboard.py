@@ -20,12 +20,13 @@ from ..heartbeat import HEARTBEAT
 from ..info import WINDOW, rate_text, snapshot
 from ..info import render as render_text
 from ..schedule import schedules
+from ..schema import CHANGES, EXPIRED, FAILED, FINISHED, LOST, PROGRESS, STARTED, SYNC, TERMINAL
 from .state import COLORS, _float, clean_progress, duration, esc, number, short, status_badge
 from .widgets import LiveView, _html, _set
 
 _open: "weakref.WeakSet[Dashboard]" = weakref.WeakSet()
 _TABLE = 'style="border-collapse:collapse;font-size:12px;margin:2px 0 8px 0"'
-_STATES = ("deferred", "queued", "scheduled", "retrying", "started", "finished", "failed", "canceled")
+_STATES = CHANGES - {LOST}  # the events that move a job in "recent jobs"
 
 
 def _table(head: list, rows: list) -> str:
@@ -65,7 +66,7 @@ class Dashboard(LiveView):
         if not isinstance(event, dict):  # any JSON may come on a job's channel
             return False
         job_id, status = event.get("id"), event.get("status")
-        if status == "sync" or not job_id:
+        if status == SYNC or not job_id:
             self._stale = True
         elif status in _STATES:
             if not isinstance(job_id, str) or not keys.REF.fullmatch(job_id):
@@ -80,7 +81,7 @@ class Dashboard(LiveView):
             while len(self.recent) > self.RECENT:
                 self.recent.popitem(last=False)
             self._stale = True
-        elif status == "progress" and job_id in self.recent:
+        elif status == PROGRESS and job_id in self.recent:
             progress = clean_progress(event)
             if progress and progress["done"] is not None:
                 done, total = number(progress["done"]), progress["total"]
@@ -101,7 +102,7 @@ class Dashboard(LiveView):
         added = False
         for job_id, queue, t in snap.recent:
             entry = self.recent.get(job_id)
-            if entry is None or (entry["t"] < t - 1 and entry["status"] not in ("finished", "failed", "canceled")):
+            if entry is None or (entry["t"] < t - 1 and entry["status"] not in TERMINAL):
                 self.recent[job_id] = {"id": job_id, "status": "?", "t": t, "queue": queue, "worker": None}
                 self._funcs.pop(job_id, None)  # re-read: its status, worker and function
                 added = True
@@ -128,7 +129,7 @@ class Dashboard(LiveView):
                     entry["queue"] = entry.get("queue") or (queue or b"").decode(errors="replace") or None
                     entry["worker"] = entry.get("worker") or (worker or b"").decode(errors="replace") or None
                     if entry["status"] == "?":
-                        entry["status"] = status.decode(errors="replace") if status else "expired"
+                        entry["status"] = status.decode(errors="replace") if status else EXPIRED
             if len(self._funcs) > 10 * self.RECENT:  # a long-lived view: keep only what it shows
                 self._funcs = {i: self._funcs[i] for i in self.recent if i in self._funcs}
         _set(self.body, value=self.html())
@@ -141,8 +142,8 @@ class Dashboard(LiveView):
         queues = _table(["queue", "queued", "started", f"finished ({minutes})", f"failed ({minutes})",
                          f"canceled ({minutes})", "jobs/s (1 min)", "failed kept"], [
             [f"<code>{esc(q.name)}</code>" + ("" if q.name in served or not q.queued else
-                                              f' <span style="color:{COLORS["failed"]}">no live worker</span>'),
-             q.queued, q.started, _count(q.finished_recent, "finished"), _count(q.failed_recent, "failed"),
+                                              f' <span style="color:{COLORS[FAILED]}">no live worker</span>'),
+             q.queued, q.started, _count(q.finished_recent, FINISHED), _count(q.failed_recent, FAILED),
              q.canceled_recent, rate_text(q.rate) if q.rate else "–", q.failed] for q in snap.queues])
         workers = _table(["worker", "host", "mode", "queues", "running", "jobs done", "up", "heartbeat"], [
             [esc(wk.name), esc(wk.host), esc(wk.mode), esc(",".join(wk.queues)),
@@ -150,10 +151,10 @@ class Dashboard(LiveView):
                          for i, f, t in wk.jobs) or "idle",
              wk.done, duration(now - wk.started_at) if wk.started_at else "",
              (f"{wk.seen_ago:.1f} s ago" if wk.seen_ago <= 2 * HEARTBEAT else
-              f'<span style="color:{COLORS["started"]}">{wk.seen_ago:.1f} s ago</span>')] for wk in snap.workers])
+              f'<span style="color:{COLORS[STARTED]}">{wk.seen_ago:.1f} s ago</span>')] for wk in snap.workers])
         recent = _table(["job", "function", "queue", "status", "when", "worker"], [
             [f"<code>{esc(short(e['id'], 34))}</code>", esc(self._funcs.get(e["id"], "")), esc(e.get("queue") or ""),
-             status_badge(e["status"]) + (f" {esc(e['progress'])}" if e.get("progress") and e["status"] == "started" else ""),
+             status_badge(e["status"]) + (f" {esc(e['progress'])}" if e.get("progress") and e["status"] == STARTED else ""),
              f"{duration(now - e['t'])} ago", esc(e.get("worker") or "")]
             for e in reversed(self.recent.values())])
         return (f'<div class="nbq-dashboard-body"><b>Queues</b>{queues if snap.queues else "<div>(no queues yet)</div>"}'
@@ -175,8 +176,8 @@ class Dashboard(LiveView):
 
         rows = [[esc(sc.name), f"<code>{esc(sc.func.replace(':', '.'))}</code>", esc(sc.rule), f"<code>{esc(sc.queue)}</code>",
                  when(sc.next_run, True), when(sc.last_run, False),
-                 (f"<code>{esc(short(sc.last_job_id, 34))}</code> " + status_badge(sc.last_status or "expired")
-                  if sc.last_job_id else "–") + (f' <span style="color:{COLORS["failed"]}">{esc(short(sc.error, 120))}</span>'
+                 (f"<code>{esc(short(sc.last_job_id, 34))}</code> " + status_badge(sc.last_status or EXPIRED)
+                  if sc.last_job_id else "–") + (f' <span style="color:{COLORS[FAILED]}">{esc(short(sc.error, 120))}</span>'
                                                  if sc.error else "")]
                 for sc in self.schedules]
         table = _table(["schedule", "function", "rule", "queue", "next run", "last run", "last job"], rows)

@@ -17,15 +17,15 @@ import redis
 
 from .. import keys
 from ..info import served_queues
-from ..job import CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, SUMMARY, SUMMARY_SIG, Job
+from ..job import Job
+from ..schema import (CANCELED, DEFERRED, EXPIRED, FAILED, FINISHED, LOG, ORDER, PROGRESS, QUEUED, RETRYING,
+                      SCHEDULED, STARTED, SUMMARY, SUMMARY_SIG, SYNC, TERMINAL, VIEW_FIELDS)
 from . import results
 
 COLORS = {DEFERRED: "#9467bd", QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
-          CANCELED: "#7f7f7f", "expired": "#7f7f7f", "?": "#7f7f7f"}
+          CANCELED: "#7f7f7f", EXPIRED: "#7f7f7f", "?": "#7f7f7f"}
 TAIL = 30  # output lines a widget shows (job.logs() has them all)
 LINE_MAX = 4000  # characters of one output line a widget shows
-_FIELDS = ("status", "queue", "worker", "attempt", "enqueued_at", "started_at", "ended_at", "progress", "exc", "error",
-           SUMMARY, SUMMARY_SIG)
 FETCH_MAX = 64 * 1024  # bytes: a result without a usable summary is fetched to be shown only up to this size
 _PRE = "margin:2px 0;padding:4px 6px;font-size:12px;white-space:pre-wrap;max-height:14em;overflow:auto"
 # the output tail: a box that scrolls, showing its bottom (the newest line) with no script
@@ -145,13 +145,13 @@ class JobState:
     def load(self, job: Job) -> None:
         """Read the whole state (one round trip, plus the result of a finished job)."""
         with job.connection.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.job(self.id), *_FIELDS)
+            pipe.hmget(keys.job(self.id), *VIEW_FIELDS)
             pipe.lrange(keys.log(self.id), -TAIL, -1)
             values, lines = pipe.execute()
-        raw = dict(zip(_FIELDS, values))
+        raw = dict(zip(VIEW_FIELDS, values))
         f = {k: v.decode(errors="replace") if v is not None else None for k, v in raw.items()}
         if f["status"] is None:
-            self.status = "expired"
+            self.status = EXPIRED
             return
         self.status, self.queue, self.worker = f["status"], f["queue"], f["worker"]
         attempt = int(_float(f["attempt"]) or 0)
@@ -190,9 +190,9 @@ class JobState:
         """A progress or log event (from any job: checked), applied without a Redis read."""
         if not isinstance(event, dict):
             return
-        if event.get("status") == "progress":
+        if event.get("status") == PROGRESS:
             self._set_progress(clean_progress(event))
-        elif event.get("status") == "log":
+        elif event.get("status") == LOG:
             lines = event.get("lines")
             if isinstance(lines, list):
                 self.lines.extend(short(str(line), LINE_MAX) for line in lines[-TAIL:])
@@ -347,7 +347,7 @@ class JobState:
 class GroupState:
     """Many jobs as one: statuses, times, the first failure (in the group's order)."""
 
-    ORDER = (DEFERRED, QUEUED, SCHEDULED, STARTED, FINISHED, FAILED, CANCELED, "expired", "?")
+    ORDER = (*ORDER, EXPIRED, "?")
 
     def __init__(self, ids: list, call: str):
         self.ids, self.call = ids, call
@@ -375,7 +375,7 @@ class GroupState:
             replies = pipe.execute()
         changed = False
         for job_id, (status, started, ended, enqueued, queue) in zip(ids, replies):
-            new = status.decode(errors="replace") if status else "expired"
+            new = status.decode(errors="replace") if status else EXPIRED
             changed = changed or new != self.status[job_id]
             self._set(job_id, new, _float(started), _float(ended))
             enqueued = _float(enqueued)
@@ -395,14 +395,14 @@ class GroupState:
         job_id, status = event.get("id"), event.get("status")
         if not isinstance(job_id, str) or job_id not in self.index:
             return
-        if status == "sync":
+        if status == SYNC:
             self.pending.add(job_id)
-        elif status == "retrying":  # failed, a retry is scheduled
+        elif status == RETRYING:  # failed, a retry is scheduled
             self._set(job_id, SCHEDULED, None, None)
         elif isinstance(status, str) and status in COLORS:
             t = _float(event.get("t"))
             self._set(job_id, status, t if status == STARTED else None,
-                      t if status in (FINISHED, FAILED, CANCELED) else None)
+                      t if status in TERMINAL else None)
 
     def _set(self, job_id: str, status: str, started: Optional[float], ended: Optional[float]) -> None:
         old = self.status[job_id]
@@ -447,7 +447,7 @@ class GroupState:
 
     def done_count(self) -> int:
         c = self.counts()
-        return c[FINISHED] + c[FAILED] + c[CANCELED] + c["expired"]
+        return sum(c[s] for s in TERMINAL) + c[EXPIRED]
 
     def all_done(self) -> bool:
         return self.done_count() == len(self.ids)
@@ -506,7 +506,7 @@ class GroupState:
         """A static bar, one segment per ended status, and the progress text."""
         c, total = self.counts(), max(len(self.ids), 1)
         segments = "".join(f'<span style="display:inline-block;height:100%;width:{100 * c[st] / total:.2f}%;'
-                           f'background:{COLORS[st]}"></span>' for st in (FINISHED, FAILED, CANCELED, "expired") if c[st])
+                           f'background:{COLORS[st]}"></span>' for st in (FINISHED, FAILED, CANCELED, EXPIRED) if c[st])
         bar = (f'<span style="display:inline-flex;width:40%;height:.8em;background:rgba(127,127,127,.2);'
                f'vertical-align:middle;margin-right:6px">{segments}</span>')
         return f'<div>{bar}<span class="nbq-group-progress">{esc(self.progress_text())}</span></div>'

@@ -16,7 +16,8 @@ import ipywidgets as w
 from ..errors import InvalidTransition, NbqueueError
 from ..watcher import get_watcher
 from ..group import Group
-from ..job import CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
+from ..job import Job
+from ..schema import CANCELED, DEFERRED, EXPIRED, FAILED, FINISHED, LOG, PROGRESS, QUEUED, SCHEDULED, STARTED, TERMINAL
 from . import kernel
 from .state import COLORS, GroupState, JobState, esc
 
@@ -315,7 +316,7 @@ class JobWidget(LiveView):
     def apply(self, event: dict) -> bool:
         if not isinstance(event, dict):  # any JSON may come on a job's channel
             return False
-        if event.get("status") in ("progress", "log"):
+        if event.get("status") in (PROGRESS, LOG):
             self.state.apply(event)
             return False
         self.state.load(self.job)  # a change of state, or a sync: one round trip reads it all
@@ -332,10 +333,10 @@ class JobWidget(LiveView):
         return status == STARTED and time.monotonic() - self._last >= CLOCK_STARTED
 
     def done(self) -> bool:
-        return self.state.status in TERMINAL or self.state.status == "expired"
+        return self.state.status in TERMINAL or self.state.status == EXPIRED
 
     def settled(self) -> bool:
-        return self.state.status in (FINISHED, "expired")  # a failed or canceled one may be requeued
+        return self.state.status in (FINISHED, EXPIRED)  # a failed or canceled one may be requeued
 
     def render(self) -> None:
         s = self.state
@@ -352,7 +353,7 @@ class JobWidget(LiveView):
         _set(self.outcome, value=s.outcome_html())
         _show(self.outcome, bool(s.result is not None or s.error))
         _show(self.cancel_button, s.status in (DEFERRED, QUEUED, SCHEDULED, STARTED))
-        _show(self.requeue_button, s.status in (FAILED, "canceled"))
+        _show(self.requeue_button, s.status in (FAILED, CANCELED))
         _set(self.note, value=f"<span style='color:{COLORS[FAILED]}'>{esc(s.note)}</span>" if s.note else "")
 
     def html(self) -> str:
