@@ -183,13 +183,34 @@ def strays(record: Path, worker: int) -> list:
 
 
 def children(pid: int) -> list:
+    """The worker's child processes, its fork server and keeper left out but their children in."""
     kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for task in tasks:
         try:
             kids += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
         except OSError:
             pass
-    return kids
+    found = []
+    for kid in kids:
+        if _comm(int(kid)) in FORK_SERVER:
+            found += children(int(kid))
+        else:
+            found.append(kid)
+    return found
+
+
+FORK_SERVER = ("nbqueue-keeper", "nbqueue-forks")  # what the fork server's processes call themselves
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 # --- the corpus -------------------------------------------------------------------------------------

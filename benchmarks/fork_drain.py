@@ -1,0 +1,87 @@
+"""Fork-per-job drain against a bare fork+waitpid, in one run, on one private server.
+
+    python benchmarks/fork_drain.py [--jobs 300] [--repeat 3] [--unix] [--cli]
+
+Each repeat: N bare ``fork(); _exit(0)`` + ``waitpid`` in this process, then N ``noop`` jobs
+drained by a fork-mode ``Worker(burst=True)`` run in this process's main thread (as the
+benchmark's fork row does), and with ``--cli`` by an ``nbqueue worker --burst`` subprocess (timed
+from its first job's start to its exit, so its start-up is not counted). Prints medians in jobs/s.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+import nbqueue  # noqa: E402
+from benchmarks import tasks  # noqa: E402
+from benchmarks.harness import ROOT, Server, connect  # noqa: E402
+
+QUEUE = "forkbench"
+
+
+def bare(n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    return n / (time.perf_counter() - t)
+
+
+def drain(conn, n: int) -> float:
+    conn.flushall()
+    nbqueue.Queue(QUEUE, conn).enqueue_many([(tasks.noop, ()) for _ in range(n)])
+    worker = nbqueue.Worker([QUEUE], conn, burst=True)
+    t = time.perf_counter()
+    ran = worker.work()
+    seconds = time.perf_counter() - t
+    assert ran == n, f"ran {ran} of {n}"
+    return n / seconds
+
+
+def drain_cli(conn, url: str, n: int) -> float:
+    conn.flushall()
+    jobs = nbqueue.Queue(QUEUE, conn).enqueue_many([(tasks.stamp, ()) for _ in range(n)])
+    proc = subprocess.run([sys.executable, "-m", "nbqueue.cli", "worker", QUEUE, "--burst", "--url", url, "-q"],
+                          cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    end = time.time()
+    assert proc.returncode == 0, proc.stderr
+    starts = [job.result(timeout=10) for job in jobs[:1]]
+    return (n - 1) / (end - starts[0]) if end > starts[0] else float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--jobs", type=int, default=300)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--unix", action="store_true")
+    p.add_argument("--cli", action="store_true")
+    args = p.parse_args()
+    logging.getLogger("nbqueue").setLevel(logging.WARNING)
+    results: dict = {"bare fork+waitpid": [], "fork-mode drain": []}
+    if args.cli:
+        results["nbqueue worker --burst"] = []
+    with Server(nbqueue.server.find_binary(), unix=args.unix) as server:
+        conn = connect(server.url)
+        for _ in range(args.repeat):
+            results["bare fork+waitpid"].append(bare(args.jobs))
+            results["fork-mode drain"].append(drain(conn, args.jobs))
+            if args.cli:
+                results["nbqueue worker --burst"].append(drain_cli(conn, server.url, args.jobs))
+    floor = statistics.median(results["bare fork+waitpid"])
+    for name, rates in results.items():
+        med = statistics.median(rates)
+        print(f"{name:28s} {med:8.1f}/s  ({', '.join(f'{r:.0f}' for r in rates)})  {med / floor:5.0%} of bare")
+
+
+if __name__ == "__main__":
+    main()

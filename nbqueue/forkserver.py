@@ -1,0 +1,375 @@
+"""The fork server: a fork-mode worker's jobs are forked from a process that runs one thread.
+
+A worker runs threads (its slots, the heartbeat), and forking such a process is unsafe (the child
+inherits a lock another thread held at that moment, and never sees it released); Python 3.12+
+warns about it (``DeprecationWarning``). So at the start of ``work()``, while it still has one
+thread, the worker forks a *keeper*; the keeper forks the *server*, and a new server whenever the
+worker finds its server gone. The worker asks the server for a child per job; the server forks it
+(``child.fork_child``: the same child, with the same guards, as a worker forking by itself) and
+hands the worker one end of a socket pair, on which the worker sends the job and reads its
+outcome, and on which the child's death shows (with a pidfd the worker opens). The server reaps a
+child only when the worker asks, killing its process group first, so the zombie holds its pid and
+group until the worker is done with it, and then ends (as subreaper) what the job left behind.
+
+Processes: worker → keeper → server → a child per job. Each ends with its parent: ``PR_SET_PDEATHSIG``,
+and the end of file of its control socket. The keeper and the server ignore SIGINT and SIGTERM (the
+worker decides), call themselves ``nbqueue-keeper`` and ``nbqueue-forks`` (``ps -o comm``), and never
+return into the worker's code. Control messages (``SOCK_SEQPACKET``): ``S`` (to the keeper: a new
+server; reply: its pid and the socket's end), ``F`` (a child; reply: its pid and the socket's end),
+``R`` + pid + orphans flag (reap it; reply: its wait status, -1 if it is not a child), ``r`` (the same,
+no reply: for a child whose outcome arrived whole, so its status is not needed).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import threading
+from typing import Callable, Optional
+
+from . import child
+
+log = logging.getLogger("nbqueue.worker")
+
+_PID = struct.Struct("!q")
+_REAP = struct.Struct("!cqB")
+REPLY_TIMEOUT = 30.0  # seconds the worker waits for its server's reply before calling it dead
+KEEPER_NAME, SERVER_NAME = b"nbqueue-keeper", b"nbqueue-forks"
+PR_SET_NAME = 15
+_WORKER_NAME: Optional[bytes] = None  # the worker's process name, which job processes keep
+
+
+class Gone(Exception):
+    """The fork server (or its keeper) is gone; never escapes nbqueue: the worker forks by itself then."""
+
+
+def usable() -> bool:
+    """This process may start a fork server now: Linux (pidfds, prctl) with one thread running."""
+    if child._PRCTL is None or not hasattr(os, "pidfd_open") or not hasattr(socket, "SOCK_SEQPACKET"):
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+class Server:
+    """The worker's side of one fork server process: forks children, reaps them, from any thread."""
+
+    def __init__(self, pid: int, sock: socket.socket):
+        self.pid, self._sock = pid, sock
+        self._sock.settimeout(REPLY_TIMEOUT)
+        self._pidfd = child._pidfd(pid)  # to kill it if it hangs, never a process that reused its pid
+        self._lock = threading.Lock()
+        self.dead = False
+
+    def fork(self) -> tuple:
+        """A new child: (its pid, the worker's end of its socket). ``Gone`` if the server is gone."""
+        data, fds = self._call(b"F", want_fd=True)
+        pid = _PID.unpack(data)[0]
+        if pid < 0 or not fds:
+            for fd in fds:
+                child._close(fd)
+            raise OSError(-pid, f"the fork server could not fork: {os.strerror(-pid)}")
+        return pid, fds[0]
+
+    def reap(self, pid: int, orphans: bool, wait: bool = True) -> Optional[int]:
+        """End the child's group, reap it (and, with ``orphans``, what it left): its wait status,
+        or None if the server is gone (then the child was killed with it). Without ``wait``, the
+        request is only sent (no round trip): for a child whose outcome arrived whole."""
+        if not wait:
+            with self._lock:
+                if not self.dead:
+                    try:
+                        self._sock.sendall(_REAP.pack(b"r", pid, orphans))
+                    except OSError:
+                        self.close()  # the next fork finds out and starts a new server
+            return None
+        try:
+            status = _PID.unpack(self._call(_REAP.pack(b"R", pid, orphans))[0])[0]
+        except Gone:
+            return None
+        return None if status < 0 else status
+
+    def _call(self, message: bytes, want_fd: bool = False) -> tuple:
+        with self._lock:
+            if self.dead:
+                raise Gone("the fork server is gone")
+            try:
+                self._sock.sendall(message)
+                data, fds = _recv(self._sock, want_fd)
+            except socket.timeout:  # alive but stuck: it is replaced
+                data, fds = b"", []
+                if self._pidfd is not None:
+                    child._pidfd_kill(self._pidfd)
+            except OSError:  # broken pipe, reset: it died
+                data, fds = b"", []
+            if not data:
+                self.close()
+                raise Gone("the fork server is gone")
+            return data, fds
+
+    def close(self) -> None:
+        """Called with the lock held or at the end: end of file for the server, which ends its children."""
+        if not self.dead:
+            self.dead = True
+            child._kept.discard(self._sock.fileno())
+            self._sock.close()
+            if self._pidfd is not None:
+                child._close(self._pidfd)
+                self._pidfd = None
+
+
+class ForkServer:
+    """A keeper process forked now (call while this process runs one thread) and its current server."""
+
+    def __init__(self, run: Callable[[bytes], bytes], fallback: bytes):
+        """Children run ``run(payload)`` and send back what it returns (``fallback`` if it raises)."""
+        self._lock = threading.Lock()
+        theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the keeper, measured by the tests' outcomes
+            code = child.EXIT_BUG
+            try:
+                ours.close()
+                code = _keeper_main(theirs, run, fallback, parent)
+            finally:
+                child.exit_now(code)
+        theirs.close()
+        self.keeper_pid, self._keeper = pid, ours
+        self._keeper.settimeout(REPLY_TIMEOUT)
+        child._live.add(pid)  # the worker's own end_orphans leaves it alone
+        child._kept.add(ours.fileno())  # a child the worker forks itself closes it
+        self.restarts = 0
+        self._warned = False
+        self._server = self._new_server()
+
+    def server(self) -> Server:
+        """The live server (a new one if it died); ``Gone`` if there can be none."""
+        with self._lock:
+            if self._keeper.fileno() < 0:
+                raise Gone("the fork server's keeper is gone")
+            if self._server.dead:
+                self.restarts += 1
+                log.warning("the fork server (pid %d) died; starting a new one", self._server.pid)
+                self._server = self._new_server()
+            return self._server
+
+    def fork(self) -> tuple:
+        """(the server, the child's pid, the worker's end of its socket); restarts a dead server once.
+        ``Gone`` if no server can be had (its keeper died)."""
+        for attempt in (1, 2):
+            server = self.server()
+            try:
+                return (server, *server.fork())
+            except Gone:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def broken(self, exc: Exception) -> None:
+        """No server can be had: say so once (the worker forks its children by itself from then on)."""
+        with self._lock:
+            if not self._warned:
+                self._warned = True
+                log.error("%s; forking each job from the worker itself from now on", exc)
+
+    def _new_server(self) -> Server:
+        try:
+            self._keeper.sendall(b"S")
+            data, fds = _recv(self._keeper, True)
+        except OSError:
+            data, fds = b"", []
+        if not data or not fds:
+            for fd in fds:
+                child._close(fd)
+            child._kept.discard(self._keeper.fileno())
+            self._keeper.close()
+            raise Gone("the fork server's keeper is gone: no new fork server can be started")
+        sock = socket.socket(fileno=fds[0])
+        child._kept.add(sock.fileno())
+        return Server(_PID.unpack(data)[0], sock)
+
+    def close(self) -> None:
+        """End the server and the keeper (at the end of ``work()``; no job runs any more)."""
+        with self._lock:
+            with self._server._lock:
+                self._server.close()
+            child._kept.discard(self._keeper.fileno())
+            self._keeper.close()  # end of file: the keeper kills its server and exits
+            try:
+                os.waitpid(self.keeper_pid, 0)
+            except ChildProcessError:
+                pass
+            child._live.discard(self.keeper_pid)
+
+
+def _recv(sock: socket.socket, want_fd: bool) -> tuple:
+    """One message and the descriptors passed with it (close-on-exec)."""
+    size = socket.CMSG_LEN(struct.calcsize("i"))
+    data, ancillary, _, _ = sock.recvmsg(64, size if want_fd else 0, getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+    fds = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) - len(payload) % 4])
+    return data, fds
+
+
+def _send_fd(sock: socket.socket, data: bytes, fd: Optional[int]) -> None:
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))] if fd is not None else []
+    sock.sendmsg([data], ancillary)
+
+
+# --- the keeper and the server (in their own processes) ----------------------------------------------
+def _become(name: bytes, parent: int) -> bool:
+    """Set up a helper process: dies with ``parent``, adopts orphans, its own name, no Ctrl-C."""
+    global _WORKER_NAME
+    if _WORKER_NAME is None:
+        _WORKER_NAME = _name()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    prctl = child._PRCTL
+    assert prctl is not None
+    prctl(child.PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(child.PR_SET_CHILD_SUBREAPER, 1)
+    _set_name(name)
+    return os.getppid() == parent
+
+
+def _keeper_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: bytes,
+                 parent: int) -> int:  # pragma: no cover - its own process
+    """Fork a server whenever the worker asks; reap dead servers and end what they leave."""
+    if not _become(KEEPER_NAME, parent):
+        return child.EXIT_BUG
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    servers: set = set()
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    me = os.getpid()
+    try:
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if wake_r in ready:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if sock.fileno() in ready:
+                message = sock.recv(16)
+                if not message:
+                    return 0  # the worker closed its end, or died
+                if message == b"S":
+                    theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                    try:
+                        pid = os.fork()
+                    except OSError as exc:
+                        _send_fd(sock, _PID.pack(-(exc.errno or 1)), None)
+                        theirs.close()
+                        ours.close()
+                        continue
+                    if pid == 0:
+                        code = child.EXIT_BUG
+                        try:
+                            signal.set_wakeup_fd(-1)
+                            for fd in (sock.fileno(), ours.fileno(), wake_r, wake_w):
+                                child._close(fd)
+                            code = _server_main(theirs, run, fallback, me)
+                        finally:
+                            child.exit_now(code)
+                    theirs.close()
+                    servers.add(pid)
+                    _send_fd(sock, _PID.pack(pid), ours.fileno())
+                    ours.close()
+            servers = {pid for pid in servers if not _exited(pid)}
+            child.end_children(frozenset(servers))  # dead servers, and what their children left
+    finally:
+        for pid in servers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        child.end_children()
+
+
+def _server_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: bytes,
+                 parent: int) -> int:  # pragma: no cover - its own process
+    """Fork a child per request, reap each when asked; on end of file, end them all."""
+    if not _become(SERVER_NAME, parent):
+        return child.EXIT_BUG
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    child._kept.clear()
+    child._kept.add(sock.fileno())  # each child closes the server's control socket
+    live: set = set()
+    try:
+        while True:
+            message = sock.recv(64)
+            if not message:
+                return 0
+            kind = message[:1]
+            if kind == b"F":
+                ours, theirs = socket.socketpair()
+                fd = theirs.fileno()
+                try:
+                    pid = child.fork_child(lambda: _job(run, fd), fallback, fd, (*child._kept, ours.fileno()))
+                except OSError as exc:
+                    _send_fd(sock, _PID.pack(-(exc.errno or 1)), None)
+                else:
+                    live.add(pid)
+                    _send_fd(sock, _PID.pack(pid), ours.fileno())
+                finally:
+                    ours.close()
+                    theirs.close()
+            elif kind in (b"R", b"r") and len(message) == _REAP.size:
+                _, pid, orphans = _REAP.unpack(message)
+                status = -1
+                if pid in live:
+                    live.discard(pid)
+                    child._signal_group(pid)  # what the job left in its group, while the zombie holds it
+                    try:
+                        status = os.waitpid(pid, 0)[1]
+                    except ChildProcessError:
+                        pass
+                    if orphans:
+                        child.end_children(frozenset(live))
+                if kind == b"R":
+                    sock.sendall(_PID.pack(status))
+    finally:
+        for pid in live:
+            child._signal_group(pid)
+        child.end_children()
+
+
+def _job(run: Callable[[bytes], bytes], fd: int) -> bytes:  # pragma: no cover - in the job's process
+    """In a child: the worker's process name again (the job's process is not the server), then the job."""
+    if _WORKER_NAME:
+        _set_name(_WORKER_NAME)
+    return run(child.receive(fd))
+
+
+def _name() -> bytes:
+    try:
+        with open("/proc/self/comm", "rb") as f:
+            return f.read().strip()[:15]
+    except OSError:
+        return b""
+
+
+def _set_name(name: bytes) -> None:
+    if child._PRCTL is not None:
+        child._PRCTL(PR_SET_NAME, name)
+
+
+def _exited(pid: int) -> bool:
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
