@@ -149,7 +149,7 @@ class Forked:
     def _exited(self) -> bool:
         """The child has exited (a zombie, not reaped yet: its pid and group can't be reused)."""
         if self._server is not None:  # not our child: its pidfd is readable once it exited
-            return self._pidfd is None or bool(_ready(self._pidfd))
+            return _ready(self._pidfd) if self._pidfd is not None else _zombie(self.pid)
         try:
             return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
@@ -469,6 +469,15 @@ def _ready(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether a process (not ours: its server holds it as a zombie until asked) has exited."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def _pidfd_kill(pidfd: int) -> None:
