@@ -9,6 +9,11 @@ every process the job left, and leaves by ``os._exit`` whatever the job did to i
 signals or file descriptors. The parent waits on the pipe and a pidfd, so a child that stops
 talking is still stopped at its deadline or on ``kill()``; it always reaps the child, kills the
 child's process group and closes its descriptors.
+
+Given a fork server (``forkserver.py``), ``Forked`` has the server fork the child (``fork_child``,
+the same child) and sends it its job on a socket; it waits on that socket and a pidfd the same
+way, kills the child's group itself, and has the server (which holds the zombie until then) kill
+the group again and reap it.
 """
 from __future__ import annotations
 
