@@ -116,8 +116,9 @@ class Server:
         """Called with the lock held or at the end: end of file for the server, which ends its children."""
         if not self.dead:
             self.dead = True
-            child._kept.discard(self._sock.fileno())
-            self._sock.close()
+            with child._spawn_lock:  # a child the worker forks meanwhile must not close a reused number
+                child._kept.discard(self._sock.fileno())
+                self._sock.close()
             if self._pidfd is not None:
                 child._close(self._pidfd)
                 self._pidfd = None
@@ -146,7 +147,11 @@ class ForkServer:
         child._kept.add(ours.fileno())  # a child the worker forks itself closes it
         self.restarts = 0
         self._warned = False
-        self._server = self._new_server()
+        try:
+            self._server = self._new_server()
+        except Gone:
+            self._end_keeper()
+            raise
 
     def server(self) -> Server:
         """The live server (a new one if it died); ``Gone`` if there can be none."""
@@ -187,8 +192,9 @@ class ForkServer:
         if not data or not fds:
             for fd in fds:
                 child._close(fd)
-            child._kept.discard(self._keeper.fileno())
-            self._keeper.close()
+            with child._spawn_lock:
+                child._kept.discard(self._keeper.fileno())
+                self._keeper.close()
             raise Gone("the fork server's keeper is gone: no new fork server can be started")
         sock = socket.socket(fileno=fds[0])
         child._kept.add(sock.fileno())
@@ -199,13 +205,17 @@ class ForkServer:
         with self._lock:
             with self._server._lock:
                 self._server.close()
+            self._end_keeper()
+
+    def _end_keeper(self) -> None:
+        with child._spawn_lock:
             child._kept.discard(self._keeper.fileno())
             self._keeper.close()  # end of file: the keeper kills its server and exits
-            try:
-                os.waitpid(self.keeper_pid, 0)
-            except ChildProcessError:
-                pass
-            child._live.discard(self.keeper_pid)
+        try:
+            os.waitpid(self.keeper_pid, 0)
+        except ChildProcessError:
+            pass
+        child._live.discard(self.keeper_pid)
 
 
 def _recv(sock: socket.socket, want_fd: bool) -> tuple:

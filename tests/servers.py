@@ -192,6 +192,14 @@ def tolerant(call: Callable[[], T], deadline: float, what: str = "Redis call") -
             time.sleep(0.05)
 
 
+def forked_by(pid: int) -> int:
+    """The worker that forked a job's process of parent ``pid``: ``pid`` itself, or the worker above
+    the fork server (``nbqueue-forks``) and its keeper (``nbqueue-keeper``) that forked it."""
+    while Path(f"/proc/{pid}/comm").read_text().strip() in ("nbqueue-forks", "nbqueue-keeper"):
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return pid
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie counts as dead: nobody may have reaped it yet)."""
     try:
