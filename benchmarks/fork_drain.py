@@ -1,11 +1,15 @@
 """Fork-per-job drain against a bare fork+waitpid, in one run, on one private server.
 
     python benchmarks/fork_drain.py [--jobs 300] [--repeat 3] [--unix] [--cli]
+    PYTHONPATH=/path/to/older/nbqueue python benchmarks/fork_drain.py   # the same for another nbqueue
 
 Each repeat: N bare ``fork(); _exit(0)`` + ``waitpid`` in this process, then N ``noop`` jobs
-drained by a fork-mode ``Worker(burst=True)`` run in this process's main thread (as the
-benchmark's fork row does), and with ``--cli`` by an ``nbqueue worker --burst`` subprocess (timed
-from its first job's start to its exit, so its start-up is not counted). Prints medians in jobs/s.
+drained by a fork-mode ``Worker(burst=True)`` run in the main thread of a fresh process (as the
+benchmark's fork row does; fresh, because a worker that stopped leaves its heartbeat thread
+ending for up to a second, and a process with threads gets no fork server), and with ``--cli`` by an ``nbqueue worker --burst`` subprocess (timed
+from its first job's start to its exit, so its start-up is not counted), and with this nbqueue's
+fork server turned off (the worker forks each job itself, from a process with threads). Prints
+medians in jobs/s.
 """
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ import nbqueue  # noqa: E402
 from benchmarks import tasks  # noqa: E402
 from benchmarks.harness import ROOT, Server, connect  # noqa: E402
 
+try:
+    from nbqueue import forkserver
+except ImportError:  # an nbqueue from before the fork server (PYTHONPATH=/some/snapshot)
+    forkserver = None  # type: ignore[assignment]
+
 QUEUE = "forkbench"
 
 
@@ -37,13 +46,21 @@ def bare(n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def drain(conn, n: int) -> float:
+def drain(conn, n: int, served: bool = True) -> float:
+    """``served=False``: as if this process ran threads already, so the worker forks each job itself."""
     conn.flushall()
     nbqueue.Queue(QUEUE, conn).enqueue_many([(tasks.noop, ()) for _ in range(n)])
     worker = nbqueue.Worker([QUEUE], conn, burst=True)
-    t = time.perf_counter()
-    ran = worker.work()
-    seconds = time.perf_counter() - t
+    usable = forkserver.usable if forkserver else None
+    if forkserver and not served:
+        forkserver.usable = lambda: False
+    try:
+        t = time.perf_counter()
+        ran = worker.work()
+        seconds = time.perf_counter() - t
+    finally:
+        if forkserver:
+            forkserver.usable = usable
     assert ran == n, f"ran {ran} of {n}"
     return n / seconds
 
@@ -59,22 +76,39 @@ def drain_cli(conn, url: str, n: int) -> float:
     return (n - 1) / (end - starts[0]) if end > starts[0] else float("nan")
 
 
+def drain_fresh(url: str, n: int, served: bool = True) -> float:
+    """``drain`` in a new process (only ``work()`` is timed there)."""
+    out = subprocess.run([sys.executable, __file__, "--one", url, "--jobs", str(n)] + ([] if served else ["--direct"]),
+                         cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout.split()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--one", help=argparse.SUPPRESS)  # URL: one drain here, print its rate
+    p.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--jobs", type=int, default=300)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--unix", action="store_true")
     p.add_argument("--cli", action="store_true")
     args = p.parse_args()
     logging.getLogger("nbqueue").setLevel(logging.WARNING)
+    if args.one:
+        print(drain(connect(args.one), args.jobs, served=not args.direct))
+        return
     results: dict = {"bare fork+waitpid": [], "fork-mode drain": []}
+    if forkserver:
+        results["drain, worker forks itself"] = []
     if args.cli:
         results["nbqueue worker --burst"] = []
     with Server(nbqueue.server.find_binary(), unix=args.unix) as server:
         conn = connect(server.url)
         for _ in range(args.repeat):
             results["bare fork+waitpid"].append(bare(args.jobs))
-            results["fork-mode drain"].append(drain(conn, args.jobs))
+            results["fork-mode drain"].append(drain_fresh(server.url, args.jobs))
+            if forkserver:
+                results["drain, worker forks itself"].append(drain_fresh(server.url, args.jobs, served=False))
             if args.cli:
                 results["nbqueue worker --burst"].append(drain_cli(conn, server.url, args.jobs))
     floor = statistics.median(results["bare fork+waitpid"])

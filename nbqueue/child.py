@@ -77,15 +77,15 @@ class Forked:
             from .forkserver import Gone
 
             try:
-                self._server, self.pid, self._pipe = forks.fork()
+                self._server, self.pid, self._pipe, self._pidfd = forks.child()
             except Gone as exc:  # its keeper died: this worker forks by itself from now on
                 forks.broken(exc)
             else:
-                self._pidfd = _pidfd(self.pid)
                 with _spawn_lock:
                     _kept.update(fd for fd in (self._pipe, self._pidfd) if fd is not None)
                     _live.add(self.pid)
-                _send(self._pipe, payload, close=False)  # a child that died before reading it: its wait says so
+                _send(self._pipe, payload, close=False)  # a child that died before reading it all: its wait says so
+                forks.refill()  # the next job's child is forked while this one runs
                 return
         with _spawn_lock:
             read_fd, write_fd = os.pipe()

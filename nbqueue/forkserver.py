@@ -6,8 +6,11 @@ warns about it (``DeprecationWarning``). So at the start of ``work()``, while it
 thread, the worker forks a *keeper*; the keeper forks the *server*, and a new server whenever the
 worker finds its server gone. The worker asks the server for a child per job; the server forks it
 (``child.fork_child``: the same child, with the same guards, as a worker forking by itself) and
-hands the worker one end of a socket pair, on which the worker sends the job and reads its
-outcome, and on which the child's death shows (with a pidfd the worker opens). The server reaps a
+is given one end of a socket pair, whose other end the worker keeps: the job is written to it
+before the request (the child has it as it starts), its outcome read from it, and the child's
+death shows on a pidfd the worker opens. As soon as a job's child has its job, the worker has
+the server fork the next one (a *spare*, ``nbqueue-spare`` until it gets its job), so a fork is
+never on a job's way; a spare whose server died is dropped, never given a job. The server reaps a
 child only when the worker asks, killing its process group first, so the zombie holds its pid and
 group until the worker is done with it, and then ends (as subreaper) what the job left behind.
 
@@ -15,7 +18,7 @@ Processes: worker → keeper → server → a child per job. Each ends with its 
 and the end of file of its control socket. The keeper and the server ignore SIGINT and SIGTERM (the
 worker decides), call themselves ``nbqueue-keeper`` and ``nbqueue-forks`` (``ps -o comm``), and never
 return into the worker's code. Control messages (``SOCK_SEQPACKET``): ``S`` (to the keeper: a new
-server; reply: its pid and the socket's end), ``F`` (a child; reply: its pid and the socket's end),
+server; reply: its pid and the socket's end), ``F`` with the child's end of its socket (a child; reply: its pid),
 ``R`` + pid + orphans flag (reap it; reply: its wait status, -1 if it is not a child), ``r`` (the same,
 no reply: for a child whose outcome arrived whole, so its status is not needed).
 """
@@ -37,7 +40,7 @@ log = logging.getLogger("nbqueue.worker")
 _PID = struct.Struct("!q")
 _REAP = struct.Struct("!cqB")
 REPLY_TIMEOUT = 30.0  # seconds the worker waits for its server's reply before calling it dead
-KEEPER_NAME, SERVER_NAME = b"nbqueue-keeper", b"nbqueue-forks"
+KEEPER_NAME, SERVER_NAME, SPARE_NAME = b"nbqueue-keeper", b"nbqueue-forks", b"nbqueue-spare"
 PR_SET_NAME = 15
 _WORKER_NAME: Optional[bytes] = None  # the worker's process name, which job processes keep
 
@@ -66,15 +69,13 @@ class Server:
         self._lock = threading.Lock()
         self.dead = False
 
-    def fork(self) -> tuple:
-        """A new child: (its pid, the worker's end of its socket). ``Gone`` if the server is gone."""
-        data, fds = self._call(b"F", want_fd=True)
-        pid = _PID.unpack(data)[0]
-        if pid < 0 or not fds:
-            for fd in fds:
-                child._close(fd)
+    def fork(self, channel: int) -> int:
+        """A new child, given ``channel`` (its end of its socket with the worker): its pid.
+        ``Gone`` if the server is gone."""
+        pid = _PID.unpack(self._call(b"F", channel)[0])[0]
+        if pid < 0:
             raise OSError(-pid, f"the fork server could not fork: {os.strerror(-pid)}")
-        return pid, fds[0]
+        return pid
 
     def reap(self, pid: int, orphans: bool, wait: bool = True) -> Optional[int]:
         """End the child's group, reap it (and, with ``orphans``, what it left): its wait status,
@@ -94,13 +95,13 @@ class Server:
             return None
         return None if status < 0 else status
 
-    def _call(self, message: bytes, want_fd: bool = False) -> tuple:
+    def _call(self, message: bytes, fd: Optional[int] = None) -> tuple:
         with self._lock:
             if self.dead:
                 raise Gone("the fork server is gone")
             try:
-                self._sock.sendall(message)
-                data, fds = _recv(self._sock, want_fd)
+                _send_fd(self._sock, message, fd)
+                data, fds = _recv(self._sock, False)
             except socket.timeout:  # alive but stuck: it is replaced
                 data, fds = b"", []
                 if self._pidfd is not None:
@@ -147,6 +148,8 @@ class ForkServer:
         child._kept.add(ours.fileno())  # a child the worker forks itself closes it
         self.restarts = 0
         self._warned = False
+        self._spare: Optional[tuple] = None  # the next job's child, forked while the last one ran
+        self._closed = False
         try:
             self._server = self._new_server()
         except Gone:
@@ -164,13 +167,54 @@ class ForkServer:
                 self._server = self._new_server()
             return self._server
 
-    def fork(self) -> tuple:
-        """(the server, the child's pid, the worker's end of its socket); restarts a dead server once.
+    def child(self) -> tuple:
+        """A child waiting for its job: (its server, pid, the worker's end of its socket, a pidfd or
+        None): the spare forked beforehand if it is alive, else a new one. ``Gone`` as ``fork``."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            server, _, _, pidfd = spare
+            if not server.dead and pidfd is not None and not child._ready(pidfd):
+                return spare
+            _discard(spare)
+        return self._fresh()
+
+    def refill(self) -> None:
+        """Fork the next job's child now (while this job runs), unless a spare waits already."""
+        with self._lock:
+            if self._spare is not None or self._closed:
+                return
+        try:
+            spare = self._fresh()
+        except (Gone, OSError):
+            return  # the next job's fork finds out again
+        with self._lock:
+            if self._spare is None and not self._closed:
+                self._spare = spare
+                return
+        _discard(spare)
+
+    def _fresh(self) -> tuple:
+        ours, theirs = socket.socketpair()
+        try:
+            server, pid = self.fork(theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        fd, pidfd = ours.detach(), child._pidfd(pid)
+        with child._spawn_lock:
+            child._kept.update(f for f in (fd, pidfd) if f is not None)
+        return server, pid, fd, pidfd
+
+    def fork(self, channel: int) -> tuple:
+        """(the server, the pid of a new child given ``channel``); restarts a dead server once.
         ``Gone`` if no server can be had (its keeper died)."""
         for attempt in (1, 2):
             server = self.server()
             try:
-                return (server, *server.fork())
+                return server, server.fork(channel)
             except Gone:
                 if attempt == 2:
                     raise
@@ -203,6 +247,10 @@ class ForkServer:
     def close(self) -> None:
         """End the server and the keeper (at the end of ``work()``; no job runs any more)."""
         with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                _discard(spare)
             with self._server._lock:
                 self._server.close()
             self._end_keeper()
@@ -216,6 +264,19 @@ class ForkServer:
         except ChildProcessError:
             pass
         child._live.discard(self.keeper_pid)
+
+
+def _discard(spare: tuple) -> None:
+    """A spare child that will run no job: killed, reaped by its server, its descriptors closed."""
+    server, pid, fd, pidfd = spare
+    if pidfd is not None:
+        child._pidfd_kill(pidfd)
+    server.reap(pid, False, wait=False)
+    with child._spawn_lock:
+        for f in (fd, pidfd):
+            if f is not None:
+                child._kept.discard(f)
+                child._close(f)
 
 
 def _recv(sock: socket.socket, want_fd: bool) -> tuple:
@@ -321,24 +382,25 @@ def _server_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: b
     live: set = set()
     try:
         while True:
-            message = sock.recv(64)
+            message, fds = _recv(sock, True)
             if not message:
                 return 0
             kind = message[:1]
-            if kind == b"F":
-                ours, theirs = socket.socketpair()
-                fd = theirs.fileno()
+            if kind == b"F" and len(fds) == 1:
+                fd = fds[0]
                 try:
-                    pid = child.fork_child(lambda: _job(run, fd), fallback, fd, (*child._kept, ours.fileno()))
+                    pid = child.fork_child(lambda: _job(run, fd), fallback, fd, child._kept)
                 except OSError as exc:
-                    _send_fd(sock, _PID.pack(-(exc.errno or 1)), None)
+                    sock.sendall(_PID.pack(-(exc.errno or 1)))
                 else:
                     live.add(pid)
-                    _send_fd(sock, _PID.pack(pid), ours.fileno())
+                    sock.sendall(_PID.pack(pid))
                 finally:
-                    ours.close()
-                    theirs.close()
-            elif kind in (b"R", b"r") and len(message) == _REAP.size:
+                    os.close(fd)
+                continue
+            for fd in fds:  # not a fork request: nothing should come with it
+                os.close(fd)
+            if kind in (b"R", b"r") and len(message) == _REAP.size:
                 _, pid, orphans = _REAP.unpack(message)
                 status = -1
                 if pid in live:
@@ -359,10 +421,12 @@ def _server_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: b
 
 
 def _job(run: Callable[[bytes], bytes], fd: int) -> bytes:  # pragma: no cover - in the job's process
-    """In a child: the worker's process name again (the job's process is not the server), then the job."""
+    """In a child: wait for the job (as ``nbqueue-spare``), take the worker's process name again, run it."""
+    _set_name(SPARE_NAME)
+    payload = child.receive(fd)
     if _WORKER_NAME:
         _set_name(_WORKER_NAME)
-    return run(child.receive(fd))
+    return run(payload)
 
 
 def _name() -> bytes:

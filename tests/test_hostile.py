@@ -203,7 +203,8 @@ def children(pid: int) -> list:
     return found
 
 
-FORK_SERVER = ("nbqueue-keeper", "nbqueue-forks")  # what the fork server's processes call themselves
+FORK_SERVER = ("nbqueue-keeper", "nbqueue-forks", "nbqueue-spare")  # the fork server's processes (and the
+# next job's, forked beforehand), as they call themselves
 
 
 def _comm(pid: int) -> str:

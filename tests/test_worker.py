@@ -330,7 +330,8 @@ def test_fork_mode_leaks_no_descriptor_and_no_zombie(start_worker, redis_client)
     kids = _children(worker.pid)  # the fork server's keeper, its server, and no job's process
     assert [_comm(k) for k in kids] == ["nbqueue-keeper"], "a child left unreaped"
     servers = _children(kids[0])
-    assert servers == [server] and _comm(server) == "nbqueue-forks" and _children(server) == [], "a child left unreaped"
+    assert servers == [server] and _comm(server) == "nbqueue-forks", "a child left unreaped"
+    assert [_comm(k) for k in _children(server)] in ([], ["nbqueue-spare"]), "a child left unreaped"  # the next job's
     assert len(os.listdir(f"/proc/{server}/fd")) == server_fds, "the fork server left a descriptor open"
 
 
