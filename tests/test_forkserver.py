@@ -17,7 +17,7 @@ import forkserver_tasks as ft
 from conftest import TESTS_DIR, wait_for
 from nbqueue import JobFailed, Queue
 
-KEEPER, SERVER = "nbqueue-keeper", "nbqueue-forks"
+KEEPER, SERVER, SPARE = "nbqueue-keeper", "nbqueue-forks", "nbqueue-spare"
 
 
 def comm(pid: int) -> str:
@@ -96,6 +96,21 @@ def test_killed_fork_server_mid_job_fails_the_job_clearly_and_is_replaced(redis_
     assert "the fork server (pid %d) died; starting a new one" % server in worker.log()
     assert worker.proc.poll() is None
     wait_for(lambda: not os.path.exists(f"/proc/{server}"), 15, message="the dead server reaped")
+
+
+def test_fork_server_killed_while_idle_costs_no_job(redis_client, start_worker):
+    """The spare child forked for the next job dies with its server: it is never given a job."""
+    worker = start_worker("fsidle")
+    q = Queue("fsidle", redis_client)
+    assert q.enqueue(divmod, 7, 2).result(timeout=30) == (3, 1)  # a spare is forked meanwhile
+    server = server_of(worker.pid)
+    spares = wait_for(lambda: [k for k in children(server) if comm(k) == SPARE], 15, message="a spare child")
+    os.kill(server, signal.SIGKILL)
+    wait_for(lambda: not alive(spares[0]), 15, message="the spare died with its server")
+    for job in [q.enqueue(ft.where) for _ in range(3)]:
+        seen = job.result(timeout=30)  # finished, not failed
+        assert seen["ppid"] != server and seen["parent_comm"] == SERVER, seen
+    assert worker.proc.poll() is None
 
 
 def test_job_that_kills_its_fork_server(redis_client, start_worker, tmp_path):
