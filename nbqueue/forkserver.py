@@ -6,9 +6,8 @@ warns about it (``DeprecationWarning``). So at the start of ``work()``, while it
 thread, the worker forks a *keeper*; the keeper forks the *server*, and a new server whenever the
 worker finds its server gone. The worker asks the server for a child per job; the server forks it
 (``child.fork_child``: the same child, with the same guards, as a worker forking by itself) and
-is given one end of a socket pair, whose other end the worker keeps: the job is written to it
-before the request (the child has it as it starts), its outcome read from it, and the child's
-death shows on a pidfd the worker opens. As soon as a job's child has its job, the worker has
+is given one end of a socket pair, whose other end the worker keeps: the worker writes the job
+to it and reads the outcome from it, and sees the child's death on a pidfd it opens. As soon as a job's child has its job, the worker has
 the server fork the next one (a *spare*, ``nbqueue-spare`` until it gets its job), so a fork is
 never on a job's way; a spare whose server died is dropped, never given a job. The server reaps a
 child only when the worker asks, killing its process group first, so the zombie holds its pid and
