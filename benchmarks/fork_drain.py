@@ -9,13 +9,15 @@ benchmark's fork row does; fresh, because a worker that stopped leaves its heart
 ending for up to a second, and a process with threads gets no fork server), and with ``--cli`` by an ``nbqueue worker --burst`` subprocess (timed
 from its first job's start to its exit, so its start-up is not counted), and with this nbqueue's
 fork server turned off (the worker forks each job itself, from a process with threads). Prints
-medians in jobs/s.
+medians in jobs/s, and the CPU time per job of those fresh drains (the worker and every
+process under it: a figure the machine's load disturbs less than the rates).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +32,8 @@ from benchmarks.harness import ROOT, Server, connect  # noqa: E402
 
 try:
     from nbqueue import forkserver
+    if Path(forkserver.__file__).parent != Path(nbqueue.__file__).parent:  # an editable install's, not this one's
+        forkserver = None  # type: ignore[assignment]
 except ImportError:  # an nbqueue from before the fork server (PYTHONPATH=/some/snapshot)
     forkserver = None  # type: ignore[assignment]
 
@@ -76,12 +80,25 @@ def drain_cli(conn, url: str, n: int) -> float:
     return (n - 1) / (end - starts[0]) if end > starts[0] else float("nan")
 
 
-def drain_fresh(url: str, n: int, served: bool = True) -> float:
-    """``drain`` in a new process (only ``work()`` is timed there)."""
+def drain_fresh(url: str, n: int, served: bool = True, tree: str = "") -> float:
+    """``drain`` in a new process (only ``work()`` is timed there), of the nbqueue in ``tree`` if given."""
+    env = dict(os.environ, PYTHONPATH=tree) if tree else None
     out = subprocess.run([sys.executable, __file__, "--one", url, "--jobs", str(n)] + ([] if served else ["--direct"]),
-                         cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+                         cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
+                         env=env)
     assert out.returncode == 0, out.stderr
-    return float(out.stdout.split()[-1])
+    cpu, rate = map(float, out.stdout.split()[-2:])
+    CPU.setdefault(("fork server" if served else "forks itself") + (f" ({tree})" if tree else ""), []).append(cpu)
+    return rate
+
+
+CPU: dict = {}  # CPU ms per job, of the worker and every process under it, per kind of fresh drain
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its reaped descendants (the fork server's, reaped with it)."""
+    mine, theirs = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + theirs.ru_utime + theirs.ru_stime
 
 
 def main() -> None:
@@ -92,16 +109,22 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--unix", action="store_true")
     p.add_argument("--cli", action="store_true")
+    p.add_argument("--against", help="also drain with the nbqueue of this source tree (e.g. /work/main), "
+                                     "in the same rounds")
     args = p.parse_args()
     logging.getLogger("nbqueue").setLevel(logging.WARNING)
     if args.one:
-        print(drain(connect(args.one), args.jobs, served=not args.direct))
+        before = _cpu()
+        rate = drain(connect(args.one), args.jobs, served=not args.direct)
+        print((_cpu() - before) / args.jobs * 1e3, rate)  # CPU ms per job (every process), jobs/s
         return
     results: dict = {"bare fork+waitpid": [], "fork-mode drain": []}
     if forkserver:
         results["drain, worker forks itself"] = []
     if args.cli:
         results["nbqueue worker --burst"] = []
+    if args.against:
+        results[f"drain, nbqueue of {args.against}"] = []
     with Server(nbqueue.server.find_binary(), unix=args.unix) as server:
         conn = connect(server.url)
         for _ in range(args.repeat):
@@ -111,10 +134,14 @@ def main() -> None:
                 results["drain, worker forks itself"].append(drain_fresh(server.url, args.jobs, served=False))
             if args.cli:
                 results["nbqueue worker --burst"].append(drain_cli(conn, server.url, args.jobs))
+            if args.against:
+                results[f"drain, nbqueue of {args.against}"].append(drain_fresh(server.url, args.jobs, tree=args.against))
     floor = statistics.median(results["bare fork+waitpid"])
     for name, rates in results.items():
         med = statistics.median(rates)
         print(f"{name:28s} {med:8.1f}/s  ({', '.join(f'{r:.0f}' for r in rates)})  {med / floor:5.0%} of bare")
+    for name, cpus in CPU.items():
+        print(f"CPU per job, {name}: {statistics.median(cpus):.2f} ms ({', '.join(f'{c:.2f}' for c in cpus)})")
 
 
 if __name__ == "__main__":
