@@ -106,7 +106,7 @@ class Forked:
             if not self._reaped:
                 self.killed = True
                 if self._server is not None and self._server.dead and self._pidfd is not None:
-                    _pidfd_kill(self._pidfd)  # its server may have been reaped it: its pid may be reused
+                    _pidfd_kill(self._pidfd)  # its server is gone, and the zombie with it: the pid may be reused
                 else:
                     _signal_group(self.pid)
 
