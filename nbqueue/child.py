@@ -29,6 +29,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Optional
 
+from .errors import ForkServerGone
+
 exit_now = os._exit  # kept here: a job may replace os._exit, the child must still end
 _HEADER = struct.Struct("!Q")
 READ_SIZE = 1 << 16
@@ -74,11 +76,9 @@ class Forked:
         self.killed = False
         self._server: Optional[Server] = None
         if forks is not None:
-            from .forkserver import Gone
-
             try:
                 self._server, self.pid, self._pipe, self._pidfd = forks.child()
-            except Gone as exc:  # its keeper died: this worker forks by itself from now on
+            except ForkServerGone as exc:  # its keeper died: this worker forks by itself from now on
                 forks.broken(exc)
             else:
                 with _spawn_lock:

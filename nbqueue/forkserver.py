@@ -33,6 +33,7 @@ import threading
 from typing import Callable, Optional
 
 from . import child
+from .errors import ForkServerGone
 
 log = logging.getLogger("nbqueue.worker")
 
@@ -44,8 +45,6 @@ PR_SET_NAME = 15
 _WORKER_NAME: Optional[bytes] = None  # the worker's process name, which job processes keep
 
 
-class Gone(Exception):
-    """The fork server (or its keeper) is gone; never escapes nbqueue: the worker forks by itself then."""
 
 
 def usable() -> bool:
@@ -70,7 +69,7 @@ class Server:
 
     def fork(self, channel: int) -> int:
         """A new child, given ``channel`` (its end of its socket with the worker): its pid.
-        ``Gone`` if the server is gone."""
+        ``ForkServerGone`` if the server is gone."""
         pid = _PID.unpack(self._call(b"F", channel)[0])[0]
         if pid < 0:
             raise OSError(-pid, f"the fork server could not fork: {os.strerror(-pid)}")
@@ -90,14 +89,14 @@ class Server:
             return None
         try:
             status = _PID.unpack(self._call(_REAP.pack(b"R", pid, orphans))[0])[0]
-        except Gone:
+        except ForkServerGone:
             return None
         return None if status < 0 else status
 
     def _call(self, message: bytes, fd: Optional[int] = None) -> tuple:
         with self._lock:
             if self.dead:
-                raise Gone("the fork server is gone")
+                raise ForkServerGone("the fork server is gone")
             try:
                 _send_fd(self._sock, message, fd)
                 data, fds = _recv(self._sock, False)
@@ -109,7 +108,7 @@ class Server:
                 data, fds = b"", []
             if not data:
                 self.close()
-                raise Gone("the fork server is gone")
+                raise ForkServerGone("the fork server is gone")
             return data, fds
 
     def close(self) -> None:
@@ -151,15 +150,15 @@ class ForkServer:
         self._closed = False
         try:
             self._server = self._new_server()
-        except Gone:
+        except ForkServerGone:
             self._end_keeper()
             raise
 
     def server(self) -> Server:
-        """The live server (a new one if it died); ``Gone`` if there can be none."""
+        """The live server (a new one if it died); ``ForkServerGone`` if there can be none."""
         with self._lock:
             if self._keeper.fileno() < 0:
-                raise Gone("the fork server's keeper is gone")
+                raise ForkServerGone("the fork server's keeper is gone")
             if self._server.dead:
                 self.restarts += 1
                 log.warning("the fork server (pid %d) died; starting a new one", self._server.pid)
@@ -168,7 +167,7 @@ class ForkServer:
 
     def child(self) -> tuple:
         """A child waiting for its job: (its server, pid, the worker's end of its socket, a pidfd or
-        None): the spare forked beforehand if it is alive, else a new one. ``Gone`` as ``fork``."""
+        None): the spare forked beforehand if it is alive, else a new one (``ForkServerGone`` as ``fork``)."""
         with self._lock:
             spare, self._spare = self._spare, None
         if spare is not None:
@@ -185,7 +184,7 @@ class ForkServer:
                 return
         try:
             spare = self._fresh()
-        except (Gone, OSError):
+        except (ForkServerGone, OSError):
             return  # the next job's fork finds out again
         with self._lock:
             if self._spare is None and not self._closed:
@@ -209,12 +208,12 @@ class ForkServer:
 
     def fork(self, channel: int) -> tuple:
         """(the server, the pid of a new child given ``channel``); restarts a dead server once.
-        ``Gone`` if no server can be had (its keeper died)."""
+        ``ForkServerGone`` if no server can be had (its keeper died)."""
         for attempt in (1, 2):
             server = self.server()
             try:
                 return server, server.fork(channel)
-            except Gone:
+            except ForkServerGone:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -238,7 +237,7 @@ class ForkServer:
             with child._spawn_lock:
                 child._kept.discard(self._keeper.fileno())
                 self._keeper.close()
-            raise Gone("the fork server's keeper is gone: no new fork server can be started")
+            raise ForkServerGone("the fork server's keeper is gone: no new fork server can be started")
         sock = socket.socket(fileno=fds[0])
         child._kept.add(sock.fileno())
         return Server(_PID.unpack(data)[0], sock)

@@ -23,7 +23,7 @@ import redis
 
 from . import child, flow, forkserver, keys, signing
 from .connection import describe, get_connection
-from .errors import WorkerError
+from .errors import ForkServerGone, WorkerError
 from .execute import Outcome, Running, Taken, job_runner, _INTERRUPTED
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
 from .job import CANCELED, DEFAULT_FAILURE_TTL, FAILED, FINISHED, SUMMARY, SUMMARY_SIG
@@ -143,7 +143,7 @@ class Worker:
             return None
         try:
             return forkserver.ForkServer(job_runner(self.connection, self.signer), _INTERRUPTED)
-        except (OSError, forkserver.Gone) as exc:
+        except (OSError, ForkServerGone) as exc:
             log.error("worker %s: no fork server (%s); forking each job itself", self.name, exc)
             return None
 
