@@ -281,7 +281,7 @@ def _recv(sock: socket.socket, want_fd: bool) -> tuple:
     """One message and the descriptors passed with it (close-on-exec)."""
     size = socket.CMSG_LEN(struct.calcsize("i"))
     data, ancillary, _, _ = sock.recvmsg(64, size if want_fd else 0, getattr(socket, "MSG_CMSG_CLOEXEC", 0))
-    fds = []
+    fds: list = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds += struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) - len(payload) % 4])
