@@ -9,6 +9,11 @@ every process the job left, and leaves by ``os._exit`` whatever the job did to i
 signals or file descriptors. The parent waits on the pipe and a pidfd, so a child that stops
 talking is still stopped at its deadline or on ``kill()``; it always reaps the child, kills the
 child's process group and closes its descriptors.
+
+Given a fork server (``forkserver.py``), ``Forked`` has the server fork the child (``fork_child``,
+the same child) and sends it its job on a socket; it waits on that socket and a pidfd the same
+way, kills the child's group itself, and has the server (which holds the zombie until then) kill
+the group again and reap it.
 """
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Optional
+
+from .errors import ForkServerGone
 
 exit_now = os._exit  # kept here: a job may replace os._exit, the child must still end
 _HEADER = struct.Struct("!Q")
@@ -38,6 +45,9 @@ except ImportError:  # pragma: no cover - not CPython
     _sig = signal  # type: ignore[misc]
 _CATCHABLE = frozenset(map(int, signal.valid_signals())) - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)}
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .forkserver import ForkServer, Server
+
 _spawn_lock = threading.Lock()
 _kept: set = set()  # this process's ends of its children's pipes and their pidfds: a new child closes them
 _live: set = set()  # pids of the children forked here and not yet reaped
@@ -50,42 +60,42 @@ class Ended(NamedTuple):
     it was killed at its deadline."""
 
     data: Optional[bytes]
-    status: int
+    status: Optional[int]  # None: not known (the fork server that forked it died first)
     timed_out: bool
 
 
 class Forked:
     """A child running ``run()`` (bytes to send back, ``fallback`` if it raises); ``wait()`` says how it ended."""
 
-    def __init__(self, run: Callable[[], bytes], fallback: bytes = b""):
+    def __init__(self, run: Callable[[], bytes], fallback: bytes = b"", forks: Optional[ForkServer] = None,
+                 payload: bytes = b""):
+        """Forked here, or by the fork server ``forks``: its child is sent ``payload`` and runs the
+        server's own function on it (``run`` and ``fallback`` serve if it is gone)."""
         self._lock = threading.Lock()
         self._reaped = False
         self.killed = False
-        parent = os.getpid()
+        self._server: Optional[Server] = None
+        if forks is not None:
+            try:
+                self._server, self.pid, self._pipe, self._pidfd = forks.child()
+            except ForkServerGone as exc:  # its keeper died: this worker forks by itself from now on
+                forks.broken(exc)
+            else:
+                with _spawn_lock:
+                    _kept.update(fd for fd in (self._pipe, self._pidfd) if fd is not None)
+                    _live.add(self.pid)
+                _send(self._pipe, payload, close=False)  # a child that died before reading it all: its wait says so
+                forks.refill()  # the next job's child is forked while this one runs
+                return
         with _spawn_lock:
             read_fd, write_fd = os.pipe()
-            gc.freeze()  # the child's collector leaves the parent's objects alone: no copy-on-write storm
             try:
-                pid = os.fork()
+                pid = fork_child(run, fallback, write_fd, (*_kept, read_fd))
             except BaseException:
-                gc.unfreeze()
                 os.close(read_fd)
                 os.close(write_fd)
                 raise
-            if pid == 0:  # pragma: no cover - the child, measured by the tests' outcomes
-                code = EXIT_BUG
-                try:
-                    for fd in (*_kept, read_fd):
-                        _close(fd)
-                    code = _child_main(write_fd, run, fallback, parent)
-                finally:
-                    exit_now(code)
-            gc.unfreeze()  # the parent's own garbage is collected as before
             os.close(write_fd)
-            try:
-                os.setpgid(pid, pid)  # as the child does: whoever runs first, the group exists
-            except OSError:
-                pass
             self.pid, self._pipe, self._pidfd = pid, read_fd, _pidfd(pid)
             _kept.update(fd for fd in (read_fd, self._pidfd) if fd is not None)
             _live.add(pid)
@@ -95,7 +105,10 @@ class Forked:
         with self._lock:
             if not self._reaped:
                 self.killed = True
-                _signal_group(self.pid)
+                if self._server is not None and self._server.dead and self._pidfd is not None:
+                    _pidfd_kill(self._pidfd)  # its server is gone, and the zombie with it: the pid may be reused
+                else:
+                    _signal_group(self.pid)
 
     def wait(self, timeout: Optional[float] = None) -> Ended:
         """Read what the child sends until it exits, killing it ``timeout`` seconds after now."""
@@ -133,13 +146,15 @@ class Forked:
                     if self._pipe is None:
                         poller.unregister(pipe)
             self._drain(message)
-            return Ended(message.data(), self._reap(), timed_out)
+            return Ended(message.data(), self._reap(not message.complete), timed_out)
         finally:
             self._release()
 
     # --- the parent's side, in steps ------------------------------------------------------------
     def _exited(self) -> bool:
         """The child has exited (a zombie, not reaped yet: its pid and group can't be reused)."""
+        if self._server is not None:  # not our child: its pidfd is readable once it exited
+            return _ready(self._pidfd) if self._pidfd is not None else _zombie(self.pid)
         try:
             return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
@@ -169,10 +184,15 @@ class Forked:
                 return
             message.feed(chunk)
 
-    def _reap(self) -> int:
+    def _reap(self, orphans: bool = False) -> Optional[int]:
         with self._lock:
             if self._reaped:
                 return 0
+            if self._server is not None:  # its server ends its group and reaps it (None: the server died)
+                self._reaped = True
+                orphans = orphans or self.killed
+                status = self._server.reap(self.pid, orphans, wait=orphans)
+                return 0 if status is None and not orphans else status  # it sent its outcome: it ended well
             try:
                 os.killpg(self.pid, signal.SIGKILL)  # what the job left in its group, while the zombie holds it
             except OSError:
@@ -227,6 +247,33 @@ class _Message:
 
 
 # --- the child's side ---------------------------------------------------------------------------
+def fork_child(run: Callable[[], bytes], fallback: bytes, write_fd: int, close: Iterable[int]) -> int:
+    """Fork a child that closes ``close``, runs ``run()`` and sends what it returns (``fallback`` if
+    it raises) on ``write_fd``, then exits; returns its pid, in its own process group. The caller
+    holds whatever lock keeps other threads from forking meanwhile."""
+    parent = os.getpid()
+    gc.freeze()  # the child's collector leaves the parent's objects alone: no copy-on-write storm
+    try:
+        pid = os.fork()
+    except BaseException:
+        gc.unfreeze()
+        raise
+    if pid == 0:  # pragma: no cover - the child, measured by the tests' outcomes
+        code = EXIT_BUG
+        try:
+            for fd in close:
+                _close(fd)
+            code = _child_main(write_fd, run, fallback, parent)
+        finally:
+            exit_now(code)
+    gc.unfreeze()  # the parent's own garbage is collected as before
+    try:
+        os.setpgid(pid, pid)  # as the child does: whoever runs first, the group exists
+    except OSError:
+        pass
+    return pid
+
+
 def _child_main(write_fd: int, run: Callable[[], bytes], fallback: bytes, parent: int) -> int:  # pragma: no cover
     """Run in the child: prepare, run, send, clean up. The caller ``os._exit``\\ s with the code."""
     global _in_child
@@ -285,17 +332,31 @@ def _mute_signals() -> None:
             continue
 
 
-def _send(fd: int, data: bytes) -> int:
+def _send(fd: int, data: bytes, close: bool = True) -> int:
     try:
         os.set_blocking(fd, True)  # in case the job changed it
         for piece in (_HEADER.pack(len(data)), data):
             view = memoryview(piece)
             while view:
                 view = view[os.write(fd, view):]
-        os.close(fd)
+        if close:
+            os.close(fd)
     except OSError:
         return EXIT_NO_PIPE
     return 0
+
+
+def receive(fd: int) -> bytes:
+    """Read one length-prefixed message (as ``_send`` writes it) from ``fd``; EOFError if it ends first."""
+    message = _Message()
+    while not message.complete:
+        chunk = os.read(fd, READ_SIZE)
+        if not chunk:
+            raise EOFError("the sender closed its end before the whole message")
+        message.feed(chunk)
+    data = message.data()
+    assert data is not None
+    return data
 
 
 def _to_devnull(fd: int) -> None:
@@ -407,6 +468,28 @@ def _signal_group(pid: int) -> None:
             kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def _ready(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether a process (not ours: its server holds it as a zombie until asked) has exited."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def _pidfd_kill(pidfd: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        pass
 
 
 def _close(fd: int) -> None:

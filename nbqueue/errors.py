@@ -9,7 +9,8 @@
     │   ├── CrossSlotDependency .......... on a cluster, a dependency lives in another slot
     │   └── ScheduleError ................ a schedule's rule, name or options can't be used
     ├── WorkerError (ValueError) ......... a worker can't start as asked (or can't go on)
-    │   └── WorkerTakenOver .............. another worker registered under this worker's name
+    │   ├── WorkerTakenOver .............. another worker registered under this worker's name
+    │   └── ForkServerGone ............... no fork server to be had (handled: the worker forks by itself)
     ├── InvalidURL (ValueError) .......... a Redis URL nbqueue can't use
     ├── InvalidConnection (TypeError) .... connection= is no client, URL or None
     ├── ConnectionFailed (redis.ConnectionError)  the Redis can't be reached
@@ -175,6 +176,11 @@ class EvictingRedis(NbqueueError):
 
 class WorkerTakenOver(WorkerError):
     """Another worker registered under this worker's name (leases are held by name): this one stops."""
+
+
+class ForkServerGone(WorkerError):
+    """The worker's fork server (or its keeper) is gone; the worker handles it (a new server, or
+    it forks jobs itself), so it never reaches the caller."""
 
 
 class SecretError(NbqueueError, ValueError):

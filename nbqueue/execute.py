@@ -21,6 +21,7 @@ from . import flow, keys, schema, signing
 from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
 from .errors import CodeMismatchError, DependencyError, PayloadError
 from .events import capture_output
+from .forkserver import ForkServer
 from .serialization import check_code, dumps_result, loads_call
 from .summary import needed as summary_needed, summarise
 
@@ -234,12 +235,15 @@ def _failed(exc: BaseException) -> Outcome:
 
 
 class Child:
-    """A forked child running one job; the parent reads its ``Outcome`` from the child's pipe."""
+    """A forked child running one job; the parent reads its ``Outcome`` from the child's pipe.
 
-    def __init__(self, taken: Taken, connection: Any):
+    With ``forks``, the fork server forks it and it is sent the job (``job_runner`` runs it)."""
+
+    def __init__(self, taken: Taken, connection: Any, forks: Optional[ForkServer] = None):
         self.taken = taken
         self.stop_reason: Optional[str] = None
-        self._process = Forked(lambda: _outcome_bytes(run_job(taken, connection)), _INTERRUPTED)
+        payload = b"" if forks is None else pickle.dumps(taken._replace(signer=None), pickle.HIGHEST_PROTOCOL)
+        self._process = Forked(lambda: _outcome_bytes(run_job(taken, connection)), _INTERRUPTED, forks, payload)
         self.pid = self._process.pid
 
     def kill(self, reason: str) -> None:
@@ -264,6 +268,15 @@ class Child:
         return Outcome.failure(_death(ended.status))
 
 
+def job_runner(connection: Any, signer: Optional[signing.Signer]) -> Callable[[bytes], bytes]:
+    """What a fork server's child runs: the job the worker sent (its ``Taken``, pickled without
+    its signer, which the server has from the worker), run as a child forked by the worker runs it."""
+    def run(payload: bytes) -> bytes:
+        taken = pickle.loads(payload)._replace(signer=signer)
+        return _outcome_bytes(run_job(taken, connection))
+    return run
+
+
 def _outcome_bytes(outcome: Outcome) -> bytes:
     try:
         return pickle.dumps(tuple(outcome), protocol=pickle.HIGHEST_PROTOCOL)
@@ -276,7 +289,10 @@ _INTERRUPTED = _outcome_bytes(Outcome.failure(
     "while nbqueue recorded how it ended"))  # what a child sends when it can't tell
 
 
-def _death(status: int) -> str:
+def _death(status: Optional[int]) -> str:
+    if status is None:
+        return ("JobProcessDied: the worker's fork server died while the job ran, and the job's process "
+                "with it (a new fork server runs the next jobs)")
     if os.WIFSIGNALED(status):
         sig = signal.Signals(os.WTERMSIG(status)).name
         return f"JobProcessDied: the job's process was killed by {sig} before it finished"
@@ -302,13 +318,13 @@ class Running:
     def reason_text(self) -> str:
         return REASONS.get(self.reason or "stop", "").format(timeout=self.taken.timeout or 0)
 
-    def execute(self, connection: Any, inline: bool) -> Outcome:
-        """Run the job (in this thread, or in a forked child) and say how it ended."""
+    def execute(self, connection: Any, inline: bool, forks: Optional[ForkServer] = None) -> Outcome:
+        """Run the job (in this thread, or in a forked child: by ``forks`` if given) and say how it ended."""
         if inline:
             outcome = self._run_inline(connection)
         else:
             with self._lock:
-                self._child = Child(self.taken, connection)
+                self._child = Child(self.taken, connection, forks)
                 if self.reason is not None:  # interrupted before it started
                     self._child.kill(self.reason_text())
             outcome = self._child.wait()

@@ -28,7 +28,6 @@ import redis
 from . import keys, sweep
 from .errors import WorkerTakenOver
 from .schedule import Firer
-from .schema import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
 
 if TYPE_CHECKING:  # pragma: no cover
     from .worker import Worker

@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import redis
 
-from . import child, flow, keys, signing, sweep, takes
+from . import child, flow, forkserver, keys, signing, sweep, takes
 from .connection import connection_options, describe, get_connection, is_cluster
-from .errors import WorkerError
-from .execute import Outcome, Running, Taken
+from .errors import ForkServerGone, WorkerError
+from .execute import Outcome, Running, Taken, job_runner, _INTERRUPTED
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
 from .schema import CANCELED, DEFAULT_FAILURE_TTL, FAILED, FINISHED, REFUSED, SUMMARY, SUMMARY_SIG
 from .queue import check_queue_name
@@ -111,6 +111,7 @@ class Worker:
         self.callbacks_here = False  # run callbacks at once in this process (testing mode), not queued
         self._slots_ended = 0
         self._grace_until: Optional[float] = None  # a stop now waits this long for inline jobs
+        self._forks: Optional[forkserver.ForkServer] = None  # fork mode, while working: forks the jobs
         # the take: per queue its 4 keys, and the job key prefix and channel prefix of its jobs; per run of
         # queues on one slot (one run standalone: all the queues; takes.py)
         runs = takes.runs_of(self.connection, self.queues, split=self.split_runs)
@@ -138,6 +139,30 @@ class Worker:
             sys.path.insert(0, os.getcwd())  # so tasks.py beside the worker imports
         self._pid = os.getpid()
         self._signals, self._slots_ended, self._grace_until = [], 0, None
+        self._forks = self._fork_server()
+        try:
+            return self._work()
+        finally:
+            if self._forks is not None:
+                self._forks.close()
+                self._forks = None
+
+    def _fork_server(self) -> Optional[forkserver.ForkServer]:
+        """Fork mode: the fork server, started now, while this process runs one thread (else None:
+        each job is forked from here, as from a process that runs threads, which Python 3.12+ warns of)."""
+        if self.inline:
+            return None
+        if not forkserver.usable():
+            log.info("worker %s forks each job itself: this process runs other threads already (or is "
+                     "not Linux), so no fork server can be forked from it", self.name)
+            return None
+        try:
+            return forkserver.ForkServer(job_runner(self.connection, self.signer), _INTERRUPTED)
+        except (OSError, ForkServerGone) as exc:
+            log.error("worker %s: no fork server (%s); forking each job itself", self.name, exc)
+            return None
+
+    def _work(self) -> int:
         heartbeat = Heartbeat(self)
         keys.register(self.connection, self.queues)  # the layout checked, the queues known to all
         if self.connection.exists(keys.SUSPENDED):  # suspended before our queues were known: theirs too
@@ -351,7 +376,7 @@ class Worker:
             run.interrupt("lost")
         started = time.perf_counter()
         try:
-            outcome = run.execute(self.connection, self.inline)
+            outcome = run.execute(self.connection, self.inline, self._forks)
         finally:
             with self._lock:
                 self._running.pop(taken.id, None)  # gone already if a stop now gave up on it

@@ -29,7 +29,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from nbqueue.server import find_binary
-from nbqueue import keys
 
 T = TypeVar("T")
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
@@ -189,3 +188,11 @@ def tolerant(call: Callable[[], T], deadline: float, what: str = "Redis call") -
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what}: Redis still unreachable at the deadline ({exc})") from exc
             time.sleep(0.05)
+
+
+def forked_by(pid: int) -> int:
+    """The worker that forked a job's process of parent ``pid``: ``pid`` itself, or the worker above
+    the fork server (``nbqueue-forks``) and its keeper (``nbqueue-keeper``) that forked it."""
+    while Path(f"/proc/{pid}/comm").read_text().strip() in ("nbqueue-forks", "nbqueue-keeper"):
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return pid

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 import hostile_tasks as ht
-from conftest import TESTS_DIR, children, pid_alive, proc_stat, wait_for
+from conftest import TESTS_DIR, pid_alive, proc_stat, wait_for
 from nbqueue import EnqueueError, Job, JobCanceled, JobFailed, Queue
 from nbqueue import keys
 
@@ -168,6 +168,38 @@ def strays(record: Path, worker: int) -> list:
             if stat and stat[0] != "Z" and (int(stat[2]) in groups or int(stat[3]) in sessions):
                 left.append(f"pid {name} (group {stat[2]}, session {stat[3]})")
     return left
+
+
+def children(pid: int) -> list:
+    """The worker's child processes, its fork server and keeper left out but their children in."""
+    kids = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for task in tasks:
+        try:
+            kids += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            pass
+    found = []
+    for kid in kids:
+        if _comm(int(kid)) in FORK_SERVER:
+            found += children(int(kid))
+        else:
+            found.append(kid)
+    return found
+
+
+FORK_SERVER = ("nbqueue-keeper", "nbqueue-forks", "nbqueue-spare")  # the fork server's processes (and the
+# next job's, forked beforehand), as they call themselves
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 # --- the corpus -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import nbq_tasks
 import nbqueue
 from conftest import InThread, cell_values, wait_for
 from nbqueue import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Group, JobCanceled, JobFailed, NoSuchGroup,
-                     Queue, ResultTimeout, as_completed, keys, wait)
+                     Queue, ResultTimeout, as_completed, wait)
 from nbqueue.info import watch_events
 
 

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 
+import cloudpickle
 import pytest
 
 import nbq_tasks
-from conftest import children, MODES, TESTS_DIR, wait_for
+from conftest import MODES, TESTS_DIR, wait_for
 from nbqueue import Job, JobFailed, Queue, signing
 from nbqueue.worker import STOP_GRACE
 from nbqueue import keys
@@ -318,12 +319,28 @@ def test_fork_mode_leaks_no_descriptor_and_no_zombie(start_worker, redis_client)
     q = Queue("low", redis_client)
     assert q.enqueue(nbq_tasks.add, 1, 1).result(timeout=10) == 2
     before = _pipes_and_pidfds(worker.pid)
+    server = _children(_children(worker.pid)[0])[0]  # the fork server: it holds no Redis connection of its own
+    server_fds = len(os.listdir(f"/proc/{server}/fd"))
     for func, args, options in [(nbq_tasks.add, (1, 2), {}), (nbq_tasks.die_hard, (), {}),
                                 (nbq_tasks.sleep_then, (30,), {"timeout": 0.2}), (nbq_tasks.exit_process, (), {})] * 5:
         job = q.enqueue_call(func, args, **options)
         wait_for(lambda: job.status in ("finished", "failed"), 20, message="the job's end")
     wait_for(lambda: _pipes_and_pidfds(worker.pid) == before, 10, message="no pipe or pidfd left open")
-    assert children(worker.pid) == [], "a child left unreaped"
+    kids = _children(worker.pid)  # the fork server's keeper, its server, and no job's process
+    assert [_comm(k) for k in kids] == ["nbqueue-keeper"], "a child left unreaped"
+    servers = _children(kids[0])
+    assert servers == [server] and _comm(server) == "nbqueue-forks", "a child left unreaped"
+    assert [_comm(k) for k in _children(server)] in ([], ["nbqueue-spare"]), "a child left unreaped"  # the next job's
+    assert len(os.listdir(f"/proc/{server}/fd")) == server_fds, "the fork server left a descriptor open"
+
+
+def _children(pid: int) -> list:
+    return [int(c) for t in os.listdir(f"/proc/{pid}/task") for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
 
 
 def _pipes_and_pidfds(pid: int) -> int:
@@ -400,15 +417,30 @@ def test_help_everywhere():
 
 
 # --- the fork machinery itself (real children of the test process), with and without pidfd -------
-@pytest.fixture(params=["pidfd", "polling"])
+@pytest.fixture(params=["pidfd", "polling", "served", "served-polling"])
 def forked(request, monkeypatch):
-    """``nbqueue.child.Forked``; in the "polling" run as on a system without ``os.pidfd_open``."""
-    from nbqueue import child
+    """``nbqueue.child.Forked``; in the "polling" runs as on a system without ``os.pidfd_open``; in
+    the "served" runs forked by a fork server (``run`` is sent to it, cloudpickled)."""
+    from nbqueue import child, forkserver
 
-    if request.param == "polling":
+    if request.param.endswith("polling"):
         monkeypatch.setattr(child, "_pidfd", lambda pid: None)
     before = _own_pipes_and_pidfds()
-    yield child.Forked
+    if not request.param.startswith("served"):
+        yield child.Forked
+    else:
+        def runner(payload: bytes) -> bytes:
+            run, fallback = cloudpickle.loads(payload)
+            try:
+                return run()
+            except BaseException:
+                return fallback
+
+        server = forkserver.ForkServer(runner, b"")
+        try:
+            yield lambda run, fallback=b"": child.Forked(run, fallback, server, cloudpickle.dumps((run, fallback)))
+        finally:
+            server.close()
     assert _own_pipes_and_pidfds() <= before, "a pipe or pidfd was left open"
 
 
