@@ -177,7 +177,7 @@ def test_the_field_lists_of_the_python_side_are_schema_fields():
 
 
 def test_every_job_field_the_python_code_reads_or_writes_is_a_schema_field():
-    call = re.compile(r"\.h(?:m?get|set|del|strlen|exists)\(keys\.job\([^()]*\),\s*([^()\n]*)\)")
+    call = re.compile(r"\.h(?:m?get|set|del|strlen|exists)\((?:keys\.job\([^()]*\)|\w+\._key),\s*([^()\n]*)\)")
     used = {}
     for path in sorted((Path(schema.__file__).parent).rglob("*.py")):
         for match in call.finditer(path.read_text()):
