@@ -15,7 +15,7 @@ import redis
 
 from . import keys, signing
 from .connection import get_connection
-from .errors import EnqueueError, InvalidTransition, JobCanceled, JobFailed, NbqueueError, NoSuchJob, ResultTimeout, SignatureError
+from .errors import EnqueueError, InvalidTransition, JobCanceled, JobFailed, NbqueueError, NoSuchJob, ResultTimeout, SignatureError, UnpicklableHandle
 from .seconds import deadline
 from .serialization import loads_args, loads_result
 from .summary import parse as parse_summary
@@ -356,7 +356,7 @@ class Job:
         return NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
 
     def __reduce__(self) -> tuple:
-        raise TypeError(f"a Job handle can't be pickled; as an argument of a job, a Job (or Group) is passed as its "
+        raise UnpicklableHandle(f"a Job handle can't be pickled; as an argument of a job, a Job (or Group) is passed as its "
                         f"result when it sits at the top level or in lists, tuples and dicts up to {_NESTING} deep")
 
     def __eq__(self, other: object) -> bool:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from cronsim import CronSim, CronSimError
 
-from .errors import ScheduleError
+from .errors import MalformedData, ScheduleError
 from .seconds import as_seconds
 
 MIN_EVERY = 1.0  # seconds: the workers look for due schedules once a heartbeat (1 s)
@@ -68,12 +68,12 @@ class Rule:
 
     @classmethod
     def from_stored(cls, text: str) -> "Rule":
-        """The rule a schedule's hash holds; ``ValueError`` for junk (written by hand)."""
+        """The rule a schedule's hash holds; ``MalformedData`` (a ``ValueError``) for junk (written by hand)."""
         kind, _, rest = text.partition(":")
         if kind == "every":
             every = int(rest)
             if not MIN_EVERY * 1000 <= every <= MAX_EVERY * 1000:
-                raise ValueError(f"every {rest} ms is out of range")
+                raise MalformedData(f"every {rest} ms is out of range")
             return cls(every_ms=every)
         if kind == "cron":
             zone, _, expr = rest.partition(":")
@@ -81,9 +81,9 @@ class Rule:
             try:
                 CronSim(expr, datetime.now(timezone.utc))  # parses it
             except CronSimError as exc:
-                raise ValueError(f"cron {expr[:40]!r}: {exc}") from None
+                raise MalformedData(f"cron {expr[:40]!r}: {exc}") from None
             return rule
-        raise ValueError(f"unknown rule {text[:40]!r}")
+        raise MalformedData(f"unknown rule {text[:40]!r}")
 
     def describe(self) -> str:
         """``every 5m`` / ``cron 0 9 * * 1-5 (Europe/Berlin)``: for listings."""

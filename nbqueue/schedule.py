@@ -34,7 +34,7 @@ import redis
 
 from . import keys, signing
 from .connection import get_connection
-from .errors import ScheduleError
+from .errors import MalformedData, ScheduleError
 from .rules import Rule, as_datetime
 from .serialization import dumps_call, function_ref
 
@@ -257,16 +257,16 @@ class Firer:
     def _parse(name: str, stored: dict) -> tuple:
         queue = stored[b"queue"].decode()
         if not keys.NAME.fullmatch(queue):
-            raise ValueError(f"queue {queue[:40]!r} is not a queue name")
+            raise MalformedData(f"queue {queue[:40]!r} is not a queue name")
         func, code, data = stored[b"func"], stored.get(b"code", b""), stored[b"data"]
         func.decode(), code.decode()  # UnicodeDecodeError (a ValueError) for junk
         options = json.loads(stored.get(b"options", b"[]"))
         if not isinstance(options, list) or len(options) % 2 or not all(isinstance(x, str) for x in options):
-            raise ValueError("its options are not a list of names and values")
+            raise MalformedData("its options are not a list of names and values")
         signing.options_of(options)  # an option nobody signs: AssertionError would be a bug; a name: junk
         missed = stored.get(b"missed", b"once").decode()
         if missed not in MISSED:
-            raise ValueError(f"missed={missed[:20]!r}")
+            raise MalformedData(f"missed={missed[:20]!r}")
         return queue, func, code, data, options, Rule.from_stored(stored[b"rule"].decode()), missed
 
     def _sign(self, func: str, code: str, options: list, jobs: list, data: bytes) -> list:

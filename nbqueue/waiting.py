@@ -9,7 +9,7 @@ from __future__ import annotations
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Iterable, Iterator, NamedTuple, Optional, Set
 
-from .errors import ResultTimeout
+from .errors import InvalidOption, ResultTimeout
 from .job import FAILED, CANCELED, Job, Waiter
 from .seconds import deadline
 
@@ -49,7 +49,7 @@ def wait(jobs: Iterable[Job], timeout: Optional[float] = None,
     until one failed or was canceled (``FIRST_EXCEPTION``, else all done), or ``timeout`` seconds;
     returns ``(done, not_done)`` sets of jobs, never raises for time."""
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
-        raise ValueError(f"return_when={return_when!r}: use ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION")
+        raise InvalidOption(f"return_when={return_when!r}: use ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION")
     until = deadline(timeout)
     by_id = _unique(jobs)
     done: Set[Job] = set()
