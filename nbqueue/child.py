@@ -36,7 +36,8 @@ try:  # the C module: plain ints, without the enum conversions that cost ~0.3 ms
     import _signal as _sig
 except ImportError:  # pragma: no cover - not CPython
     _sig = signal  # type: ignore[misc]
-_CATCHABLE = frozenset(map(int, signal.valid_signals())) - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)}
+_CATCHABLE = (frozenset(map(int, signal.valid_signals()))
+              - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)})
 
 _spawn_lock = threading.Lock()
 _kept: set = set()  # this process's ends of its children's pipes and their pidfds: a new child closes them
@@ -145,7 +146,7 @@ class Forked:
         except ChildProcessError:
             return True
 
-    def _read(self, message: "_Message") -> None:
+    def _read(self, message: _Message) -> None:
         try:
             chunk = os.read(self._pipe, READ_SIZE)
         except BlockingIOError:
@@ -155,7 +156,7 @@ class Forked:
         else:  # end of file: the child closed its end (it goes on until it exits)
             self._close_pipe()
 
-    def _drain(self, message: "_Message") -> None:
+    def _drain(self, message: _Message) -> None:
         """Read what the exited child left in the pipe (a process it left may hold the pipe open)."""
         if self._pipe is None:
             return

@@ -15,7 +15,7 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Union
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
@@ -80,7 +80,7 @@ class SentinelURL:
     ``sentinel_username`` and ``sentinel_password`` are the sentinels' own, if they need any.
     """
 
-    sentinels: Tuple[Tuple[str, int], ...]
+    sentinels: tuple[tuple[str, int], ...]
     service: str
     db: int = 0
     username: Optional[str] = None
@@ -89,7 +89,7 @@ class SentinelURL:
     sentinel_password: Optional[str] = None
 
     @classmethod
-    def parse(cls, url: str) -> "SentinelURL":
+    def parse(cls, url: str) -> SentinelURL:
         """Parse ``url``; ``InvalidURL`` if it is not a well-formed Sentinel URL."""
         def bad(why: str) -> InvalidURL:
             return InvalidURL(f"invalid Sentinel URL {mask_url(url)!r} ({why}); use "
@@ -120,7 +120,7 @@ class SentinelURL:
                    options.get("sentinel_username"), options.get("sentinel_password"))
 
 
-def _host_port(item: str, bad: Any) -> Tuple[str, int]:
+def _host_port(item: str, bad: Any) -> tuple[str, int]:
     """``host:port`` (port 26379 if left out; IPv6 in brackets) of one sentinel."""
     item = item.strip()
     if item.startswith("["):
@@ -341,8 +341,8 @@ def get_connection(connection: Union[redis.Redis, str, None] = None, evicting: s
 
 
 # Per connection pool (per client): its server's maxmemory-policy, read once per process.
-_policies: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-_told: "weakref.WeakSet[Any]" = weakref.WeakSet()  # pools whose eviction was logged
+_policies: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_told: weakref.WeakSet[Any] = weakref.WeakSet()  # pools whose eviction was logged
 
 
 def eviction_policy(client: redis.Redis) -> str:

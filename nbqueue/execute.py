@@ -16,13 +16,14 @@ import time
 import traceback
 from typing import Any, Callable, NamedTuple, Optional
 
-from . import job as jobs
 from . import flow, keys, signing
+from . import job as jobs
 from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
 from .errors import CodeMismatchError, DependencyError, PayloadError
 from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
-from .summary import needed as summary_needed, summarise
+from .summary import needed as summary_needed
+from .summary import summarise
 
 log = logging.getLogger("nbqueue.worker")
 
@@ -51,7 +52,7 @@ class Taken(NamedTuple):
     has_dependents: bool = False  # jobs waited for it when it was taken
 
     @classmethod
-    def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> "Taken":
+    def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> Taken:
         """The dequeue script's reply, its signature checked with ``signer`` (None: unsigned mode)."""
         queue, job_id, attempt, func, data, code, timeout, result_ttl, failure_ttl = reply[:9]
         callbacks = reply[13:15]
@@ -101,7 +102,7 @@ class Outcome(NamedTuple):
     summary: str  # one line for the worker's log ("ok" or the error)
 
     @classmethod
-    def failure(cls, exc_line: str, text: Optional[str] = None) -> "Outcome":
+    def failure(cls, exc_line: str, text: Optional[str] = None) -> Outcome:
         """A failed attempt: its one-line error and its traceback (by default, just that line)."""
         return cls(jobs.FAILED, ["exc", exc_line, "error", text or exc_line + "\n"], exc_line)
 
@@ -142,7 +143,8 @@ def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[
 
         me = os.getpid()
         try:
-            with capture_output(jobs.get_current_job(), taken.attempt, (taken.result_ttl, taken.failure_ttl)):  # output, logging, progress
+            ttls = (taken.result_ttl, taken.failure_ttl)
+            with capture_output(jobs.get_current_job(), taken.attempt, ttls):  # output, logging, progress
                 try:
                     value = func(*args, **kwargs)
                     if inspect.iscoroutine(value):
@@ -216,7 +218,8 @@ def _result(value: Any) -> Outcome:
     try:
         blob = dumps_result(value)
     except BaseException as exc:  # pickling runs the value's own code (__reduce__), which can raise anything
-        line = f"ResultError: the job returned {type(value).__name__}, which can't be pickled: {type(exc).__name__}: {exc}"
+        line = (f"ResultError: the job returned {type(value).__name__}, which can't be pickled: "
+                f"{type(exc).__name__}: {exc}")
         return Outcome.failure(line)
     if len(blob) > RESULT_MAX:
         return Outcome.failure(

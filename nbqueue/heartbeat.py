@@ -27,8 +27,8 @@ import redis
 
 from . import flow, keys
 from .errors import MalformedData, WorkerTakenOver
-from .schedule import DUE_BATCH, Firer
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
+from .schedule import DUE_BATCH, Firer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .worker import Worker
@@ -89,7 +89,7 @@ def parse_request(data: object) -> tuple:
 class Heartbeat(threading.Thread):
     """The thread; ``stop()`` ends it. Ending any other way, it tells ``worker.heartbeat_ended``."""
 
-    def __init__(self, worker: "Worker"):
+    def __init__(self, worker: Worker):
         super().__init__(name=f"nbqueue-heartbeat-{worker.name}", daemon=True)
         self.worker = worker
         self.connection = worker.connection

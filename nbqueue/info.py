@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Iterator, NamedTuple, Optional, Union
+from collections.abc import Iterator
+from typing import NamedTuple, Optional, Union
 
 import redis
 
 from . import keys
 from .connection import get_connection
 from .heartbeat import HEARTBEAT
-
 
 WINDOW = 600.0  # seconds: "recent" counts of finished/failed/canceled jobs
 RATE_WINDOW = 60.0  # seconds: throughput is measured over this
@@ -162,7 +162,8 @@ def render(snap: Snapshot, now: Optional[float] = None) -> str:
               f"{q.canceled_recent:>10}{rate_text(q.rate):>9}" for q in snap.queues] or ["(no queues yet)"]
     kept = {q.name: q.failed for q in snap.queues if q.failed}
     if kept:
-        lines.append("failed jobs kept: " + ", ".join(f"{n} {c}" for n, c in kept.items()) + " (nbqueue requeue <queue>)")
+        kept_text = ", ".join(f"{n} {c}" for n, c in kept.items())
+        lines.append(f"failed jobs kept: {kept_text} (nbqueue requeue <queue>)")
     lines.append("")
     lines.append(f"workers: {len(snap.workers)}")
     for w in snap.workers:

@@ -7,15 +7,26 @@ import logging
 import reprlib
 import threading
 import time
+from collections.abc import Generator, Iterable
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Generator, Iterable, List, Optional
+from typing import Any, Callable, Optional
 
 import redis
 
 from . import keys, signing
 from .connection import get_connection
-from .errors import EnqueueError, InvalidTransition, JobCanceled, JobFailed, NbqueueError, NoSuchJob, ResultTimeout, SignatureError, UnpicklableHandle
+from .errors import (
+    EnqueueError,
+    InvalidTransition,
+    JobCanceled,
+    JobFailed,
+    NbqueueError,
+    NoSuchJob,
+    ResultTimeout,
+    SignatureError,
+    UnpicklableHandle,
+)
 from .seconds import deadline
 from .serialization import loads_args, loads_result
 from .summary import parse as parse_summary
@@ -58,16 +69,17 @@ def dumps_meta(meta: Any) -> str:
     try:
         text = json.dumps(meta, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise EnqueueError(f"meta can't be kept as JSON: {exc}. Give str, numbers, bools, None, lists and dicts.") from None
+        raise EnqueueError(
+            f"meta can't be kept as JSON: {exc}. Give str, numbers, bools, None, lists and dicts.") from None
     if len(text) > META_MAX:
         raise EnqueueError(f"meta is {len(text):,} bytes as JSON, over the {META_MAX:,} bytes a job may keep.")
     return text
 
 
-_current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
+_current: ContextVar[Optional[Job]] = ContextVar("nbqueue_current_job", default=None)
 
 
-def get_current_job() -> Optional["Job"]:
+def get_current_job() -> Optional[Job]:
     """The job this code runs in when called inside a job on a worker, else ``None``."""
     return _current.get()
 
@@ -120,13 +132,13 @@ class Job:
             self._load(fields)
 
     @classmethod
-    def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None, *, secret: signing.Secret = None) -> "Job":
+    def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None, *, secret: signing.Secret = None) -> Job:
         """The job with this id; ``NoSuchJob`` if it does not exist (or has expired)."""
         job = cls(job_id, connection, secret=secret)
         job.refresh()
         return job
 
-    def refresh(self) -> "Job":
+    def refresh(self) -> Job:
         values = self.connection.hmget(keys.job(self.id), _FIELDS)
         if values[2] is None:
             raise self._missing()
@@ -349,15 +361,17 @@ class Job:
         if status is None:
             raise NoSuchJob(f"No job {self.id!r} to requeue.")
         if status != 1:
-            raise InvalidTransition(f"job {self.id} is {status.decode()}; only a failed or canceled job can be requeued.")
+            raise InvalidTransition(
+                f"job {self.id} is {status.decode()}; only a failed or canceled job can be requeued.")
         self._status = QUEUED
 
     def _missing(self) -> NoSuchJob:
         return NoSuchJob(f"No job {self.id!r}: it was never enqueued here, or it expired after its TTL.")
 
     def __reduce__(self) -> tuple:
-        raise UnpicklableHandle(f"a Job handle can't be pickled; as an argument of a job, a Job (or Group) is passed as its "
-                        f"result when it sits at the top level or in lists, tuples and dicts up to {_NESTING} deep")
+        raise UnpicklableHandle(f"a Job handle can't be pickled; as an argument of a job, a Job (or Group) is "
+                                f"passed as its result when it sits at the top level or in lists, tuples and "
+                                f"dicts up to {_NESTING} deep")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id
@@ -402,8 +416,8 @@ class Waiter:
     def __init__(self, connection: redis.Redis, ids: Iterable[str], stop: Optional[threading.Event] = None):
         self.connection = connection
         self.stop = stop  # set by another thread: give up (an awaiting task was canceled)
-        self.waiting: Dict[str, Optional[str]] = dict.fromkeys(ids)  # id -> last status seen, in order
-        self.outcomes: Dict[str, list] = {}  # id -> outcome of a job that ended (status None: no such job)
+        self.waiting: dict[str, Optional[str]] = dict.fromkeys(ids)  # id -> last status seen, in order
+        self.outcomes: dict[str, list] = {}  # id -> outcome of a job that ended (status None: no such job)
         self._channels = {keys.events(i).encode(): i for i in self.waiting}
         self._pubsub: Optional[redis.client.PubSub] = None
         self._read_once = False
@@ -421,10 +435,10 @@ class Waiter:
         self._until(lambda: job_id in self.outcomes, deadline)
         return self.outcomes.get(job_id)
 
-    def ended(self, deadline: Optional[float]) -> List[str]:
+    def ended(self, deadline: Optional[float]) -> list[str]:
         """Ids of jobs that ended since the last call, in the order seen, waiting up to ``deadline``
         for one; ``[]`` if none did by then (or every job was returned already)."""
-        def fresh() -> List[str]:
+        def fresh() -> list[str]:
             return [i for i in self.outcomes if i not in self._given]
 
         self._until(lambda: bool(fresh()) or not self.waiting, deadline)
@@ -483,7 +497,7 @@ class Waiter:
         """Ids of jobs whose channel said they ended within ``timeout`` s (every message already
         there is taken); ``None`` if none did (time to re-read them all)."""
         assert self._pubsub is not None
-        ended: Dict[str, None] = {}
+        ended: dict[str, None] = {}
         end = time.monotonic() + timeout
         while len(ended) < 1000:
             left = 0.0 if ended else end - time.monotonic()
@@ -528,7 +542,7 @@ class Waiter:
     def close(self) -> None:
         self._close_pubsub()
 
-    def __enter__(self) -> "Waiter":
+    def __enter__(self) -> Waiter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -49,7 +49,7 @@ import re
 import select
 import threading
 import weakref
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -155,7 +155,7 @@ def worker_wake(worker_name: str) -> str:
 EVENTS_PATTERN = PREFIX + "ev:*"
 
 
-@lru_cache(maxsize=None)
+@cache
 def script(name: str) -> Script:
     """The Lua script ``scripts/<name>.lua``."""
     text = _source(name)

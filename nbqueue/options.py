@@ -84,7 +84,7 @@ class Options:
                 object.__setattr__(self, name, check(name, value))
 
     @classmethod
-    def from_keywords(cls, options: dict) -> "Options":
+    def from_keywords(cls, options: dict) -> Options:
         if not options:
             return _DEFAULTS
         unknown = options.keys() - _CHECKS.keys()

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import reprlib
 import secrets
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
 import redis
 
@@ -13,7 +14,15 @@ from .connection import describe, get_connection
 from .errors import EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, QUEUED, Job, cancel, dumps_meta
 from .options import (  # noqa: F401 - MAX_*, check_seconds and check_count: also nbqueue.queue's, as before
-    MAX_DELAY, MAX_RETRIES, MAX_RETRY_DELAY, MAX_TIMEOUT, MAX_TTL, Options, _delay_ms, _until, check_count,
+    MAX_DELAY,
+    MAX_RETRIES,
+    MAX_RETRY_DELAY,
+    MAX_TIMEOUT,
+    MAX_TTL,
+    Options,
+    _delay_ms,
+    _until,
+    check_count,
     check_seconds,
 )
 from .seconds import as_seconds
@@ -52,7 +61,8 @@ def _as_call(call: Any) -> Call:
         return Call(*call)
     except TypeError:
         raise EnqueueError(f"{reprlib.repr(call)} is no call: give Call(func, args, kwargs) or a tuple (func, args) "
-                           f"or (func, args, kwargs), e.g. enqueue_many([(tasks.add, (1, 2))]). Nothing was enqueued.") from None
+                           f"or (func, args, kwargs), e.g. enqueue_many([(tasks.add, (1, 2))]). "
+                           f"Nothing was enqueued.") from None
 
 
 class Queue:
@@ -168,7 +178,8 @@ class Queue:
         stored = Options.from_keywords(options).stored()
         for name, value in (("at_front", at_front), ("allow_failure", allow_failure)):
             if not isinstance(value, bool):
-                raise EnqueueError(f"{name}={reprlib.repr(value)} is not valid: give True or False. Nothing was enqueued.")
+                raise EnqueueError(
+                    f"{name}={reprlib.repr(value)} is not valid: give True or False. Nothing was enqueued.")
         ordering = flow.ids_of(depends_on)
         graph: dict = {}  # job id -> the ids it waits for (only jobs that wait)
         signer = self.signer
@@ -189,8 +200,8 @@ class Queue:
             try:
                 args, kwargs = tuple(call.args), dict(call.kwargs or {})
             except (TypeError, ValueError):
-                raise EnqueueError(f"Can't enqueue {describe_func(call.func)}: its arguments must be a tuple (or list) and "
-                                   f"its keyword arguments a dict, not {reprlib.repr(call.args)} and "
+                raise EnqueueError(f"Can't enqueue {describe_func(call.func)}: its arguments must be a tuple "
+                                   f"(or list) and its keyword arguments a dict, not {reprlib.repr(call.args)} and "
                                    f"{reprlib.repr(call.kwargs)}. Nothing was enqueued.") from None
             args, kwargs, found = flow.extract(args, kwargs)
             if found or ordering:
@@ -233,7 +244,8 @@ class Queue:
             if holder is not None:  # a job with the same unique_key is queued or running: that one
                 return [Job(holder, self.connection, secret=signer)]
         conn, queue = self.connection, self.name.encode()
-        status = b"scheduled" if delay and _delay_ms(delay) else b"queued"  # as far as we know: deferred ones may be queued
+        # as far as we know: deferred ones may be queued
+        status = b"scheduled" if delay and _delay_ms(delay) else b"queued"
         jobs = [Job(i, conn, {"status": b"deferred" if i in graph else status, "queue": queue, "func": f,
                               "deps": " ".join(graph[i]).encode() if i in graph else None}, secret=signer)
                 for i, f in zip(ids, funcs)]
@@ -243,7 +255,7 @@ class Queue:
 
     def schedule(self, func: Callable, *args: Any, every: Union[float, timedelta, None] = None,
                  cron: Optional[str] = None, name: Optional[str] = None, timezone: Any = None,
-                 **kwargs: Any) -> "Schedule":
+                 **kwargs: Any) -> Schedule:
         """Queue ``func(*args, **kwargs)`` here ``every`` seconds (or a timedelta, at least 1 s), or at the
         times of a 5-field ``cron`` string (in ``timezone``, an IANA name; default UTC), from now on,
         until removed, by whichever worker is up (no scheduler process). ``name`` (default: the
@@ -254,7 +266,7 @@ class Queue:
     def schedule_call(self, func: Callable, args: Iterable = (), kwargs: Optional[dict] = None, *,
                       every: Union[float, timedelta, None] = None, cron: Optional[str] = None,
                       name: Optional[str] = None, timezone: Any = None, catch_up: bool = False,
-                      missed: Optional[str] = None, **options: Any) -> "Schedule":
+                      missed: Optional[str] = None, **options: Any) -> Schedule:
         """``schedule`` with job options as ``enqueue_call`` takes them (``timeout``, ``retries``,
         ``result_ttl``, ...). Ticks missed while no worker ran: ``missed="once"`` (default) queues one
         job when a worker is back, ``"all"`` (or ``catch_up=True``) one per missed tick (the last 100),
@@ -440,7 +452,7 @@ class Queue:
         return sum(reply == 1 for reply in replies)
 
     @classmethod
-    def all(cls, connection: Union[redis.Redis, str, None] = None) -> list["Queue"]:
+    def all(cls, connection: Union[redis.Redis, str, None] = None) -> list[Queue]:
         """Every queue that has been used, by name."""
         conn = get_connection(connection)
         return [cls(n.decode(), conn) for n in sorted(conn.smembers(keys.QUEUES))]
@@ -448,7 +460,7 @@ class Queue:
     def __repr__(self) -> str:
         return f"<Queue {self.name}>"
 
-    def map(self, func: Callable, iterable: Iterable, **job_options: Any) -> "Group":
+    def map(self, func: Callable, iterable: Iterable, **job_options: Any) -> Group:
         """One job ``func(item)`` per item, enqueued in one step (all or none); returns a ``Group``.
 
         Each item is the one argument, as with the builtin ``map``. For several arguments map a

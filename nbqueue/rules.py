@@ -34,14 +34,15 @@ class Rule:
     timezone: str = "UTC"
 
     @classmethod
-    def make(cls, every: Any = None, cron: Any = None, tz: Any = None) -> "Rule":
+    def make(cls, every: Any = None, cron: Any = None, tz: Any = None) -> Rule:
         """The rule for ``schedule(every=...)`` or ``schedule(cron=..., timezone=...)``, or ``ScheduleError``."""
         if (every is None) == (cron is None):
-            raise ScheduleError("Give a schedule either every= (seconds or a timedelta) or cron= (e.g. cron='0 9 * * 1-5'), "
-                                "not both and not neither. Nothing was scheduled.")
+            raise ScheduleError("Give a schedule either every= (seconds or a timedelta) or cron= "
+                                "(e.g. cron='0 9 * * 1-5'), not both and not neither. Nothing was scheduled.")
         if every is not None:
             if tz is not None:
-                raise ScheduleError("timezone= is for cron= schedules; every= ticks at fixed intervals. Nothing was scheduled.")
+                raise ScheduleError(
+                    "timezone= is for cron= schedules; every= ticks at fixed intervals. Nothing was scheduled.")
             seconds = as_seconds(every)
             if seconds is None or not MIN_EVERY <= seconds <= MAX_EVERY:
                 raise ScheduleError(
@@ -67,7 +68,7 @@ class Rule:
         return f"every:{self.every_ms}" if self.every_ms is not None else f"cron:{self.timezone}:{self.cron}"
 
     @classmethod
-    def from_stored(cls, text: str) -> "Rule":
+    def from_stored(cls, text: str) -> Rule:
         """The rule a schedule's hash holds; ``MalformedData`` (a ``ValueError``) for junk (written by hand)."""
         kind, _, rest = text.partition(":")
         if kind == "every":

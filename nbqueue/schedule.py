@@ -26,9 +26,10 @@ import math
 import reprlib
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import redis
 
@@ -98,7 +99,7 @@ def _pseudo_id(name: str, queue: str, rule: str, missed: str) -> bytes:
     return f"schedule:{name}:{queue}:{rule}:{missed}".encode()
 
 
-def create(queue: "Queue", func: Callable, args: Iterable, kwargs: Optional[dict], *, every: Any, cron: Any,
+def create(queue: Queue, func: Callable, args: Iterable, kwargs: Optional[dict], *, every: Any, cron: Any,
            name: Optional[str], timezone: Any, missed: Optional[str], catch_up: Any, options: dict) -> Schedule:
     """Store a schedule (replacing one of the same name); see ``Queue.schedule_call``."""
     from .queue import Options
@@ -276,7 +277,8 @@ class Firer:
         return [self.signer.sign_job(mac, job_id, data) for job_id in jobs]
 
     def _run(self, key: str, raw_name: bytes, raw_due: bytes, token: bytes, next_due: str, error: str, queue: str,
-             jobs: list, func: bytes = b"", code: bytes = b"", data: bytes = b"", options: Optional[list] = None) -> int:
+             jobs: list, func: bytes = b"", code: bytes = b"", data: bytes = b"",
+             options: Optional[list] = None) -> int:
         script_keys = [keys.SCHEDULES, key, keys.QUEUES, keys.queue(queue), keys.wake(queue),
                        *[keys.job(i) for i in jobs[::4]]]
         options = options or []

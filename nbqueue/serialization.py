@@ -148,7 +148,8 @@ def _check_importable(obj: Any, what: str) -> str:
 
 
 def resolve(path: str) -> Any:
-    """Import ``"module:qualname"`` and return the object; ``FunctionNotFound`` (an ``ImportError``) if it isn't there."""
+    """Import ``"module:qualname"`` and return the object; ``FunctionNotFound`` (an ``ImportError``)
+    if it isn't there."""
     module_name, _, qualname = path.partition(":")
     if not module_name or not qualname:
         raise FunctionNotFound(f"{path!r} is not a 'module:qualname' path")

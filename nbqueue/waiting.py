@@ -6,19 +6,20 @@ through a Redis restart or outage, and never poll.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
-from typing import Iterable, Iterator, NamedTuple, Optional, Set
+from typing import NamedTuple, Optional
 
 from .errors import InvalidOption, ResultTimeout
-from .job import FAILED, CANCELED, Job, Waiter
+from .job import CANCELED, FAILED, Job, Waiter
 from .seconds import deadline
 
 __all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "DoneAndNotDone", "as_completed", "wait"]
 
 
 class DoneAndNotDone(NamedTuple):
-    done: Set[Job]
-    not_done: Set[Job]
+    done: set[Job]
+    not_done: set[Job]
 
 
 def _unique(jobs: Iterable[Job]) -> dict:
@@ -52,7 +53,7 @@ def wait(jobs: Iterable[Job], timeout: Optional[float] = None,
         raise InvalidOption(f"return_when={return_when!r}: use ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION")
     until = deadline(timeout)
     by_id = _unique(jobs)
-    done: Set[Job] = set()
+    done: set[Job] = set()
     if by_id:
         with Waiter(next(iter(by_id.values())).connection, list(by_id)) as waiter:
             while len(done) < len(by_id):

@@ -11,7 +11,8 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
 
 import redis
 
@@ -27,7 +28,7 @@ class Subscription:
     """Someone watching some jobs (or all of them): ``on_event(event)``, and ``on_tick()`` a few
     times a second, both called on the watcher's thread. ``close()`` when done."""
 
-    def __init__(self, watcher: "Watcher", on_event: Callable[[dict], None],
+    def __init__(self, watcher: Watcher, on_event: Callable[[dict], None],
                  on_tick: Optional[Callable[[], None]], all_jobs: bool):
         self.watcher, self.on_event, self.on_tick, self.all_jobs = watcher, on_event, on_tick, all_jobs
         self.job_ids: set = set()
@@ -239,7 +240,7 @@ def _text(value: Any) -> str:
 
 
 _watchers: dict = {}  # description of the Redis -> Watcher
-_watchers_alive: "weakref.WeakSet[Watcher]" = weakref.WeakSet()
+_watchers_alive: weakref.WeakSet[Watcher] = weakref.WeakSet()
 _watchers_lock = threading.Lock()
 
 

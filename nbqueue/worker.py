@@ -17,7 +17,8 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any, Callable, Optional, Union
 
 import redis
 

@@ -18,8 +18,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 import redis
@@ -174,7 +175,7 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 15) -> "WorkerProcess":
+    def wait_ready(self, timeout: float = 15) -> WorkerProcess:
         wait_for(lambda: " serving " in self.log() or self.proc.poll() is not None, timeout, message="worker start")
         assert self.proc.poll() is None, f"worker exited early:\n{self.log()}"
         return self
@@ -223,7 +224,7 @@ def start_worker(redis_url: str, spawn_worker: Callable[..., WorkerProcess]) -> 
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator["PrivateRedis"]:
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A Redis of this test's own (unix socket, append-only file) to restart, pause or kill."""
     from servers import PrivateRedis
 

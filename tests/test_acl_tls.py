@@ -14,8 +14,9 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
 import redis
@@ -229,7 +230,7 @@ def tls_candidates() -> list:
     return list(dict.fromkeys(b for b in found if b and Path(b).exists()))
 
 
-def start_tls_server(tmp_path: Path, certs: dict) -> Optional["TLSRedis"]:
+def start_tls_server(tmp_path: Path, certs: dict) -> Optional[TLSRedis]:
     """The first candidate that starts with TLS on (and answers a TLS PING), or None."""
     for i, binary in enumerate(tls_candidates()):
         server = TLSRedis(tmp_path / f"redis-{i}", binary, certs)

@@ -15,7 +15,13 @@ import redis
 
 from nbqueue import connection
 from nbqueue.connection import (
-    ConnectionFailed, Resolved, connect, describe, get_connection, mask_url, resolve,
+    ConnectionFailed,
+    Resolved,
+    connect,
+    describe,
+    get_connection,
+    mask_url,
+    resolve,
 )
 from nbqueue.server import EmbeddedServer
 
@@ -202,7 +208,7 @@ def test_child_gets_its_own_client_after_fork(redis_url, redis_client):
             child = connect(redis_url)
             ok = child is not parent and child.get("who") == b"parent" and child.set("who", b"child")
             os.write(write, b"ok" if ok else b"same client")
-        except BaseException as e:  # noqa: BLE001 - any failure goes to the parent
+        except BaseException as e:
             os.write(write, repr(e).encode())
         finally:
             os._exit(0)

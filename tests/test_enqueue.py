@@ -11,7 +11,14 @@ import pytest
 
 import nbq_tasks
 from nbqueue import (
-    Call, EnqueueError, InvalidQueueName, InvalidTransition, Job, JobExists, NoSuchJob, Queue,
+    Call,
+    EnqueueError,
+    InvalidQueueName,
+    InvalidTransition,
+    Job,
+    JobExists,
+    NoSuchJob,
+    Queue,
 )
 from nbqueue.serialization import function_ref
 

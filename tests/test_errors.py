@@ -54,7 +54,7 @@ def test_old_homes_and_builtin_bases_still_work():
 
 def test_a_wrong_connection_type_is_an_nbqueue_error_and_a_type_error():
     with pytest.raises(errors.InvalidConnection, match="connection must be a redis.Redis, a URL or None, not int"):
-        nbqueue.Queue("q", 42).connection
+        _ = nbqueue.Queue("q", 42).connection
     assert issubclass(errors.InvalidConnection, TypeError)
 
 
@@ -86,7 +86,7 @@ def _returned(name: str, module: Any, sources: dict) -> list:
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
                 hint = ast.unparse(node.returns).strip("'\"") if node.returns else "None"
-                found.append(eval(hint, vars(other)))  # noqa: S307 - the package's own annotations
+                found.append(eval(hint, vars(other)))
     return found
 
 
@@ -101,7 +101,7 @@ def _offences(module: Any, tree: ast.AST, sources: dict) -> list:
             target = exc.func if isinstance(exc, ast.Call) else exc
             where = f"{module.__name__}:{node.lineno} raise {ast.unparse(target)}"
             try:
-                classes = [eval(ast.unparse(target), vars(module))]  # noqa: S307
+                classes = [eval(ast.unparse(target), vars(module))]
             except (NameError, AttributeError, TypeError):
                 if isinstance(target, ast.Attribute):
                     classes = _returned(target.attr, module, sources)
@@ -132,7 +132,8 @@ def test_the_raise_check_finds_a_builtin_raised_on_purpose():
     from nbqueue import job
 
     sources = _sources()
-    hostile = ast.parse("def f(x):\n    if x:\n        raise ValueError('no')\n    raise (self._missing() if x else TypeError)\n"
+    hostile = ast.parse("def f(x):\n    if x:\n        raise ValueError('no')\n"
+                        "    raise (self._missing() if x else TypeError)\n"
                         "def g():\n    raise NoSuchJob('fine')\n")
     bad = _offences(job, hostile, sources)
     assert sorted(bad) == ["nbqueue.job:3 raise ValueError: ValueError is no NbqueueError",

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import queue
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable
 
 import pytest
 
@@ -24,7 +25,7 @@ class Frontend:
 
     def __init__(self) -> None:
         self.km, self.kc = jupyter_client.manager.start_new_kernel(kernel_name="python3", cwd=str(TESTS))
-        self.messages: List[dict] = []
+        self.messages: list[dict] = []
 
     def run(self, code: str, timeout: float = 60) -> str:
         """Run ``code`` and wait for its reply; its messages are kept. Returns the msg id."""
@@ -44,14 +45,14 @@ class Frontend:
         except queue.Empty:
             pass
 
-    def of(self, msg_id: str, *kinds: str) -> List[dict]:
+    def of(self, msg_id: str, *kinds: str) -> list[dict]:
         return [m for m in self.messages if m["parent_header"].get("msg_id") == msg_id
                 and m["msg_type"] in kinds]
 
     def errors(self) -> list:
         return [m["content"] for m in self.messages if m["msg_type"] == "error"]
 
-    def updates(self, display_id: str) -> List[dict]:
+    def updates(self, display_id: str) -> list[dict]:
         return [m["content"]["data"] for m in self.messages if m["msg_type"] == "update_display_data"
                 and m["content"].get("transient", {}).get("display_id") == display_id]
 
@@ -90,7 +91,7 @@ def frontend(redis_url: str) -> Iterator[Frontend]:
         fe.close()
 
 
-def displays(fe: Frontend, msg_id: str) -> List[dict]:
+def displays(fe: Frontend, msg_id: str) -> list[dict]:
     return [m["content"] for m in fe.of(msg_id, "display_data", "execute_result")]
 
 
@@ -210,10 +211,9 @@ def test_shutdown_turns_live_views_into_detached_reports(frontend, start_worker)
 
 def test_buttons_say_when_clicks_wait_for_an_idle_kernel(redis_client):
     """Outside a kernel with subshells (here: no kernel at all) a button can't act at once."""
-    from nbqueue.notebook.widgets import IDLE_ONLY, JobWidget
-
     import nbq_tasks
     from nbqueue import Queue
+    from nbqueue.notebook.widgets import IDLE_ONLY, JobWidget
 
     view = JobWidget(Queue("idleq").enqueue(nbq_tasks.add, 1, 2))
     try:

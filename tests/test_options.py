@@ -285,7 +285,8 @@ def ip(redis_client):
 def test_magic_options_are_checked_the_same_way(ip, redis_client, line, expected):
     with pytest.raises(UsageError, match=expected.replace("(", r"\(")):
         ip.run_line_magic("enqueue", line)
-    map_line = line.replace("(1, 2)", " [1, 2]", 1).replace("async_generator_function()", "async_generator_function [1]")
+    map_line = line.replace("(1, 2)", " [1, 2]", 1)
+    map_line = map_line.replace("async_generator_function()", "async_generator_function [1]")
     with pytest.raises(UsageError, match=expected.replace("(", r"\(")):
         ip.run_line_magic("map", map_line)
     assert_nothing_written(redis_client)

@@ -143,7 +143,8 @@ def test_a_small_result_costs_its_job_a_type_check():
 
 @pytest.mark.parametrize("junk", [
     b"not json", b"[1, 2]", b'{"type": "int", "text": 5, "size": 1}', b'{"type": "int", "text": "1", "size": -1}',
-    b'{"type": "int", "text": "1", "size": true}', b"[" * 5000, b'{"a":' * 1000 + b"1" + b"}" * 1000, b'{"type": "int", "text": "1", "size": 1e400}',
+    b'{"type": "int", "text": "1", "size": true}', b"[" * 5000, b'{"a":' * 1000 + b"1" + b"}" * 1000,
+    b'{"type": "int", "text": "1", "size": 1e400}',
     b'{"type": "int", "text": "1", "size": 1%s}' % (b"0" * 400), b'{"type": "int", "text": "1"}', b"\xff\xfe",
     b'{"type": "x", "text": "1", "size": 1, "table": {"columns": [1], "index": [], "rows": []}}',
     b'{"type": "x", "text": "1", "size": 1, "table": {"columns": ["a"], "index": [], "rows": [[1]]}}',

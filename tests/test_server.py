@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from nbqueue.server import (
-    EmbeddedServer, ServerError, _pid_alive, default_runtime_dir, ensure_embedded,
+    EmbeddedServer,
+    ServerError,
+    _pid_alive,
+    default_runtime_dir,
+    ensure_embedded,
 )
 
 

@@ -8,8 +8,8 @@ import pytest
 
 import async_tasks
 import nbq_tasks
-from conftest import cell_values
 import nbqueue
+from conftest import cell_values
 from nbqueue import EnqueueError, JobFailed, Queue
 
 

@@ -10,8 +10,17 @@ import pytest
 import nbq_tasks
 import nbqueue
 from conftest import cell_values, wait_for
-from nbqueue import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Group, JobCanceled, JobFailed, NoSuchGroup,
-                     Queue, ResultTimeout)
+from nbqueue import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Group,
+    JobCanceled,
+    JobFailed,
+    NoSuchGroup,
+    Queue,
+    ResultTimeout,
+)
 
 
 def test_await_a_job_and_a_group_without_blocking_the_loop(redis_client, start_worker):

@@ -23,7 +23,7 @@ from ..schedule import schedules
 from .state import COLORS, _float, clean_progress, duration, esc, number, short, status_badge
 from .widgets import LiveView, _html, _set
 
-_open: "weakref.WeakSet[Dashboard]" = weakref.WeakSet()
+_open: weakref.WeakSet[Dashboard] = weakref.WeakSet()
 _TABLE = 'style="border-collapse:collapse;font-size:12px;margin:2px 0 8px 0"'
 _STATES = ("deferred", "queued", "scheduled", "retrying", "started", "finished", "failed", "canceled")
 
@@ -50,7 +50,7 @@ class Dashboard(LiveView):
     def __init__(self, connection: Any = None):
         super().__init__(connection)
         self.conn = self._watcher.connection
-        self.recent: "OrderedDict[str, dict]" = OrderedDict()
+        self.recent: OrderedDict[str, dict] = OrderedDict()
         self._funcs: dict = {}
         self._take(snapshot(self.conn, self.RECENT))
         self.body = _html("nbq-dashboard")
@@ -146,17 +146,19 @@ class Dashboard(LiveView):
              q.canceled_recent, rate_text(q.rate) if q.rate else "–", q.failed] for q in snap.queues])
         workers = _table(["worker", "host", "mode", "queues", "running", "jobs done", "up", "heartbeat"], [
             [esc(wk.name), esc(wk.host), esc(wk.mode), esc(",".join(wk.queues)),
-             "<br>".join(f"<code>{esc(i)}</code> {esc(f.replace(':', '.'))}" + (f" for {duration(now - t)}" if t else "")
-                         for i, f, t in wk.jobs) or "idle",
+             "<br>".join(f"<code>{esc(i)}</code> {esc(f.replace(':', '.'))}"
+                         + (f" for {duration(now - t)}" if t else "") for i, f, t in wk.jobs) or "idle",
              wk.done, duration(now - wk.started_at) if wk.started_at else "",
              (f"{wk.seen_ago:.1f} s ago" if wk.seen_ago <= 2 * HEARTBEAT else
               f'<span style="color:{COLORS["started"]}">{wk.seen_ago:.1f} s ago</span>')] for wk in snap.workers])
         recent = _table(["job", "function", "queue", "status", "when", "worker"], [
             [f"<code>{esc(short(e['id'], 34))}</code>", esc(self._funcs.get(e["id"], "")), esc(e.get("queue") or ""),
-             status_badge(e["status"]) + (f" {esc(e['progress'])}" if e.get("progress") and e["status"] == "started" else ""),
+             status_badge(e["status"])
+             + (f" {esc(e['progress'])}" if e.get("progress") and e["status"] == "started" else ""),
              f"{duration(now - e['t'])} ago", esc(e.get("worker") or "")]
             for e in reversed(self.recent.values())])
-        return (f'<div class="nbq-dashboard-body"><b>Queues</b>{queues if snap.queues else "<div>(no queues yet)</div>"}'
+        return (f'<div class="nbq-dashboard-body"><b>Queues</b>'
+                f'{queues if snap.queues else "<div>(no queues yet)</div>"}'
                 f'<b>Workers ({len(snap.workers)})</b>'
                 f'{workers if snap.workers else "<div>(none: start one with <code>nbqueue worker</code>)</div>"}'
                 f'<b>Recent jobs</b>{recent if self.recent else "<div>(no job has run lately)</div>"}'
@@ -173,11 +175,14 @@ class Dashboard(LiveView):
             seconds = moment.timestamp() - now
             return f"in {duration(seconds)}" if ahead and seconds > 0 else f"{duration(abs(seconds))} ago"
 
-        rows = [[esc(sc.name), f"<code>{esc(sc.func.replace(':', '.'))}</code>", esc(sc.rule), f"<code>{esc(sc.queue)}</code>",
-                 when(sc.next_run, True), when(sc.last_run, False),
-                 (f"<code>{esc(short(sc.last_job_id, 34))}</code> " + status_badge(sc.last_status or "expired")
-                  if sc.last_job_id else "–") + (f' <span style="color:{COLORS["failed"]}">{esc(short(sc.error, 120))}</span>'
-                                                 if sc.error else "")]
+        def last(sc: Any) -> str:
+            job = (f"<code>{esc(short(sc.last_job_id, 34))}</code> " + status_badge(sc.last_status or "expired")
+                   if sc.last_job_id else "–")
+            error = f' <span style="color:{COLORS["failed"]}">{esc(short(sc.error, 120))}</span>' if sc.error else ""
+            return job + error
+
+        rows = [[esc(sc.name), f"<code>{esc(sc.func.replace(':', '.'))}</code>", esc(sc.rule),
+                 f"<code>{esc(sc.queue)}</code>", when(sc.next_run, True), when(sc.last_run, False), last(sc)]
                 for sc in self.schedules]
         table = _table(["schedule", "function", "rule", "queue", "next run", "last run", "last job"], rows)
         return f'<b>Schedules ({len(self.schedules)})</b><div class="nbq-schedules">{table}</div>'

@@ -16,15 +16,15 @@ import re
 import shlex
 import sys
 import tokenize
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 
+from .. import queue as queue_module
 from ..errors import EnqueueError
 from ..group import Group
 from ..job import Job
-from .. import queue as queue_module
 from ..queue import Queue
 from .widgets import remember_call, remember_group
 
@@ -81,7 +81,7 @@ def _value(word: str) -> Any:
     return word
 
 
-def split_options(line: str, is_head: Any) -> Tuple[str, str]:
+def split_options(line: str, is_head: Any) -> tuple[str, str]:
     """Split ``line`` into the head and trailing ``--options``: the first `` --x`` after which
     the head is complete (``is_head``); a ``--`` inside the call (e.g. a string) is no option."""
     for match in _OPTION.finditer(line):
@@ -127,7 +127,7 @@ def _gaps(text: str) -> list:
     return gaps
 
 
-def map_parts(text: str, is_function: Any = lambda text: True) -> Optional[Tuple[Optional[str], str, str]]:
+def map_parts(text: str, is_function: Any = lambda text: True) -> Optional[tuple[Optional[str], str, str]]:
     """``[QUEUE] func iterable`` -> (queue or None, func text, iterable text). ``func`` is one word
     (``tasks.square``); a first word that is no function (``is_function``) is the queue."""
     text = text.strip()
@@ -152,18 +152,18 @@ class _Evaluator:
     def __call__(self, node: ast.AST, what: str) -> Any:
         expr = ast.fix_missing_locations(ast.Expression(node))
         try:
-            return eval(compile(expr, "<nbqueue>", "eval"), self.namespace)  # noqa: S307 - the user's own code
+            return eval(compile(expr, "<nbqueue>", "eval"), self.namespace)
         except Exception as exc:
             raise UsageError(f"evaluating {what} {ast.unparse(node)!r} raised {type(exc).__name__}: {exc}") from None
 
     def quietly(self, text: str) -> Any:
         """The value of ``text``, or None if it does not evaluate (no side effects expected)."""
         try:
-            return eval(text, self.namespace)  # noqa: S307
+            return eval(text, self.namespace)
         except Exception:
             return None
 
-    def call(self, node: ast.Call) -> Tuple[Any, tuple, dict]:
+    def call(self, node: ast.Call) -> tuple[Any, tuple, dict]:
         func = self(node.func, "the function")
         args: list = []
         for arg in node.args:
@@ -173,7 +173,8 @@ class _Evaluator:
                 args.append(self(arg, "the argument"))
         kwargs: dict = {}
         for kw in node.keywords:
-            items = self(kw.value, "the argument").items() if kw.arg is None else [(kw.arg, self(kw.value, "the argument"))]
+            given = self(kw.value, "the argument")
+            items = given.items() if kw.arg is None else [(kw.arg, given)]
             for name, value in items:
                 if name in kwargs:
                     raise UsageError(f"the call gives the keyword argument {name!r} twice")
@@ -196,7 +197,7 @@ class NbqueueMagics(Magics):
         except EnqueueError as exc:
             raise UsageError(str(exc)) from None
 
-    def _head(self, line: str, parse_head: Any, usage: str) -> Tuple[Optional[str], Any, str, str]:
+    def _head(self, line: str, parse_head: Any, usage: str) -> tuple[Optional[str], Any, str, str]:
         """(queue word or None, the parsed head, its text, the options text): the queue is optional."""
         head, options = split_options(line, lambda text: parse_head(text) is not None)
         parsed = parse_head(head)

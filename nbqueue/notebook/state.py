@@ -20,8 +20,8 @@ from ..info import served_queues
 from ..job import CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, SUMMARY, SUMMARY_SIG, Job
 from . import results
 
-COLORS = {DEFERRED: "#9467bd", QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
-          CANCELED: "#7f7f7f", "expired": "#7f7f7f", "?": "#7f7f7f"}
+COLORS = {DEFERRED: "#9467bd", QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c",
+          FAILED: "#d62728", CANCELED: "#7f7f7f", "expired": "#7f7f7f", "?": "#7f7f7f"}
 TAIL = 30  # output lines a widget shows (job.logs() has them all)
 LINE_MAX = 4000  # characters of one output line a widget shows
 _FIELDS = ("status", "queue", "worker", "attempt", "enqueued_at", "started_at", "ended_at", "progress", "exc", "error",
@@ -30,7 +30,8 @@ FETCH_MAX = 64 * 1024  # bytes: a result without a usable summary is fetched to 
 _PRE = "margin:2px 0;padding:4px 6px;font-size:12px;white-space:pre-wrap;max-height:14em;overflow:auto"
 # the output tail: a box that scrolls, showing its bottom (the newest line) with no script
 _TAIL_BOX = "max-height:14em;overflow:auto;display:flex;flex-direction:column-reverse;margin:2px 0"
-_TAIL_PRE = "flex:none;overflow:visible;max-height:none;margin:0;padding:4px 6px;font-size:12px;white-space:pre-wrap;background:rgba(127,127,127,.08)"
+_TAIL_PRE = ("flex:none;overflow:visible;max-height:none;margin:0;padding:4px 6px;font-size:12px;white-space:pre-wrap;"
+             "background:rgba(127,127,127,.08)")
 WORKER_CHECK = 2.0  # seconds between two looks at the worker registry (shared by every view)
 MESSAGE_LIMIT = 200  # characters of a progress message shown
 
@@ -309,7 +310,7 @@ class JobState:
         if not self.progress:
             return ""
         fraction = self.fraction()
-        color = COLORS[FAILED] if self.status == FAILED else COLORS[FINISHED] if self.status == FINISHED else COLORS[QUEUED]
+        color = COLORS[self.status] if self.status in (FAILED, FINISHED) else COLORS[QUEUED]
         bar = (f'<span style="display:inline-block;width:30%;height:.8em;background:rgba(127,127,127,.2);'
                f'vertical-align:middle;margin-right:6px"><span style="display:block;height:100%;'
                f'width:{100 * fraction:.1f}%;background:{color}"></span></span>') if fraction is not None else ""
@@ -351,7 +352,7 @@ class GroupState:
     def __init__(self, ids: list, call: str):
         self.ids, self.call = ids, call
         self.index = {job_id: i for i, job_id in enumerate(ids)}
-        self.status = {job_id: "?" for job_id in ids}
+        self.status = dict.fromkeys(ids, "?")
         self._counts = Counter({"?": len(self.status)})  # kept with each change: no count per render
         self.pending: set = set()  # ids to re-read (subscribed or re-subscribed)
         self.first_start: Optional[float] = None
@@ -505,7 +506,8 @@ class GroupState:
         """A static bar, one segment per ended status, and the progress text."""
         c, total = self.counts(), max(len(self.ids), 1)
         segments = "".join(f'<span style="display:inline-block;height:100%;width:{100 * c[st] / total:.2f}%;'
-                           f'background:{COLORS[st]}"></span>' for st in (FINISHED, FAILED, CANCELED, "expired") if c[st])
+                           f'background:{COLORS[st]}"></span>'
+                           for st in (FINISHED, FAILED, CANCELED, "expired") if c[st])
         bar = (f'<span style="display:inline-flex;width:40%;height:.8em;background:rgba(127,127,127,.2);'
                f'vertical-align:middle;margin-right:6px">{segments}</span>')
         return f'<div>{bar}<span class="nbq-group-progress">{esc(self.progress_text())}</span></div>'

@@ -9,14 +9,15 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import ipywidgets as w
 
 from ..errors import InvalidTransition, NbqueueError
-from ..watcher import get_watcher
 from ..group import Group
 from ..job import CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
+from ..watcher import get_watcher
 from . import kernel
 from .state import COLORS, GroupState, JobState, esc
 
@@ -27,8 +28,8 @@ call_texts: dict = {}  # job id -> the call as the user wrote it (set by %enqueu
 cell = {"running": False}  # set by the extension's pre/post_run_cell hooks
 # rendered while no cell ran, to send again within the next cell; held strongly (a view that ended is
 # referenced by nothing else, and must not be collected before its last state went out)
-_unsent: "set[LiveView]" = set()
-_shown: "weakref.WeakSet[LiveView]" = weakref.WeakSet()  # displayed views, to detach at shutdown
+_unsent: set[LiveView] = set()
+_shown: weakref.WeakSet[LiveView] = weakref.WeakSet()  # displayed views, to detach at shutdown
 
 
 def remember_call(job_id: str, text: str) -> None:
@@ -109,7 +110,7 @@ class LiveView:
         else:  # a headless run (nbclient) saves only what is sent while a cell runs
             _unsent.add(self)
 
-    def show(self) -> "LiveView":
+    def show(self) -> LiveView:
         """Display this view in the current cell (the widget while live, else the report)."""
         from IPython.display import display
 
@@ -208,7 +209,8 @@ class LiveView:
                 continue
             seen.add(id(widget))
             widget.send_state()
-            todo += [getattr(widget, name) for name in ("layout", "style") if isinstance(getattr(widget, name, None), w.Widget)]
+            todo += [getattr(widget, name) for name in ("layout", "style")
+                     if isinstance(getattr(widget, name, None), w.Widget)]
             todo += list(getattr(widget, "children", ()))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
