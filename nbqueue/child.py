@@ -33,9 +33,9 @@ MAX_WAIT = 60.0  # one select call at most (keeps huge timeouts within select's 
 EXIT_BUG = 70  # the child failed before or while sending (a bug, or no memory left)
 EXIT_NO_PIPE = 75  # the child could not write to its pipe (the job closed or broke it)
 try:  # the C module: plain ints, without the enum conversions that cost ~0.3 ms per child
-    import _signal as _sig
+    import _signal as _sig  # type: ignore[import-not-found]  # no stub: the same names as signal
 except ImportError:  # pragma: no cover - not CPython
-    _sig = signal  # type: ignore[misc]
+    _sig = signal
 _CATCHABLE = (frozenset(map(int, signal.valid_signals()))
               - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)})
 
@@ -87,7 +87,8 @@ class Forked:
                 os.setpgid(pid, pid)  # as the child does: whoever runs first, the group exists
             except OSError:
                 pass
-            self.pid, self._pipe, self._pidfd = pid, read_fd, _pidfd(pid)
+            self.pid, self._pidfd = pid, _pidfd(pid)
+            self._pipe: Optional[int] = read_fd
             _kept.update(fd for fd in (read_fd, self._pidfd) if fd is not None)
             _live.add(pid)
 
@@ -147,8 +148,11 @@ class Forked:
             return True
 
     def _read(self, message: _Message) -> None:
+        pipe = self._pipe
+        if pipe is None:  # closed already
+            return
         try:
-            chunk = os.read(self._pipe, READ_SIZE)
+            chunk = os.read(pipe, READ_SIZE)
         except BlockingIOError:
             return
         if chunk:
@@ -222,7 +226,7 @@ class _Message:
         return self._size is not None and len(self._buf) >= _HEADER.size + self._size
 
     def data(self) -> Optional[bytes]:
-        if not self.complete:
+        if not self.complete or self._size is None:
             return None
         return bytes(memoryview(self._buf)[_HEADER.size:_HEADER.size + self._size])
 
@@ -261,7 +265,8 @@ def _child_main(write_fd: int, run: Callable[[], bytes], fallback: bytes, parent
     end_children()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:  # after the outcome is sent: a closed, replaced or full stream can't lose it
-            stream.flush()
+            if stream is not None:
+                stream.flush()
         except BaseException:
             pass
     return code
@@ -397,7 +402,7 @@ _PRCTL = _find_prctl()  # looked up once, not in every child
 
 def _pidfd(pid: int) -> Optional[int]:
     try:
-        return os.pidfd_open(pid)  # type: ignore[attr-defined]
+        return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None  # not Linux 5.3+: the wait polls
 

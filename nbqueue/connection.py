@@ -66,8 +66,8 @@ def mask_url(url: str) -> str:
         if "password" in parts.query:
             query = [(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)]
             parts = parts._replace(query=urlencode(query, safe="*"))
-        query = f"?{parts.query}" if parts.query else ""
-        return f"{parts.scheme}://{parts.netloc}{parts.path}{query}"
+        tail = f"?{parts.query}" if parts.query else ""
+        return f"{parts.scheme}://{parts.netloc}{parts.path}{tail}"
     except ValueError:
         return "<unparsable URL>"
 

@@ -122,7 +122,8 @@ REASONS = {
 def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[[], None]], None]] = None) -> Outcome:
     """Import, check and call the job's function here; never raises. A coroutine function's job
     runs on an event loop of its own in this thread; ``on_task`` is given a function that cancels it."""
-    token = jobs._current.set(jobs.Job(taken.id, connection, {"status": b"started", "queue": taken.queue.encode()}))
+    current = jobs.Job(taken.id, connection, {"status": b"started", "queue": taken.queue.encode()})
+    token = jobs._current.set(current)
     try:
         if taken.refused:  # checked before anything is imported or unpickled
             return Outcome.failure(taken.refused)
@@ -144,7 +145,7 @@ def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[
         me = os.getpid()
         try:
             ttls = (taken.result_ttl, taken.failure_ttl)
-            with capture_output(jobs.get_current_job(), taken.attempt, ttls):  # output, logging, progress
+            with capture_output(current, taken.attempt, ttls):  # output, logging, progress
                 try:
                     value = func(*args, **kwargs)
                     if inspect.iscoroutine(value):
@@ -173,7 +174,10 @@ def run_coroutine(coro: Any, on_task: Optional[Callable[[Callable[[], None]], No
     try:
         task = loop.create_task(coro)
         if on_task is not None:
-            on_task(lambda: loop.call_soon_threadsafe(task.cancel))
+            def cancel() -> None:
+                loop.call_soon_threadsafe(task.cancel)
+
+            on_task(cancel)
         value = loop.run_until_complete(task)
         left = [t for t in asyncio.all_tasks(loop) if not t.done()]
         for t in left:
@@ -320,7 +324,7 @@ class Running:
             outcome = self._child.wait()
         if self.reason == "cancel":
             return Outcome(jobs.CANCELED, ["exc", self.reason_text()], "canceled")
-        if self.reason in ("timeout", "stop") or (self.reason and outcome is None):
+        if self.reason in ("timeout", "stop") or outcome is None:  # None: interrupted
             return Outcome.failure(self.reason_text())
         return outcome
 
@@ -397,8 +401,11 @@ def _mend_streams() -> None:
             setattr(sys, name, fresh)
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is old:
-                with handler.lock:  # not setStream: it flushes the closed stream first
+                handler.acquire()  # not setStream: it flushes the closed stream first
+                try:
                     handler.stream = fresh
+                finally:
+                    handler.release()
 
 
 def _raise_in_thread(thread_id: int, exc_type: Optional[type]) -> None:

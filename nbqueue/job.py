@@ -93,7 +93,7 @@ def _text(value: bytes) -> str:
 
 
 # job hash field -> (attribute, how to read it); absent fields leave the class defaults below
-_READ = {
+_READ: dict[str, tuple[str, Callable[[bytes], Any]]] = {
     "func": ("func_name", _text), "queue": ("queue", _text), "status": ("_status", _text),
     "enqueued_at": ("enqueued_at", _time), "started_at": ("started_at", _time), "ended_at": ("ended_at", _time),
     "worker": ("worker", _text), "attempt": ("attempt", int), "workers": ("workers", lambda v: v.decode().split()),

@@ -159,11 +159,11 @@ EVENTS_PATTERN = PREFIX + "ev:*"
 def script(name: str) -> Script:
     """The Lua script ``scripts/<name>.lua``."""
     text = _source(name)
-    return Script(None, text)  # type: ignore[arg-type]  # bytes need no client encoder
+    return Script(None, text)  # bytes need no client encoder
 
 
 def _source(name: str) -> bytes:
-    text = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_bytes()
+    text = resources.files(__package__).joinpath("scripts").joinpath(f"{name}.lua").read_bytes()
     return re.sub(rb"^-- #include ([a-z_]+)$", lambda m: _source(m.group(1).decode()), text, flags=re.M)
 
 

@@ -50,7 +50,7 @@ class Call(NamedTuple):
     """One call for ``enqueue_many``; plain ``(func, args)`` or ``(func, args, kwargs)`` tuples work too."""
 
     func: Callable
-    args: tuple = ()
+    args: Iterable[Any] = ()  # a tuple or list
     kwargs: Optional[dict] = None
     job_id: Optional[str] = None
 
@@ -223,9 +223,9 @@ class Queue:
                 raise EnqueueError(f"unique_key={reprlib.repr(unique_key)} is not valid: give a text of 1 to 200 "
                                    f"characters. Nothing was enqueued.")
             kept = Options.from_keywords(options)
-            ttls = (kept.result_ttl, kept.failure_ttl)
+            ttls = [t for t in (kept.result_ttl, kept.failure_ttl) if t is not None]
             fields += ["unique_key", unique_key, "unique_ttl",
-                       MAX_TTL if None in ttls else int(max(ttls)) + UNIQUE_QUEUEING]
+                       MAX_TTL if len(ttls) < 2 else int(max(ttls)) + UNIQUE_QUEUEING]
         funcs_table = [len(table), *[x for pair in table for x in pair]]
         if graph:
             if delay is not None:
@@ -472,7 +472,8 @@ class Queue:
         group = Group(self.enqueue_many([Call(func, (item,)) for item in iterable], **job_options))
         kept = [job_options.get(name, default) for name, default in
                 (("result_ttl", DEFAULT_RESULT_TTL), ("failure_ttl", DEFAULT_FAILURE_TTL))]
-        return group.save(None if None in kept else max(as_seconds(t) for t in kept) + GROUP_QUEUEING)
+        seconds = [as_seconds(t) for t in kept if t is not None]
+        return group.save(max(s for s in seconds if s is not None) + GROUP_QUEUEING if len(seconds) == 2 else None)
 
 
 UNIQUE_QUEUEING = 7 * 24 * 3600  # seconds a unique key outlives its job's TTL: time it may wait queued

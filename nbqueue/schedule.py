@@ -191,8 +191,8 @@ def _listed(name: str, score: float, row: list, status: Optional[bytes]) -> Sche
         rule = Rule.from_stored(rule_text or "").describe()
     except ValueError:
         rule, error = "?", error or f"the stored rule {reprlib.repr(rule_text)} is not valid"
-    next_ms = score if math.isfinite(score) and abs(score) < 2 ** 53 else None
-    return Schedule(name, queue or "?", func or "?", rule, missed or "?", as_datetime(next_ms and int(next_ms)),
+    next_ms = int(score) if math.isfinite(score) and abs(score) < 2 ** 53 else None
+    return Schedule(name, queue or "?", func or "?", rule, missed or "?", as_datetime(next_ms),
                     as_datetime(_int(row[5])), last_job, _text(status) or None, _int(row[7]) or 0, error)
 
 
@@ -223,7 +223,7 @@ class Firer:
         due = int(due) if math.isfinite(due) else now  # -inf: written by hand; fire it now
         key = keys.schedule(name) if keys.NAME.fullmatch(name) else None
         stored = self.connection.hgetall(key) if key else {}
-        if not stored:  # a name in the set without a hash (junk, or removed meanwhile): drop it
+        if key is None or not stored:  # a name in the set without a hash (junk, or removed meanwhile): drop it
             self._run(key or keys.schedule("-"), raw_name, raw_due, b"", "", "", "default", [])
             return 0
         token = stored.get(b"token", b"")

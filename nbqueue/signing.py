@@ -130,7 +130,8 @@ class Signer:
         self.source = source
 
     def _matches(self, sig: Optional[bytes], head: bytes, data: bytes) -> bool:
-        return bool(sig) and any(hmac.compare_digest(sig, mac.digest(head, data)) for mac in self._macs)
+        return sig is not None and sig != b"" and any(
+            hmac.compare_digest(sig, mac.digest(head, data)) for mac in self._macs)
 
     # a job, b"job," + head + id + data: the worker checks it before importing or unpickling anything
     def job_mac(self, path: str, code: str, stored: Sequence, callbacks: Sequence[Optional[bytes]] = ()) -> _Hmac:

@@ -163,7 +163,7 @@ def _describe(value: Any) -> dict:
     if shape is not None and callable(getattr(value, "head", None)) and (hasattr(value, "columns") or len(shape) == 1):
         dims = "×".join(str(n) for n in shape) if len(shape) > 1 else f"of {shape[0]:,}" if shape else "()"
         dtype = getattr(value, "dtype", None) if len(shape) == 1 else None
-        out = {"type": name, "text": f"{name} {dims}" + (f" {dtype}" if dtype is not None else "")}
+        out: dict = {"type": name, "text": f"{name} {dims}" + (f" {dtype}" if dtype is not None else "")}
         try:
             out["table"] = _table(value, shape)
         except Exception as exc:

@@ -107,7 +107,8 @@ class Watcher:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def _change(self, sub: Subscription, add: list = (), remove: list = (), close: bool = False) -> None:
+    def _change(self, sub: Subscription, add: Iterable[str] = (), remove: Iterable[str] = (),
+                close: bool = False) -> None:
         with self._lock:
             if sub.closed:
                 return

@@ -441,7 +441,12 @@ class Worker:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None  # e.g. a worker in a notebook thread: use request_stop()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
 
     def _on_signal(self, signum: int, frame) -> None:
         """Only counts and wakes the main thread, which acts (never re-entered, never blocked)."""

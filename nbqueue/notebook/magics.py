@@ -19,6 +19,7 @@ import tokenize
 from typing import Any, Optional
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 
 from .. import queue as queue_module
@@ -90,14 +91,16 @@ def split_options(line: str, is_head: Any) -> tuple[str, str]:
     return line.strip(), ""
 
 
-def _parse(text: str, mode: str = "eval") -> Optional[ast.AST]:
+def _parse(text: str, mode: str = "eval") -> Any:
+    """The expression (``mode="eval"``) or statements (``"exec"``) ``text`` holds; None if it is not Python."""
     try:
-        return ast.parse(text.strip(), mode=mode).body
+        tree: Any = ast.parse(text.strip(), mode=mode)  # an Expression or a Module
+        return tree.body
     except SyntaxError:
         return None
 
 
-def _parse_option(text: str, name: str) -> ast.AST:
+def _parse_option(text: str, name: str) -> ast.expr:
     node = _parse(text)
     if node is None:
         raise UsageError(f"--{name.replace('_', '-')} {text!r} is not a Python expression")
@@ -149,7 +152,7 @@ class _Evaluator:
     def __init__(self, namespace: dict):
         self.namespace = namespace
 
-    def __call__(self, node: ast.AST, what: str) -> Any:
+    def __call__(self, node: ast.expr, what: str) -> Any:
         expr = ast.fix_missing_locations(ast.Expression(node))
         try:
             return eval(compile(expr, "<nbqueue>", "eval"), self.namespace)
@@ -185,6 +188,8 @@ class _Evaluator:
 @magics_class
 class NbqueueMagics(Magics):
     """The nbqueue magics (``%load_ext nbqueue``)."""
+
+    shell: InteractiveShell  # type: ignore[assignment]  # Magics declares it None until IPython registers the magics
 
     def _queue(self, word: Optional[str]) -> Queue:
         if word is None:

@@ -302,7 +302,7 @@ class JobState:
             return self.result_html or f'<pre class="nbq-result" style="{_PRE}">→ {esc(self.result)}</pre>'
         if self.error or (self.status == FAILED and self.exc):
             return (f'<pre class="nbq-traceback" style="{_PRE};color:{COLORS[FAILED]};'
-                    f'background:rgba(214,39,40,.06)">{esc((self.error or self.exc).rstrip())}</pre>')
+                    f'background:rgba(214,39,40,.06)">{esc((self.error or self.exc or "").rstrip())}</pre>')
         return ""
 
     def progress_html(self) -> str:

@@ -10,14 +10,14 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import ipywidgets as w
 
 from ..errors import InvalidTransition, NbqueueError
 from ..group import Group
 from ..job import CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, TERMINAL, Job
-from ..watcher import get_watcher
+from ..watcher import Subscription, get_watcher
 from . import kernel
 from .state import COLORS, GroupState, JobState, esc
 
@@ -57,10 +57,18 @@ class LiveView:
     """
 
     MIN_GAP = 0.2
+    # what a subclass defines
+    box: w.Box
+    apply: Callable[[dict], bool]
+    render: Callable[[], None]
+    html: Callable[[], str]
+    text: Callable[[], str]
+    ticking: Callable[[], bool]
+    done: Callable[[], bool]
 
     def __init__(self, connection: Any):
         self._watcher = get_watcher(connection)
-        self._sub = None
+        self._sub: Optional[Subscription] = None
         self._dirty = False
         self._last = 0.0
         self._lock = threading.Lock()  # button handlers (a subshell thread) vs the watcher thread
