@@ -36,10 +36,15 @@ def check_seconds(name: str, value: Any, maximum: float, *, zero: bool = False, 
     return seconds
 
 
+def _is_bool(value: Any) -> bool:
+    """A bool, or a numpy bool (which numpy < 2.1 still lets pass as an index, with a warning)."""
+    return isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b"
+
+
 def check_count(name: str, value: Any, maximum: int = MAX_RETRIES) -> int:
     """``value`` as an int from 0 to ``maximum`` (ints and numpy integers; not bools), else ``EnqueueError``."""
     try:
-        count = None if isinstance(value, bool) else int(operator.index(value))  # exactly an int
+        count = None if _is_bool(value) else int(operator.index(value))  # exactly an int
     except TypeError:
         count = None
     if count is None or not 0 <= count <= maximum:

@@ -243,7 +243,7 @@ class NbqueueMagics(Magics):
         return job
 
     @no_var_expand
-    @line_magic("map")
+    @line_magic("map")  # type: ignore[arg-type]  # IPython 9 types it as "_F | decorator"
     def map_(self, line: str) -> Optional[Group]:
         """One job per item: ``%map [QUEUE] func iterable [options]``; returns the Group (shown live).
         Each item is the one argument of ``func``, as with the builtin ``map``."""
@@ -278,7 +278,7 @@ class NbqueueMagics(Magics):
         return dashboard
 
     @no_var_expand
-    @cell_magic("nbqueue.module")
+    @cell_magic("nbqueue.module")  # type: ignore[arg-type]  # as line_magic
     def module(self, line: str, cell: str) -> None:
         """``%%nbqueue.module tasks``: save the cell as ``tasks.py`` in the kernel's folder (where
         workers are started) and import (or reload) it here as ``tasks``."""
