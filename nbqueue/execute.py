@@ -16,14 +16,12 @@ import time
 import traceback
 from typing import Any, Callable, NamedTuple, Optional
 
-from . import flow, keys, signing
-from . import job as jobs
+from . import flow, job as jobs, keys, signing
 from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
 from .errors import CodeMismatchError, DependencyError, PayloadError
 from .events import capture_output
 from .serialization import check_code, dumps_result, loads_call
-from .summary import needed as summary_needed
-from .summary import summarise
+from .summary import needed as summary_needed, summarise
 
 log = logging.getLogger("nbqueue.worker")
 

@@ -26,8 +26,7 @@ from .options import (  # noqa: F401 - MAX_*, check_seconds and check_count: als
     check_seconds,
 )
 from .seconds import as_seconds
-from .serialization import describe as describe_func
-from .serialization import dumps_call, function_ref
+from .serialization import describe as describe_func, dumps_call, function_ref
 
 if TYPE_CHECKING:  # pragma: no cover
     from .group import Group

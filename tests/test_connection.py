@@ -14,15 +14,7 @@ import pytest
 import redis
 
 from nbqueue import connection
-from nbqueue.connection import (
-    ConnectionFailed,
-    Resolved,
-    connect,
-    describe,
-    get_connection,
-    mask_url,
-    resolve,
-)
+from nbqueue.connection import ConnectionFailed, Resolved, connect, describe, get_connection, mask_url, resolve
 from nbqueue.server import EmbeddedServer
 
 USER, PASSWORD = "nbqtest", "s3cret-pw"

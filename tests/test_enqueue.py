@@ -10,16 +10,7 @@ import threading
 import pytest
 
 import nbq_tasks
-from nbqueue import (
-    Call,
-    EnqueueError,
-    InvalidQueueName,
-    InvalidTransition,
-    Job,
-    JobExists,
-    NoSuchJob,
-    Queue,
-)
+from nbqueue import Call, EnqueueError, InvalidQueueName, InvalidTransition, Job, JobExists, NoSuchJob, Queue
 from nbqueue.serialization import function_ref
 
 

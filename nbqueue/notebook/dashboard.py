@@ -17,8 +17,7 @@ import ipywidgets as w
 
 from .. import keys
 from ..heartbeat import HEARTBEAT
-from ..info import WINDOW, rate_text, snapshot
-from ..info import render as render_text
+from ..info import WINDOW, rate_text, render as render_text, snapshot
 from ..schedule import schedules
 from .state import COLORS, _float, clean_progress, duration, esc, number, short, status_badge
 from .widgets import LiveView, _html, _set
