@@ -22,11 +22,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import redis  # noqa: E402
 
-from clusters import LocalCluster  # noqa: E402
-from servers import PrivateRedis  # noqa: E402
-
 import nbqueue  # noqa: E402
 from benchmarks import tasks  # noqa: E402
+from clusters import LocalCluster  # noqa: E402
+from servers import PrivateRedis  # noqa: E402
 
 
 class _Volatile(PrivateRedis):

@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-import nbqueue  # noqa: E402
-from benchmarks import tasks  # noqa: E402
-from benchmarks.harness import ROOT, Server, connect  # noqa: E402
+import nbqueue
+from benchmarks import tasks
+from benchmarks.harness import ROOT, Server, connect
 
 try:
     from nbqueue import forkserver

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import redis
 
@@ -47,7 +48,7 @@ class Server:
         self.cmd = [binary, *where, "--save", "", "--appendonly", "no", "--dir", self.dir,
                     "--daemonize", "no", "--logfile", f"{self.dir}/server.log"]
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:

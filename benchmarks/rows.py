@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from time import perf_counter
 
-import nbqueue
 import rq
 
+import nbqueue
 from benchmarks import tasks
 from benchmarks.harness import Ctx, Line, Row, percentile
 

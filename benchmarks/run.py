@@ -21,17 +21,17 @@ from pathlib import Path
 # `python benchmarks/run.py` works; appended, so PYTHONPATH=/some/snapshot benchmarks another nbqueue
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
-import rq  # noqa: E402
+import redis
+import rq
 
-import nbqueue  # noqa: E402
-from benchmarks.harness import ROOT, Ctx, Server, run_row, summary  # noqa: E402
-from benchmarks.rows import ROWS, limits  # noqa: E402
+import nbqueue
+from benchmarks.harness import ROOT, Ctx, Server, run_row, summary
+from benchmarks.rows import ROWS, limits
 
-FULL = dict(enqueue=5000, bulk=20000, drain=2000, fork=300, latency=200, idle=10,
-            memory=10000, scaling=1000, ping=20000, forks=500)
-QUICK = dict(enqueue=300, bulk=2000, drain=200, fork=40, latency=30, idle=2,
-             memory=1000, scaling=150, ping=2000, forks=100)
+FULL = {"enqueue": 5000, "bulk": 20000, "drain": 2000, "fork": 300, "latency": 200, "idle": 10,
+            "memory": 10000, "scaling": 1000, "ping": 20000, "forks": 500}
+QUICK = {"enqueue": 300, "bulk": 2000, "drain": 200, "fork": 40, "latency": 30, "idle": 2,
+             "memory": 1000, "scaling": 150, "ping": 2000, "forks": 100}
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 NOTES = """\
 - RQ and nbqueue columns: the median of the repeats. ratio: how many times better nbqueue is —

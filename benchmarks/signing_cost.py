@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 from time import perf_counter
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
+import redis
 
-from benchmarks import tasks  # noqa: E402
-from benchmarks.harness import Server  # noqa: E402
-from nbqueue import Queue, keys  # noqa: E402
-from nbqueue.server import find_binary  # noqa: E402
+from benchmarks import tasks
+from benchmarks.harness import Server
+from nbqueue import Queue, keys
+from nbqueue.server import find_binary
 
 
 def flush(client: redis.Redis) -> None:

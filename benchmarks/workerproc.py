@@ -41,8 +41,9 @@ def main() -> None:
     parser.add_argument("--go")
     parser.add_argument("--done")
     args = parser.parse_args()
-    import nbqueue  # both libraries are imported either way: same start-up for both
     import rq  # noqa: F401
+
+    import nbqueue  # both libraries are imported either way: same start-up for both
 
     conn = connect(args.url)
     conn.rpush(READY, nbqueue.__file__)  # the parent checks that we run the same nbqueue

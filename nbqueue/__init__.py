@@ -10,11 +10,11 @@ from __future__ import annotations
 from .connection import connect, use_redis
 from .errors import (
     CodeMismatchError,
+    CrossSlotDependency,
     EnqueueError,
     InvalidQueueName,
     InvalidTransition,
     JobCanceled,
-    CrossSlotDependency,
     JobExists,
     JobFailed,
     JobQueueUnknown,
@@ -48,14 +48,14 @@ __all__ = [
 
 # --- the notebook layer, imported only when asked for ---
 
-def load_ipython_extension(ipython):  # noqa: ANN001
+def load_ipython_extension(ipython):
     """``%load_ext nbqueue``: the magics, and live widgets for jobs and groups."""
     from .notebook import load_ipython_extension as load
 
     load(ipython)
 
 
-def dashboard(connection=None):  # noqa: ANN001
+def dashboard(connection=None):
     """A live view of queues, workers and recent jobs (in a notebook)."""
     from .notebook.dashboard import Dashboard
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import FunctionNotFound
 from .job import Job
 from .serialization import resolve
 
@@ -16,5 +17,6 @@ def call_back(path: str, job_id: str) -> Any:
     try:
         func = resolve(path)
     except ImportError as exc:
-        raise ImportError(f"the callback {path.replace(':', '.')} can't be imported on this worker: {exc}") from None
+        raise FunctionNotFound(
+            f"the callback {path.replace(':', '.')} can't be imported on this worker: {exc}") from None
     return func(Job.fetch(job_id))

@@ -27,7 +27,8 @@ import struct
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Optional
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 from .errors import ForkServerGone
 
@@ -40,10 +41,11 @@ MAX_WAIT = 60.0  # one select call at most (keeps huge timeouts within select's 
 EXIT_BUG = 70  # the child failed before or while sending (a bug, or no memory left)
 EXIT_NO_PIPE = 75  # the child could not write to its pipe (the job closed or broke it)
 try:  # the C module: plain ints, without the enum conversions that cost ~0.3 ms per child
-    import _signal as _sig
+    import _signal as _sig  # type: ignore[import-not-found]  # no stub: the same names as signal
 except ImportError:  # pragma: no cover - not CPython
-    _sig = signal  # type: ignore[misc]
-_CATCHABLE = frozenset(map(int, signal.valid_signals())) - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)}
+    _sig = signal
+_CATCHABLE = (frozenset(map(int, signal.valid_signals()))
+              - {getattr(signal, "SIGKILL", 0), getattr(signal, "SIGSTOP", 0)})
 
 if TYPE_CHECKING:  # pragma: no cover
     from .forkserver import ForkServer, Server
@@ -160,9 +162,12 @@ class Forked:
         except ChildProcessError:
             return True
 
-    def _read(self, message: "_Message") -> None:
+    def _read(self, message: _Message) -> None:
+        pipe = self._pipe
+        if pipe is None:  # closed already
+            return
         try:
-            chunk = os.read(self._pipe, READ_SIZE)
+            chunk = os.read(pipe, READ_SIZE)
         except BlockingIOError:
             return
         if chunk:
@@ -170,7 +175,7 @@ class Forked:
         else:  # end of file: the child closed its end (it goes on until it exits)
             self._close_pipe()
 
-    def _drain(self, message: "_Message") -> None:
+    def _drain(self, message: _Message) -> None:
         """Read what the exited child left in the pipe (a process it left may hold the pipe open)."""
         if self._pipe is None:
             return
@@ -241,7 +246,7 @@ class _Message:
         return self._size is not None and len(self._buf) >= _HEADER.size + self._size
 
     def data(self) -> Optional[bytes]:
-        if not self.complete:
+        if not self.complete or self._size is None:
             return None
         return bytes(memoryview(self._buf)[_HEADER.size:_HEADER.size + self._size])
 
@@ -307,7 +312,8 @@ def _child_main(write_fd: int, run: Callable[[], bytes], fallback: bytes, parent
     end_children()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:  # after the outcome is sent: a closed, replaced or full stream can't lose it
-            stream.flush()
+            if stream is not None:
+                stream.flush()
         except BaseException:
             pass
     return code
@@ -457,7 +463,7 @@ _PRCTL = _find_prctl()  # looked up once, not in every child
 
 def _pidfd(pid: int) -> Optional[int]:
     try:
-        return os.pidfd_open(pid)  # type: ignore[attr-defined]
+        return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None  # not Linux 5.3+: the wait polls
 

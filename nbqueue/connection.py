@@ -18,7 +18,7 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Union
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
@@ -73,8 +73,8 @@ def mask_url(url: str) -> str:
         if "password" in parts.query:
             query = [(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)]
             parts = parts._replace(query=urlencode(query, safe="*"))
-        query = f"?{parts.query}" if parts.query else ""
-        return f"{parts.scheme}://{parts.netloc}{parts.path}{query}"
+        tail = f"?{parts.query}" if parts.query else ""
+        return f"{parts.scheme}://{parts.netloc}{parts.path}{tail}"
     except ValueError:
         return "<unparsable URL>"
 
@@ -87,7 +87,7 @@ class SentinelURL:
     ``sentinel_username`` and ``sentinel_password`` are the sentinels' own, if they need any.
     """
 
-    sentinels: Tuple[Tuple[str, int], ...]
+    sentinels: tuple[tuple[str, int], ...]
     service: str
     db: int = 0
     username: Optional[str] = None
@@ -96,7 +96,7 @@ class SentinelURL:
     sentinel_password: Optional[str] = None
 
     @classmethod
-    def parse(cls, url: str) -> "SentinelURL":
+    def parse(cls, url: str) -> SentinelURL:
         """Parse ``url``; ``InvalidURL`` if it is not a well-formed Sentinel URL."""
         def bad(why: str) -> InvalidURL:
             return InvalidURL(f"invalid Sentinel URL {mask_url(url)!r} ({why}); use "
@@ -127,7 +127,7 @@ class SentinelURL:
                    options.get("sentinel_username"), options.get("sentinel_password"))
 
 
-def _host_port(item: str, bad: Any, default: int = 26379) -> Tuple[str, int]:
+def _host_port(item: str, bad: Any, default: int = 26379) -> tuple[str, int]:
     """``host:port`` (port ``default`` if left out; IPv6 in brackets) of one sentinel or node."""
     item = item.strip()
     if item.startswith("["):
@@ -147,7 +147,7 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def _cluster_url(url: str) -> Optional[Tuple[str, list]]:
+def _cluster_url(url: str) -> Optional[tuple[str, list]]:
     """For a ``redis+cluster://`` URL: the URL of its first node (``redis://`` or ``rediss://``, with
     the credentials and options) and the (host, port) of the others; None for any other URL.
     ``InvalidURL`` if it is malformed."""
@@ -171,7 +171,7 @@ def _cluster_url(url: str) -> Optional[Tuple[str, list]]:
     return first, hosts[1:]
 
 
-def _join(host_port: Tuple[str, int]) -> str:
+def _join(host_port: tuple[str, int]) -> str:
     host, port = host_port
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -411,7 +411,7 @@ def get_connection(connection: Union[Client, str, None] = None, evicting: str = 
     return client
 
 
-_clusters: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # pool -> RedisCluster or False
+_clusters: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # pool -> RedisCluster or False
 
 
 def _cluster_for(client: redis.Redis) -> Client:
@@ -439,8 +439,8 @@ def _key(client: Client) -> Any:
 
 
 # Per connection pool (per client): its server's maxmemory-policy, read once per process.
-_policies: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-_told: "weakref.WeakSet[Any]" = weakref.WeakSet()  # pools whose eviction was logged
+_policies: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_told: weakref.WeakSet[Any] = weakref.WeakSet()  # pools whose eviction was logged
 
 
 def eviction_policy(client: Client) -> str:

@@ -25,9 +25,14 @@
     ├── InvalidTransition ................ the job's state does not allow it
     ├── ResultTimeout (TimeoutError) ..... result(timeout=...) gave up; the job goes on
     ├── InvalidTimeout (ValueError) ...... a wait was given no number of seconds (NaN, negative, ...)
+    ├── InvalidOption (ValueError) ....... an argument nbqueue can't use (wait's return_when=, ...)
+    ├── UnpicklableHandle (TypeError) .... a Job handle was pickled (not as a job's argument)
     ├── JobCanceled ...................... the job was canceled: no result
     ├── JobFailed ........................ the job raised on the worker
     ├── PayloadError ..................... a stored payload can't be loaded
+    ├── MalformedData (ValueError) ....... a record in Redis is not as nbqueue writes it (by hand?)
+    ├── FunctionNotFound (ImportError) ... a job's function or callback can't be imported here
+    ├── Contention (RuntimeError) ........ the data a script needs kept changing while it was read
     ├── SecretError (ValueError) ......... the signing secret can't be used
     ├── SignatureError ................... a job's or result's signature does not match
     ├── CodeMismatchError ................ the worker has other source for the function
@@ -37,6 +42,10 @@ A builtin in brackets is a second base, so code that catches it (``except ValueE
 working. The first line of a message says it all (the ``nbqueue`` command prints only that line);
 later lines are detail, such as a log tail or a worker's traceback. Errors of redis-py itself
 (``redis.ConnectionError`` while a connection is in use, ``redis.ResponseError``) pass through.
+Outside the tree, on purpose: ``AssertionError`` for a broken invariant (a bug), the command line's
+``click`` errors and the notebook's IPython ``UsageError`` (each framework's own way to print a
+one-line message), and control flow inside the worker. ``tests/test_errors.py`` reads every
+``raise`` in the package and holds it to this.
 """
 from __future__ import annotations
 
@@ -197,3 +206,24 @@ class SignatureError(NbqueueError):
 class InvalidTimeout(NbqueueError, ValueError):
     """A wait (``result(timeout=)``, ``cancel(wait=)``, ``Group.results(timeout=)``) was given NaN, a
     negative number or no number: give seconds, 0 or more, or None."""
+
+
+class InvalidOption(NbqueueError, ValueError):
+    """An argument nbqueue can't use, e.g. ``wait(return_when=...)`` not one of its three constants."""
+
+
+class UnpicklableHandle(NbqueueError, TypeError):
+    """A ``Job`` handle was pickled: as a job's argument it is passed as its result, never as itself."""
+
+
+class MalformedData(NbqueueError, ValueError):
+    """A record read from Redis (a schedule's hash, a control message) is not as nbqueue writes it:
+    written by hand or by other code. The reader says what is wrong and goes on."""
+
+
+class FunctionNotFound(NbqueueError, ImportError):
+    """A job's function (or callback) can't be imported on this worker: no such module or name."""
+
+
+class Contention(NbqueueError, RuntimeError):
+    """The data a script needs (e.g. a job's dependents) kept changing while it was read, 100 times."""

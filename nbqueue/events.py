@@ -16,7 +16,8 @@ import threading
 import time
 import warnings
 from collections import deque
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import redis
 
@@ -34,7 +35,9 @@ LOG_TTL = DEFAULT_FAILURE_TTL  # seconds the lines live while the job runs (its 
 
 
 def _line(text: str) -> str:
-    return text if len(text) <= LOG_MAX_LINE else text[:LOG_MAX_LINE] + f"… [{len(text) - LOG_MAX_LINE} more characters]"
+    if len(text) <= LOG_MAX_LINE:
+        return text
+    return text[:LOG_MAX_LINE] + f"… [{len(text) - LOG_MAX_LINE} more characters]"
 
 
 # --- inside a job: progress and output ----------------------------------------------------------
@@ -273,12 +276,13 @@ class capture_output:
     the one running when it starts) still holds the job.
     """
 
-    def __init__(self, job: Job, attempt: Optional[int] = None, ttls: tuple = (DEFAULT_RESULT_TTL, DEFAULT_FAILURE_TTL)):
+    def __init__(self, job: Job, attempt: Optional[int] = None,
+                 ttls: tuple = (DEFAULT_RESULT_TTL, DEFAULT_FAILURE_TTL)):
         self.job = job
         self.attempt = attempt
         self.ttls = ttls  # the job's result and failure TTLs (-1: kept forever), which its lines get
 
-    def __enter__(self) -> "capture_output":
+    def __enter__(self) -> capture_output:
         self.live = _Live(self.job, self.attempt or _attempt(self.job))
         _router.add(self.live)
         _live[self.job.id] = self.live

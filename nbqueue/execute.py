@@ -16,8 +16,7 @@ import time
 import traceback
 from typing import Any, Callable, NamedTuple, Optional
 
-from . import job as jobs
-from . import flow, keys, schema, signing
+from . import flow, job as jobs, keys, schema, signing
 from .child import EXIT_NO_PIPE, Forked, end_orphans, exit_now, settle
 from .errors import CodeMismatchError, DependencyError, PayloadError
 from .events import capture_output
@@ -52,7 +51,7 @@ class Taken(NamedTuple):
     has_dependents: bool = False  # jobs waited for it when it was taken
 
     @classmethod
-    def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> "Taken":
+    def from_reply(cls, reply: list, signer: Optional[signing.Signer] = None) -> Taken:
         """The dequeue script's reply, its signature checked with ``signer`` (None: unsigned mode)."""
         queue, job_id, attempt, func, data, code, timeout, result_ttl, failure_ttl = reply[:9]
         callbacks = reply[13:15]
@@ -98,7 +97,7 @@ class Outcome(NamedTuple):
     summary: str  # one line for the worker's log ("ok" or the error)
 
     @classmethod
-    def failure(cls, exc_line: str, text: Optional[str] = None) -> "Outcome":
+    def failure(cls, exc_line: str, text: Optional[str] = None) -> Outcome:
         """A failed attempt: its one-line error and its traceback (by default, just that line)."""
         return cls(schema.FAILED, ["exc", exc_line, "error", text or exc_line + "\n"], exc_line)
 
@@ -118,8 +117,9 @@ REASONS = {
 def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[[], None]], None]] = None) -> Outcome:
     """Import, check and call the job's function here; never raises. A coroutine function's job
     runs on an event loop of its own in this thread; ``on_task`` is given a function that cancels it."""
-    token = jobs._current.set(jobs.Job(taken.id, connection, {"status": schema.STARTED.encode(), "queue": taken.queue.encode()},
-                                       queue=taken.queue))
+    current = jobs.Job(taken.id, connection, {"status": schema.STARTED.encode(), "queue": taken.queue.encode()},
+                       queue=taken.queue)
+    token = jobs._current.set(current)
     try:
         if taken.refused:  # checked before anything is imported or unpickled
             return Outcome.failure(taken.refused)
@@ -140,7 +140,8 @@ def run_job(taken: Taken, connection: Any, on_task: Optional[Callable[[Callable[
 
         me = os.getpid()
         try:
-            with capture_output(jobs.get_current_job(), taken.attempt, (taken.result_ttl, taken.failure_ttl)):  # output, logging, progress
+            ttls = (taken.result_ttl, taken.failure_ttl)
+            with capture_output(current, taken.attempt, ttls):  # output, logging, progress
                 try:
                     value = func(*args, **kwargs)
                     if inspect.iscoroutine(value):
@@ -169,7 +170,10 @@ def run_coroutine(coro: Any, on_task: Optional[Callable[[Callable[[], None]], No
     try:
         task = loop.create_task(coro)
         if on_task is not None:
-            on_task(lambda: loop.call_soon_threadsafe(task.cancel))
+            def cancel() -> None:
+                loop.call_soon_threadsafe(task.cancel)
+
+            on_task(cancel)
         value = loop.run_until_complete(task)
         left = [t for t in asyncio.all_tasks(loop) if not t.done()]
         for t in left:
@@ -214,7 +218,8 @@ def _result(value: Any) -> Outcome:
     try:
         blob = dumps_result(value)
     except BaseException as exc:  # pickling runs the value's own code (__reduce__), which can raise anything
-        line = f"ResultError: the job returned {type(value).__name__}, which can't be pickled: {type(exc).__name__}: {exc}"
+        line = (f"ResultError: the job returned {type(value).__name__}, which can't be pickled: "
+                f"{type(exc).__name__}: {exc}")
         return Outcome.failure(line)
     if len(blob) > RESULT_MAX:
         return Outcome.failure(
@@ -407,8 +412,11 @@ def _mend_streams() -> None:
             setattr(sys, name, fresh)
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is old:
-                with handler.lock:  # not setStream: it flushes the closed stream first
+                handler.acquire()  # not setStream: it flushes the closed stream first
+                try:
                     handler.stream = fresh
+                finally:
+                    handler.release()
 
 
 def _raise_in_thread(thread_id: int, exc_type: Optional[type]) -> None:

@@ -29,7 +29,8 @@ Results never travel through the client.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, List, Tuple
+from collections.abc import Iterable
+from typing import Any
 
 import redis
 
@@ -99,7 +100,7 @@ def _swap(value: Any, depth: int, budget: list, found: list) -> Any:
     return value if all(a is b for a, b in zip(items, value)) else kind(items)
 
 
-def extract(args: tuple, kwargs: dict) -> Tuple[tuple, dict, List[str]]:
+def extract(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[str]]:
     """The call with a placeholder for each Job or Group in it, and the refs of those jobs."""
     for a in args:  # the common case, plain values only: one type check each (~0.2 us in all)
         if type(a) not in _PLAIN:
@@ -114,7 +115,7 @@ def extract(args: tuple, kwargs: dict) -> Tuple[tuple, dict, List[str]]:
     return new_args, new_kwargs, found
 
 
-def ids_of(depends_on: Any, tag: str) -> List[str]:
+def ids_of(depends_on: Any, tag: str) -> list[str]:
     """The refs of the jobs ``depends_on`` names: a Job, a Group, a job id (one nbqueue made, a ref,
     or an id chosen at enqueue: of the enqueuing queue, whose tag is ``tag``), or a list/tuple/set of them."""
     if depends_on is None:
@@ -164,7 +165,7 @@ def check_cycles(connection: redis.Redis, new: dict) -> None:
                 stack.extend(edges.get(node, ()))
 
 
-def dependents_of(connection: redis.Redis, job_id: str, failing: bool) -> Tuple[list, list]:
+def dependents_of(connection: redis.Redis, job_id: str, failing: bool) -> tuple[list, list]:
     """The dependents of the job ``job_id`` (a ref) as the end scripts take them (``deps.lua``): their
     keys and their ``[n, ref, parent, expanded, queue, id, channel, ...]`` values. With ``failing`` (the job failed or was canceled),
     the dependents that will fail have their own dependents read too, down the chain. Members that are
@@ -271,7 +272,7 @@ def _put(value: Any, depth: int, budget: list, results: dict) -> Any:
 
 
 def substitute(args: tuple, kwargs: dict, connection: redis.Redis, signer: Any,
-               allow_failure: bool) -> Tuple[tuple, dict]:
+               allow_failure: bool) -> tuple[tuple, dict]:
     """The call with each placeholder replaced by its dependency's result, read from Redis now and
     checked with ``signer``; ``DependencyError`` if one can't be given."""
     wanted: set = set()

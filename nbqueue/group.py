@@ -4,7 +4,8 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import Counter
-from typing import Any, Generator, Iterator, List, Optional, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any, Optional
 
 import redis
 
@@ -23,11 +24,11 @@ class Group:
     ``Group.fetch(id)`` brings it back, e.g. after a kernel restart."""
 
     def __init__(self, jobs: Sequence[Job], id: Optional[str] = None):
-        self.jobs: List[Job] = list(jobs)
+        self.jobs: list[Job] = list(jobs)
         self.id = id or "g-" + secrets.token_hex(12)
 
     @classmethod
-    def fetch(cls, group_id: str, connection: Optional[redis.Redis] = None) -> "Group":
+    def fetch(cls, group_id: str, connection: Optional[redis.Redis] = None) -> Group:
         """The group saved under ``group_id``; ``NoSuchGroup`` if there is none (or it expired)."""
         conn = get_connection(connection)
         if not isinstance(group_id, str) or not keys.NAME.fullmatch(group_id):
@@ -37,7 +38,7 @@ class Group:
             raise NoSuchGroup(f"No group {group_id!r}: it was never saved here, or it expired with its jobs.")
         return cls([Job(i.decode(), conn) for i in ids], group_id)
 
-    def save(self, ttl: Optional[float] = DEFAULT_FAILURE_TTL) -> "Group":
+    def save(self, ttl: Optional[float] = DEFAULT_FAILURE_TTL) -> Group:
         """Keep the group's job refs in Redis under ``id`` for ``ttl`` seconds (``None``: forever)."""
         if self.jobs:
             key = keys.group(self.id)
@@ -51,11 +52,11 @@ class Group:
         return self
 
     @property
-    def ids(self) -> List[str]:
+    def ids(self) -> list[str]:
         return [job.id for job in self.jobs]
 
     @property
-    def refs(self) -> List[str]:
+    def refs(self) -> list[str]:
         """The jobs' refs (``keys.py``): their ids, for ids nbqueue made."""
         return [job.ref for job in self.jobs]
 

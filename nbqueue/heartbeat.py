@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional
 import redis
 
 from . import keys, sweep
-from .errors import WorkerTakenOver
+from .errors import MalformedData, WorkerTakenOver
 from .schedule import Firer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,31 +64,31 @@ class Throttled:
 
 def parse_request(data: object) -> tuple:
     """The ``(job id, attempt)`` of a control request ``{"cancel": id, "attempt": n}`` (attempt 0:
-    whichever attempt runs); ``ValueError`` saying what is wrong with anything else."""
+    whichever attempt runs); ``MalformedData`` (a ``ValueError``) saying what is wrong with anything else."""
     if not isinstance(data, bytes) or len(data) > MAX_REQUEST:
-        raise ValueError(f"not a request of at most {MAX_REQUEST} bytes")
+        raise MalformedData(f"not a request of at most {MAX_REQUEST} bytes")
     try:
         request = json.loads(data.decode())
     except ValueError:  # not UTF-8, not JSON
-        raise ValueError("not JSON") from None
+        raise MalformedData("not JSON") from None
     if not isinstance(request, dict):
-        raise ValueError("not a JSON object")
+        raise MalformedData("not a JSON object")
     job_id, attempt = request.get("cancel"), request.get("attempt")
     if not isinstance(job_id, str) or not keys.NAME.fullmatch(job_id):
-        raise ValueError("'cancel' is not a job id")
+        raise MalformedData("'cancel' is not a job id")
     if attempt is None or attempt is False:  # cancel.lua sends false for a job with no attempt field
         return job_id, 0
     if isinstance(attempt, str) and _ATTEMPT.fullmatch(attempt):  # cancel.lua sends the hash field as is
         attempt = int(attempt)
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
-        raise ValueError("'attempt' is not a whole number")
+        raise MalformedData("'attempt' is not a whole number")
     return job_id, attempt
 
 
 class Heartbeat(threading.Thread):
     """The thread; ``stop()`` ends it. Ending any other way, it tells ``worker.heartbeat_ended``."""
 
-    def __init__(self, worker: "Worker"):
+    def __init__(self, worker: Worker):
         super().__init__(name=f"nbqueue-heartbeat-{worker.name}", daemon=True)
         self.worker = worker
         self.connection = worker.connection

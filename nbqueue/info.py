@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from queue import Empty, SimpleQueue
-from typing import Any, Iterator, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import redis
 
@@ -13,7 +14,6 @@ from .connection import get_connection
 from .heartbeat import HEARTBEAT
 from .schema import CANCELED, FAILED, FINISHED, SYNC
 from .watcher import get_watcher
-
 
 WINDOW = 600.0  # seconds: "recent" counts of finished/failed/canceled jobs
 RATE_WINDOW = 60.0  # seconds: throughput is measured over this
@@ -168,7 +168,8 @@ def render(snap: Snapshot, now: Optional[float] = None) -> str:
               f"{q.canceled_recent:>10}{rate_text(q.rate):>9}" for q in snap.queues] or ["(no queues yet)"]
     kept = {q.name: q.failed for q in snap.queues if q.failed}
     if kept:
-        lines.append("failed jobs kept: " + ", ".join(f"{n} {c}" for n, c in kept.items()) + " (nbqueue requeue <queue>)")
+        kept_text = ", ".join(f"{n} {c}" for n, c in kept.items())
+        lines.append(f"failed jobs kept: {kept_text} (nbqueue requeue <queue>)")
     lines.append("")
     lines.append(f"workers: {len(snap.workers)}")
     for w in snap.workers:
@@ -184,7 +185,7 @@ def watch_events(connection: Union[redis.Redis, str, None] = None) -> Iterator[s
     """Yield one line per job event, as it is published (blocks), through the process's watcher.
     A dropped connection is reopened; if Redis can't be reached (or refuses us) the error is raised."""
     conn = get_connection(connection)
-    events: "SimpleQueue[Any]" = SimpleQueue()
+    events: SimpleQueue[Any] = SimpleQueue()
     sub = get_watcher(conn).watch(on_event=events.put, all_jobs=True, on_error=events.put)
     try:
         while True:

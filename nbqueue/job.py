@@ -7,19 +7,48 @@ import logging
 import reprlib
 import threading
 import time
+from collections.abc import Generator, Iterable
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Generator, Iterable, List, Optional
+from typing import Any, Callable, Optional
 
 import redis
 
 from . import keys, signing
 from .connection import get_connection
-from .errors import EnqueueError, InvalidTransition, JobCanceled, JobFailed, NbqueueError, NoSuchJob, ResultTimeout, SignatureError
+from .errors import (
+    EnqueueError,
+    InvalidTransition,
+    JobCanceled,
+    JobFailed,
+    NbqueueError,
+    NoSuchJob,
+    ResultTimeout,
+    SignatureError,
+    UnpicklableHandle,
+)
 from .schema import (  # noqa: F401  (statuses and defaults re-exported for older imports)
-    CALLBACK_FIELDS, CANCELED, DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY,
-    DEFAULT_TIMEOUT, DEFERRED, FAILED, FINISHED, OPTION_FIELDS, OUTCOME, QUEUED, READ_FIELDS, SCHEDULED, STARTED,
-    SUMMARY, SUMMARY_SIG, SYNC, TERMINAL, Status,
+    CALLBACK_FIELDS,
+    CANCELED,
+    DEFAULT_FAILURE_TTL,
+    DEFAULT_LOST_RETRIES,
+    DEFAULT_RESULT_TTL,
+    DEFAULT_RETRY_DELAY,
+    DEFAULT_TIMEOUT,
+    DEFERRED,
+    FAILED,
+    FINISHED,
+    OPTION_FIELDS,
+    OUTCOME,
+    QUEUED,
+    READ_FIELDS,
+    SCHEDULED,
+    STARTED,
+    SUMMARY,
+    SUMMARY_SIG,
+    SYNC,
+    TERMINAL,
+    Status,
 )
 from .seconds import deadline
 from .serialization import loads_args, loads_result
@@ -49,16 +78,17 @@ def dumps_meta(meta: Any) -> str:
     try:
         text = json.dumps(meta, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise EnqueueError(f"meta can't be kept as JSON: {exc}. Give str, numbers, bools, None, lists and dicts.") from None
+        raise EnqueueError(
+            f"meta can't be kept as JSON: {exc}. Give str, numbers, bools, None, lists and dicts.") from None
     if len(text) > META_MAX:
         raise EnqueueError(f"meta is {len(text):,} bytes as JSON, over the {META_MAX:,} bytes a job may keep.")
     return text
 
 
-_current: ContextVar[Optional["Job"]] = ContextVar("nbqueue_current_job", default=None)
+_current: ContextVar[Optional[Job]] = ContextVar("nbqueue_current_job", default=None)
 
 
-def get_current_job() -> Optional["Job"]:
+def get_current_job() -> Optional[Job]:
     """The job this code runs in when called inside a job on a worker, else ``None``."""
     return _current.get()
 
@@ -72,7 +102,7 @@ def _text(value: bytes) -> str:
 
 
 # job hash field -> (attribute, how to read it); absent fields leave the class defaults below
-_READ = {
+_READ: dict[str, tuple[str, Callable[[bytes], Any]]] = {
     "func": ("func_name", _text), "queue": ("queue", _text), "status": ("_status", _text),
     "enqueued_at": ("enqueued_at", _time), "started_at": ("started_at", _time), "ended_at": ("ended_at", _time),
     "worker": ("worker", _text), "attempt": ("attempt", int), "workers": ("workers", lambda v: v.decode().split()),
@@ -118,14 +148,14 @@ class Job:
 
     @classmethod
     def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None, *, secret: signing.Secret = None,
-              queue: Optional[str] = None) -> "Job":
+              queue: Optional[str] = None) -> Job:
         """The job with this id (give its ``queue`` too if you chose the id at enqueue); ``NoSuchJob``
         if it does not exist (or has expired), ``JobQueueUnknown`` for a chosen id without its queue."""
         job = cls(job_id, connection, secret=secret, queue=queue)
         job.refresh()
         return job
 
-    def refresh(self) -> "Job":
+    def refresh(self) -> Job:
         values = self.connection.hmget(self._key, READ_FIELDS)
         if values[2] is None:
             raise self._missing()
@@ -358,7 +388,8 @@ class Job:
         if status is None:
             raise NoSuchJob(f"No job {self.id!r} to requeue.")
         if status != 1:
-            raise InvalidTransition(f"job {self.id} is {status.decode()}; only a failed or canceled job can be requeued.")
+            raise InvalidTransition(
+                f"job {self.id} is {status.decode()}; only a failed or canceled job can be requeued.")
         self._status = QUEUED
 
     def _missing(self) -> NoSuchJob:
@@ -367,8 +398,9 @@ class Job:
         return NoSuchJob(f"No job {self.id!r}{where}: it was never enqueued here, or it expired after its TTL.")
 
     def __reduce__(self) -> tuple:
-        raise TypeError(f"a Job handle can't be pickled; as an argument of a job, a Job (or Group) is passed as its "
-                        f"result when it sits at the top level or in lists, tuples and dicts up to {_NESTING} deep")
+        raise UnpicklableHandle(f"a Job handle can't be pickled; as an argument of a job, a Job (or Group) is "
+                                f"passed as its result when it sits at the top level or in lists, tuples and "
+                                f"dicts up to {_NESTING} deep")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.ref == self.ref
@@ -438,10 +470,10 @@ class Waiter:
     def __init__(self, connection: redis.Redis, ids: Iterable[str], stop: Optional[threading.Event] = None):
         self.connection = connection
         self.stop = stop  # set by another thread: give up (an awaiting task was canceled)
-        self.waiting: Dict[str, Optional[str]] = dict.fromkeys(ids)  # id -> last status seen, in order
-        self.outcomes: Dict[str, list] = {}  # id -> outcome of a job that ended (status None: no such job)
+        self.waiting: dict[str, Optional[str]] = dict.fromkeys(ids)  # id -> last status seen, in order
+        self.outcomes: dict[str, list] = {}  # id -> outcome of a job that ended (status None: no such job)
         self._sub: Any = None  # the watcher subscription, once the first read left jobs waiting
-        self._flagged: Dict[str, None] = {}  # ids to read (an end or a sync came), in order; set on the watcher thread
+        self._flagged: dict[str, None] = {}  # ids to read (an end or a sync came), in order; set on the watcher thread
         self._signal = threading.Condition()
         self._read_once = False
         self._given: set = set()  # ids ``ended()`` returned already
@@ -458,10 +490,10 @@ class Waiter:
         self._until(lambda: job_id in self.outcomes, deadline)
         return self.outcomes.get(job_id)
 
-    def ended(self, deadline: Optional[float]) -> List[str]:
+    def ended(self, deadline: Optional[float]) -> list[str]:
         """Ids of jobs that ended since the last call, in the order seen, waiting up to ``deadline``
         for one; ``[]`` if none did by then (or every job was returned already)."""
-        def fresh() -> List[str]:
+        def fresh() -> list[str]:
             return [i for i in self.outcomes if i not in self._given]
 
         self._until(lambda: bool(fresh()) or not self.waiting, deadline)
@@ -480,7 +512,7 @@ class Waiter:
                 self._flagged[job_id] = None
                 self._signal.notify_all()
 
-    def _take(self, timeout: float) -> List[str]:
+    def _take(self, timeout: float) -> list[str]:
         """The ids flagged, waiting up to ``timeout`` s for one."""
         with self._signal:
             if not self._flagged:
@@ -546,7 +578,7 @@ class Waiter:
             self._sub.close()
             self._sub = None
 
-    def __enter__(self) -> "Waiter":
+    def __enter__(self) -> Waiter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -76,12 +76,12 @@ import secrets
 import select
 import threading
 import weakref
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache, lru_cache
 from importlib import resources
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Optional
 
-from redis import ConnectionError as RedisConnectionError
-from redis import TimeoutError as RedisTimeoutError
+from redis import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
@@ -125,7 +125,7 @@ def ref(job_id: str, tag_: str) -> str:
     return job_id if id_tag(job_id) == tag_ else f"{tag_}:{job_id}"
 
 
-def split(job: str, queue: Optional[str] = None) -> Tuple[str, str]:
+def split(job: str, queue: Optional[str] = None) -> tuple[str, str]:
     """``(id, tag)`` of a job given by ref, or by id and queue; ``JobQueueUnknown`` if neither tells
     where it lives (an id the caller chose, without its queue)."""
     if queue is not None:
@@ -283,15 +283,15 @@ def worker_wake(worker_name: str) -> str:
     return f"{PREFIX}wake-worker:{worker_name}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def script(name: str) -> Script:
     """The Lua script ``scripts/<name>.lua``."""
     text = _source(name)
-    return Script(None, text)  # type: ignore[arg-type]  # bytes need no client encoder
+    return Script(None, text)  # bytes need no client encoder
 
 
 def _source(name: str) -> bytes:
-    text = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_bytes()
+    text = resources.files(__package__).joinpath("scripts").joinpath(f"{name}.lua").read_bytes()
     return re.sub(rb"^-- #include ([a-z_]+)$", lambda m: _source(m.group(1).decode()), text, flags=re.M)
 
 
@@ -311,7 +311,7 @@ def evalsha(name: str, keys: list, args: list, tag: str = "") -> tuple:
     return ("EVALSHA", script(name).sha, len(keys), *keys, events_prefix(tag) if tag else "", *args)
 
 
-_checked: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()  # pool -> queues registered
+_checked: weakref.WeakKeyDictionary[Any, set] = weakref.WeakKeyDictionary()  # pool -> queues registered
 _check_lock = threading.Lock()
 
 
@@ -471,7 +471,7 @@ def slot_of(command: tuple) -> Optional[int]:
 
 _REDIRECTED = (MovedError, AskError)  # MovedError is an AskError: the command did not run, ask elsewhere
 _NOT_RUN = (TryAgainError, ClusterDownError)  # the command did not run: a failover or a migration under way
-_stale: "weakref.WeakSet[Any]" = weakref.WeakSet()  # cluster clients whose slot map must be read anew
+_stale: weakref.WeakSet[Any] = weakref.WeakSet()  # cluster clients whose slot map must be read anew
 
 
 def _send_cluster(client: RedisCluster, commands: tuple) -> list:

@@ -10,8 +10,14 @@ from datetime import datetime, timedelta
 from typing import Any, Optional, Union
 
 from .errors import EnqueueError
-from .schema import (DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT,
-                     encode_option)
+from .schema import (
+    DEFAULT_FAILURE_TTL,
+    DEFAULT_LOST_RETRIES,
+    DEFAULT_RESULT_TTL,
+    DEFAULT_RETRY_DELAY,
+    DEFAULT_TIMEOUT,
+    encode_option,
+)
 from .seconds import as_seconds
 
 YEAR = 365 * 24 * 3600
@@ -37,10 +43,15 @@ def check_seconds(name: str, value: Any, maximum: float, *, zero: bool = False, 
     return seconds
 
 
+def _is_bool(value: Any) -> bool:
+    """A bool, or a numpy bool (which numpy < 2.1 still lets pass as an index, with a warning)."""
+    return isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b"
+
+
 def check_count(name: str, value: Any, maximum: int = MAX_RETRIES) -> int:
     """``value`` as an int from 0 to ``maximum`` (ints and numpy integers; not bools), else ``EnqueueError``."""
     try:
-        count = None if isinstance(value, bool) else int(operator.index(value))  # exactly an int
+        count = None if _is_bool(value) else int(operator.index(value))  # exactly an int
     except TypeError:
         count = None
     if count is None or not 0 <= count <= maximum:
@@ -85,7 +96,7 @@ class Options:
                 object.__setattr__(self, name, check(name, value))
 
     @classmethod
-    def from_keywords(cls, options: dict) -> "Options":
+    def from_keywords(cls, options: dict) -> Options:
         if not options:
             return _DEFAULTS
         unknown = options.keys() - _CHECKS.keys()

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
 import redis
 
@@ -11,14 +12,21 @@ from . import flow, keys, signing, testing
 from .connection import describe, get_connection, is_cluster
 from .errors import CrossSlotDependency, EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import Job, cancel, cancel_command, dumps_meta
-from .schema import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFERRED, QUEUED, SCHEDULED
 from .options import (  # noqa: F401 - MAX_*, check_seconds and check_count: also nbqueue.queue's, as before
-    MAX_DELAY, MAX_RETRIES, MAX_RETRY_DELAY, MAX_TIMEOUT, MAX_TTL, Options, _delay_ms, _until, check_count,
+    MAX_DELAY,
+    MAX_RETRIES,
+    MAX_RETRY_DELAY,
+    MAX_TIMEOUT,
+    MAX_TTL,
+    Options,
+    _delay_ms,
+    _until,
+    check_count,
     check_seconds,
 )
+from .schema import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFERRED, QUEUED, SCHEDULED
 from .seconds import as_seconds
-from .serialization import describe as describe_func
-from .serialization import dumps_call, function_ref
+from .serialization import describe as describe_func, dumps_call, function_ref
 
 if TYPE_CHECKING:  # pragma: no cover
     from .group import Group
@@ -41,7 +49,7 @@ class Call(NamedTuple):
     """One call for ``enqueue_many``; plain ``(func, args)`` or ``(func, args, kwargs)`` tuples work too."""
 
     func: Callable
-    args: tuple = ()
+    args: Iterable[Any] = ()  # a tuple or list
     kwargs: Optional[dict] = None
     job_id: Optional[str] = None
 
@@ -52,7 +60,8 @@ def _as_call(call: Any) -> Call:
         return Call(*call)
     except TypeError:
         raise EnqueueError(f"{reprlib.repr(call)} is no call: give Call(func, args, kwargs) or a tuple (func, args) "
-                           f"or (func, args, kwargs), e.g. enqueue_many([(tasks.add, (1, 2))]). Nothing was enqueued.") from None
+                           f"or (func, args, kwargs), e.g. enqueue_many([(tasks.add, (1, 2))]). "
+                           f"Nothing was enqueued.") from None
 
 
 class Queue:
@@ -194,8 +203,8 @@ class Queue:
             try:
                 args, kwargs = tuple(call.args), dict(call.kwargs or {})
             except (TypeError, ValueError):
-                raise EnqueueError(f"Can't enqueue {describe_func(call.func)}: its arguments must be a tuple (or list) and "
-                                   f"its keyword arguments a dict, not {reprlib.repr(call.args)} and "
+                raise EnqueueError(f"Can't enqueue {describe_func(call.func)}: its arguments must be a tuple "
+                                   f"(or list) and its keyword arguments a dict, not {reprlib.repr(call.args)} and "
                                    f"{reprlib.repr(call.kwargs)}. Nothing was enqueued.") from None
             args, kwargs, found = flow.extract(args, kwargs)
             if found or ordering:
@@ -217,9 +226,9 @@ class Queue:
                 raise EnqueueError(f"unique_key={reprlib.repr(unique_key)} is not valid: give a text of 1 to 200 "
                                    f"characters. Nothing was enqueued.")
             kept = Options.from_keywords(options)
-            ttls = (kept.result_ttl, kept.failure_ttl)
+            ttls = [t for t in (kept.result_ttl, kept.failure_ttl) if t is not None]
             fields += ["unique_key", unique_key, "unique_ttl",
-                       MAX_TTL if None in ttls else int(max(ttls)) + UNIQUE_QUEUEING]
+                       MAX_TTL if len(ttls) < 2 else int(max(ttls)) + UNIQUE_QUEUEING]
         funcs_table = [len(table), *[x for pair in table for x in pair]]
         if graph:
             if delay is not None:
@@ -249,7 +258,7 @@ class Queue:
 
     def schedule(self, func: Callable, *args: Any, every: Union[float, timedelta, None] = None,
                  cron: Optional[str] = None, name: Optional[str] = None, timezone: Any = None,
-                 **kwargs: Any) -> "Schedule":
+                 **kwargs: Any) -> Schedule:
         """Queue ``func(*args, **kwargs)`` here ``every`` seconds (or a timedelta, at least 1 s), or at the
         times of a 5-field ``cron`` string (in ``timezone``, an IANA name; default UTC), from now on,
         until removed, by whichever worker is up (no scheduler process). ``name`` (default: the
@@ -260,7 +269,7 @@ class Queue:
     def schedule_call(self, func: Callable, args: Iterable = (), kwargs: Optional[dict] = None, *,
                       every: Union[float, timedelta, None] = None, cron: Optional[str] = None,
                       name: Optional[str] = None, timezone: Any = None, catch_up: bool = False,
-                      missed: Optional[str] = None, **options: Any) -> "Schedule":
+                      missed: Optional[str] = None, **options: Any) -> Schedule:
         """``schedule`` with job options as ``enqueue_call`` takes them (``timeout``, ``retries``,
         ``result_ttl``, ...). Ticks missed while no worker ran: ``missed="once"`` (default) queues one
         job when a worker is back, ``"all"`` (or ``catch_up=True``) one per missed tick (the last 100),
@@ -459,7 +468,7 @@ class Queue:
         return sum(reply == 1 for reply in replies)
 
     @classmethod
-    def all(cls, connection: Union[redis.Redis, str, None] = None) -> list["Queue"]:
+    def all(cls, connection: Union[redis.Redis, str, None] = None) -> list[Queue]:
         """Every queue that has been used, by name."""
         conn = get_connection(connection)
         return [cls(n.decode(), conn) for n in sorted(conn.smembers(keys.QUEUES))]
@@ -467,7 +476,7 @@ class Queue:
     def __repr__(self) -> str:
         return f"<Queue {self.name}>"
 
-    def map(self, func: Callable, iterable: Iterable, **job_options: Any) -> "Group":
+    def map(self, func: Callable, iterable: Iterable, **job_options: Any) -> Group:
         """One job ``func(item)`` per item, enqueued in one step (all or none); returns a ``Group``.
 
         Each item is the one argument, as with the builtin ``map``. For several arguments map a
@@ -479,7 +488,8 @@ class Queue:
         group = Group(self.enqueue_many([Call(func, (item,)) for item in iterable], **job_options))
         kept = [job_options.get(name, default) for name, default in
                 (("result_ttl", DEFAULT_RESULT_TTL), ("failure_ttl", DEFAULT_FAILURE_TTL))]
-        return group.save(None if None in kept else max(as_seconds(t) for t in kept) + GROUP_QUEUEING)
+        seconds = [as_seconds(t) for t in kept if t is not None]
+        return group.save(max(s for s in seconds if s is not None) + GROUP_QUEUEING if len(seconds) == 2 else None)
 
 
 UNIQUE_QUEUEING = 7 * 24 * 3600  # seconds a unique key outlives its job's TTL: time it may wait queued

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from cronsim import CronSim, CronSimError
 
-from .errors import ScheduleError
+from .errors import MalformedData, ScheduleError
 from .seconds import as_seconds
 
 MIN_EVERY = 1.0  # seconds: the workers look for due schedules once a heartbeat (1 s)
@@ -34,14 +34,15 @@ class Rule:
     timezone: str = "UTC"
 
     @classmethod
-    def make(cls, every: Any = None, cron: Any = None, tz: Any = None) -> "Rule":
+    def make(cls, every: Any = None, cron: Any = None, tz: Any = None) -> Rule:
         """The rule for ``schedule(every=...)`` or ``schedule(cron=..., timezone=...)``, or ``ScheduleError``."""
         if (every is None) == (cron is None):
-            raise ScheduleError("Give a schedule either every= (seconds or a timedelta) or cron= (e.g. cron='0 9 * * 1-5'), "
-                                "not both and not neither. Nothing was scheduled.")
+            raise ScheduleError("Give a schedule either every= (seconds or a timedelta) or cron= "
+                                "(e.g. cron='0 9 * * 1-5'), not both and not neither. Nothing was scheduled.")
         if every is not None:
             if tz is not None:
-                raise ScheduleError("timezone= is for cron= schedules; every= ticks at fixed intervals. Nothing was scheduled.")
+                raise ScheduleError(
+                    "timezone= is for cron= schedules; every= ticks at fixed intervals. Nothing was scheduled.")
             seconds = as_seconds(every)
             if seconds is None or not MIN_EVERY <= seconds <= MAX_EVERY:
                 raise ScheduleError(
@@ -67,13 +68,13 @@ class Rule:
         return f"every:{self.every_ms}" if self.every_ms is not None else f"cron:{self.timezone}:{self.cron}"
 
     @classmethod
-    def from_stored(cls, text: str) -> "Rule":
-        """The rule a schedule's hash holds; ``ValueError`` for junk (written by hand)."""
+    def from_stored(cls, text: str) -> Rule:
+        """The rule a schedule's hash holds; ``MalformedData`` (a ``ValueError``) for junk (written by hand)."""
         kind, _, rest = text.partition(":")
         if kind == "every":
             every = int(rest)
             if not MIN_EVERY * 1000 <= every <= MAX_EVERY * 1000:
-                raise ValueError(f"every {rest} ms is out of range")
+                raise MalformedData(f"every {rest} ms is out of range")
             return cls(every_ms=every)
         if kind == "cron":
             zone, _, expr = rest.partition(":")
@@ -81,9 +82,9 @@ class Rule:
             try:
                 CronSim(expr, datetime.now(timezone.utc))  # parses it
             except CronSimError as exc:
-                raise ValueError(f"cron {expr[:40]!r}: {exc}") from None
+                raise MalformedData(f"cron {expr[:40]!r}: {exc}") from None
             return rule
-        raise ValueError(f"unknown rule {text[:40]!r}")
+        raise MalformedData(f"unknown rule {text[:40]!r}")
 
     def describe(self) -> str:
         """``every 5m`` / ``cron 0 9 * * 1-5 (Europe/Berlin)``: for listings."""

@@ -27,15 +27,16 @@ import math
 import reprlib
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import redis
 
 from . import keys, signing
 from .connection import get_connection
-from .errors import ScheduleError
+from .errors import MalformedData, ScheduleError
 from .rules import Rule, as_datetime
 from .serialization import dumps_call, function_ref
 
@@ -99,7 +100,7 @@ def _pseudo_id(name: str, queue: str, rule: str, missed: str) -> bytes:
     return f"schedule:{name}:{queue}:{rule}:{missed}".encode()
 
 
-def create(queue: "Queue", func: Callable, args: Iterable, kwargs: Optional[dict], *, every: Any, cron: Any,
+def create(queue: Queue, func: Callable, args: Iterable, kwargs: Optional[dict], *, every: Any, cron: Any,
            name: Optional[str], timezone: Any, missed: Optional[str], catch_up: Any, options: dict) -> Schedule:
     """Store a schedule (replacing one of the same name); see ``Queue.schedule_call``."""
     from .queue import Options
@@ -207,8 +208,8 @@ def _listed(name: str, score: float, row: list, status: Optional[bytes]) -> Sche
         rule = Rule.from_stored(rule_text or "").describe()
     except ValueError:
         rule, error = "?", error or f"the stored rule {reprlib.repr(rule_text)} is not valid"
-    next_ms = score if math.isfinite(score) and abs(score) < 2 ** 53 else None
-    return Schedule(name, queue or "?", func or "?", rule, missed or "?", as_datetime(next_ms and int(next_ms)),
+    next_ms = int(score) if math.isfinite(score) and abs(score) < 2 ** 53 else None
+    return Schedule(name, queue or "?", func or "?", rule, missed or "?", as_datetime(next_ms),
                     as_datetime(_int(row[5])), last_job, _text(status) or None, _int(row[7]) or 0, error)
 
 
@@ -276,16 +277,16 @@ class Firer:
     def _parse(name: str, stored: dict) -> tuple:
         queue = stored[b"queue"].decode()
         if not keys.NAME.fullmatch(queue):
-            raise ValueError(f"queue {queue[:40]!r} is not a queue name")
+            raise MalformedData(f"queue {queue[:40]!r} is not a queue name")
         func, code, data = stored[b"func"], stored.get(b"code", b""), stored[b"data"]
         func.decode(), code.decode()  # UnicodeDecodeError (a ValueError) for junk
         options = json.loads(stored.get(b"options", b"[]"))
         if not isinstance(options, list) or len(options) % 2 or not all(isinstance(x, str) for x in options):
-            raise ValueError("its options are not a list of names and values")
+            raise MalformedData("its options are not a list of names and values")
         signing.options_of(options)  # an option nobody signs: AssertionError would be a bug; a name: junk
         missed = stored.get(b"missed", b"once").decode()
         if missed not in MISSED:
-            raise ValueError(f"missed={missed[:20]!r}")
+            raise MalformedData(f"missed={missed[:20]!r}")
         return queue, func, code, data, options, Rule.from_stored(stored[b"rule"].decode()), missed
 
     def _sign(self, func: str, code: str, options: list, jobs: list, data: bytes) -> list:

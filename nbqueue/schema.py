@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Dict, FrozenSet, Optional, Union
+from typing import Optional, Union
 
 
 class Status(str, Enum):
@@ -41,9 +41,9 @@ class Status(str, Enum):
 
 DEFERRED, QUEUED, SCHEDULED, STARTED = Status.DEFERRED, Status.QUEUED, Status.SCHEDULED, Status.STARTED
 FINISHED, FAILED, CANCELED = Status.FINISHED, Status.FAILED, Status.CANCELED
-STATUSES: FrozenSet[str] = frozenset(Status)
-TERMINAL: FrozenSet[str] = frozenset({FINISHED, FAILED, CANCELED})  # ended: it has an outcome
-WAITING: FrozenSet[str] = frozenset({DEFERRED, QUEUED, SCHEDULED})  # not taken yet: cancel drops it at once
+STATUSES: frozenset[str] = frozenset(Status)
+TERMINAL: frozenset[str] = frozenset({FINISHED, FAILED, CANCELED})  # ended: it has an outcome
+WAITING: frozenset[str] = frozenset({DEFERRED, QUEUED, SCHEDULED})  # not taken yet: cancel drops it at once
 ORDER = (DEFERRED, QUEUED, SCHEDULED, STARTED, FINISHED, FAILED, CANCELED)  # the order views list them in
 EXPIRED = "expired"  # no status: what views and counts say of a job whose hash is gone (its TTL passed)
 REFUSED = "refused"  # the worker's word to finish.lua: failed, never retried (its signature did not match)
@@ -54,11 +54,11 @@ LOST = "lost"  # its worker was lost; a "queued", "failed" or "canceled" event f
 LOG = "log"  # output lines: "lines"
 PROGRESS = "progress"  # "done", "total", "message"
 SYNC = "sync"  # the watcher's own (never published): "re-read this job, events may have been missed"
-EVENTS: FrozenSet[str] = STATUSES | {RETRYING, LOST, LOG, PROGRESS}  # what scripts and workers publish
-CHANGES: FrozenSet[str] = STATUSES | {RETRYING, LOST}  # the events that change what a job is
+EVENTS: frozenset[str] = STATUSES | {RETRYING, LOST, LOG, PROGRESS}  # what scripts and workers publish
+CHANGES: frozenset[str] = STATUSES | {RETRYING, LOST}  # the events that change what a job is
 
 # --- the job hash ---------------------------------------------------------------------------------
-JOB_FIELDS: Dict[str, str] = {
+JOB_FIELDS: dict[str, str] = {
     "func": "module:qualname of the function", "data": "the pickled call", "code": "its serializer",
     "sig": "the call's signature", "queue": "its queue", "status": "a Status",
     "enqueued_at": "time (s.us)", "started_at": "time of the last start", "ended_at": "time it ended",
@@ -86,7 +86,7 @@ OPTION_FIELDS = ("timeout", "result_ttl", "failure_ttl", "retries", "retry_delay
 CALLBACK_FIELDS = ("on_success", "on_failure")  # signed with the call when a job has some
 
 # --- a schedule's hash (keys.schedule(name)) ------------------------------------------------------
-SCHEDULE_FIELDS: Dict[str, str] = {
+SCHEDULE_FIELDS: dict[str, str] = {
     "queue": "its queue", "func": "the function", "data": "the pickled call", "code": "its serializer",
     "sig": "the call's signature", "rule": "every=/cron= (JSON)", "missed": "once, all or skip",
     "next": "next due time (ms)", "last_run": "time it last fired (ms)", "last_job": "the job it queued last",
@@ -100,7 +100,7 @@ DEFAULT_RESULT_TTL = 24 * 3600  # finished and canceled jobs are kept a day
 DEFAULT_FAILURE_TTL = 7 * 24 * 3600  # failed jobs a week, to be looked at and requeued
 DEFAULT_RETRY_DELAY = 1.0  # seconds before the first retry; doubles with each failure
 DEFAULT_LOST_RETRIES = 3  # re-runs after the job's worker was lost
-DEFAULTS: Dict[str, Union[int, float]] = {
+DEFAULTS: dict[str, Union[int, float]] = {
     "timeout": DEFAULT_TIMEOUT, "result_ttl": DEFAULT_RESULT_TTL, "failure_ttl": DEFAULT_FAILURE_TTL,
     "retries": 0, "retry_delay": DEFAULT_RETRY_DELAY, "lost_retries": DEFAULT_LOST_RETRIES,
 }

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
-from .errors import CodeMismatchError, EnqueueError, PayloadError
+from .errors import CodeMismatchError, EnqueueError, FunctionNotFound, PayloadError
 
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -148,16 +148,17 @@ def _check_importable(obj: Any, what: str) -> str:
 
 
 def resolve(path: str) -> Any:
-    """Import ``"module:qualname"`` and return the object; ``ImportError`` if it isn't there."""
+    """Import ``"module:qualname"`` and return the object; ``FunctionNotFound`` (an ``ImportError``)
+    if it isn't there."""
     module_name, _, qualname = path.partition(":")
     if not module_name or not qualname:
-        raise ImportError(f"{path!r} is not a 'module:qualname' path")
+        raise FunctionNotFound(f"{path!r} is not a 'module:qualname' path")
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ImportError(f"module {module_name!r} has no attribute {qualname!r}") from None
+            raise FunctionNotFound(f"module {module_name!r} has no attribute {qualname!r}") from None
     return obj
 
 
@@ -219,17 +220,17 @@ def loads_args(data: bytes, where: str = "here") -> tuple[Any, tuple, dict]:
             instance, args, kwargs = payload
         else:
             instance, (args, kwargs) = None, payload
-        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
-            raise TypeError("arguments are not (tuple, dict)")
     except Exception as exc:
         raise PayloadError(f"The job's arguments can't be loaded {where}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+        raise PayloadError(f"The job's arguments can't be loaded {where}: they are not (tuple, dict)")
     return instance, args, kwargs
 
 
 def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
     """Rebuild a call on the worker: ``(callable, args, kwargs)``.
 
-    Raises ``PayloadError`` for data that can't be unpickled and ``ImportError`` (with a hint)
+    Raises ``PayloadError`` for data that can't be unpickled and ``FunctionNotFound`` (an ``ImportError``, with a hint)
     when the function's module or name is missing here.
     """
     instance, args, kwargs = loads_args(data, "on this worker")
@@ -239,7 +240,7 @@ def loads_call(path: str, data: bytes) -> tuple[Callable, tuple, dict]:
     try:
         func = resolve(path)
     except ImportError as exc:
-        raise ImportError(
+        raise FunctionNotFound(
             f"This worker can't import {path.replace(':', '.')}: {exc}. Start the worker in the folder "
             f"that holds the module (it puts its working folder on sys.path), or install it, and "
             f"requeue the job. (sys.path[0] is {sys.path[0]!r})"

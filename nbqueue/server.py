@@ -18,8 +18,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import platformdirs
 import redis
@@ -236,7 +237,7 @@ class EmbeddedServer:
                         client.shutdown()  # returns once the server has closed the connection
                 except redis.RedisError:
                     answering = False
-            if running and not answering and _pid_alive(pid):
+            if running and not answering and pid is not None and _pid_alive(pid):
                 os.kill(pid, signal.SIGTERM)  # also a graceful shutdown
             if running:
                 self._wait(lambda: not _pid_alive(pid) and not self.is_running(), timeout, "exit")

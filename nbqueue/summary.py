@@ -38,7 +38,7 @@ def human(size: float) -> str:
     """A byte count in SI units: ``512 B``, ``1.5 kB``, ``50.0 MB``."""
     if size < 1000:
         return f"{int(size)} B"
-    for unit in ("kB", "MB", "GB", "TB"):
+    for unit in ("kB", "MB", "GB", "TB"):  # noqa: B007 - the unit it stops at is read after the loop
         size /= 1000
         if size < 999.95:
             break
@@ -163,7 +163,7 @@ def _describe(value: Any) -> dict:
     if shape is not None and callable(getattr(value, "head", None)) and (hasattr(value, "columns") or len(shape) == 1):
         dims = "×".join(str(n) for n in shape) if len(shape) > 1 else f"of {shape[0]:,}" if shape else "()"
         dtype = getattr(value, "dtype", None) if len(shape) == 1 else None
-        out = {"type": name, "text": f"{name} {dims}" + (f" {dtype}" if dtype is not None else "")}
+        out: dict = {"type": name, "text": f"{name} {dims}" + (f" {dtype}" if dtype is not None else "")}
         try:
             out["table"] = _table(value, shape)
         except Exception as exc:
@@ -179,7 +179,8 @@ def _describe(value: Any) -> dict:
     try:
         r = repr(value)
     except Exception as exc:
-        return {"type": name, "text": f"{name} object", "repr": f"(repr failed: {_cut(f'{type(exc).__name__}: {exc}', 200)})"}
+        failed = _cut(f"{type(exc).__name__}: {exc}", 200)
+        return {"type": name, "text": f"{name} object", "repr": f"(repr failed: {failed})"}
     if not isinstance(r, str):
         return {"type": name, "text": f"{name} object"}
     if _one_line(r):

@@ -8,7 +8,8 @@ or a job moved in between is left alone), so the two steps stay correct under ra
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 from . import flow, keys
 from .schedule import DUE_BATCH
@@ -18,18 +19,18 @@ log = logging.getLogger("nbqueue.worker")
 BATCH = 100  # jobs recovered or promoted per queue and sweep at most
 
 
-def commands(queues: Iterable[str], lease_ms: int, quiet_ms: int) -> List[tuple]:
+def commands(queues: Iterable[str], lease_ms: int, quiet_ms: int) -> list[tuple]:
     """The ``sweep.lua`` calls for ``queues``, to send with others in one round trip."""
     return [keys.evalsha("sweep", [keys.active(q), keys.beat(q), keys.scheduled(q), keys.schedules(q)],
                          [lease_ms, quiet_ms, BATCH, DUE_BATCH]) for q in queues]
 
 
-def handle(connection: Any, queues: Iterable[str], replies: Iterable[Any], firer: Optional[Any] = None) -> List[str]:
+def handle(connection: Any, queues: Iterable[str], replies: Iterable[Any], firer: Optional[Any] = None) -> list[str]:
     """Act on the replies of ``commands(queues)``: recover, promote and fire what they found.
     Returns the refs of the jobs recovered (re-queued, failed or canceled)."""
     from .schema import DEFAULT_FAILURE_TTL, DEFAULT_LOST_RETRIES, DEFAULT_RESULT_TTL
 
-    recovered: List[str] = []
+    recovered: list[str] = []
     for queue, reply in zip(queues, replies):
         if isinstance(reply, Exception):
             raise reply
@@ -58,7 +59,7 @@ def handle(connection: Any, queues: Iterable[str], replies: Iterable[Any], firer
     return recovered
 
 
-def promote(connection: Any, queue: str, ids: List[str]) -> int:
+def promote(connection: Any, queue: str, ids: list[str]) -> int:
     """Move those of ``ids`` (scheduled on ``queue``) that are due to the back of the queue."""
     good = [i for i in ids if keys.NAME.fullmatch(i)]
     junk = [i for i in ids if not keys.NAME.fullmatch(i)]
@@ -71,7 +72,7 @@ def promote(connection: Any, queue: str, ids: List[str]) -> int:
                          *[keys.job(i, queue) for i in good]], [queue, *good], tag=keys.tag(queue)))
 
 
-def known_queues(connection: Any, own: Iterable[str]) -> List[str]:
+def known_queues(connection: Any, own: Iterable[str]) -> list[str]:
     """The queues to sweep: those in ``keys.QUEUES`` (junk under that name: none) and ``own``."""
     import redis
 
@@ -83,7 +84,7 @@ def known_queues(connection: Any, own: Iterable[str]) -> List[str]:
     return sorted({q for q in found if keys.NAME.fullmatch(q)} | set(own))
 
 
-def sweep(connection: Any, queues: Iterable[str], lease_ms: int, quiet_ms: int, firer: Optional[Any] = None) -> List[str]:
+def sweep(connection: Any, queues: Iterable[str], lease_ms: int, quiet_ms: int, firer: Optional[Any] = None) -> list[str]:
     """One sweep of ``queues`` (one round trip, and more only where something is due)."""
     queues = list(queues)
     if not queues:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import redis
 
@@ -36,12 +36,12 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("nbqueue.worker")
 
 
-def runs_of(connection: Any, queues: List[str], split: bool = False) -> List[List[str]]:
+def runs_of(connection: Any, queues: list[str], split: bool = False) -> list[list[str]]:
     """``queues`` (priority order) cut into runs of neighbours on one slot (standalone: one run, or
     with ``split`` one per slot as on a cluster: tests run the cluster's way on one server so)."""
     if not (split or is_cluster(connection)):
         return [list(queues)]
-    runs: List[List[str]] = []
+    runs: list[list[str]] = []
     last = None
     for name in queues:
         slot = keys.slot_of(("LLEN", keys.queue(name)))
@@ -56,7 +56,7 @@ def runs_of(connection: Any, queues: List[str], split: bool = False) -> List[Lis
 class Run:
     """One run of queues on one slot: its take, its wait and its reflag commands."""
 
-    def __init__(self, worker_name: str, queues: List[str]):
+    def __init__(self, worker_name: str, queues: list[str]):
         self.queues = queues
         self.wake_key = keys.worker_wake_on(worker_name, queues[0])
         self.wait_keys = [*map(keys.wake, queues), self.wake_key]
@@ -68,7 +68,7 @@ class Run:
 class Takes:
     """The takes and waits of a worker whose queues span several slots (``len(runs) > 1``)."""
 
-    def __init__(self, worker: "Worker", runs: List[List[str]], take_run: Callable[[List[str]], Any],
+    def __init__(self, worker: Worker, runs: list[list[str]], take_run: Callable[[list[str]], Any],
                  redis_call: Callable[[Callable[[], Any]], Any]):
         self.worker = worker
         self.connection = worker.connection
@@ -80,7 +80,7 @@ class Takes:
         self._idle = 0  # slots waiting for a waker
         self._woken = 0  # wake-ups given that no idle slot took yet
         self._stopping = False
-        self._wakers: List[threading.Thread] = []
+        self._wakers: list[threading.Thread] = []
 
     # --- taking ---------------------------------------------------------------------------
     def take(self) -> Any:
@@ -119,7 +119,7 @@ class Takes:
         else:
             log.warning("worker %s: the shard of queue(s) %s is back", self.worker.name, ", ".join(run.queues))
 
-    def _reflag(self, runs: List[Run]) -> None:
+    def _reflag(self, runs: list[Run]) -> None:
         """Set anew the flags of the runs a waker popped and no take looked at since."""
         with self._cond:
             popped = [run for run in runs if run.popped]
@@ -191,7 +191,7 @@ class Takes:
             self._stopping = True
             self._cond.notify_all()
 
-    def wake_keys(self) -> List[str]:
+    def wake_keys(self) -> list[str]:
         return [run.wake_key for run in self.runs]
 
     def join(self, timeout: float = 5.0) -> None:

@@ -14,8 +14,9 @@ import contextlib
 import os
 import secrets
 import socket
+from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Iterator, List
+from typing import TYPE_CHECKING
 
 from .errors import NbqueueError
 from .job import Job
@@ -43,7 +44,7 @@ def sync() -> Iterator[None]:
         _sync.reset(token)
 
 
-def run_now(queue: "Queue", jobs: List[Job]) -> None:
+def run_now(queue: Queue, jobs: list[Job]) -> None:
     """Run ``jobs`` (just enqueued on ``queue``) here and now, as an inline worker would."""
     from .heartbeat import Heartbeat
     from .worker import Worker
@@ -76,11 +77,9 @@ def run_now(queue: "Queue", jobs: List[Job]) -> None:
         worker._unregister()
 
 
-def _promote(queue: "Queue", job: Job) -> None:
+def _promote(queue: Queue, job: Job) -> None:
     """Make a scheduled job due now and move it (with any other due job) to its queue."""
-    from . import keys
-
-    from . import sweep
+    from . import keys, sweep
 
     queue.connection.zadd(keys.scheduled(queue.name), {job.id: 0}, xx=True)
     sweep.promote(queue.connection, queue.name, [job.id])

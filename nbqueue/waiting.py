@@ -6,10 +6,11 @@ a Redis restart or outage, and never poll.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
-from typing import Iterable, Iterator, NamedTuple, Optional, Set
+from typing import NamedTuple, Optional
 
-from .errors import ResultTimeout
+from .errors import InvalidOption, ResultTimeout
 from .job import Job, Waiter
 from .schema import CANCELED, FAILED
 from .seconds import deadline
@@ -18,8 +19,8 @@ __all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "DoneAndNotDon
 
 
 class DoneAndNotDone(NamedTuple):
-    done: Set[Job]
-    not_done: Set[Job]
+    done: set[Job]
+    not_done: set[Job]
 
 
 def _unique(jobs: Iterable[Job]) -> dict:
@@ -50,10 +51,10 @@ def wait(jobs: Iterable[Job], timeout: Optional[float] = None,
     until one failed or was canceled (``FIRST_EXCEPTION``, else all done), or ``timeout`` seconds;
     returns ``(done, not_done)`` sets of jobs, never raises for time."""
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
-        raise ValueError(f"return_when={return_when!r}: use ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION")
+        raise InvalidOption(f"return_when={return_when!r}: use ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION")
     until = deadline(timeout)
     by_id = _unique(jobs)
-    done: Set[Job] = set()
+    done: set[Job] = set()
     if by_id:
         with Waiter(next(iter(by_id.values())).connection, list(by_id)) as waiter:
             while len(done) < len(by_id):

@@ -11,13 +11,14 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
 
 import redis
 
 from . import keys
 from .connection import describe, get_connection
-from .schema import SYNC  # noqa: F401  (the watcher's own event; re-exported)
+from .schema import SYNC
 
 log = logging.getLogger("nbqueue.watcher")
 
@@ -28,7 +29,7 @@ class Subscription:
     times a second, and ``on_error(exc)`` each time connecting to Redis fails (the watcher goes on
     trying), all called on the watcher's thread. ``close()`` when done."""
 
-    def __init__(self, watcher: "Watcher", on_event: Callable[[dict], None],
+    def __init__(self, watcher: Watcher, on_event: Callable[[dict], None],
                  on_tick: Optional[Callable[[], None]], all_jobs: bool,
                  on_error: Optional[Callable[[Exception], None]] = None):
         self.watcher, self.on_event, self.on_tick, self.all_jobs = watcher, on_event, on_tick, all_jobs
@@ -113,7 +114,8 @@ class Watcher:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def _change(self, sub: Subscription, add: list = (), remove: list = (), close: bool = False) -> None:
+    def _change(self, sub: Subscription, add: Iterable[str] = (), remove: Iterable[str] = (),
+                close: bool = False) -> None:
         with self._lock:
             if sub.closed:
                 return
@@ -257,7 +259,7 @@ def _text(value: Any) -> str:
 
 
 _watchers: dict = {}  # description of the Redis -> Watcher
-_watchers_alive: "weakref.WeakSet[Watcher]" = weakref.WeakSet()
+_watchers_alive: weakref.WeakSet[Watcher] = weakref.WeakSet()
 _watchers_lock = threading.Lock()
 
 

@@ -17,17 +17,18 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any, Callable, Optional, Union
 
 import redis
 
 from . import child, flow, forkserver, keys, signing, sweep, takes
 from .connection import connection_options, describe, get_connection, is_cluster
 from .errors import ForkServerGone, WorkerError
-from .execute import Outcome, Running, Taken, job_runner, _INTERRUPTED
+from .execute import _INTERRUPTED, Outcome, Running, Taken, job_runner
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
-from .schema import CANCELED, DEFAULT_FAILURE_TTL, FAILED, FINISHED, REFUSED, SUMMARY, SUMMARY_SIG
 from .queue import check_queue_name
+from .schema import CANCELED, DEFAULT_FAILURE_TTL, FAILED, FINISHED, REFUSED, SUMMARY, SUMMARY_SIG
 from .seconds import as_seconds
 
 log = logging.getLogger("nbqueue.worker")
@@ -538,7 +539,12 @@ class Worker:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None  # e.g. a worker in a notebook thread: use request_stop()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
 
     def _on_signal(self, signum: int, frame) -> None:
         """Only counts and wakes the main thread, which acts (never re-entered, never blocked)."""

@@ -15,10 +15,21 @@ failure the page (PNG and HTML) and the server log are saved into ``artifacts/``
 """
 from __future__ import annotations
 
-import contextlib, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Type, Union
+from typing import Any, Optional, Union
 
 import pytest
 
@@ -46,7 +57,9 @@ def require_browser() -> None:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} is missing: run `bash .ci/install-browser` as root")
     try:
-        import jupyterlab, notebook, playwright.sync_api  # noqa: F401,E401
+        import jupyterlab  # noqa: F401
+        import notebook  # noqa: F401
+        import playwright.sync_api  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"{exc.name} is not installed: run `pip install -e '.[test]'` in the venv")
 
@@ -55,12 +68,12 @@ def write_notebook(path: Union[str, Path], cells: Sequence[str]) -> Path:
     """Write code ``cells`` as a notebook with a python3 kernelspec (no kernel picker)."""
     import nbformat
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in cells])
-    nb.metadata["kernelspec"] = dict(name="python3", display_name="Python 3", language="python")
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, str(path))
     return Path(path)
 
 
-_open_browsers: List[Any] = []  # the Chromium a chromium() block runs now (Playwright's sync API nests not)
+_open_browsers: list[Any] = []  # the Chromium a chromium() block runs now (Playwright's sync API nests not)
 
 
 @contextlib.contextmanager
@@ -98,14 +111,14 @@ class JupyterServer:
         self.proc: Optional[subprocess.Popen] = None
         self._tmp = ""
 
-    def command(self) -> List[str]:
+    def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, "--no-browser", "--ip=127.0.0.1",
                 f"--port={self.port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
                 "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
                 f"--{self.app}.expose_app_in_browser=True", "--allow-root",
                 f"--ServerApp.root_dir={self.root_dir}", "--LabApp.extension_manager=readonly"]
 
-    def start(self) -> "JupyterServer":
+    def start(self) -> JupyterServer:
         """Start the server and wait until its REST API answers."""
         tmp = self._tmp = tempfile.mkdtemp(prefix=f"nbq-{self.name}-")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERLAB_", "JUPYTER_"))}
@@ -140,7 +153,7 @@ class JupyterServer:
         with urllib.request.urlopen(f"{self.url}/api/{path}", timeout=10) as resp:
             return json.loads(resp.read())
 
-    def kernel_ids(self) -> List[str]:
+    def kernel_ids(self) -> list[str]:
         """Ids of the kernels the server runs now."""
         return [k["id"] for k in self.api("kernels")]
 
@@ -200,7 +213,7 @@ class JupyterServer:
 
     @contextlib.contextmanager
     def open(self, notebook: str, timeout: float = 60, artifact: Optional[str] = None,
-             shutdown: bool = True) -> Iterator["Notebook"]:
+             shutdown: bool = True) -> Iterator[Notebook]:
         """Open ``notebook`` (relative to root_dir) in a fresh page (its own browser context, in
         ``self.browser`` or a new Chromium), wait for an idle kernel, and yield a :class:`Notebook`;
         on exit (``shutdown``) its kernel is shut down. A failure saves
@@ -242,7 +255,7 @@ class Notebook7(JupyterServer):
     name, module, app, tree = "notebook7", "notebook", "JupyterNotebookApp", "/notebooks/"
 
 
-FRONTENDS: Dict[str, Type[JupyterServer]] = {"lab": JupyterLab, "notebook7": Notebook7}
+FRONTENDS: dict[str, type[JupyterServer]] = {"lab": JupyterLab, "notebook7": Notebook7}
 
 
 @contextlib.contextmanager
@@ -269,7 +282,7 @@ class Notebook:
 
     def __init__(self, page: Any, server: Optional[JupyterServer] = None, path: str = "") -> None:
         self.page, self.server, self.path = page, server, path
-        self.display_updates: List[tuple] = []  # (time.time(), frame text) of update_display_data received
+        self.display_updates: list[tuple] = []  # (time.time(), frame text) of update_display_data received
 
     def _listen(self, ws: Any) -> None:
         """Keep the ``update_display_data`` messages the page receives from kernels (what reached
@@ -329,7 +342,7 @@ class Notebook:
         """Execution prompt of cell ``i``: ``'[ ]:'``, ``'[*]:'`` while running, ``'[3]:'``."""
         return self.page.evaluate(f"(i) => {_CELL}.querySelector('{_PROMPT}').textContent.trim()", i)
 
-    def prompts(self) -> List[str]:
+    def prompts(self) -> list[str]:
         return [self.prompt(i) for i in range(self.cell_count())]
 
     def wait_for_prompt(self, i: int, text: str, timeout: float = 60) -> None:
@@ -350,7 +363,7 @@ class Notebook:
         """Visible text of cell ``i``'s output area."""
         return self.output(i).inner_text()
 
-    def outputs(self, i: int) -> List[dict]:
+    def outputs(self, i: int) -> list[dict]:
         """Cell ``i``'s outputs as the notebook model holds them (nbformat JSON: what a save writes)."""
         return self.page.evaluate(f"(i) => {_PANEL}.content.widgets[i].model.outputs.toJSON()", i)
 
@@ -448,7 +461,7 @@ class Notebook:
         self.wait("([n, i, p]) => (window.__nbqSamples || []).filter(s => s.prompts[i] === p).length >= n",
                   [count, cell, prompt], timeout, f"{count} samples while cell {cell} read {prompt}")
 
-    def samples(self, stop: bool = False) -> List[dict]:
+    def samples(self, stop: bool = False) -> list[dict]:
         """The samples :meth:`record` took so far; ``stop=True`` ends the recording."""
         return self.page.evaluate(
             "(stop) => { if (stop) clearInterval(window.__nbqTimer);"

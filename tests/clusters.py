@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Optional
 
 import redis
 from redis.cluster import RedisCluster
@@ -95,7 +96,7 @@ class LocalCluster:
     def __init__(self, data_dir: Path, masters: int = 3, replicas: int = 0, binary: Optional[str] = None,
                  persist: bool = False):
         ports = iter(_free_ports(2 * masters * (1 + replicas)))
-        self.nodes: List[ClusterNode] = [
+        self.nodes: list[ClusterNode] = [
             ClusterNode(Path(data_dir) / f"node{i}", next(ports), next(ports), binary, persist)
             for i in range(masters * (1 + replicas))]
         self.masters_count, self.replicas_count = masters, replicas
@@ -107,11 +108,11 @@ class LocalCluster:
         return f"redis+cluster://{HOST}:{self.nodes[0].port}"
 
     @property
-    def node_urls(self) -> List[str]:
+    def node_urls(self) -> list[str]:
         return [node.url for node in self.nodes]
 
     # --- life -----------------------------------------------------------------------------------
-    def start(self, timeout: float = 30) -> "LocalCluster":
+    def start(self, timeout: float = 30) -> LocalCluster:
         for node in self.nodes:
             node.start()
         for node in self.nodes:
@@ -151,7 +152,7 @@ class LocalCluster:
         for node in self.nodes:
             node.kill()
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         try:
             return self.start()
         except BaseException:
@@ -191,7 +192,7 @@ class LocalCluster:
         self._clients.append(client)
         return client
 
-    def masters(self) -> List[ClusterNode]:
+    def masters(self) -> list[ClusterNode]:
         """The nodes that are masters now (after a failover, a former replica)."""
         return [n for n in self.nodes if n.pid is not None and n.info("replication").get("role") == "master"]
 

@@ -19,8 +19,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import pytest
 import redis
@@ -108,7 +109,7 @@ class Events:
             self.events.append(event)
 
     @classmethod
-    def listen(cls, client: redis.Redis, job_id: Optional[str] = None) -> "Events":
+    def listen(cls, client: redis.Redis, job_id: Optional[str] = None) -> Events:
         from nbqueue import keys
 
         collector = cls()
@@ -124,7 +125,7 @@ class Events:
         collector._thread.start()
         return collector
 
-    def _run(self, pubsub: "redis.client.PubSub") -> None:
+    def _run(self, pubsub: redis.client.PubSub) -> None:
         with pubsub:
             while not self._stop.is_set():
                 try:
@@ -182,7 +183,7 @@ class InThread(threading.Thread):
     def run(self) -> None:
         try:
             self.value = self.call()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             self.error = exc
 
 
@@ -378,7 +379,7 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 15) -> "WorkerProcess":
+    def wait_ready(self, timeout: float = 15) -> WorkerProcess:
         wait_for(lambda: " serving " in self.log() or self.proc.poll() is not None, timeout, message="worker start")
         assert self.proc.poll() is None, f"worker exited early:\n{self.log()}"
         return self
@@ -427,7 +428,7 @@ def start_worker(redis_url: str, spawn_worker: Callable[..., WorkerProcess]) -> 
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator["PrivateRedis"]:
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A Redis of this test's own (unix socket, append-only file) to restart, pause or kill."""
     from servers import PrivateRedis
 

@@ -81,7 +81,7 @@ class SentinelSetup:
     def url(self) -> str:
         return f"redis+sentinel://{HOST}:{self.sentinel_port}/{SERVICE}"
 
-    def start(self) -> "SentinelSetup":
+    def start(self) -> SentinelSetup:
         self.master.start()
         self.replica.start()
         sdir = self.dir / "sentinel"
@@ -152,7 +152,7 @@ class SentinelSetup:
         self.replica.kill()
         self.master.kill()
 
-    def __enter__(self) -> "SentinelSetup":
+    def __enter__(self) -> SentinelSetup:
         try:
             return self.start()
         except BaseException:

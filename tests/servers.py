@@ -59,13 +59,13 @@ class PrivateRedis:
 
     # --- constructors -------------------------------------------------------------------------
     @classmethod
-    def unix(cls, data_dir: Path) -> "PrivateRedis":
+    def unix(cls, data_dir: Path) -> PrivateRedis:
         """A server on a unix socket in a short temporary folder (socket paths are limited)."""
         sock_dir = tempfile.mkdtemp(prefix="nbqs-")
         return cls(data_dir, unix_socket=os.path.join(sock_dir, "redis.sock"))
 
     @classmethod
-    def tcp(cls, data_dir: Path, host: str, port: Optional[int] = None) -> "PrivateRedis":
+    def tcp(cls, data_dir: Path, host: str, port: Optional[int] = None) -> PrivateRedis:
         """A server on ``host:port`` (a free port of ``host`` if not given)."""
         return cls(data_dir, host=host, port=port or free_port(host))
 
@@ -128,7 +128,7 @@ class PrivateRedis:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
-            raise RuntimeError(f"private Redis {self.url} did not shut down within {timeout} s; killed it")
+            raise RuntimeError(f"private Redis {self.url} did not shut down within {timeout} s; killed it") from None
 
     def restart(self, timeout: float = 15, while_down: Optional[Callable[[], object]] = None) -> float:
         """Graceful stop, then start on the same data dir; returns the seconds Redis was away.
@@ -162,7 +162,7 @@ class PrivateRedis:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "PrivateRedis":
+    def __enter__(self) -> PrivateRedis:
         self.start()
         return self
 

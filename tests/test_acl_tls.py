@@ -14,20 +14,20 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
 import redis
 
 import chaos_tasks
 import nbq_tasks
-from conftest import MODES, TESTS_DIR, wait_for, WorkerProcess
-from nbqueue import Group, Job, JobCanceled, JobFailed, Queue
+from conftest import MODES, TESTS_DIR, WorkerProcess, wait_for
+from nbqueue import Group, Job, JobCanceled, JobFailed, Queue, keys
 from nbqueue.info import render, snapshot
 from nbqueue.watcher import Watcher
 from servers import PrivateRedis
-from nbqueue import keys
 
 USER, PASSWORD = "nbq-test", "s3cret-Pass"
 # The README's rules, word for word: keys and channels under nbq:, and the commands nbqueue sends
@@ -229,7 +229,7 @@ def tls_candidates() -> list:
     return list(dict.fromkeys(b for b in found if b and Path(b).exists()))
 
 
-def start_tls_server(tmp_path: Path, certs: dict) -> Optional["TLSRedis"]:
+def start_tls_server(tmp_path: Path, certs: dict) -> Optional[TLSRedis]:
     """The first candidate that starts with TLS on (and answers a TLS PING), or None."""
     for i, binary in enumerate(tls_candidates()):
         server = TLSRedis(tmp_path / f"redis-{i}", binary, certs)

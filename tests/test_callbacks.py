@@ -6,8 +6,7 @@ import pytest
 
 import nbq_tasks
 from conftest import wait_for
-from nbqueue import EnqueueError, Job, JobFailed, Queue
-from nbqueue import keys
+from nbqueue import EnqueueError, Job, JobFailed, Queue, keys
 
 
 def callback_jobs(redis_client, job_id: str) -> list:

@@ -19,10 +19,9 @@ import redis
 
 import chaos_tasks
 from conftest import Events, children, pid_alive, wait_for
-from nbqueue import Job, Queue
+from nbqueue import Job, Queue, keys
 from nbqueue.serialization import loads_result
 from servers import forked_by, tolerant
-from nbqueue import keys
 
 RERUN_BOUND = 10.0  # seconds from a worker's death to the re-run's start (LEASE + HEARTBEAT + slack)
 DISCARDED = re.compile(r"lost the job's lease .*its outcome is discarded|not recording the outcome: "
@@ -212,7 +211,8 @@ class Killer(threading.Thread):
 
     def __init__(self, spawn_worker, args: list, workers: list, jobs_done, rng: random.Random):
         super().__init__(name="killer", daemon=True)
-        self.spawn_worker, self.args, self.workers, self.jobs_done, self.rng = spawn_worker, args, workers, jobs_done, rng
+        self.spawn_worker, self.args, self.workers = spawn_worker, args, workers
+        self.jobs_done, self.rng = jobs_done, rng
         self.kills = 0
         self.busy_kills = 0  # kills of a worker that had a job child at that moment
         self.stop_event = threading.Event()
@@ -285,7 +285,8 @@ def test_chaos_kills_and_a_redis_restart_lose_no_job(private_redis, spawn_worker
     duplicates = sum(counts.values()) - len(counts)
     over = [(i, counts[i], o["attempt"]) for i, o in enumerate(outcomes) if counts[i] > o["attempt"]]
     logs = [w.log() for w in spawn_worker.all]
-    exited = [(w.proc.returncode, w.log()[-300:]) for w in spawn_worker.all if w.proc.poll() not in (None, -signal.SIGKILL)]
+    exited = [(w.proc.returncode, w.log()[-300:]) for w in spawn_worker.all
+              if w.proc.poll() not in (None, -signal.SIGKILL)]
     print(f"\n[chaos] seed {seed}: {CHAOS_JOBS} jobs, {len(spawn_worker.all)} workers started, {killer.kills} kills "
           f"({killer.busy_kills} while running a job), 1 Redis restart (away {away:.2f} s, after "
           f"{done_at_restart} executions and {kills_at_restart} kills); lost {len(lost)}, wrong results {len(wrong)}, "

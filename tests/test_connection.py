@@ -14,9 +14,7 @@ import pytest
 import redis
 
 from nbqueue import connection
-from nbqueue.connection import (
-    ConnectionFailed, Resolved, connect, describe, get_connection, mask_url, resolve,
-)
+from nbqueue.connection import ConnectionFailed, Resolved, connect, describe, get_connection, mask_url, resolve
 from nbqueue.server import EmbeddedServer
 
 USER, PASSWORD = "nbqtest", "s3cret-pw"
@@ -202,7 +200,7 @@ def test_child_gets_its_own_client_after_fork(redis_url, redis_client):
             child = connect(redis_url)
             ok = child is not parent and child.get("who") == b"parent" and child.set("who", b"child")
             os.write(write, b"ok" if ok else b"same client")
-        except BaseException as e:  # noqa: BLE001 - any failure goes to the parent
+        except BaseException as e:
             os.write(write, repr(e).encode())
         finally:
             os._exit(0)

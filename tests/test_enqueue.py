@@ -10,12 +10,9 @@ import threading
 import pytest
 
 import nbq_tasks
-from nbqueue import (
-    Call, EnqueueError, InvalidQueueName, InvalidTransition, Job, JobExists, NoSuchJob, Queue,
-)
-from nbqueue.serialization import function_ref
+from nbqueue import Call, EnqueueError, InvalidQueueName, InvalidTransition, Job, JobExists, NoSuchJob, Queue, keys
 from nbqueue.errors import JobQueueUnknown
-from nbqueue import keys
+from nbqueue.serialization import function_ref
 
 
 @pytest.fixture

@@ -8,14 +8,12 @@ import time
 import warnings
 
 import pytest
-from nbqueue import keys
 
 from conftest import MODES, Events, every_node, wait_for
-from nbqueue import Group, Job, JobFailed, Queue, progress
+from nbqueue import Group, Job, JobFailed, Queue, keys, progress
 from nbqueue.events import LOG_MAX_LINE, LOG_MAX_LINES
 from nbqueue.keys import log as log_key
 from nbqueue.watcher import SYNC, Watcher
-
 
 TASKS = '''\
 import logging, sys, threading, time

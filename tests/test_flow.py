@@ -18,7 +18,7 @@ from nbqueue.job import DEFERRED
 
 def deferred_left(client) -> list:
     """Ids of every job still deferred in this database."""
-    found = [k for k in client.scan_iter(match="nbq:{*}:job:*", count=1000)]
+    found = list(client.scan_iter(match="nbq:{*}:job:*", count=1000))
     return [k.decode().split(":", 3)[3] for k in found if client.hget(k, "status") == DEFERRED.encode()]
 
 

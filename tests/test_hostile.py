@@ -20,8 +20,7 @@ import redis
 
 import hostile_tasks as ht
 from conftest import TESTS_DIR, pid_alive, proc_stat, wait_for
-from nbqueue import EnqueueError, Job, JobCanceled, JobFailed, Queue
-from nbqueue import keys
+from nbqueue import EnqueueError, Job, JobCanceled, JobFailed, Queue, keys
 
 FORK, INLINE, BOTH = ("fork",), ("inline",), ("fork", "inline")
 ENQUEUE = ("enqueue",)  # refused at enqueue: no worker involved
@@ -78,7 +77,8 @@ CASES = [
     _case("fork and return in the grandchild", BOTH,
           lambda r, m: (ht.fork_and_return, (r, m == "inline"), {}), "ok:'parent'"),
     _case("daemon grandchildren", FORK, lambda r, m: (ht.leave_daemon, (r,), {}), "ok:'left them'"),
-    _case("daemon grandchildren in new sessions", FORK, lambda r, m: (ht.leave_daemon, (r, True), {}), "ok:'left them'"),
+    _case("daemon grandchildren in new sessions", FORK, lambda r, m: (ht.leave_daemon, (r, True), {}),
+          "ok:'left them'"),
     _case("grandchildren, past the timeout", FORK, lambda r, m: (ht.leave_daemon, (r, False, 60), {"timeout": 1}),
           "failed:longer than its timeout of 1 s"),
     _case("grandchildren in new sessions, past the timeout", FORK,

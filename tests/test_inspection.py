@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 import nbq_tasks
-from nbqueue import EnqueueError, Job, Queue, SignatureError
-from nbqueue import keys
+from nbqueue import EnqueueError, Job, Queue, SignatureError, keys
 
 
 @pytest.mark.parametrize("mode", [[], ["--inline"]], ids=["fork", "inline"])
@@ -51,5 +50,5 @@ def test_a_tampered_call_is_not_unpickled(redis_client):
     job = Queue("inspect", redis_client).enqueue(nbq_tasks.add, 1, 2)
     redis_client.hset(keys.job(job.id), "data", b"\x80\x04K\x01.")  # a different pickle
     with pytest.raises(SignatureError, match="not imported or unpickled"):
-        Job.fetch(job.id, redis_client).args
+        _ = Job.fetch(job.id, redis_client).args
     assert Job.fetch(job.id, redis_client).description == "nbq_tasks.add(…)"

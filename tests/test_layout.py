@@ -14,6 +14,7 @@ import nbq_tasks
 from nbqueue import Job, LayoutError, Queue, Worker, as_completed, keys, wait
 from nbqueue.info import snapshot
 
+
 @pytest.fixture(autouse=True)
 def _flushed_after(redis_client):
     """Leave no foreign layout behind: later tests that use no ``redis_client`` would meet it."""

@@ -10,8 +10,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import nbq_tasks
 from conftest import TESTS_DIR
-from nbqueue import Group, Job, Queue
-from nbqueue import keys
+from nbqueue import Group, Job, Queue, keys
 
 
 @pytest.fixture
@@ -30,7 +29,8 @@ def queued_jobs(redis_client) -> list:
 def test_enqueue_keeps_the_call_verbatim_and_evaluates_each_part(ip, start_worker):
     start_worker("default", "--inline")
     job = ip.run_line_magic(
-        "enqueue", 'nbq_tasks.echo("a  b", "{x}", "$x", x, *extra, k="--timeout 5", **more) --timeout 600 --result-ttl 60')
+        "enqueue",
+        'nbq_tasks.echo("a  b", "{x}", "$x", x, *extra, k="--timeout 5", **more) --timeout 600 --result-ttl 60')
     assert isinstance(job, Job)
     args, kwargs = job.result(timeout=10)
     assert args == ("a  b", "{x}", "$x", 42, 3, 4)

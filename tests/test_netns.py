@@ -16,17 +16,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 import chaos_tasks
 from conftest import TESTS_DIR, Events, WorkerProcess, pid_alive, wait_for
-from nbqueue import Queue
+from nbqueue import Queue, keys
 from servers import PrivateRedis, forked_by
-from nbqueue import keys
 
 DISCARDED = re.compile(r"lost the job's lease .*its outcome is discarded|not recording the outcome: "
                        r"this attempt no longer holds the job")

@@ -85,8 +85,8 @@ def test_quickstart_notebook_runs_against_a_real_worker(start_worker, redis_clie
 
 def test_job_widget_buttons_cancel_and_requeue_through_the_watcher(start_worker, redis_client, tmp_path):
     """The widget outside a browser: buttons act on the job; only the watcher thread renders."""
-    from conftest import wait_for
     import nbq_tasks
+    from conftest import wait_for
     from nbqueue import Queue
     from nbqueue.notebook.widgets import JobWidget
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 
 import pytest
 import redis
@@ -37,10 +38,11 @@ def redis_server(private_redis: Any) -> Iterator[redis.Redis]:
     client.close()
 
 
-def notebook(server: JupyterServer, name: str, url: str, cells: List[str]) -> str:
+def notebook(server: JupyterServer, name: str, url: str, cells: list[str]) -> str:
     """Write a notebook whose first cell points nbqueue at ``url``; return its path."""
     path = f"{name}-{server.name}.ipynb"
-    write_notebook(server.root_dir / path, [f"%env NBQUEUE_URL={url}\n%load_ext nbqueue\nimport nbq_tasks, browser_tasks"] + cells)
+    head = f"%env NBQUEUE_URL={url}\n%load_ext nbqueue\nimport nbq_tasks, browser_tasks"
+    write_notebook(server.root_dir / path, [head, *cells])
     return path
 
 
@@ -49,7 +51,7 @@ def worker(spawn_worker: Any, client: Any, *args: str) -> Any:
     return spawn_worker(*args, "--url", client.url, cwd=TESTS).wait_ready()
 
 
-def jobs(client: redis.Redis, **match: str) -> Dict[str, Dict[str, str]]:
+def jobs(client: redis.Redis, **match: str) -> dict[str, dict[str, str]]:
     """Job id -> job hash (decoded, without the pickled call) of the jobs whose fields match."""
     found = {}
     for key in client.scan_iter(match="nbq:{*}:job:*"):
@@ -70,13 +72,13 @@ def status(client: redis.Redis, job_id: str) -> str:
     return (client.hget(keys.job(job_id), "status") or b"").decode()
 
 
-def nbq_outputs(nb: Notebook, i: int) -> List[dict]:
+def nbq_outputs(nb: Notebook, i: int) -> list[dict]:
     """Cell ``i``'s outputs that are nbqueue's (a widget view or nbqueue HTML), as the model holds them."""
     return [o for o in nb.outputs(i) if WIDGET_MIME in o.get("data", {})
             or "nbq-" in "".join(o.get("data", {}).get("text/html", ""))]
 
 
-def ended(client: redis.Redis, ids: List[str]) -> int:
+def ended(client: redis.Redis, ids: list[str]) -> int:
     """How many of the jobs ``ids`` ended (finished or failed)."""
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
@@ -234,7 +236,7 @@ def test_group_of_200_shows_percent_rate_and_eta_while_it_runs(frontend, redis_s
         ids = wait_for(lambda: len(jobs(redis_server, queue="qd")) == 200 and list(jobs(redis_server, queue="qd")),
                        20, message="200 jobs enqueued")
         worker(spawn_worker, redis_server, "qd", "--inline")  # 0.02 s a job: ~5 s in all
-        seen: List[str] = []  # the progress lines of the running group (done < 200)
+        seen: list[str] = []  # the progress lines of the running group (done < 200)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (len(seen) >= 2 and seen[-1] != seen[0]):
             text = nb.text(1, ".nbq-group-progress")
@@ -266,7 +268,8 @@ def test_widget_of_a_running_job_says_detached_after_a_kernel_restart(frontend, 
         try:
             text = nb.wait_text(1, ".nbq-detached", "started", timeout=15)
         except AssertionError as exc:
-            sent = [round(t - restarted, 2) for t, frame in nb.display_updates if "nbq-detached" in frame and t >= restarted]
+            sent = [round(t - restarted, 2) for t, frame in nb.display_updates
+                    if "nbq-detached" in frame and t >= restarted]
             raise AssertionError(f"{exc}\nupdate_display_data with the detached report received by the page "
                                  f"{sent} s after the restart (received but not shown if any)") from None
         shot(nb, "restart", frontend)

@@ -17,9 +17,8 @@ from IPython.core.error import UsageError
 
 import nbq_tasks
 from conftest import MODES
-from nbqueue import Call, EnqueueError, JobFailed, Options, Queue
+from nbqueue import Call, EnqueueError, JobFailed, Options, Queue, keys
 from nbqueue.queue import MAX_DELAY, MAX_RETRIES, MAX_RETRY_DELAY, MAX_TIMEOUT, MAX_TTL
-from nbqueue import keys
 
 try:
     import numpy as np
@@ -286,7 +285,8 @@ def ip(redis_client):
 def test_magic_options_are_checked_the_same_way(ip, redis_client, line, expected):
     with pytest.raises(UsageError, match=expected.replace("(", r"\(")):
         ip.run_line_magic("enqueue", line)
-    map_line = line.replace("(1, 2)", " [1, 2]", 1).replace("async_generator_function()", "async_generator_function [1]")
+    map_line = line.replace("(1, 2)", " [1, 2]", 1)
+    map_line = map_line.replace("async_generator_function()", "async_generator_function [1]")
     with pytest.raises(UsageError, match=expected.replace("(", r"\(")):
         ip.run_line_magic("map", map_line)
     assert_nothing_written(redis_client)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from nbqueue import keys
 
 nbformat = pytest.importorskip("nbformat")

@@ -16,15 +16,15 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import nbclient  # the test extra: missing, this module fails to import (never a silent skip)
 import nbformat
 import pytest
-from conftest import WorkerProcess
 
+from conftest import WorkerProcess
 from nbqueue import keys
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +122,8 @@ def plain_worker(plain_venv: PlainVenv, private_redis, tmp_path: Path) -> Iterat
     started: list = []
 
     def start(cwd: Path, *queues: str) -> PlainWorker:
-        worker = PlainWorker(plain_venv, [*queues, "--url", private_redis.url], cwd, tmp_path / f"worker-{len(started)}.log")
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = PlainWorker(plain_venv, [*queues, "--url", private_redis.url], cwd, log)
         started.append(worker)
         return worker.wait_ready()
 
@@ -146,7 +147,8 @@ def run_in_plain_kernel(nb, venv: PlainVenv, cwd: Path, url: str, monkeypatch: p
     monkeypatch.setenv("JUPYTER_PATH", str(venv.jupyter_path))
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python (plain nbqueue install)", "language": "python"}
     started = time.monotonic()
-    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(cwd)}})
+    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name=KERNEL,
+                                     resources={"metadata": {"path": str(cwd)}})
     client.execute(env=clean_env(NBQUEUE_URL=url))
     return time.monotonic() - started
 
@@ -260,7 +262,8 @@ PLAIN_CELLS = [
     "bad = %enqueue tasks.divide(1, 0)",
     "job.result(timeout=60)",
     "sum(squares.results(timeout=60))",
-    "try:\n    bad.result(timeout=60)\nexcept nbqueue.JobFailed as exc:\n    print('failed as expected:', type(exc).__name__)",
+    "try:\n    bad.result(timeout=60)\n"
+    "except nbqueue.JobFailed as exc:\n    print('failed as expected:', type(exc).__name__)",
     # hostile: a job that floods its output, a 20 MB result, an empty group: the saved notebook stays small
     "%%nbqueue.module plain_extra\ndef flood(n):\n    for i in range(n):\n        print('line', i, 'x' * 100)\n"
     "    return n\n\ndef huge():\n    return b'x' * 20_000_000",

@@ -59,7 +59,7 @@ def test_the_first_enqueue_of_each_thread_after_a_restart_succeeds(private_redis
             barrier.wait(timeout=30)  # restart happens
             barrier.wait(timeout=30)
             q.enqueue(nbq_tasks.add, 2, 2)  # the first enqueue after the restart
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=enqueue_twice) for _ in range(3)]

@@ -11,9 +11,8 @@ import pytest
 
 import nbq_tasks
 from conftest import MODES, numsub, wait_for
-from nbqueue import Job, JobCanceled, JobFailed, Queue
+from nbqueue import Job, JobCanceled, JobFailed, Queue, keys
 from nbqueue.heartbeat import LEASE
-from nbqueue import keys
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ from redis.cluster import RedisCluster
 
 import nbq_tasks
 from conftest import MODES, wait_for
-from nbqueue import Job, Queue, signing
+from nbqueue import Job, Queue, keys, signing
 from nbqueue.job import SUMMARY, SUMMARY_SIG
 from nbqueue.notebook.state import JobState
 from nbqueue.summary import MAX_BYTES, REPR_MAX, human, needed, parse, summarise
-from nbqueue import keys
 
 MB50 = 50_000_000
 
@@ -149,7 +148,8 @@ def test_a_small_result_costs_its_job_a_type_check():
 
 @pytest.mark.parametrize("junk", [
     b"not json", b"[1, 2]", b'{"type": "int", "text": 5, "size": 1}', b'{"type": "int", "text": "1", "size": -1}',
-    b'{"type": "int", "text": "1", "size": true}', b"[" * 5000, b'{"a":' * 1000 + b"1" + b"}" * 1000, b'{"type": "int", "text": "1", "size": 1e400}',
+    b'{"type": "int", "text": "1", "size": true}', b"[" * 5000, b'{"a":' * 1000 + b"1" + b"}" * 1000,
+    b'{"type": "int", "text": "1", "size": 1e400}',
     b'{"type": "int", "text": "1", "size": 1%s}' % (b"0" * 400), b'{"type": "int", "text": "1"}', b"\xff\xfe",
     b'{"type": "x", "text": "1", "size": 1, "table": {"columns": [1], "index": [], "rows": []}}',
     b'{"type": "x", "text": "1", "size": 1, "table": {"columns": ["a"], "index": [], "rows": [[1]]}}',

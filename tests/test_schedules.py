@@ -1,11 +1,12 @@
-"""Schedules in Redis, fired by the workers' heartbeats: rules, one job per tick, catch-up, list/remove, hostile cases."""
+"""Schedules in Redis, fired by the workers' heartbeats: rules, one job per tick, catch-up, list/remove,
+hostile cases."""
 from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
-import re
 import time
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -62,7 +63,8 @@ def test_cron_weekdays_at_nine_in_a_time_zone():
     friday_ten = ms(2026, 1, 2, 10, 0, tz=BERLIN)
     assert rule.next_after(friday_ten) == ms(2026, 1, 5, 9, 0, tz=BERLIN)  # Monday
     assert rule.next_after(ms(2026, 1, 5, 9, 0, tz=BERLIN)) == ms(2026, 1, 6, 9, 0, tz=BERLIN)  # strictly after
-    assert Rule.make(cron="0 9 * * mon-fri", tz=BERLIN).next_after(friday_ten) == ms(2026, 1, 5, 8, 0)  # 9:00 CET in UTC
+    weekdays = Rule.make(cron="0 9 * * mon-fri", tz=BERLIN)
+    assert weekdays.next_after(friday_ten) == ms(2026, 1, 5, 8, 0)  # 9:00 CET in UTC
 
 
 @pytest.mark.parametrize("expr, start, expected", [
@@ -105,8 +107,8 @@ def test_cron_missed_ticks_are_listed_last_ones_first_capped():
     rule = Rule.make(cron="* * * * *")
     assert rule.ticks(ms(2026, 1, 1, 0, 0), ms(2026, 1, 1, 0, 3, 30), 100) == [
         ms(2026, 1, 1, 0, m) for m in range(4)]
-    assert rule.ticks(ms(2026, 1, 1, 0, 0), ms(2026, 1, 1, 10, 0), 3) == [ms(2026, 1, 1, 9, 58 + i) for i in range(2)] + [
-        ms(2026, 1, 1, 10, 0)]
+    assert rule.ticks(ms(2026, 1, 1, 0, 0), ms(2026, 1, 1, 10, 0), 3) == [
+        ms(2026, 1, 1, 9, 58), ms(2026, 1, 1, 9, 59), ms(2026, 1, 1, 10, 0)]
 
 
 @pytest.mark.parametrize("expr", ["0 0 30 2 *", "0 0 31 4,6,9,11 *", "61 * * * *", "* * * *", "*/0 * * * *",
@@ -364,7 +366,7 @@ def test_many_firers_racing_on_one_due_tick_queue_one_job(redis_client):
     q.schedule(nbq_tasks.add, 1, 2, every=1, name="race")
     redis_client.zadd(keys.schedules("sched"), {"race": redis_ms(redis_client) - 10})  # due now
     due = due_now(redis_client)
-    assert [x for x in due[1::2]] == [b"race"]
+    assert list(due[1::2]) == [b"race"]
     firers = [Firer(redis.Redis.from_url(os.environ["NBQUEUE_URL"]), signing.default(redis_client)) for _ in range(20)]
     barrier = threading.Barrier(len(firers))
     counts: list = []

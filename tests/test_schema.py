@@ -137,7 +137,7 @@ def test_the_check_can_fail(tmp_path, monkeypatch):
 def test_statuses_are_their_text():
     assert FINISHED == "finished" and "finished" in TERMINAL and b"failed".decode() in TERMINAL
     assert {FAILED: 1}["failed"] == 1 and {"failed": 1}[FAILED] == 1
-    assert str(FAILED) == f"{FAILED}" == "%s" % FAILED == "failed"
+    assert str(FAILED) == f"{FAILED}" == f"{FAILED}" == "failed"
     assert json.loads(json.dumps({"s": FAILED})) == {"s": "failed"}
     assert Status("queued") is schema.QUEUED and repr(schema.CANCELED) == "'canceled'"
     assert schema.TERMINAL | schema.WAITING | {schema.STARTED} == schema.STATUSES

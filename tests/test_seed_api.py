@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 
 import nbq_tasks
-from nbqueue import keys
-from nbqueue import Queue, use_redis
-from nbqueue import connection as connection_module
+from nbqueue import Queue, connection as connection_module, keys, use_redis
 
 TESTS = Path(__file__).resolve().parent
 

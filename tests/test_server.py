@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nbqueue.server import (
-    EmbeddedServer, ServerError, _pid_alive, default_runtime_dir, ensure_embedded,
-)
+from nbqueue.server import EmbeddedServer, ServerError, _pid_alive, default_runtime_dir, ensure_embedded
 
 
 def _processes_on(socket_path: str) -> list[int]:

@@ -21,10 +21,9 @@ import redis
 
 import nbq_tasks
 from conftest import MODES, TESTS_DIR, WorkerProcess
-from nbqueue import Job, JobFailed, Options, Queue, signing
+from nbqueue import Job, JobFailed, Options, Queue, keys, signing
 from nbqueue.errors import SecretError, SignatureError
 from nbqueue.server import EmbeddedServer
-from nbqueue import keys
 
 MISMATCH = "SignatureError: signature does not match"
 UNSIGNED = "SignatureError: unsigned job refused"

@@ -8,10 +8,9 @@ import pytest
 
 import async_tasks
 import nbq_tasks
-from conftest import cell_values
 import nbqueue
-from nbqueue import EnqueueError, JobFailed, Queue
-from nbqueue import keys
+from conftest import cell_values
+from nbqueue import EnqueueError, JobFailed, Queue, keys
 
 
 @pytest.fixture

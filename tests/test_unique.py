@@ -7,9 +7,8 @@ import threading
 import pytest
 
 import nbq_tasks
-from nbqueue import EnqueueError, Queue
+from nbqueue import EnqueueError, Queue, keys
 from nbqueue.errors import JobExists
-from nbqueue import keys
 
 
 def test_twenty_concurrent_enqueuers_make_one_job(redis_client, redis_url):

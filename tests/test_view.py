@@ -22,8 +22,8 @@ from nbqueue.info import render, snapshot
 from nbqueue.notebook.state import TAIL, GroupState, JobState, clean_progress
 
 pytest.importorskip("ipywidgets")
-from nbqueue.notebook.dashboard import Dashboard  # noqa: E402
-from nbqueue.notebook.widgets import GroupWidget, JobWidget  # noqa: E402
+from nbqueue.notebook.dashboard import Dashboard
+from nbqueue.notebook.widgets import GroupWidget, JobWidget
 
 NO_WORKER = "no live worker serves queue '{q}' — start one: nbqueue worker {q}"
 
@@ -114,8 +114,12 @@ def test_a_waiting_job_ticks_and_says_no_worker_serves_its_queue(redis_client, s
     assert widget.ticking() or widget._last > 0
     first = re.search(r"waiting ([\d.]+) s", widget.header.value)
     assert first, widget.header.value
-    wait_for(lambda: (m := re.search(r"waiting ([\d.]+) s", widget.header.value)) and float(m[1]) >= float(first[1]) + 1,
-             10, message="the waiting time to tick")
+
+    def ticked() -> bool:
+        m = re.search(r"waiting ([\d.]+) s", widget.header.value)
+        return bool(m) and float(m[1]) >= float(first[1]) + 1
+
+    wait_for(ticked, 10, message="the waiting time to tick")
     start_worker("v-lonely")
     job.result(timeout=20)
     wait_for(lambda: "nbq-status-finished" in widget.header.value, 10, message="finished")
@@ -230,7 +234,8 @@ def test_ended_registry_stays_capped_and_junk_counters_are_skipped(redis_client,
 
 def test_group_state_survives_junk_events():
     state = GroupState(["a", "b"], "map f")
-    for event in ({"id": ["a"], "status": "finished"}, {"id": "a", "status": ["x"]}, {"id": "a", "status": "finished", "t": "nan"},
+    for event in ({"id": ["a"], "status": "finished"}, {"id": "a", "status": ["x"]},
+                  {"id": "a", "status": "finished", "t": "nan"},
                   {"id": "b", "status": "started", "t": 1e308}, {"id": "zzz", "status": "failed"}):
         state.apply(event)
     assert state.done_count() == 1 and "1/2 done (50%)" in state.progress_text()

@@ -10,14 +10,25 @@ import time
 import uuid
 
 import pytest
-from nbqueue import keys
 import redis
 
 import nbq_tasks
 import nbqueue
 from conftest import InThread, cell_values, wait_for
-from nbqueue import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Group, JobCanceled, JobFailed, NoSuchGroup,
-                     Queue, ResultTimeout, as_completed, wait)
+from nbqueue import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Group,
+    JobCanceled,
+    JobFailed,
+    NoSuchGroup,
+    Queue,
+    ResultTimeout,
+    as_completed,
+    keys,
+    wait,
+)
 from nbqueue.info import watch_events
 
 

@@ -13,16 +13,16 @@ import pytest
 
 import nbq_tasks
 from conftest import MODES, TESTS_DIR, wait_for
-from nbqueue import Job, JobFailed, Queue, signing
+from nbqueue import Job, JobFailed, Queue, keys, signing
 from nbqueue.worker import STOP_GRACE
-from nbqueue import keys
 
 
 def test_the_readme_flow(start_worker, tmp_path):
     """`nbqueue worker low` in a folder with tasks.py; a separate python enqueues and prints 60."""
     (tmp_path / "tasks.py").write_text("def add(a, b):\n    return a + b\n")
     start_worker("low", cwd=tmp_path)
-    code = "from nbqueue import Queue; import tasks; j = Queue('low').enqueue(tasks.add, 20, 40); print(j.result(timeout=10))"
+    code = ("from nbqueue import Queue; import tasks; j = Queue('low').enqueue(tasks.add, 20, 40); "
+            "print(j.result(timeout=10))")
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "60"
@@ -126,7 +126,8 @@ def test_a_module_only_the_caller_has(start_worker, redis_client, tmp_path, monk
         job.result(timeout=10)
 
 
-def test_fork_mode_picks_up_an_edited_module_and_detects_stale_callers(start_worker, redis_client, tmp_path, monkeypatch):
+def test_fork_mode_picks_up_an_edited_module_and_detects_stale_callers(start_worker, redis_client, tmp_path,
+                                                                       monkeypatch):
     module = tmp_path / "edited_tasks.py"
     module.write_text("def version():\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -273,11 +274,11 @@ def test_cancel_with_busy_siblings_is_prompt(start_worker, redis_client, tmp_pat
         folder = tmp_path / f"round{round_}"
         folder.mkdir()
         jobs = q.enqueue_many([(nbq_tasks.sleep_then, (60, None, str(folder / str(i)))) for i in range(3)])
-        wait_for(lambda: len(os.listdir(folder)) == 3, 20, message="three jobs running at once")
+        wait_for(lambda folder=folder: len(os.listdir(folder)) == 3, 20, message="three jobs running at once")
         for job in jobs:
             started = time.monotonic()
             job.cancel()
-            wait_for(lambda: job.status == "canceled", 10, message="the cancel")
+            wait_for(lambda job=job: job.status == "canceled", 10, message="the cancel")
             slowest = max(slowest, time.monotonic() - started)
     assert slowest < 2.5, f"a cancel took {slowest:.2f} s"
 
@@ -324,7 +325,7 @@ def test_fork_mode_leaks_no_descriptor_and_no_zombie(start_worker, redis_client)
     for func, args, options in [(nbq_tasks.add, (1, 2), {}), (nbq_tasks.die_hard, (), {}),
                                 (nbq_tasks.sleep_then, (30,), {"timeout": 0.2}), (nbq_tasks.exit_process, (), {})] * 5:
         job = q.enqueue_call(func, args, **options)
-        wait_for(lambda: job.status in ("finished", "failed"), 20, message="the job's end")
+        wait_for(lambda job=job: job.status in ("finished", "failed"), 20, message="the job's end")
     wait_for(lambda: _pipes_and_pidfds(worker.pid) == before, 10, message="no pipe or pidfd left open")
     kids = _children(worker.pid)  # the fork server's keeper, its server, and no job's process
     assert [_comm(k) for k in kids] == ["nbqueue-keeper"], "a child left unreaped"

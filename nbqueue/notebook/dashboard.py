@@ -17,14 +17,13 @@ import ipywidgets as w
 
 from .. import keys
 from ..heartbeat import HEARTBEAT
-from ..info import WINDOW, rate_text, snapshot
-from ..info import render as render_text
+from ..info import WINDOW, rate_text, render as render_text, snapshot
 from ..schedule import schedules
 from ..schema import CHANGES, EXPIRED, FAILED, FINISHED, LOST, PROGRESS, STARTED, SYNC, TERMINAL
 from .state import COLORS, _float, clean_progress, duration, esc, number, short, status_badge
 from .widgets import LiveView, _html, _set
 
-_open: "weakref.WeakSet[Dashboard]" = weakref.WeakSet()
+_open: weakref.WeakSet[Dashboard] = weakref.WeakSet()
 _TABLE = 'style="border-collapse:collapse;font-size:12px;margin:2px 0 8px 0"'
 _STATES = CHANGES - {LOST}  # the events that move a job in "recent jobs"
 
@@ -51,7 +50,7 @@ class Dashboard(LiveView):
     def __init__(self, connection: Any = None):
         super().__init__(connection)
         self.conn = self._watcher.connection
-        self.recent: "OrderedDict[str, dict]" = OrderedDict()
+        self.recent: OrderedDict[str, dict] = OrderedDict()
         self._funcs: dict = {}
         self._take(snapshot(self.conn, self.RECENT))
         self.body = _html("nbq-dashboard")
@@ -147,8 +146,8 @@ class Dashboard(LiveView):
              q.canceled_recent, rate_text(q.rate) if q.rate else "–", q.failed] for q in snap.queues])
         workers = _table(["worker", "host", "mode", "queues", "running", "jobs done", "up", "heartbeat"], [
             [esc(wk.name), esc(wk.host), esc(wk.mode), esc(",".join(wk.queues)),
-             "<br>".join(f"<code>{esc(i)}</code> {esc(f.replace(':', '.'))}" + (f" for {duration(now - t)}" if t else "")
-                         for i, f, t in wk.jobs) or "idle",
+             "<br>".join(f"<code>{esc(i)}</code> {esc(f.replace(':', '.'))}"
+                         + (f" for {duration(now - t)}" if t else "") for i, f, t in wk.jobs) or "idle",
              wk.done, duration(now - wk.started_at) if wk.started_at else "",
              (f"{wk.seen_ago:.1f} s ago" if wk.seen_ago <= 2 * HEARTBEAT else
               f'<span style="color:{COLORS[STARTED]}">{wk.seen_ago:.1f} s ago</span>')] for wk in snap.workers])
@@ -157,7 +156,8 @@ class Dashboard(LiveView):
              status_badge(e["status"]) + (f" {esc(e['progress'])}" if e.get("progress") and e["status"] == STARTED else ""),
              f"{duration(now - e['t'])} ago", esc(e.get("worker") or "")]
             for e in reversed(self.recent.values())])
-        return (f'<div class="nbq-dashboard-body"><b>Queues</b>{queues if snap.queues else "<div>(no queues yet)</div>"}'
+        return (f'<div class="nbq-dashboard-body"><b>Queues</b>'
+                f'{queues if snap.queues else "<div>(no queues yet)</div>"}'
                 f'<b>Workers ({len(snap.workers)})</b>'
                 f'{workers if snap.workers else "<div>(none: start one with <code>nbqueue worker</code>)</div>"}'
                 f'<b>Recent jobs</b>{recent if self.recent else "<div>(no job has run lately)</div>"}'

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger("nbqueue.notebook")
 
 _subshell: dict = {}  # kernel id -> the subshell id nbqueue's buttons use ("" if none)
-_shutdown_hooks: List[Callable[[], None]] = []
+_shutdown_hooks: list[Callable[[], None]] = []
 _lock = threading.Lock()
 
 
@@ -69,7 +69,7 @@ def _start_subshell(thread: Any, timeout: float) -> Optional[str]:
             done.set()
 
     try:
-        thread.manager  # created lazily, on the thread that started the kernel (this one)
+        _ = thread.manager  # created lazily, on the thread that started the kernel (this one)
         thread.io_loop.add_callback(create)
     except Exception as exc:
         log.debug("nbqueue: no subshell for buttons: %r", exc)

@@ -16,15 +16,16 @@ import re
 import shlex
 import sys
 import tokenize
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 
+from .. import queue as queue_module
 from ..errors import EnqueueError
 from ..group import Group
 from ..job import Job
-from .. import queue as queue_module
 from ..queue import Queue
 from .widgets import remember_call, remember_group
 
@@ -81,7 +82,7 @@ def _value(word: str) -> Any:
     return word
 
 
-def split_options(line: str, is_head: Any) -> Tuple[str, str]:
+def split_options(line: str, is_head: Any) -> tuple[str, str]:
     """Split ``line`` into the head and trailing ``--options``: the first `` --x`` after which
     the head is complete (``is_head``); a ``--`` inside the call (e.g. a string) is no option."""
     for match in _OPTION.finditer(line):
@@ -90,14 +91,16 @@ def split_options(line: str, is_head: Any) -> Tuple[str, str]:
     return line.strip(), ""
 
 
-def _parse(text: str, mode: str = "eval") -> Optional[ast.AST]:
+def _parse(text: str, mode: str = "eval") -> Any:
+    """The expression (``mode="eval"``) or statements (``"exec"``) ``text`` holds; None if it is not Python."""
     try:
-        return ast.parse(text.strip(), mode=mode).body
+        tree: Any = ast.parse(text.strip(), mode=mode)  # an Expression or a Module
+        return tree.body
     except SyntaxError:
         return None
 
 
-def _parse_option(text: str, name: str) -> ast.AST:
+def _parse_option(text: str, name: str) -> ast.expr:
     node = _parse(text)
     if node is None:
         raise UsageError(f"--{name.replace('_', '-')} {text!r} is not a Python expression")
@@ -127,7 +130,7 @@ def _gaps(text: str) -> list:
     return gaps
 
 
-def map_parts(text: str, is_function: Any = lambda text: True) -> Optional[Tuple[Optional[str], str, str]]:
+def map_parts(text: str, is_function: Any = lambda text: True) -> Optional[tuple[Optional[str], str, str]]:
     """``[QUEUE] func iterable`` -> (queue or None, func text, iterable text). ``func`` is one word
     (``tasks.square``); a first word that is no function (``is_function``) is the queue."""
     text = text.strip()
@@ -149,21 +152,21 @@ class _Evaluator:
     def __init__(self, namespace: dict):
         self.namespace = namespace
 
-    def __call__(self, node: ast.AST, what: str) -> Any:
+    def __call__(self, node: ast.expr, what: str) -> Any:
         expr = ast.fix_missing_locations(ast.Expression(node))
         try:
-            return eval(compile(expr, "<nbqueue>", "eval"), self.namespace)  # noqa: S307 - the user's own code
+            return eval(compile(expr, "<nbqueue>", "eval"), self.namespace)
         except Exception as exc:
             raise UsageError(f"evaluating {what} {ast.unparse(node)!r} raised {type(exc).__name__}: {exc}") from None
 
     def quietly(self, text: str) -> Any:
         """The value of ``text``, or None if it does not evaluate (no side effects expected)."""
         try:
-            return eval(text, self.namespace)  # noqa: S307
+            return eval(text, self.namespace)
         except Exception:
             return None
 
-    def call(self, node: ast.Call) -> Tuple[Any, tuple, dict]:
+    def call(self, node: ast.Call) -> tuple[Any, tuple, dict]:
         func = self(node.func, "the function")
         args: list = []
         for arg in node.args:
@@ -173,7 +176,8 @@ class _Evaluator:
                 args.append(self(arg, "the argument"))
         kwargs: dict = {}
         for kw in node.keywords:
-            items = self(kw.value, "the argument").items() if kw.arg is None else [(kw.arg, self(kw.value, "the argument"))]
+            given = self(kw.value, "the argument")
+            items = given.items() if kw.arg is None else [(kw.arg, given)]
             for name, value in items:
                 if name in kwargs:
                     raise UsageError(f"the call gives the keyword argument {name!r} twice")
@@ -184,6 +188,8 @@ class _Evaluator:
 @magics_class
 class NbqueueMagics(Magics):
     """The nbqueue magics (``%load_ext nbqueue``)."""
+
+    shell: InteractiveShell  # type: ignore[assignment]  # Magics declares it None until IPython registers the magics
 
     def _queue(self, word: Optional[str]) -> Queue:
         if word is None:
@@ -196,7 +202,7 @@ class NbqueueMagics(Magics):
         except EnqueueError as exc:
             raise UsageError(str(exc)) from None
 
-    def _head(self, line: str, parse_head: Any, usage: str) -> Tuple[Optional[str], Any, str, str]:
+    def _head(self, line: str, parse_head: Any, usage: str) -> tuple[Optional[str], Any, str, str]:
         """(queue word or None, the parsed head, its text, the options text): the queue is optional."""
         head, options = split_options(line, lambda text: parse_head(text) is not None)
         parsed = parse_head(head)
@@ -237,7 +243,7 @@ class NbqueueMagics(Magics):
         return job
 
     @no_var_expand
-    @line_magic("map")
+    @line_magic("map")  # type: ignore[arg-type]  # IPython 9 types it as "_F | decorator"
     def map_(self, line: str) -> Optional[Group]:
         """One job per item: ``%map [QUEUE] func iterable [options]``; returns the Group (shown live).
         Each item is the one argument of ``func``, as with the builtin ``map``."""
@@ -272,7 +278,7 @@ class NbqueueMagics(Magics):
         return dashboard
 
     @no_var_expand
-    @cell_magic("nbqueue.module")
+    @cell_magic("nbqueue.module")  # type: ignore[arg-type]  # as line_magic
     def module(self, line: str, cell: str) -> None:
         """``%%nbqueue.module tasks``: save the cell as ``tasks.py`` in the kernel's folder (where
         workers are started) and import (or reload) it here as ``tasks``."""

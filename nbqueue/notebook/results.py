@@ -56,10 +56,12 @@ def _table(table: dict) -> str:
 
 
 def to_html(summary: dict) -> str:
-    """The header line (``→ DataFrame 8×3 · pickled 1.2 kB``: sizes under 1 kB unsaid), then the table head or the bounded repr."""
+    """The header line (``→ DataFrame 8×3 · pickled 1.2 kB``: sizes under 1 kB unsaid), then the table
+    head or the bounded repr."""
     size = summary["size"]
     pickled = f'<span style="opacity:.6"> · pickled {_esc(human(size))}</span>' if size >= 1000 else ""
-    out = f'<div class="nbq-result"><pre class="nbq-result-head" style="{_PRE}">→ {_esc(summary["text"])}{pickled}</pre>'
+    out = (f'<div class="nbq-result"><pre class="nbq-result-head" style="{_PRE}">'
+           f'→ {_esc(summary["text"])}{pickled}</pre>')
 
     if summary.get("table"):  # its first rows and columns: the header line says how many there are
         out += _table(summary["table"])

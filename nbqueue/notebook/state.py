@@ -18,8 +18,25 @@ import redis
 from .. import keys
 from ..info import served_queues
 from ..job import Job
-from ..schema import (CANCELED, DEFERRED, EXPIRED, FAILED, FINISHED, LOG, ORDER, PROGRESS, QUEUED, RETRYING,
-                      SCHEDULED, STARTED, SUMMARY, SUMMARY_SIG, SYNC, TERMINAL, VIEW_FIELDS)
+from ..schema import (
+    CANCELED,
+    DEFERRED,
+    EXPIRED,
+    FAILED,
+    FINISHED,
+    LOG,
+    ORDER,
+    PROGRESS,
+    QUEUED,
+    RETRYING,
+    SCHEDULED,
+    STARTED,
+    SUMMARY,
+    SUMMARY_SIG,
+    SYNC,
+    TERMINAL,
+    VIEW_FIELDS,
+)
 from . import results
 
 COLORS = {DEFERRED: "#9467bd", QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
@@ -30,7 +47,8 @@ FETCH_MAX = 64 * 1024  # bytes: a result without a usable summary is fetched to 
 _PRE = "margin:2px 0;padding:4px 6px;font-size:12px;white-space:pre-wrap;max-height:14em;overflow:auto"
 # the output tail: a box that scrolls, showing its bottom (the newest line) with no script
 _TAIL_BOX = "max-height:14em;overflow:auto;display:flex;flex-direction:column-reverse;margin:2px 0"
-_TAIL_PRE = "flex:none;overflow:visible;max-height:none;margin:0;padding:4px 6px;font-size:12px;white-space:pre-wrap;background:rgba(127,127,127,.08)"
+_TAIL_PRE = ("flex:none;overflow:visible;max-height:none;margin:0;padding:4px 6px;font-size:12px;white-space:pre-wrap;"
+             "background:rgba(127,127,127,.08)")
 WORKER_CHECK = 2.0  # seconds between two looks at the worker registry (shared by every view)
 MESSAGE_LIMIT = 200  # characters of a progress message shown
 
@@ -302,7 +320,7 @@ class JobState:
             return self.result_html or f'<pre class="nbq-result" style="{_PRE}">→ {esc(self.result)}</pre>'
         if self.error or (self.status == FAILED and self.exc):
             return (f'<pre class="nbq-traceback" style="{_PRE};color:{COLORS[FAILED]};'
-                    f'background:rgba(214,39,40,.06)">{esc((self.error or self.exc).rstrip())}</pre>')
+                    f'background:rgba(214,39,40,.06)">{esc((self.error or self.exc or "").rstrip())}</pre>')
         return ""
 
     def progress_html(self) -> str:
@@ -310,7 +328,7 @@ class JobState:
         if not self.progress:
             return ""
         fraction = self.fraction()
-        color = COLORS[FAILED] if self.status == FAILED else COLORS[FINISHED] if self.status == FINISHED else COLORS[QUEUED]
+        color = COLORS[self.status] if self.status in (FAILED, FINISHED) else COLORS[QUEUED]
         bar = (f'<span style="display:inline-block;width:30%;height:.8em;background:rgba(127,127,127,.2);'
                f'vertical-align:middle;margin-right:6px"><span style="display:block;height:100%;'
                f'width:{100 * fraction:.1f}%;background:{color}"></span></span>') if fraction is not None else ""
@@ -352,7 +370,7 @@ class GroupState:
     def __init__(self, ids: list, call: str):
         self.ids, self.call = ids, call
         self.index = {job_id: i for i, job_id in enumerate(ids)}
-        self.status = {job_id: "?" for job_id in ids}
+        self.status = dict.fromkeys(ids, "?")
         self._counts = Counter({"?": len(self.status)})  # kept with each change: no count per render
         self.pending: set = set()  # ids to re-read (subscribed or re-subscribed)
         self.first_start: Optional[float] = None

@@ -9,15 +9,16 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
 
 import ipywidgets as w
 
 from ..errors import InvalidTransition, NbqueueError
-from ..watcher import get_watcher
 from ..group import Group
 from ..job import Job
 from ..schema import CANCELED, DEFERRED, EXPIRED, FAILED, FINISHED, LOG, PROGRESS, QUEUED, SCHEDULED, STARTED, TERMINAL
+from ..watcher import Subscription, get_watcher
 from . import kernel
 from .state import COLORS, GroupState, JobState, esc
 
@@ -28,8 +29,8 @@ call_texts: dict = {}  # job id -> the call as the user wrote it (set by %enqueu
 cell = {"running": False}  # set by the extension's pre/post_run_cell hooks
 # rendered while no cell ran, to send again within the next cell; held strongly (a view that ended is
 # referenced by nothing else, and must not be collected before its last state went out)
-_unsent: "set[LiveView]" = set()
-_shown: "weakref.WeakSet[LiveView]" = weakref.WeakSet()  # displayed views, to detach at shutdown
+_unsent: set[LiveView] = set()
+_shown: weakref.WeakSet[LiveView] = weakref.WeakSet()  # displayed views, to detach at shutdown
 
 
 def remember_call(job_id: str, text: str) -> None:
@@ -57,10 +58,18 @@ class LiveView:
     """
 
     MIN_GAP = 0.2
+    # what a subclass defines
+    box: w.Box
+    apply: Callable[[dict], bool]
+    render: Callable[[], None]
+    html: Callable[[], str]
+    text: Callable[[], str]
+    ticking: Callable[[], bool]
+    done: Callable[[], bool]
 
     def __init__(self, connection: Any):
         self._watcher = get_watcher(connection)
-        self._sub = None
+        self._sub: Optional[Subscription] = None
         self._dirty = False
         self._last = 0.0
         self._lock = threading.Lock()  # button handlers (a subshell thread) vs the watcher thread
@@ -110,7 +119,7 @@ class LiveView:
         else:  # a headless run (nbclient) saves only what is sent while a cell runs
             _unsent.add(self)
 
-    def show(self) -> "LiveView":
+    def show(self) -> LiveView:
         """Display this view in the current cell (the widget while live, else the report)."""
         from IPython.display import display
 
@@ -209,7 +218,8 @@ class LiveView:
                 continue
             seen.add(id(widget))
             widget.send_state()
-            todo += [getattr(widget, name) for name in ("layout", "style") if isinstance(getattr(widget, name, None), w.Widget)]
+            todo += [getattr(widget, name) for name in ("layout", "style")
+                     if isinstance(getattr(widget, name, None), w.Widget)]
             todo += list(getattr(widget, "children", ()))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
