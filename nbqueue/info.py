@@ -97,11 +97,11 @@ def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) 
     with conn.pipeline(transaction=False) as pipe:
         pipe.smembers(keys.QUEUES)
         pipe.zrange(keys.ACTIVE, 0, -1)
-        pipe.zrangebyscore(keys.WORKERS, now - 3 * HEARTBEAT, "+inf")
-        queue_names, active_ids, worker_names = pipe.execute()
+        pipe.zrangebyscore(keys.WORKERS, now - 3 * HEARTBEAT, "+inf", withscores=True)
+        queue_names, active_ids, worker_seen = pipe.execute()
     names = sorted(n.decode(errors="replace") for n in queue_names)
     active = [i.decode(errors="replace") for i in active_ids]
-    live = [w.decode(errors="replace") for w in worker_names]
+    live = [w.decode(errors="replace") for w, _ in worker_seen]  # scored by their last heartbeat
     per_queue = 3 + (recent > 0)
     with conn.pipeline(transaction=False) as pipe:
         for name in names:
@@ -134,14 +134,13 @@ def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) 
         if recent > 0:
             ended += [(job_id.decode(errors="replace"), name, t) for job_id, t in reply[3]]
     infos = []
-    for name, fields in zip(live, workers):
+    for name, (_, seen), fields in zip(live, worker_seen, workers):
         if not fields:
             continue
         text = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
-        seen = _num(text.get("seen"))
         infos.append(WorkerInfo(
             name, text.get("host", "?"), int(_num(text.get("pid")) or 0), text.get("queues", "").split(","),
-            text.get("mode", "?"), now - (seen if seen is not None else now), held.get(name, []),
+            text.get("mode", "?"), now - seen, held.get(name, []),
             int(_num(text.get("done")) or 0), _num(text.get("started_at")),
         ))
     ended.sort(key=lambda e: -e[2])

@@ -12,7 +12,10 @@ Layout (``nbq:`` prefix):
                         ``schedule`` / ``tick``: the schedule that queued it and the tick (ms) it was for
 - ``active``            sorted set: job id -> lease deadline (ms) of the attempt holding it
 - ``scheduled``         sorted set: job id -> time (ms) it is due on its queue (delays, retries)
-- ``beat``              time (ms) of the last heartbeat of any worker (to see Redis was away)
+- ``beat``              time (ms) of the last recovery sweep (to see Redis was away)
+- ``duty``              the duty lease: the token of the one worker that runs the sweeps (recovery,
+                        promotion, schedules) for the whole deployment, with a short expiry
+                        (``heartbeat.Duty``)
 - ``failed:<name>``     sorted set: failed job id -> time it failed
 - ``ended:<name>``      sorted set: the last ``ENDED_KEEP`` ended job ids of the queue -> end time
                         (s), written by ``finish.lua``: the dashboard's recent jobs and throughput
@@ -64,6 +67,7 @@ QUEUES = PREFIX + "queues"
 ACTIVE = PREFIX + "active"
 SCHEDULED = PREFIX + "scheduled"
 BEAT = PREFIX + "beat"
+DUTY = PREFIX + "duty"
 WORKERS = PREFIX + "workers"
 SUSPENDED = PREFIX + "suspended"
 SCHEDULES = PREFIX + "schedules"
@@ -168,7 +172,7 @@ def _source(name: str) -> bytes:
 
 
 SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output",
-           "defer", "release", "due", "fire")
+           "defer", "release", "due", "fire", "duty")
 
 
 def run(client: Any, name: str, keys: list, args: list) -> Any:
