@@ -220,9 +220,11 @@ class Heartbeat(threading.Thread):
         replies = self._send(*commands)
         self._next_beat = time.monotonic() + (RENEW if held else HEARTBEAT)
         self._written = changing
-        if asked and replies[0] is None:  # the hash expired (Redis was away long) or was deleted
+        if registering or not asked:  # registering: read before this beat wrote the token
+            pass
+        elif replies[0] is None:  # the hash expired (Redis was away long) or was deleted
             self._register = True
-        elif asked and replies[0] != self.token.encode() and not registering:
+        elif replies[0] != self.token.encode():
             raise WorkerTakenOver(f"another worker registered as {worker.name} (token {replies[0][:40]!r}); "
                                   f"two workers must not share a name, as leases are held by name")
         if held:
@@ -291,7 +293,8 @@ class Duty:
 
     def _quiet_after_handover(self, contact: float) -> dict:
         """Beat key -> the quiet spell its first recovery may allow: the time since the last sweep
-        plus ``QUIET``, if that sweep was made while this worker's round trips were answered."""
+        plus ``QUIET``, if this worker's round trips were answered all along since then (or since
+        at most ``QUIET`` after it: a gap a sweep allows anyway)."""
         beats = [keys.BEAT]
         replies = self.send(("TIME",), *[("GET", beat) for beat in beats])
         seconds, micros = replies[0]
@@ -303,7 +306,7 @@ class Duty:
                 last_ms = int(last)
             except (TypeError, ValueError):
                 continue
-            if since <= last_ms <= now:
+            if since - int(QUIET * 1000) <= last_ms <= now:
                 quiet[beat] = now - last_ms + int(QUIET * 1000)
         return quiet
 
