@@ -51,6 +51,7 @@ WORKER_TTL = 3 * CHECK_EVERY * HEARTBEAT  # seconds a worker's hash outlives its
 RETRY = 0.5  # seconds between two tries of a beat while Redis is away
 SWEEP = 1.0  # seconds between two sweeps of the duty's holder
 DUTY_LEASE = 3.0  # seconds the duty is held without renewal
+DUTY_RENEW = DUTY_LEASE / 2  # the holder renews it with the first sweep this long after the last renewal
 DUTY_MAX = 10.0  # a duty lease longer than this (or with no expiry) is junk, taken over
 BATCH = 100  # jobs recovered or promoted per sweep at most (a full batch: the next sweep at once)
 QUIET = 2.5  # no sweep for this long: Redis (or every worker) was away, so leases get a fresh start
@@ -264,6 +265,7 @@ class Duty:
         self.closed = False  # stopping: bids no more
         self.next_sweep = 0.0
         self._fresh = False  # just taken: the first sweep allows for the gap of the hand-over
+        self._renewed = 0.0  # when the lease was last set or renewed (monotonic)
 
     def take(self) -> tuple:
         """The bid sent with each beat: the duty if nobody holds it."""
@@ -277,18 +279,23 @@ class Duty:
         if not self.held:
             log.info("%s now holds the duty: recovery, promotion and schedules for every worker",
                      self.token.split(" ")[0])
-        self.held, self._fresh, self.next_sweep = True, True, time.monotonic()
+        self.held, self._fresh = True, True
+        self._renewed = self.next_sweep = time.monotonic()  # (a little later than the bid: on the safe side)
 
     def sweep(self, contact: float) -> None:
-        """One sweep, the duty renewed in the same round trip; ``contact``: seconds for which this
-        worker's Redis answered without a gap (``Heartbeat.contact``)."""
+        """One sweep, the duty renewed in the same round trip if due; ``contact``: seconds for which
+        this worker's Redis answered without a gap (``Heartbeat.contact``)."""
         quiet = self._quiet_after_handover(contact) if self._fresh else {}
         self._fresh = False  # read (a failure above tries again with the next sweep)
-        replies = self.send(self.hold(), *sweep_commands(lambda beat: quiet.get(beat, int(QUIET * 1000))))
-        if replies[0] != 1:
+        sent = time.monotonic()
+        renew = [self.hold()] if sent - self._renewed >= DUTY_RENEW else []
+        replies = self.send(*renew, *sweep_commands(lambda beat: quiet.get(beat, int(QUIET * 1000))))
+        if renew and replies[0] == 1:
+            self._renewed = sent
+        elif renew:
             self.held = False
             log.info("%s no longer holds the duty", self.token.split(" ")[0])
-        more = after_sweep(self.connection, self.firer, replies[1:])
+        more = after_sweep(self.connection, self.firer, replies[len(renew):])
         self.next_sweep = time.monotonic() + (0.0 if more else SWEEP)
 
     def _quiet_after_handover(self, contact: float) -> dict:
