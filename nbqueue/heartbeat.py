@@ -52,7 +52,7 @@ RETRY = 0.5  # seconds between two tries of a beat while Redis is away
 SWEEP = 1.0  # seconds between two sweeps of the duty's holder
 DUTY_LEASE = 3.0  # seconds the duty is held without renewal
 DUTY_RENEW = DUTY_LEASE / 2  # the holder renews it with the first sweep this long after the last renewal
-DUTY_MAX = 10.0  # a duty lease longer than this (or with no expiry) is junk, taken over
+DUTY_MAX = 10  # seconds: a longer expiry of the duty key (or none) is cut to this (Redis 7+)
 BATCH = 100  # jobs recovered or promoted per sweep at most (a full batch: the next sweep at once)
 QUIET = 2.5  # no sweep for this long: Redis (or every worker) was away, so leases get a fresh start
 CONTACT = 3.0  # beats answered at most this far apart prove this worker's Redis was there all along
@@ -273,7 +273,7 @@ class Duty:
 
     def hold(self, lease: float = DUTY_LEASE) -> tuple:
         """Renew the duty if held (0: give it back), take it if free or junk (``duty.lua``)."""
-        return keys.evalsha("duty", [keys.DUTY], [self.token, int(lease * 1000), int(DUTY_MAX * 1000)])
+        return keys.evalsha("duty", [keys.DUTY], [self.token, int(lease * 1000), int(DUTY_MAX)])
 
     def taken(self) -> None:
         if not self.held:

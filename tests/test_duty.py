@@ -124,16 +124,19 @@ def test_junk_in_the_duty_key_stops_the_sweeps_for_a_while_only(start_worker, re
 
 def test_the_duty_script_is_fenced_by_its_token(redis_client):
     """Held by a: b can neither renew nor give it back; a can; junk is taken over."""
-    def hold(token: str, lease_ms: int) -> int:
-        return keys.run(redis_client, "duty", [keys.DUTY], [token, lease_ms, int(DUTY_MAX * 1000)])
+    a, b = "worker-a " + "a" * 16, "worker-b " + "b" * 16
 
-    assert hold("a", 3000) == 1 and redis_client.get(keys.DUTY) == b"a"
-    assert hold("b", 3000) == 0 and hold("b", 0) == 0 and redis_client.get(keys.DUTY) == b"a"
-    assert hold("a", 3000) == 1 and 2000 < redis_client.pttl(keys.DUTY) <= 3000
-    assert hold("a", 0) == 0 and redis_client.get(keys.DUTY) is None
-    redis_client.hset(keys.DUTY, "x", "y")  # another type, no expiry
-    assert hold("b", 3000) == 1 and redis_client.get(keys.DUTY) == b"b"
-    redis_client.delete(keys.DUTY)
-    redis_client.sadd(keys.DUTY, "x")
-    redis_client.pexpire(keys.DUTY, 2000)  # another type with a sane expiry: left to lapse
-    assert hold("b", 3000) == 0 and redis_client.type(keys.DUTY) == b"set"
+    def hold(token: str, lease_ms: int) -> int:
+        return keys.run(redis_client, "duty", [keys.DUTY], [token, lease_ms, DUTY_MAX])
+
+    assert hold(a, 3000) == 1 and redis_client.get(keys.DUTY) == a.encode()
+    assert hold(b, 3000) == 0 and hold(b, 0) == 0 and redis_client.get(keys.DUTY) == a.encode()
+    assert hold(a, 3000) == 1 and 2000 < redis_client.pttl(keys.DUTY) <= 3000
+    assert hold(a, 0) == 0 and redis_client.get(keys.DUTY) is None
+    for junk in (lambda: redis_client.hset(keys.DUTY, "x", "y"),  # another type, no expiry
+                 lambda: redis_client.set(keys.DUTY, "not a token", px=2000)):  # a short expiry does not save it
+        redis_client.delete(keys.DUTY)
+        junk()
+        assert hold(b, 3000) == 1 and redis_client.get(keys.DUTY) == b.encode(), redis_client.type(keys.DUTY)
+    redis_client.set(keys.DUTY, a, ex=10**9)  # a holder's token, but an expiry of 30 years: cut to DUTY_MAX
+    assert hold(b, 3000) == 0 and 0 < redis_client.pttl(keys.DUTY) <= DUTY_MAX * 1000
