@@ -98,11 +98,11 @@ def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) 
     now = time.time()
     with conn.pipeline(transaction=False) as pipe:
         pipe.smembers(keys.QUEUES)
-        pipe.zrangebyscore(keys.WORKERS, now - 3 * HEARTBEAT, "+inf")
-        queue_names, worker_names = pipe.execute()
+        pipe.zrangebyscore(keys.WORKERS, now - 3 * HEARTBEAT, "+inf", withscores=True)
+        queue_names, worker_seen = pipe.execute()
     keys.check_schema(conn)  # another layout's keys are never half-read
     names = sorted(n.decode(errors="replace") for n in queue_names)
-    live = [w.decode(errors="replace") for w in worker_names]
+    live = [w.decode(errors="replace") for w, _ in worker_seen]  # scored by their last heartbeat
     with conn.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.zrange(keys.active(name), 0, -1)
@@ -140,14 +140,13 @@ def snapshot(connection: Union[redis.Redis, str, None] = None, recent: int = 0) 
         if recent > 0:
             ended += [(keys.ref(job_id.decode(errors="replace"), keys.tag(name)), name, t) for job_id, t in reply[3]]
     infos = []
-    for name, fields in zip(live, workers):
+    for name, (_, seen), fields in zip(live, worker_seen, workers):
         if not fields:
             continue
         text = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
-        seen = _num(text.get("seen"))
         infos.append(WorkerInfo(
             name, text.get("host", "?"), int(_num(text.get("pid")) or 0), text.get("queues", "").split(","),
-            text.get("mode", "?"), now - (seen if seen is not None else now), held.get(name, []),
+            text.get("mode", "?"), now - seen, held.get(name, []),
             int(_num(text.get("done")) or 0), _num(text.get("started_at")),
         ))
     ended.sort(key=lambda e: -e[2])

@@ -47,6 +47,9 @@ Global keys, each touched alone (never in a script with the keys above):
 - ``schedule-queues``       hash: schedule name -> the queue it fires on (to find its keys)
 - ``group:<id>``            list: a group's job refs, in order, kept as long as its jobs
 - ``suspended``             present while workers are suspended (each queue's ``paused`` flag is what they read)
+- ``duty``                  the duty lease: ``"<worker> <token>"`` of the one worker that runs the sweeps
+                            (recovery, promotion, schedules) for the whole deployment, with a short
+                            expiry (``heartbeat.Duty``, ``duty.lua``)
 - ``workers``               sorted set: worker name -> last heartbeat (s)
 - ``worker:<name>``         hash: host, pid, queues, mode, started_at, token (tells two workers of one
                             name apart), ``done`` (jobs it ran, written with each heartbeat); expires
@@ -98,6 +101,7 @@ _TAG = re.compile(r"[0-9a-f]{4}")
 SCHEMA = PREFIX + "schema"
 SCHEMA_VERSION = "2"
 QUEUES = PREFIX + "queues"
+DUTY = PREFIX + "duty"
 WORKERS = PREFIX + "workers"
 SUSPENDED = PREFIX + "suspended"
 SCHEDULE_QUEUES = PREFIX + "schedule-queues"
@@ -296,7 +300,7 @@ def _source(name: str) -> bytes:
 
 
 SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output",
-           "defer", "release", "sweep", "fire", "reflag")
+           "defer", "release", "sweep", "fire", "reflag", "duty")
 
 
 def run(client: Any, name: str, keys: list, args: list, tag: str = "") -> Any:

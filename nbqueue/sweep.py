@@ -19,10 +19,12 @@ log = logging.getLogger("nbqueue.worker")
 BATCH = 100  # jobs recovered or promoted per queue and sweep at most
 
 
-def commands(queues: Iterable[str], lease_ms: int, quiet_ms: int) -> list[tuple]:
-    """The ``sweep.lua`` calls for ``queues``, to send with others in one round trip."""
+def commands(queues: Iterable[str], lease_ms: int, quiet_ms: int, quiet: Optional[dict] = None) -> list[tuple]:
+    """The ``sweep.lua`` calls for ``queues``, to send with others in one round trip. ``quiet``:
+    queue -> a longer quiet spell its recovery allows this once (after a hand-over of the duty)."""
+    quiet = quiet or {}
     return [keys.evalsha("sweep", [keys.active(q), keys.beat(q), keys.scheduled(q), keys.schedules(q)],
-                         [lease_ms, quiet_ms, BATCH, DUE_BATCH]) for q in queues]
+                         [lease_ms, quiet.get(q, quiet_ms), BATCH, DUE_BATCH]) for q in queues]
 
 
 def handle(connection: Any, queues: Iterable[str], replies: Iterable[Any], firer: Optional[Any] = None) -> list[str]:

@@ -33,7 +33,7 @@ from .seconds import as_seconds
 
 log = logging.getLogger("nbqueue.worker")
 
-IDLE_WAKE = 5.0  # an idle slot looks around at least this often
+IDLE_WAKE = 30.0  # an idle slot looks around at least this often (a stop or a job wakes it at once)
 MAX_IDLE = 10 * 365 * 24 * 3600.0  # seconds: the longest --max-idle
 WINDOW = 2  # ids of each queue a take starts knowing (dequeue.lua); doubled while others take them first
 MAX_WINDOW = 256
