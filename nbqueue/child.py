@@ -493,7 +493,7 @@ def _zombie(pid: int) -> bool:
 
 def _pidfd_kill(pidfd: int) -> None:
     try:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # type: ignore[attr-defined]
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except (AttributeError, OSError):
         pass
 

@@ -337,6 +337,8 @@ class Running:
             return Outcome(schema.CANCELED, ["exc", self.reason_text()], "canceled")
         if self.reason in ("timeout", "stop") or (self.reason and outcome is None):
             return Outcome.failure(self.reason_text())
+        if outcome is None:  # no reason, no outcome: the job's process ended without saying how
+            return Outcome.failure("JobProcessDied: the job's process ended without reporting an outcome")
         return outcome
 
     def _run_inline(self, connection: Any) -> Optional[Outcome]:

@@ -35,7 +35,7 @@ from typing import Any
 import redis
 
 from . import keys
-from .errors import DependencyError, EnqueueError, JobCanceled, JobFailed, NbqueueError
+from .errors import Contention, DependencyError, EnqueueError, JobCanceled, JobFailed, NbqueueError
 from .group import Group
 from .job import _NESTING, Job
 from .schema import DEFAULT_FAILURE_TTL, DEFERRED, FINISHED, OUTCOME, TERMINAL
@@ -228,7 +228,7 @@ def end_with_dependents(connection: redis.Redis, script: str, job_id: str, scrip
         node_keys, values = dependents_of(connection, job_id, failing)
         reply = keys.run(connection, script, [*script_keys, keys.dependents(job_id), *node_keys],
                          [*head, *values, *tail], tag=keys.split(job_id)[1])
-    raise RuntimeError(f"the dependents of job {job_id} kept changing while they were read")
+    raise Contention(f"the dependents of job {job_id} kept changing while they were read")
 
 
 def release(connection: redis.Redis, job_ids: Iterable[str]) -> None:

@@ -427,6 +427,11 @@ def worker_wake_on(worker_name: str, queue_name: str) -> str:
     return f"{PREFIX}{{{tag(queue_name)}}}:wake-worker:{worker_name}"
 
 
+def _first_error(replies: list) -> ResponseError:
+    """The first error reply of a cluster round trip that kept being redirected."""
+    return next(r for r in replies if isinstance(r, ResponseError))
+
+
 def send_grouped(client: Any, *commands: tuple) -> list:
     """``send`` for commands of several slots: on a cluster, one round trip per slot (in the order
     each slot first appears), keyless commands with the first; standalone, one round trip. The
@@ -486,7 +491,7 @@ def _send_cluster(client: RedisCluster, commands: tuple) -> list:
     that failed so resent (commands after them in the packet ran once, before them). A lost connection, TRYAGAIN or CLUSTERDOWN (a failover under way) is
     raised as a ``ConnectionError`` (callers wait those out), and the slot map is read anew
     before the next call."""
-    slots = {slot_of(c) for c in commands} - {None}
+    slots = {s for s in map(slot_of, commands) if s is not None}
     assert len(slots) <= 1, f"commands sent together must share a slot, not {sorted(slots)}"
     slot = slots.pop() if slots else None
     manager = client.nodes_manager
@@ -530,7 +535,7 @@ def _send_cluster(client: RedisCluster, commands: tuple) -> list:
             for name in SCRIPTS:
                 target.script_load(script(name).script)
             todo, asking = unloaded, False
-    raise next(r for r in replies if isinstance(r, ResponseError))
+    raise _first_error(replies)
 
 
 def _round_trip(client: RedisCluster, node: Any, commands: list, asking: bool) -> list:

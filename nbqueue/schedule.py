@@ -243,11 +243,12 @@ class Firer:
         if not stored:  # a name in the set without a hash (junk, or removed meanwhile): drop it
             self._run(key or keys.schedule("-", on), raw_name, raw_due, b"", "", "", on, [])
             return 0
+        assert key is not None  # stored: read from it
         token = stored.get(b"token", b"")
         try:
             queue, func, code, data, options, rule, missed = self._parse(name, stored)
             if queue != on:
-                raise ValueError(f"it names queue {queue[:40]!r} but is kept with queue {on!r}")
+                raise MalformedData(f"it names queue {queue[:40]!r} but is kept with queue {on!r}")
         except (ValueError, TypeError, KeyError) as exc:
             why = f"schedule {name!r} is broken ({exc}); remove it, or schedule it again"
             self._warn(name, why)

@@ -31,7 +31,7 @@ class Status(str, Enum):
 
     __hash__ = str.__hash__  # equal to its text, so it must hash as the text does
     __str__ = str.__str__  # "finished", never "Status.FINISHED" (Python 3.12 changed Enum's)
-    __format__ = str.__format__
+    __format__ = str.__format__  # type: ignore[assignment]  # the text's formatting, as __str__
     __repr__ = str.__repr__  # 'canceled', as job.cancel() showed before there was an enum
 
     @property

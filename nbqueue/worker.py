@@ -400,7 +400,8 @@ class Worker:
         if reached and not self._stopping:
             log.info("worker %s: ran %d job(s) (--max-jobs): stopping", self.name, self.jobs_run)
             self.request_stop()
-        status = {FINISHED: "ok", CANCELED: "canceled"}.get(outcome.status, f"failed: {outcome.summary}")
+        endings: dict[str, str] = {FINISHED: "ok", CANCELED: "canceled"}
+        status = endings.get(outcome.status, f"failed: {outcome.summary}")
         if not written:
             status = f"discarded ({status})"
         log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed), status)
