@@ -134,14 +134,14 @@ class LocalCluster:
         for r in range(self.replicas_count):
             for i, master in enumerate(masters):
                 replica = self.nodes[self.masters_count * (1 + r) + i]
-                self._until(lambda: master.node_id.encode() in self._nodes_text(replica), deadline,
-                            f"{replica.url} learned of {master.url}")
+                self._until(lambda master=master, replica=replica: master.node_id.encode() in self._nodes_text(replica),
+                            deadline, f"{replica.url} learned of {master.url}")
                 with replica.client() as client:
                     client.execute_command("CLUSTER", "REPLICATE", master.node_id)
         for node in self.nodes:
-            self._until(lambda: self._healthy(node), deadline, f"{node.url} sees the whole cluster")
+            self._until(lambda node=node: self._healthy(node), deadline, f"{node.url} sees the whole cluster")
         for node in self.nodes[self.masters_count:]:
-            self._until(lambda: node.info("replication").get("master_link_status") == "up", deadline,
+            self._until(lambda node=node: node.info("replication").get("master_link_status") == "up", deadline,
                         f"replica {node.url} in sync")
         return self
 
@@ -235,7 +235,7 @@ class LocalCluster:
                     f"{replica.url} promoted")
         for node in self.nodes:
             if node.pid is not None:
-                self._until(lambda: self._healthy(node), deadline, f"{node.url} sees the cluster ok")
+                self._until(lambda node=node: self._healthy(node), deadline, f"{node.url} sees the cluster ok")
         return time.monotonic() - began
 
     def flush(self) -> None:
