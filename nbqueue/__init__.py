@@ -40,7 +40,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "as_completed", "wait", "NoSuchGroup",
     "Call", "CodeMismatchError", "EnqueueError", "Group", "InvalidQueueName", "InvalidTransition", "Job",
-    "CrossSlotDependency", "JobCanceled", "JobExists", "JobFailed", "JobQueueUnknown", "LayoutError", "NbqueueError", "NoSuchJob", "Options", "PayloadError", "Queue",
+    "CrossSlotDependency", "JobCanceled", "JobExists", "JobFailed", "JobQueueUnknown", "LayoutError", "NbqueueError",
+    "NoSuchJob", "Options", "PayloadError", "Queue",
     "ResultTimeout", "SignatureError", "Worker", "connect", "dashboard", "get_current_job", "load_ipython_extension",
     "progress", "Schedule", "ScheduleError", "schedules", "use_redis",
 ]

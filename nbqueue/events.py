@@ -1,7 +1,7 @@
 """What a running job says while it runs: its progress and its output.
 
-Core, no IPython (the listening side is ``watcher.py``). Besides the state changes the scripts publish, a job's channel (``keys.events``)
-carries ``{"id", "status": "progress", "done", "total", "message", "t"}`` and
+Core, no IPython (the listening side is ``watcher.py``). Besides the state changes the scripts publish,
+a job's channel (``keys.events``) carries ``{"id", "status": "progress", "done", "total", "message", "t"}`` and
 ``{"id", "status": "log", "lines": [...], "t"}``, where ``t`` is the worker's clock ("sec.usec").
 The output of a job is also kept in the Redis list ``keys.log`` (its last lines).
 """

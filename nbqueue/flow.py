@@ -158,8 +158,8 @@ def check_cycles(connection: redis.Redis, new: dict) -> None:
         while stack:
             node = stack.pop()
             if node == start:
-                raise EnqueueError(f"Job {keys.split(start)[0]!r} would wait for itself (a cycle of dependencies through "
-                                   f"job ids you chose). Nothing was enqueued.")
+                raise EnqueueError(f"Job {keys.split(start)[0]!r} would wait for itself (a cycle of dependencies "
+                                   f"through job ids you chose). Nothing was enqueued.")
             if node not in visited:
                 visited.add(node)
                 stack.extend(edges.get(node, ()))
@@ -167,8 +167,8 @@ def check_cycles(connection: redis.Redis, new: dict) -> None:
 
 def dependents_of(connection: redis.Redis, job_id: str, failing: bool) -> tuple[list, list]:
     """The dependents of the job ``job_id`` (a ref) as the end scripts take them (``deps.lua``): their
-    keys and their ``[n, ref, parent, expanded, queue, id, channel, ...]`` values. With ``failing`` (the job failed or was canceled),
-    the dependents that will fail have their own dependents read too, down the chain. Members that are
+    keys and their ``[n, ref, parent, expanded, queue, id, channel, ...]`` values. With ``failing`` (the job failed
+    or was canceled), the dependents that will fail have their own dependents read too, down the chain. Members that are
     no job id (junk written by hand) are removed from the set first."""
     nodes: list = []  # [id, parent index, expanded, queue]
     frontier = [(0, job_id)]
@@ -240,7 +240,8 @@ def release(connection: redis.Redis, job_ids: Iterable[str]) -> None:
         first = keys.run(connection, "release", [*script_keys, keys.dependents(job_id)], [*head, 0], tag=tag)
         if first == 3:
             status = connection.hget(keys.job(job_id), "status")
-            end_with_dependents(connection, "release", job_id, script_keys, head, [], status != FINISHED.encode(), first)
+            end_with_dependents(connection, "release", job_id, script_keys, head, [], status != FINISHED.encode(),
+                                first)
 
 
 # --- on the worker -------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ thread, the worker forks a *keeper*; the keeper forks the *server*, and a new se
 worker finds its server gone. The worker asks the server for a child per job; the server forks it
 (``child.fork_child``: the same child, with the same guards, as a worker forking by itself) and
 is given one end of a socket pair, whose other end the worker keeps: the worker writes the job
-to it and reads the outcome from it, and sees the child's death on a pidfd it opens. As soon as a job's child has its job, the worker has
-the server fork the next one (a *spare*, ``nbqueue-spare`` until it gets its job), so a fork is
-never on a job's way; a spare whose server died is dropped, never given a job. The server reaps a
+to it and reads the outcome from it, and sees the child's death on a pidfd it opens. As soon as a job's child
+has its job, the worker has the server fork the next one (a *spare*, ``nbqueue-spare`` until it gets
+its job), so a fork is never on a job's way; a spare whose server died is dropped, never given a job. The server reaps a
 child only when the worker asks, killing its process group first, so the zombie holds its pid and
 group until the worker is done with it, and then ends (as subreaper) what the job left behind.
 
@@ -386,8 +386,12 @@ def _server_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: b
             kind = message[:1]
             if kind == b"F" and len(fds) == 1:
                 fd = fds[0]
+
+                def job(fd: int = fd) -> bytes:
+                    return _job(run, fd)
+
                 try:
-                    pid = child.fork_child(lambda: _job(run, fd), fallback, fd, child._kept)
+                    pid = child.fork_child(job, fallback, fd, child._kept)
                 except OSError as exc:
                     sock.sendall(_PID.pack(-(exc.errno or 1)))
                 else:

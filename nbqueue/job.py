@@ -424,7 +424,8 @@ class Job:
         if tail is not None and tail <= 0:
             return []
         start = 0 if tail is None else -tail
-        return [line.decode(errors="replace") for line in self.connection.lrange(keys.log(self.id, tag=self._tag), start, -1)]
+        return [line.decode(errors="replace")
+                for line in self.connection.lrange(keys.log(self.id, tag=self._tag), start, -1)]
 
 
 def cancel_command(ref: str, queue: str) -> tuple:

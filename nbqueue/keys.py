@@ -105,7 +105,8 @@ DUTY = PREFIX + "duty"
 WORKERS = PREFIX + "workers"
 SUSPENDED = PREFIX + "suspended"
 SCHEDULE_QUEUES = PREFIX + "schedule-queues"
-OLD_LAYOUT = (PREFIX + "active", PREFIX + "scheduled", PREFIX + "beat", PREFIX + "schedules")  # only the previous layout wrote these
+# only the previous layout wrote these
+OLD_LAYOUT = (PREFIX + "active", PREFIX + "scheduled", PREFIX + "beat", PREFIX + "schedules")
 
 
 @lru_cache(maxsize=4096)
@@ -488,9 +489,9 @@ def _send_cluster(client: RedisCluster, commands: tuple) -> list:
     own connection to it. A command answered MOVED or ASK did not run: the slot map is read anew
     (MOVED) and the commands that were redirected, only those, are sent once more to the node
     named (after ASKING, for ASK). A node that lost its scripts gets them loaded and the commands
-    that failed so resent (commands after them in the packet ran once, before them). A lost connection, TRYAGAIN or CLUSTERDOWN (a failover under way) is
-    raised as a ``ConnectionError`` (callers wait those out), and the slot map is read anew
-    before the next call."""
+    that failed so resent (commands after them in the packet ran once, before them). A lost connection,
+    TRYAGAIN or CLUSTERDOWN (a failover under way) is raised as a ``ConnectionError`` (callers wait
+    those out), and the slot map is read anew before the next call."""
     slots = {s for s in map(slot_of, commands) if s is not None}
     assert len(slots) <= 1, f"commands sent together must share a slot, not {sorted(slots)}"
     slot = slots.pop() if slots else None

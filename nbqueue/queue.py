@@ -181,7 +181,8 @@ class Queue:
         stored = Options.from_keywords(options).stored()
         for name, value in (("at_front", at_front), ("allow_failure", allow_failure)):
             if not isinstance(value, bool):
-                raise EnqueueError(f"{name}={reprlib.repr(value)} is not valid: give True or False. Nothing was enqueued.")
+                raise EnqueueError(f"{name}={reprlib.repr(value)} is not valid: give True or False. "
+                                   f"Nothing was enqueued.")
         tag = self._tag
         ordering = flow.ids_of(depends_on, tag)
         graph: dict = {}  # job ref -> the refs it waits for (only jobs that wait)
@@ -247,7 +248,8 @@ class Queue:
             if holder is not None:  # a job with the same unique_key is queued or running: that one
                 return [Job(holder, self.connection, secret=signer, queue=self.name)]
         conn, queue = self.connection, self.name.encode()
-        status = (SCHEDULED if delay and _delay_ms(delay) else QUEUED).encode()  # as far as we know: deferred ones may be queued
+        # as far as we know: deferred ones may be queued
+        status = (SCHEDULED if delay and _delay_ms(delay) else QUEUED).encode()
         refs = [keys.ref(i, tag) for i in ids]
         jobs = [Job(r, conn, {"status": DEFERRED.encode() if r in graph else status, "queue": queue, "func": f,
                               "deps": " ".join(graph[r]).encode() if r in graph else None}, secret=signer)
@@ -295,7 +297,8 @@ class Queue:
 
     def _exists(self, job_id: str) -> JobExists:
         return JobExists(f"A job with id {job_id!r} already exists on queue {self.name!r}; nothing was enqueued. "
-                         f"Pick a new job_id, or fetch the existing one with Job.fetch({job_id!r}, queue={self.name!r}).")
+                         f"Pick a new job_id, or fetch the existing one with "
+                         f"Job.fetch({job_id!r}, queue={self.name!r}).")
 
     def _write(self, head: list, argv: list, chosen: list, unique_key: Optional[str] = None) -> Optional[str]:
         """Run the enqueue script; for a unique job, the id of the job that holds its key, if one does."""

@@ -297,7 +297,8 @@ class Firer:
         return [self.signer.sign_job(mac, job_id, data) for job_id in jobs]
 
     def _run(self, key: str, raw_name: bytes, raw_due: bytes, token: bytes, next_due: str, error: str, queue: str,
-             jobs: list, func: bytes = b"", code: bytes = b"", data: bytes = b"", options: Optional[list] = None) -> int:
+             jobs: list, func: bytes = b"", code: bytes = b"", data: bytes = b"",
+             options: Optional[list] = None) -> int:
         script_keys = [keys.schedules(queue), key, keys.queue(queue), keys.wake(queue),
                        *[keys.job(i, queue) for i in jobs[::4]]]
         options = options or []

@@ -86,7 +86,8 @@ def known_queues(connection: Any, own: Iterable[str]) -> list[str]:
     return sorted({q for q in found if keys.NAME.fullmatch(q)} | set(own))
 
 
-def sweep(connection: Any, queues: Iterable[str], lease_ms: int, quiet_ms: int, firer: Optional[Any] = None) -> list[str]:
+def sweep(connection: Any, queues: Iterable[str], lease_ms: int, quiet_ms: int,
+          firer: Optional[Any] = None) -> list[str]:
     """One sweep of ``queues`` (one round trip, and more only where something is due)."""
     queues = list(queues)
     if not queues:

@@ -126,7 +126,9 @@ class Takes:
             for run in popped:
                 run.popped = False
         for run in popped:
-            self._redis(lambda: keys.send(self.connection, run.reflag))
+            def reflag(run: Run = run) -> Any:
+                return keys.send(self.connection, run.reflag)
+            self._redis(reflag)
 
     # --- waiting --------------------------------------------------------------------------
     def wait(self, timeout: float) -> None:

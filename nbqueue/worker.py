@@ -434,7 +434,8 @@ class Worker:
         if together:
             commands.append(self._take_command())
         replies = self._redis(lambda: keys.send(self.connection, *commands))
-        following = self._taken_from(self._settled(replies[1]) if together else self._take_reply()) if then_take else None
+        following = (self._taken_from(self._settled(replies[1]) if together else self._take_reply())
+                     if then_take else None)
         written = replies[0]
         if written == 3:
             written = self._redis(lambda: flow.end_with_dependents(

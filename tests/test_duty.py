@@ -140,4 +140,7 @@ def test_the_duty_script_is_fenced_by_its_token(redis_client):
         junk()
         assert hold(b, 3000) == 1 and redis_client.get(keys.DUTY) == b.encode(), redis_client.type(keys.DUTY)
     redis_client.set(keys.DUTY, a, ex=10**9)  # a holder's token, but an expiry of 30 years: cut to DUTY_MAX
-    assert hold(b, 3000) == 0 and 0 < redis_client.pttl(keys.DUTY) <= DUTY_MAX * 1000
+    assert hold(b, 3000) == 0
+    version = tuple(int(x) for x in redis_client.info("server")["redis_version"].split(".")[:2])
+    if version >= (7, 0):  # EXPIRE ... LT; on Redis 6.2 that one junk stays until it expires (README)
+        assert 0 < redis_client.pttl(keys.DUTY) <= DUTY_MAX * 1000

@@ -53,7 +53,8 @@ def test_old_homes_and_builtin_bases_still_work():
 
 
 def test_a_wrong_connection_type_is_an_nbqueue_error_and_a_type_error():
-    with pytest.raises(errors.InvalidConnection, match="connection must be a redis.Redis, a redis.cluster.RedisCluster, a URL or None, not int"):
+    with pytest.raises(errors.InvalidConnection,
+                       match="connection must be a redis.Redis, a redis.cluster.RedisCluster, a URL or None, not int"):
         _ = nbqueue.Queue("q", 42).connection
     assert issubclass(errors.InvalidConnection, TypeError)
 

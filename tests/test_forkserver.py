@@ -93,7 +93,7 @@ def test_killed_fork_server_mid_job_fails_the_job_clearly_and_is_replaced(redis_
     for later in [q.enqueue(ft.where) for _ in range(3)]:
         seen = later.result(timeout=30)
         assert seen["ppid"] != server and seen["parent_comm"] == SERVER and seen["parent_threads"] == 1, seen
-    assert "the fork server (pid %d) died; starting a new one" % server in worker.log()
+    assert f"the fork server (pid {server}) died; starting a new one" in worker.log()
     assert worker.proc.poll() is None
     wait_for(lambda: not os.path.exists(f"/proc/{server}"), 15, message="the dead server reaped")
 

@@ -264,7 +264,7 @@ def test_a_job_canceled_while_its_worker_is_lost_gets_its_ttl(start_worker, redi
     assert own.cancel(wait=0) == "started" and default.cancel(wait=0) == "started"  # pending: nobody to stop them
     start_worker("low")  # its heartbeat recovers the lapsed leases
     for job, ttl in ((own, 600), (default, 24 * 3600)):
-        wait_for(lambda: job.status == "canceled", timeout=30, message="canceled by the recovery")
+        wait_for(lambda job=job: job.status == "canceled", timeout=30, message="canceled by the recovery")
         assert ttl - 60 < redis_client.ttl(keys.job(job.id)) <= ttl
         seen = events.wait_for(job.id, lambda es: es and es[-1]["status"] == "canceled", message="canceled event")
         assert {k: seen[-1][k] for k in ("id", "worker", "attempt")} == {"id": job.id, "worker": "doomed", "attempt": 1}

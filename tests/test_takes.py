@@ -96,8 +96,9 @@ def test_a_flag_popped_for_a_lower_run_is_set_again_for_other_workers(redis_clie
         wait_for(lambda: redis_client.zcard("nbq:workers") == 2, message="both workers registered")
         time.sleep(0.5)  # both idle, blocked
         flag = tmp_path / "go"
-        a, b = _enqueued_together(monkeypatch, redis_client, (Queue("a", redis_client), nbq_tasks.until_file,
-                                                              (str(flag), "a")), (Queue("b", redis_client), nbq_tasks.now, ()))
+        a, b = _enqueued_together(monkeypatch, redis_client,
+                                  (Queue("a", redis_client), nbq_tasks.until_file, (str(flag), "a")),
+                                  (Queue("b", redis_client), nbq_tasks.now, ()))
         began = time.monotonic()
         assert b.result(timeout=4) and time.monotonic() - began < 2.0, "b's job waited for a timeout"
         assert b.refresh().worker == w2.name, "W2 took it (its flag was set again)"

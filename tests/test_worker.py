@@ -106,7 +106,8 @@ def test_corrupt_payload_and_missing_function_fail_only_their_job(start_worker, 
         job = Job(job_id, redis_client, queue="low")
         with pytest.raises(JobFailed, match=message):
             job.result(timeout=10)
-    assert Job(job_id="badattempt", connection=redis_client, queue="low").result(timeout=10) == 3  # fields broken by hand
+    # fields broken by hand
+    assert Job(job_id="badattempt", connection=redis_client, queue="low").result(timeout=10) == 3
     assert q.enqueue(nbq_tasks.add, 2, 3).result(timeout=10) == 5
 
 
@@ -336,7 +337,8 @@ def test_fork_mode_leaks_no_descriptor_and_no_zombie(start_worker, redis_client)
 
 
 def _children(pid: int) -> list:
-    return [int(c) for t in os.listdir(f"/proc/{pid}/task") for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+    return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+            for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
 
 
 def _comm(pid: int) -> str:

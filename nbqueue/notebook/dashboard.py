@@ -153,7 +153,8 @@ class Dashboard(LiveView):
               f'<span style="color:{COLORS[STARTED]}">{wk.seen_ago:.1f} s ago</span>')] for wk in snap.workers])
         recent = _table(["job", "function", "queue", "status", "when", "worker"], [
             [f"<code>{esc(short(e['id'], 34))}</code>", esc(self._funcs.get(e["id"], "")), esc(e.get("queue") or ""),
-             status_badge(e["status"]) + (f" {esc(e['progress'])}" if e.get("progress") and e["status"] == STARTED else ""),
+             status_badge(e["status"])
+             + (f" {esc(e['progress'])}" if e.get("progress") and e["status"] == STARTED else ""),
              f"{duration(now - e['t'])} ago", esc(e.get("worker") or "")]
             for e in reversed(self.recent.values())])
         return (f'<div class="nbq-dashboard-body"><b>Queues</b>'
@@ -174,11 +175,13 @@ class Dashboard(LiveView):
             seconds = moment.timestamp() - now
             return f"in {duration(seconds)}" if ahead and seconds > 0 else f"{duration(abs(seconds))} ago"
 
-        rows = [[esc(sc.name), f"<code>{esc(sc.func.replace(':', '.'))}</code>", esc(sc.rule), f"<code>{esc(sc.queue)}</code>",
+        rows = [[esc(sc.name), f"<code>{esc(sc.func.replace(':', '.'))}</code>", esc(sc.rule),
+                 f"<code>{esc(sc.queue)}</code>",
                  when(sc.next_run, True), when(sc.last_run, False),
                  (f"<code>{esc(short(sc.last_job_id, 34))}</code> " + status_badge(sc.last_status or EXPIRED)
-                  if sc.last_job_id else "–") + (f' <span style="color:{COLORS[FAILED]}">{esc(short(sc.error, 120))}</span>'
-                                                 if sc.error else "")]
+                  if sc.last_job_id else "–")
+                 + (f' <span style="color:{COLORS[FAILED]}">{esc(short(sc.error, 120))}</span>'
+                    if sc.error else "")]
                 for sc in self.schedules]
         table = _table(["schedule", "function", "rule", "queue", "next run", "last run", "last job"], rows)
         return f'<b>Schedules ({len(self.schedules)})</b><div class="nbq-schedules">{table}</div>'

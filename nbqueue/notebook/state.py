@@ -39,8 +39,8 @@ from ..schema import (
 )
 from . import results
 
-COLORS = {DEFERRED: "#9467bd", QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c", FAILED: "#d62728",
-          CANCELED: "#7f7f7f", EXPIRED: "#7f7f7f", "?": "#7f7f7f"}
+COLORS = {DEFERRED: "#9467bd", QUEUED: "#1f77b4", SCHEDULED: "#8c564b", STARTED: "#e67e00", FINISHED: "#2ca02c",
+          FAILED: "#d62728", CANCELED: "#7f7f7f", EXPIRED: "#7f7f7f", "?": "#7f7f7f"}
 TAIL = 30  # output lines a widget shows (job.logs() has them all)
 LINE_MAX = 4000  # characters of one output line a widget shows
 FETCH_MAX = 64 * 1024  # bytes: a result without a usable summary is fetched to be shown only up to this size
