@@ -328,11 +328,10 @@ class Queue:
                 errors = [r for r in replies if isinstance(r, Exception)]
                 if errors:  # each chunk's script runs or not as a whole; the ones before a refusal ran
                     done = sum(len(c) // 4 for c, r in zip(chunks, replies) if not isinstance(r, Exception))
-                    raise _full(self.connection, done, len(argv) // 4) if isinstance(
-                        errors[0], redis.exceptions.OutOfMemoryError) else errors[0]
-        except redis.exceptions.OutOfMemoryError:
-            raise _full(self.connection, 0, len(argv) // 4) from None
+                    raise _full(self.connection, done, len(argv) // 4) if _out_of_memory(errors[0]) else errors[0]
         except redis.ResponseError as exc:
+            if _out_of_memory(exc):
+                raise _full(self.connection, 0, len(argv) // 4) from None
             if "NBQ_EXISTS" in str(exc):
                 raise self._exists(str(exc).split("NBQ_EXISTS", 1)[1].strip()) from None
             raise
@@ -349,9 +348,9 @@ class Queue:
                 keys.send(self.connection, keys.evalsha(
                     "enqueue", [*queue_keys, keys.job(argv[0], tag=tag), unique, holder_key], values, tag=tag))
                 return None
-            except redis.exceptions.OutOfMemoryError:
-                raise _full(self.connection, 0, 1) from None
             except redis.ResponseError as exc:
+                if _out_of_memory(exc):
+                    raise _full(self.connection, 0, 1) from None
                 text = str(exc)
                 if "NBQ_UNIQUE" in text:
                     return text.split("NBQ_UNIQUE", 1)[1].strip()
@@ -398,9 +397,9 @@ class Queue:
                 for script_keys, values in calls:
                     keys.run(pipe, "defer", script_keys, values, tag=tag)
                 pipe.execute()
-        except redis.exceptions.OutOfMemoryError:
-            raise _full(self.connection, 0, len(argv) // 4) from None
         except redis.ResponseError as exc:
+            if _out_of_memory(exc):
+                raise _full(self.connection, 0, len(argv) // 4) from None
             text = str(exc)
             if "NBQ_EXISTS" in text:
                 raise self._exists(text.split("NBQ_EXISTS", 1)[1].strip()) from None
@@ -530,6 +529,13 @@ def _check_slots(queue: str, graph: dict) -> None:
                     f"step that ends a job releases its dependents atomically, which a cluster allows within one "
                     f"slot only. Enqueue both on one queue, or have the job wait for the other's result itself "
                     f"(Job.result). Nothing was enqueued.")
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """Whether Redis refused a write for maxmemory: an OOM reply, or (Redis 6.2) the same refusal met by a
+    script at its first write, before it wrote anything, and reported as the script's error."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and "-OOM command not allowed" in str(exc))
 
 
 def _full(connection: redis.Redis, done: int, total: int) -> RedisFull:
