@@ -32,13 +32,13 @@ from .group import Group
 from .job import Job, get_current_job
 from .queue import Call, Options, Queue
 from .schedule import Schedule, schedules
-from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
+from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, async_wait, wait
 from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "as_completed", "wait", "NoSuchGroup",
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "as_completed", "async_wait", "wait", "NoSuchGroup",
     "Call", "CodeMismatchError", "EnqueueError", "Group", "InvalidQueueName", "InvalidTransition", "Job",
     "CrossSlotDependency", "JobCanceled", "JobExists", "JobFailed", "JobQueueUnknown", "LayoutError", "NbqueueError",
     "NoSuchJob", "Options", "PayloadError", "Queue",

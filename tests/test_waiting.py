@@ -123,6 +123,65 @@ def test_wait_returns_when_asked(redis_client, start_worker, tmp_path):
         nbqueue.wait([slow], return_when="SOMETIMES")
 
 
+def test_async_for_as_completed_and_async_wait_keep_the_loop_running(redis_client, start_worker, tmp_path):
+    start_worker("wasync", "--inline", "--concurrency", "3")
+    q = Queue("wasync", redis_client)
+    gate = tmp_path / "gate"
+
+    async def main():
+        ticks = []
+
+        async def ticker():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        tick = asyncio.ensure_future(ticker())
+        slow = q.enqueue(nbq_tasks.until_file, str(gate), "slow")
+        fast = [q.enqueue(nbq_tasks.sleep_then, 0.3, i) for i in range(2)]
+        order = []
+        async for job in nbqueue.as_completed([slow, *fast], timeout=30):
+            order.append(job)
+            if len(order) == 2:
+                assert set(order) == set(fast) and not slow.done()
+                before = len(ticks)
+                done, not_done = await nbqueue.async_wait([slow], timeout=0.3)  # the loop ticks meanwhile
+                assert not done and not_done == {slow} and len(ticks) > before
+                gate.touch()
+        assert order[-1] == slow and sorted(j.result() for j in fast) == [0, 1] and slow.result() == "slow"
+        done, _ = await nbqueue.async_wait(order, timeout=5)
+        assert done == set(order)
+        with pytest.raises(ResultTimeout, match="0 of 1 jobs are done"):
+            async for _ in nbqueue.as_completed([Queue("nobody-5", redis_client).enqueue(nbq_tasks.add, 1, 2)],
+                                                timeout=0.2):
+                pass
+        assert [j async for j in nbqueue.as_completed([])] == []
+        tick.cancel()
+        return ticks
+
+    ticks = asyncio.run(main())
+    assert len(ticks) >= 20, "the loop kept running while as_completed waited"
+
+
+def test_canceling_an_async_for_over_as_completed_stops_its_wait(redis_client):
+    job = Queue("nobody-6", redis_client).enqueue(nbq_tasks.add, 1, 2)
+
+    async def consume():
+        async for _ in nbqueue.as_completed([job], timeout=60):
+            pass
+
+    async def main():
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    started = time.monotonic()
+    asyncio.run(main())  # ends by joining the executor's threads: the wait must have given up
+    assert time.monotonic() - started < 10, "the executor's wait went on after the cancel"
+
+
 def test_group_results_with_exceptions_in_place(redis_client, start_worker):
     start_worker("wgroup", "--inline")
     q = Queue("wgroup", redis_client)
