@@ -26,6 +26,11 @@ def divide(a, b):
     return a / b
 
 
+def blob(megabytes):
+    """``megabytes`` MB of zero bytes: a result too big to draw whole."""
+    return bytes(megabytes * 1_000_000)
+
+
 def count_words(path):
     """Count the words of a text file (fails while the file is not there)."""
     with open(path, encoding="utf-8") as file:

@@ -53,6 +53,8 @@ def test_quickstart_notebook_runs_against_a_real_worker(start_worker, redis_clie
     assert result_text(nb, "sum(squares") == "328350"
     assert result_text(nb, "mail.result") == "('sent to ada@example.com', 'Report  ready')"
     assert result_text(nb, "slow.cancel") == "'canceled'"
+    assert result_text(nb, "len(blob") == "5000000"
+    assert result_text(nb, "orphan.status") == "('queued', 'canceled')"  # nobody serves 'nobody'
     missing = [o.text for o in outputs_of(nb, "from nbqueue import JobFailed") if o.output_type == "stream"]
     assert missing and "FileNotFoundError" in missing[0], missing
     assert result_text(nb, 'Path("notes.txt").write_text') == "10"  # requeued once the input was there
@@ -77,6 +79,8 @@ def test_quickstart_notebook_runs_against_a_real_worker(start_worker, redis_clie
     assert any("tasks.divide(1, 0)" in r and "nbq-status-failed" in r and "ZeroDivisionError" in r for r in reports)
     assert any("30 steps done" in r for r in reports), "the output tail is in the report"
     assert any("nbq-group" in r and "100/100" in r for r in reports), "the group's report: 100 of 100"
+    assert any("tasks.blob(5)" in r and "bytes, 5.0 MB" in r for r in reports), "a big result by its summary"
+    assert any("tasks.add(1, 1)" in r and "nbq-status-canceled" in r for r in reports), "the orphan, canceled"
     states = widget_states(nb)
     dashboards = [s["state"]["value"] for s in states if "nbq-dashboard" in s["state"].get("_dom_classes", ())]
     assert dashboards and "default" in dashboards[0]
