@@ -113,13 +113,20 @@ class Ctx:
         with tempfile.NamedTemporaryFile(dir=self.logdir, prefix=f"{system}-", suffix=".log", delete=False) as log:
             return subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdin=subprocess.DEVNULL, stderr=log)
 
-    def wait_ready(self, count: int) -> None:
+    def wait_ready(self, procs: list) -> None:
+        """Until each of ``procs`` said it is ready; fails at once if one exits first."""
         import nbqueue
 
-        for _ in range(count):
-            reply = self.r.blpop([READY], timeout=60)
-            if reply is None:
-                raise RuntimeError(f"a worker subprocess did not start within 60 s; see {self.logdir}/*.log")
+        deadline = time.monotonic() + 60
+        for _ in procs:
+            while True:
+                reply = self.r.blpop([READY], timeout=1)
+                if reply is not None:
+                    break
+                dead = [p.returncode for p in procs if p.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"a worker subprocess did not start ({'exit ' + str(dead) if dead else '60 s'})"
+                                       f"; see {self.logdir}/*.log")
             if reply[1].decode() != nbqueue.__file__:
                 raise RuntimeError(f"a worker subprocess runs {reply[1].decode()}, not {nbqueue.__file__}")
 
@@ -128,7 +135,7 @@ class Ctx:
         """``count`` worker processes of ``system`` (``spawn``'s options), started and ready; stopped after."""
         procs = [self.spawn(system, **kw) for _ in range(count)]
         try:
-            self.wait_ready(count)
+            self.wait_ready(procs)
             yield procs
         finally:
             for p in procs:
@@ -209,8 +216,14 @@ def run_row(row: Row, ctx: Ctx, adapters: dict, repeat: int, say: Callable) -> t
     for i in range(min(repeat, row.max_repeat or repeat)):
         if row.both is not None:
             ctx.flush()
-            for name, values in row.both({n: adapters[n] for n in names}, ctx).items():
-                samples[name][i] = values
+            try:
+                for name, values in row.both({n: adapters[n] for n in names}, ctx).items():
+                    samples[name][i] = values
+            except Exception as exc:
+                errors.update({n: f"{type(exc).__name__}: {exc}" for n in names})
+            for name in names:
+                if i not in samples[name]:
+                    errors.setdefault(name, f"its worker did not run (logs: {ctx.logdir})")
         else:
             for name in names[i % len(names):] + names[:i % len(names)] if names else []:
                 if name in errors:
@@ -247,6 +260,6 @@ def summary(line: Line, samples: dict) -> Summary:
             pairs = [p for p in pairs if p is not None]
             if pairs:
                 paired[peer] = statistics.median(pairs)
-    peers = {s: v for s, v in medians.items() if s != "nbqueue" and v > 0}
+    peers = {s: v for s, v in medians.items() if s != "nbqueue" and v >= 0}
     best = (max if line.higher_is_better else min)(peers, key=peers.get) if peers else None
     return Summary(medians, paired, best, fields)

@@ -16,7 +16,7 @@ from time import perf_counter
 
 import nbqueue
 from benchmarks import tasks
-from benchmarks.harness import GO, QUEUE, Ctx, Line, Row, Summary, percentile
+from benchmarks.harness import GO, QUEUE, READY, Ctx, Line, Row, Summary, percentile
 
 GAP = 0.01  # seconds between one-at-a-time jobs, so the worker is idle again for the next
 TICK = 0.01  # seconds each job of the concurrency row sleeps
@@ -30,12 +30,17 @@ def check(ok: bool, what: str) -> None:
         raise AssertionError(f"benchmark sanity check failed: {what}")
 
 
-def wait_done(ctx: Ctx, timeout: float = 600) -> float:
-    """The time pushed by the last job (``tasks.mark`` / ``tasks.tick``)."""
-    reply = ctx.r.blpop([tasks.DONE], timeout=timeout)
-    if reply is None:
-        raise TimeoutError(f"the jobs did not finish within {timeout} s (worker logs: {ctx.logdir})")
-    return float(reply[1])
+def wait_done(ctx: Ctx, procs: list, timeout: float = 600) -> float:
+    """The time pushed by the last job (``tasks.mark`` / ``tasks.tick``); fails at once if a worker died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = ctx.r.blpop([tasks.DONE], timeout=1)
+        if reply is not None:
+            return float(reply[1])
+        dead = [p.returncode for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"a worker process exited ({dead}) before the jobs were done; logs: {ctx.logdir}")
+    raise TimeoutError(f"the jobs did not finish within {timeout} s (worker logs: {ctx.logdir})")
 
 
 def bare_forks(n: int) -> float:
@@ -136,10 +141,10 @@ def _drain(s, ctx: Ctx, n: int, mode: str = "fast", procs: int = 1) -> float:
     s.setup(ctx.url)
     s.enqueue_many("noop", (), n)
     s.enqueuer("mark")()  # FIFO: it runs after every noop
-    with ctx.workers(s.name, procs, mode=mode, go=True):
+    with ctx.workers(s.name, procs, mode=mode, go=True) as workers:
         start = time.time()
         ctx.r.rpush(GO, *["go"] * procs)
-        end = wait_done(ctx)
+        end = wait_done(ctx, workers)
     check(s.queued() == 0, f"{s.name} drained the queue")
     return (n + 1) / (end - start)
 
@@ -162,13 +167,13 @@ def concurrency(s, ctx: Ctx) -> dict:
     start of the enqueue to the end of the last job (ideal: N x 10 ms / 20)."""
     s.setup(ctx.url)
     n = ctx.sizes["concurrency"]
-    with ctx.workers(s.name, 1, mode="threads", concurrency=CONCURRENCY):
+    with ctx.workers(s.name, 1, mode="threads", concurrency=CONCURRENCY) as workers:
         s.enqueuer("mark")()
-        wait_done(ctx, 60)  # warm: the worker is up and has run a job
+        wait_done(ctx, workers, 60)  # warm: the worker is up and has run a job
         time.sleep(0.05)
         start = time.time()
         s.enqueue_many("tick", (n,), n)
-        end = wait_done(ctx)
+        end = wait_done(ctx, workers)
     return {"seconds": end - start}
 
 
@@ -202,8 +207,8 @@ def memory(s, ctx: Ctx) -> dict:
     s.enqueue_many("add", (1, 2), n)
     queued = (used_memory(ctx) - before) / n
     s.enqueuer("mark")()
-    with ctx.workers(s.name, 1, mode="fast", results=True):
-        wait_done(ctx)
+    with ctx.workers(s.name, 1, mode="fast", results=True) as workers:
+        wait_done(ctx, workers)
     check(s.queued() == 0, f"{s.name} ran every job")
     return {"queued": queued, "finished": (used_memory(ctx) - before) / n}
 
@@ -221,7 +226,7 @@ def counters(ctx: Ctx) -> tuple:
 def cpu(s, ctx: Ctx) -> dict:
     s.setup(ctx.url)
     n, add = ctx.sizes["cpu"], s.enqueuer("add")
-    with ctx.workers(s.name, 1, mode="fast", go=True):
+    with ctx.workers(s.name, 1, mode="fast", go=True) as workers:
         ctx.r.config_resetstat()
         (cpu0, usec0) = counters(ctx)
         for _ in range(n):
@@ -229,7 +234,7 @@ def cpu(s, ctx: Ctx) -> dict:
         s.enqueuer("mark")()
         cpu1, _ = counters(ctx)
         ctx.r.rpush(GO, "go")
-        wait_done(ctx)
+        wait_done(ctx, workers)
         cpu2, usec2 = counters(ctx)
     check(s.queued() == 0, f"{s.name} ran every job")
     return {"cpu": (cpu2 - cpu0) / n * 1e6, "enqueue": (cpu1 - cpu0) / n * 1e6, "run": (cpu2 - cpu1) / n * 1e6,
@@ -293,7 +298,11 @@ def idle_all(adapters: dict, ctx: Ctx) -> dict:
     try:
         for name in adapters:  # started together, measured over the same window
             procs[name] = ctx.spawn(name)
-        ctx.wait_ready(len(procs))
+        ready, deadline = 0, time.monotonic() + 60
+        while ready < len(procs) and time.monotonic() < deadline:  # one that dies is left out
+            if ctx.r.blpop([READY], timeout=1) is not None:
+                ready += 1
+            procs = {s: p for s, p in procs.items() if p.poll() is None}
         time.sleep(1.0)  # let all finish starting up and go idle
         before = {s: cpu_seconds(p.pid) for s, p in procs.items()}
         time.sleep(window)

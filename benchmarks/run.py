@@ -128,10 +128,11 @@ def table(results: dict, names: list, lim: dict, sizes: dict) -> tuple:
             m = summary(line, samples)
             best = m.best
             r = m.vs(best)
-            winner = None if r is None else "nbqueue" if r >= 1 else best  # in bold
+            zero = best is not None and r is None and m.medians.get(best) == 0  # e.g. no CPU at all
+            winner = best if zero else None if r is None else "nbqueue" if r >= 1 else best  # in bold
             cells = [f"**{fmt(m.medians.get(n), line.unit)}**" if n == winner else fmt(m.medians.get(n), line.unit)
                      for n in names]
-            vs = f"{r:.2f}× ({LABELS[best]})" if r is not None and best else "—"
+            vs = f"{r:.2f}× ({LABELS[best]})" if r is not None and best else f"— ({LABELS[best]}: 0)" if zero else "—"
             met = {None: "", True: "yes", False: "**NO**"}[line.judge(m, lim) if line.judge else None]
             limit = line.limit(m, lim) if line.limit else ""
             out.append(f"| {line.label} | " + " | ".join(cells) + f" | {vs} | {line.target} | {met} | {limit} |")
