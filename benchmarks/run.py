@@ -67,6 +67,10 @@ NOTES = """\
   EVAL/EVALSHA/EXEC left out (their usec includes their inner commands, which are counted under
   those commands already), so Lua and MULTI overhead is not in it.
 - Idle CPU: one idle worker of each system, side by side over the same window (all threads, /proc schedstat).
+- Peers not measured: arq 0.28 needs redis-py < 6 (installing it would downgrade the client every
+  system here uses); SAQ, taskiq and Celery install but have no adapter yet (`benchmarks/peers/`).
+- Numbers on a shared 2-core VM with other benchmarks running beside (load averages above): the
+  paired ratios are steadier than the absolute figures, the latency tails and two-process rows least.
 """
 
 
