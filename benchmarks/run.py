@@ -146,8 +146,8 @@ def table(results: dict, names: list, lim: dict, sizes: dict) -> tuple:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="2 repeats, small sizes (CI smoke test, < 2 min)")
-    p.add_argument("--repeat", type=int, help="repeats per row (default 3, --quick 2)")
+    p.add_argument("--quick", action="store_true", help="1 repeat, small sizes (CI smoke test, about a minute)")
+    p.add_argument("--repeat", type=int, help="repeats per row (default 3, --quick 1)")
     all_rows = [r.key for r in rows(FULL)]
     p.add_argument("--only", help="comma-separated rows: " + ",".join(all_rows))
     p.add_argument("--systems", help="comma-separated systems (default all): " + ",".join(SYSTEMS))
@@ -157,7 +157,7 @@ def main() -> None:
     args = p.parse_args()
     started = time.monotonic()
     sizes = QUICK if args.quick else FULL
-    repeat = args.repeat or (2 if args.quick else 3)
+    repeat = args.repeat or (1 if args.quick else 3)
     only = set(args.only.split(",")) if args.only else set(all_rows)
     if only - set(all_rows):
         p.error(f"unknown rows: {', '.join(sorted(only - set(all_rows)))}")
