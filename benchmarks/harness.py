@@ -18,8 +18,9 @@ from typing import Callable, Optional
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("nbqueue", "rq")  # measured in this order, alternating, every repeat
 READY = "bench:ready"
+QUEUE = "bench"  # every system's queue (each keeps its own key prefix)
+GO = "bench:go"
 
 
 def free_port() -> int:
@@ -34,7 +35,7 @@ def free_port() -> int:
 class Server:
     """A private, throw-away Redis/Valkey server: no persistence, TCP loopback or a unix socket."""
 
-    def __init__(self, binary: str, unix: bool = False):
+    def __init__(self, binary: str, unix: bool = False, port: Optional[int] = None):
         self.binary, self.unix = binary, unix
         self.dir = tempfile.mkdtemp(prefix="nbq-bench-")
         self.proc: Optional[subprocess.Popen] = None
@@ -42,7 +43,7 @@ class Server:
             self.url = f"unix://{self.dir}/redis.sock"
             where = ["--port", "0", "--unixsocket", f"{self.dir}/redis.sock", "--unixsocketperm", "700"]
         else:
-            port = free_port()
+            port = port or free_port()
             self.url = f"redis://127.0.0.1:{port}/0"
             where = ["--port", str(port), "--bind", "127.0.0.1"]
         self.cmd = [binary, *where, "--save", "", "--appendonly", "no", "--dir", self.dir,
@@ -58,7 +59,8 @@ class Server:
             except (redis.ConnectionError, OSError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     log = Path(self.dir, "server.log")
-                    raise SystemExit(f"{self.binary} did not start: {log.read_text() if log.exists() else ''}")
+                    text = log.read_text() if log.exists() else ""
+                    raise SystemExit(f"{self.binary} did not start: {text}") from None
                 time.sleep(0.02)
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -103,29 +105,37 @@ class Ctx:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
         return env
 
-    def spawn(self, system: str, queue: str, go: Optional[str] = None, done: Optional[str] = None):
+    def spawn(self, system: str, mode: str = "fast", concurrency: int = 1, results: bool = False,
+              go: bool = False) -> subprocess.Popen:
         # by path, not -m: -m would put the cwd (the repo) before PYTHONPATH on sys.path
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "workerproc.py"), system, self.url, queue]
-        if go:
-            cmd += ["--go", go, "--done", done]
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "workerproc.py"), system, self.url, "--mode", mode,
+               "--concurrency", str(concurrency)] + (["--results"] if results else []) + (["--go", GO] if go else [])
         with tempfile.NamedTemporaryFile(dir=self.logdir, prefix=f"{system}-", suffix=".log", delete=False) as log:
             return subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdin=subprocess.DEVNULL, stderr=log)
 
-    def wait_ready(self, count: int) -> None:
+    def wait_ready(self, procs: list) -> None:
+        """Until each of ``procs`` said it is ready; fails at once if one exits first."""
         import nbqueue
 
-        for _ in range(count):
-            reply = self.r.blpop([READY], timeout=60)
-            if reply is None:
-                raise RuntimeError(f"a worker subprocess did not start within 60 s; see {self.logdir}/*.log")
+        deadline = time.monotonic() + 60
+        for _ in procs:
+            while True:
+                reply = self.r.blpop([READY], timeout=1)
+                if reply is not None:
+                    break
+                dead = [p.returncode for p in procs if p.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"a worker subprocess did not start ({'exit ' + str(dead) if dead else '60 s'})"
+                                       f"; see {self.logdir}/*.log")
             if reply[1].decode() != nbqueue.__file__:
                 raise RuntimeError(f"a worker subprocess runs {reply[1].decode()}, not {nbqueue.__file__}")
 
     @contextlib.contextmanager
-    def workers(self, system: str, queue: str, count: int = 1, **kw) -> Iterator[list]:
-        procs = [self.spawn(system, queue, **kw) for _ in range(count)]
+    def workers(self, system: str, count: int = 1, **kw) -> Iterator[list]:
+        """``count`` worker processes of ``system`` (``spawn``'s options), started and ready; stopped after."""
+        procs = [self.spawn(system, **kw) for _ in range(count)]
         try:
-            self.wait_ready(count)
+            self.wait_ready(procs)
             yield procs
         finally:
             for p in procs:
@@ -156,73 +166,100 @@ def percentile(values: list, p: float) -> float:
 # --- rows --------------------------------------------------------------------------------------
 
 @dataclass
+class Summary:
+    """One line of a row over the repeats: each system's median, and how many times better nbqueue
+    is than each peer, paired per repeat (both measured back to back) then the median."""
+
+    medians: dict  # system -> median of the line's field
+    paired: dict  # peer -> median of the per-repeat ratios (nbqueue/peer, or peer/nbqueue if lower is better)
+    best: Optional[str]  # the best peer by median
+    fields: dict  # system -> {field: median} of every field it measured (e.g. the fork row's bare fork)
+
+    @property
+    def nbq(self) -> Optional[float]:
+        return self.medians.get("nbqueue")
+
+    def vs(self, peer: Optional[str]) -> Optional[float]:
+        return self.paired.get(peer) if peer else None
+
+
+@dataclass
 class Line:
-    """One printed line of a row: a field of the measurements and how to judge it."""
+    """One printed line of a row: a field of the measurements, how to judge it, the limit beside it."""
 
     label: str
     field: str
     unit: str
     higher_is_better: bool = True
-    at_least: Optional[float] = None  # target: nbqueue at least this many times better than RQ
-    at_most: Optional[float] = None  # target: nbqueue's value at most this (in ``unit``)
-
-    @property
-    def target(self) -> str:
-        if self.at_least == 1 and not self.higher_is_better:
-            return "≤ RQ"
-        if self.at_least is not None:
-            return f"≥ {self.at_least:g}× RQ"
-        return f"≤ {self.at_most:g} {self.unit}" if self.at_most is not None else "—"
-
-    def met(self, nbq: Optional[float], paired_ratio: Optional[float]) -> Optional[bool]:
-        if self.at_least is not None:
-            return paired_ratio is not None and paired_ratio >= self.at_least
-        if self.at_most is not None and nbq is not None:
-            return nbq <= self.at_most
-        return None
+    target: str = "—"
+    judge: Optional[Callable[[Summary, dict], Optional[bool]]] = None  # (summary, limits) -> met
+    limit: Optional[Callable[[Summary, dict], str]] = None  # (summary, limits) -> the limit's text
 
 
 @dataclass
 class Row:
     key: str
     lines: list
-    nbqueue: Optional[Callable] = None  # ctx -> {field: value}
-    rq: Optional[Callable] = None
-    both: Optional[Callable] = None  # ctx -> {"nbqueue": {...}, "rq": {...}}, measured together
+    measure: Optional[Callable] = None  # (adapter, ctx) -> {field: value}, on a flushed server
+    applies: Callable = lambda system: True  # else '—' for that system, with ``na`` as the reason
+    na: str = ""
+    both: Optional[Callable] = None  # (adapters, ctx) -> {system: {field: value}}, measured together
     max_repeat: Optional[int] = None
 
 
-def run_row(row: Row, ctx: Ctx, repeat: int, say: Callable) -> dict:
-    """Measure a row ``repeat`` times, alternating the systems; return the samples per system."""
-    samples: dict = {s: [] for s in SYSTEMS}
-    repeat = min(repeat, row.max_repeat or repeat)
-    for i in range(repeat):
+def run_row(row: Row, ctx: Ctx, adapters: dict, repeat: int, say: Callable) -> tuple:
+    """Measure a row ``repeat`` times; every repeat runs each system once, the order rotating by one
+    from repeat to repeat. Returns ({system: {repeat: values}}, {system: why it has no figure})."""
+    samples: dict = {name: {} for name in adapters}
+    errors: dict = {name: row.na for name, a in adapters.items() if not row.applies(a)}
+    names = [name for name in adapters if name not in errors]
+    for i in range(min(repeat, row.max_repeat or repeat)):
         if row.both is not None:
             ctx.flush()
-            for system, values in row.both(ctx).items():
-                samples[system].append(values)
-        for system in SYSTEMS:
-            func = getattr(row, system)
-            if func is not None:
+            try:
+                for name, values in row.both({n: adapters[n] for n in names}, ctx).items():
+                    samples[name][i] = values
+            except Exception as exc:
+                errors.update({n: f"{type(exc).__name__}: {exc}" for n in names})
+            for name in names:
+                if i not in samples[name]:
+                    errors.setdefault(name, f"its worker did not run (logs: {ctx.logdir})")
+        else:
+            for name in names[i % len(names):] + names[:i % len(names)] if names else []:
+                if name in errors:
+                    continue
                 ctx.flush()
-                samples[system].append(func(ctx))
-        say(f"  {row.key} {i + 1}/{repeat}: " + "  ".join(
-            f"{s} " + " ".join(f"{k}={v:.4g}" for k, v in samples[s][-1].items()) for s in SYSTEMS if samples[s]))
-    return {s: ms for s, ms in samples.items() if ms}
+                try:
+                    samples[name][i] = row.measure(adapters[name], ctx)
+                except Exception as exc:  # one system's failure is its '—', not the run's end
+                    errors[name] = f"{type(exc).__name__}: {exc}"
+                    say(f"  {row.key}: {name} failed: {errors[name]} (logs: {ctx.logdir})")
+        say(f"  {row.key} {i + 1}: " + "  ".join(
+            f"{n} " + " ".join(f"{k}={v:.4g}" for k, v in samples[n][i].items()) for n in names if i in samples[n]))
+    return {n: s for n, s in samples.items() if s and n not in errors}, errors
 
 
-def ratio(line: Line, nbq: Optional[float], rq: Optional[float]) -> Optional[float]:
-    """How many times better nbqueue is: nbqueue/RQ, or RQ/nbqueue where lower is better."""
-    if nbq is None or rq is None or nbq <= 0 or rq <= 0:
+def ratio(line: Line, nbq: Optional[float], peer: Optional[float]) -> Optional[float]:
+    """How many times better nbqueue is: nbqueue/peer, or peer/nbqueue where lower is better."""
+    if nbq is None or peer is None or nbq <= 0 or peer <= 0:
         return None
-    return nbq / rq if line.higher_is_better else rq / nbq
+    return nbq / peer if line.higher_is_better else peer / nbq
 
 
-def summary(line: Line, samples: dict) -> tuple:
-    """(RQ median, nbqueue median, paired ratio): the median of the per-repeat ratios, each repeat
-    having measured both systems back to back, so slow drifts of a shared machine cancel out."""
-    values = {s: [m[line.field] for m in ms] for s, ms in samples.items()}
-    medians = {s: statistics.median(v) for s, v in values.items()}
-    pairs = [ratio(line, n, r) for n, r in zip(values.get("nbqueue", []), values.get("rq", []))]
-    pairs = [p for p in pairs if p is not None]
-    return medians.get("rq"), medians.get("nbqueue"), statistics.median(pairs) if pairs else None
+def summary(line: Line, samples: dict) -> Summary:
+    values = {s: {i: m[line.field] for i, m in ms.items() if m.get(line.field) is not None}
+              for s, ms in samples.items()}
+    medians = {s: statistics.median(v.values()) for s, v in values.items() if v}
+    fields = {s: {k: statistics.median(m[k] for m in ms.values() if k in m) for k in next(iter(ms.values()))}
+              for s, ms in samples.items() if ms}
+    paired = {}
+    mine = values.get("nbqueue", {})
+    for peer, theirs in values.items():
+        if peer != "nbqueue":
+            pairs = [ratio(line, mine[i], theirs[i]) for i in mine if i in theirs]
+            pairs = [p for p in pairs if p is not None]
+            if pairs:
+                paired[peer] = statistics.median(pairs)
+    peers = {s: v for s, v in medians.items() if s != "nbqueue" and v >= 0}
+    best = (max if line.higher_is_better else min)(peers, key=peers.get) if peers else None
+    return Summary(medians, paired, best, fields)
