@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import rq
 
 import nbqueue
 from benchmarks import tasks
-from benchmarks.harness import Ctx, Line, Row, percentile
+from benchmarks.harness import ROOT, Ctx, Line, Row, percentile
 
 QUEUE = "bench"
 GAP = 0.01  # seconds between one-at-a-time jobs, so the worker is idle again for the next
@@ -151,7 +153,7 @@ def bulk_rq(ctx: Ctx) -> dict:
 # --- 3./4. drain, in-process worker / fork per job ---------------------------------------------
 
 def drain_nbq(ctx: Ctx, inline: bool = True) -> dict:
-    n = ctx.sizes["drain" if inline else "fork"]
+    n = ctx.sizes["drain"]
     fill_nbq(ctx, n, tasks.noop, ())
     worker = nbqueue.Worker([QUEUE], ctx.r, inline=inline, burst=True)
     t = perf_counter()
@@ -162,7 +164,7 @@ def drain_nbq(ctx: Ctx, inline: bool = True) -> dict:
 
 
 def drain_rq(ctx: Ctx, inline: bool = True) -> dict:
-    n = ctx.sizes["drain" if inline else "fork"]
+    n = ctx.sizes["drain"]
     fill_rq(ctx, n, tasks.noop, ())
     q = rqq(ctx)
     worker = (rq.SimpleWorker if inline else rq.Worker)([q], connection=ctx.r)
@@ -174,12 +176,31 @@ def drain_rq(ctx: Ctx, inline: bool = True) -> dict:
     return rate(n, seconds)
 
 
+def _fork_drain(ctx: Ctx, command: list, starts) -> dict:
+    """A real fork-mode worker process drains the queue, as users run one (``nbqueue worker --burst``,
+    ``rq worker --burst``: for nbqueue, its fork server, forked while the fresh process runs one thread).
+    The rate is from the first job's start to the last's (``tasks.stamp``), so neither process start-up
+    nor shutdown counts; ``starts()`` reads the stamps."""
+    n = ctx.sizes["fork"]
+    done = subprocess.run(command, cwd=ROOT, env=ctx.env(), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=600)
+    check(done.returncode == 0, f"the worker process failed: {done.stderr[-2000:]}")
+    stamps = sorted(starts())
+    check(len(stamps) == n, f"ran {len(stamps)} of {n} jobs")
+    return rate(n - 1, stamps[-1] - stamps[0])
+
+
 def fork_nbq(ctx: Ctx) -> dict:
-    return drain_nbq(ctx, inline=False)
+    jobs = nbq(ctx).enqueue_many([(tasks.stamp, ()) for _ in range(ctx.sizes["fork"])])
+    return _fork_drain(ctx, [sys.executable, "-m", "nbqueue.cli", "worker", QUEUE, "--burst", "--url", ctx.url, "-q"],
+                       lambda: [job.result(timeout=10) for job in jobs])
 
 
 def fork_rq(ctx: Ctx) -> dict:
-    return drain_rq(ctx, inline=False)
+    q = rqq(ctx)
+    jobs = q.enqueue_many([rq.Queue.prepare_data(tasks.stamp) for _ in range(ctx.sizes["fork"])])
+    return _fork_drain(ctx, [sys.executable, "-m", "rq.cli", "worker", "--burst", "--url", ctx.url, "-q", QUEUE],
+                       lambda: [job.latest_result(timeout=10).return_value for job in jobs])
 
 
 # --- 5. enqueue -> start latency, idle worker in a subprocess ----------------------------------
