@@ -98,6 +98,13 @@ class Server:
                     self.close()
         return self.dead
 
+    def kill(self) -> None:
+        """The server is stuck: killed (its children die with it), and called dead."""
+        with self._lock:
+            if self._pidfd is not None:
+                child._pidfd_kill(self._pidfd)
+            self.close()
+
     def _send(self, message: bytes, fd: Optional[int] = None) -> None:
         with self._lock:
             if self.dead:
@@ -310,7 +317,11 @@ def _ready_child(spare: tuple) -> Optional[tuple]:
     """The asked-for child once it says it is ready (its pid, on its socket): (server, pid, fd,
     pidfd); None if it came to nothing or died (then it is discarded: it runs no job)."""
     server, fd = spare
-    pid = _read_pid(fd, REPLY_TIMEOUT)
+    try:
+        pid = _read_pid(fd, REPLY_TIMEOUT)
+    except TimeoutError:  # its server is alive but stuck: it is replaced
+        server.kill()
+        pid = None
     pidfd = None if pid is None or server.dead else child._pidfd(pid)  # its server holds it until asked
     if pid is not None and not server.dead and not (child._zombie(pid) if pidfd is None else child._ready(pidfd)):
         with child._spawn_lock:
@@ -321,10 +332,11 @@ def _ready_child(spare: tuple) -> Optional[tuple]:
 
 
 def _read_pid(fd: int, timeout: float) -> Optional[int]:
+    """The pid a child sends once it is ready; None if it came to nothing, TimeoutError if none came."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     if not poller.poll(int(timeout * 1000)):
-        return None
+        raise TimeoutError("no child came")
     try:
         data = os.read(fd, _PID.size)  # the child writes it whole, before anything else
     except OSError:
@@ -338,7 +350,11 @@ def _discard(spare: tuple) -> None:
         server, pid, fd, pidfd = spare
     else:  # asked for, not known to be ready: it says its pid once it is (or comes to nothing)
         server, fd = spare
-        pid, pidfd = _read_pid(fd, _FORK_GONE), None
+        pidfd = None
+        try:
+            pid = _read_pid(fd, _FORK_GONE)
+        except TimeoutError:
+            pid = None
     if pidfd is not None:
         child._pidfd_kill(pidfd)
     if pid is not None:
