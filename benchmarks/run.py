@@ -46,8 +46,11 @@ NOTES = """\
 - Logging at WARNING for both: `logging_level="WARNING"` to RQ's `work()`, the `nbqueue` logger
   set to WARNING; so neither pays for a log line per job.
 - Drain rows: N jobs pre-filled with each system's own bulk enqueue, then the worker is timed in
-  the benchmark process until it returns (burst): nbqueue `Worker(inline=True|False, burst=True)`,
-  RQ `SimpleWorker` / `Worker` `.work(burst=True)`.
+  the benchmark process until it returns (burst): nbqueue `Worker(inline=True, burst=True)`,
+  RQ `SimpleWorker.work(burst=True)`.
+- Fork per job: N `stamp()` jobs drained by a real worker process, as users run one:
+  `nbqueue worker --burst` (its fork server forks the jobs) and `rq worker --burst`; the rate is
+  from the first job's start to the last's, so neither process's start-up or shutdown counts.
 - Latency, events, idle CPU, scaling: workers are subprocesses (`benchmarks/workerproc.py`,
   nbqueue inline `Worker` / RQ `SimpleWorker`); latency = the job's `time.time()` at start minus
   the time just before the enqueue call; events = receipt time minus the event's `t` (server time);
