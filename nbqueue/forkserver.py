@@ -489,6 +489,7 @@ def _server_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: b
     def ended(pidfd: int) -> None:
         pid, orphans, _ = ending.pop(pidfd)
         poller.unregister(pidfd)
+        child._kept.discard(pidfd)
         child._close(pidfd)
         reap(pid, orphans)
 
@@ -531,6 +532,7 @@ def _server_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: b
                 handle = child._pidfd(pid)
                 if handle is not None:
                     ending[handle] = (pid, orphans, time.monotonic() + child.FINISH_GRACE)
+                    child._kept.add(handle)  # the children forked meanwhile close it
                     poller.register(handle, select.POLLIN)
                     continue
             if kind in (b"R", b"r", b"E"):
