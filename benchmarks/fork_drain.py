@@ -1,16 +1,18 @@
 """Fork-per-job drain against a bare fork+waitpid, in one run, on one private server.
 
-    python benchmarks/fork_drain.py [--jobs 300] [--repeat 3] [--unix] [--cli]
+    python benchmarks/fork_drain.py [--jobs 300] [--repeat 3] [--unix] [--rq] [--against /work/main]
     PYTHONPATH=/path/to/older/nbqueue python benchmarks/fork_drain.py   # the same for another nbqueue
 
-Each repeat: N bare ``fork(); _exit(0)`` + ``waitpid`` in this process, then N ``noop`` jobs
-drained by a fork-mode ``Worker(burst=True)`` run in the main thread of a fresh process (as the
-benchmark's fork row does; fresh, because a worker that stopped leaves its heartbeat thread
-ending for up to a second, and a process with threads gets no fork server), and with ``--cli`` by an ``nbqueue worker --burst`` subprocess (timed
-from its first job's start to its exit, so its start-up is not counted), and with this nbqueue's
-fork server turned off (the worker forks each job itself, from a process with threads). Prints
-medians in jobs/s, and the CPU time per job of those fresh drains (the worker and every
-process under it: a figure the machine's load disturbs less than the rates).
+Each repeat: N bare ``fork(); _exit(0)`` + ``waitpid`` in this process; then N ``stamp`` jobs
+drained by a real ``nbqueue worker --burst`` process (what users run, and what the benchmark's fork
+row measures: its fork server forks the jobs), the rate taken from the first job's start to the
+last's (so neither its start-up nor its shutdown counts); with ``--against``, the same by the
+``nbqueue worker`` of that source tree; with ``--rq``, by ``rq worker --burst``, timed the same way.
+Then N ``noop`` jobs drained by a fork-mode ``Worker(burst=True)`` in the main thread of a fresh
+process (it gets a fork server too: it runs one thread when ``work()`` starts), and with this
+nbqueue's fork server turned off (the worker forks each job itself, as from a process with threads,
+the fallback). Prints medians in jobs/s, and the CPU time per job of each drain (the worker and every
+process under it, its start-up included: a figure the machine's load disturbs less than the rates).
 """
 from __future__ import annotations
 
@@ -69,15 +71,38 @@ def drain(conn, n: int, served: bool = True) -> float:
     return n / seconds
 
 
-def drain_cli(conn, url: str, n: int) -> float:
+def drain_cli(conn, url: str, n: int, tree: str = "") -> float:
+    """``nbqueue worker --burst`` (of the nbqueue in ``tree``, if given): jobs/s from the first start to the last."""
     conn.flushall()
     jobs = nbqueue.Queue(QUEUE, conn).enqueue_many([(tasks.stamp, ()) for _ in range(n)])
+    env = dict(os.environ, PYTHONPATH=tree) if tree else None
+    before = _cpu()
     proc = subprocess.run([sys.executable, "-m", "nbqueue.cli", "worker", QUEUE, "--burst", "--url", url, "-q"],
-                          cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-    end = time.time()
+                          cwd=tree or str(ROOT), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
+                          env=env)
+    CPU.setdefault("nbqueue worker" + (f" ({tree})" if tree else ""), []).append((_cpu() - before) / n * 1e3)
     assert proc.returncode == 0, proc.stderr
-    starts = [job.result(timeout=10) for job in jobs[:1]]
-    return (n - 1) / (end - starts[0]) if end > starts[0] else float("nan")
+    return _steady([job.result(timeout=10) for job in jobs])
+
+
+def drain_rq(conn, url: str, n: int) -> float:
+    """``rq worker --burst`` (fork per job), timed as ``drain_cli``."""
+    import rq
+
+    conn.flushall()
+    q = rq.Queue(QUEUE, connection=conn)
+    jobs = q.enqueue_many([rq.Queue.prepare_data(tasks.stamp) for _ in range(n)])
+    before = _cpu()
+    proc = subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "--url", url, "-q", QUEUE],
+                          cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    CPU.setdefault("rq worker", []).append((_cpu() - before) / n * 1e3)
+    assert proc.returncode == 0, proc.stderr
+    return _steady([job.latest_result(timeout=10).return_value for job in jobs])
+
+
+def _steady(starts: list) -> float:
+    starts = sorted(starts)
+    return (len(starts) - 1) / (starts[-1] - starts[0]) if starts[-1] > starts[0] else float("nan")
 
 
 def drain_fresh(url: str, n: int, served: bool = True, tree: str = "") -> float:
@@ -92,7 +117,7 @@ def drain_fresh(url: str, n: int, served: bool = True, tree: str = "") -> float:
     return rate
 
 
-CPU: dict = {}  # CPU ms per job, of the worker and every process under it, per kind of fresh drain
+CPU: dict = {}  # CPU ms per job, of the worker and every process under it (its start-up too), per kind of drain
 
 
 def _cpu() -> float:
@@ -108,7 +133,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=300)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--unix", action="store_true")
-    p.add_argument("--cli", action="store_true")
+    p.add_argument("--rq", action="store_true", help="also drain with rq worker --burst, in the same rounds")
     p.add_argument("--against", help="also drain with the nbqueue of this source tree (e.g. /work/main), "
                                      "in the same rounds")
     args = p.parse_args()
@@ -118,24 +143,27 @@ def main() -> None:
         rate = drain(connect(args.one), args.jobs, served=not args.direct)
         print((_cpu() - before) / args.jobs * 1e3, rate)  # CPU ms per job (every process), jobs/s
         return
-    results: dict = {"bare fork+waitpid": [], "fork-mode drain": []}
+    results: dict = {"bare fork+waitpid": [], "nbqueue worker --burst": []}
+    if args.against:
+        results[f"nbqueue worker of {args.against}"] = []
+    if args.rq:
+        results["rq worker --burst"] = []
+    results["fresh Worker().work()"] = []
     if forkserver:
         results["drain, worker forks itself"] = []
-    if args.cli:
-        results["nbqueue worker --burst"] = []
-    if args.against:
-        results[f"drain, nbqueue of {args.against}"] = []
     with Server(nbqueue.server.find_binary(), unix=args.unix) as server:
         conn = connect(server.url)
         for _ in range(args.repeat):
             results["bare fork+waitpid"].append(bare(args.jobs))
-            results["fork-mode drain"].append(drain_fresh(server.url, args.jobs))
+            results["nbqueue worker --burst"].append(drain_cli(conn, server.url, args.jobs))
+            if args.against:
+                results[f"nbqueue worker of {args.against}"].append(
+                    drain_cli(conn, server.url, args.jobs, args.against))
+            if args.rq:
+                results["rq worker --burst"].append(drain_rq(conn, server.url, args.jobs))
+            results["fresh Worker().work()"].append(drain_fresh(server.url, args.jobs))
             if forkserver:
                 results["drain, worker forks itself"].append(drain_fresh(server.url, args.jobs, served=False))
-            if args.cli:
-                results["nbqueue worker --burst"].append(drain_cli(conn, server.url, args.jobs))
-            if args.against:
-                results[f"drain, nbqueue of {args.against}"].append(drain_fresh(server.url, args.jobs, tree=args.against))
     floor = statistics.median(results["bare fork+waitpid"])
     for name, rates in results.items():
         med = statistics.median(rates)

@@ -13,7 +13,9 @@ child's process group and closes its descriptors.
 Given a fork server (``forkserver.py``), ``Forked`` has the server fork the child (``fork_child``,
 the same child) and sends it its job on a socket; it waits on that socket and a pidfd the same
 way, kills the child's group itself, and has the server (which holds the zombie until then) kill
-the group again and reap it.
+the group again and reap it. Once a served child's outcome has arrived whole, the wait returns:
+its server reaps it when it exits, and kills it (with its group) if it is still there
+``FINISH_GRACE`` seconds later.
 """
 from __future__ import annotations
 
@@ -126,6 +128,8 @@ class Forked:
                 poller.register(fd, select.POLLIN)
         try:
             while not self._exited():
+                if self._server is not None and message.complete:
+                    break  # its server waits for its exit (and ends it if it hangs): not on the job's way
                 now = time.monotonic()
                 if sent_at is None and message.complete:
                     sent_at = now
@@ -196,8 +200,10 @@ class Forked:
             if self._server is not None:  # its server ends its group and reaps it (None: the server died)
                 self._reaped = True
                 orphans = orphans or self.killed
-                status = self._server.reap(self.pid, orphans, wait=orphans)
-                return 0 if status is None and not orphans else status  # it sent its outcome: it ended well
+                if not orphans:  # it sent its outcome: it ended well, its server reaps it when it exits
+                    self._server.end(self.pid, False)
+                    return 0
+                return self._server.reap(self.pid, orphans)
             try:
                 os.killpg(self.pid, signal.SIGKILL)  # what the job left in its group, while the zombie holds it
             except OSError:

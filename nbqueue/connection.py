@@ -292,6 +292,8 @@ def connect(url: Optional[str] = None) -> redis.Redis:
         if isinstance(client, redis.Redis) and _cluster_enabled(client):
             client.close()
             client = _as_cluster(resolved.url, **options)
+        elif isinstance(client, redis.Redis):
+            _clusters[client.connection_pool] = False  # asked: a job's Job() (in a forked child too) won't ask again
         with _lock:
             client = _by_url.setdefault(resolved.url, client)
     with _lock:

@@ -17,19 +17,26 @@ Processes: worker → keeper → server → a child per job. Each ends with its 
 and the end of file of its control socket. The keeper and the server ignore SIGINT and SIGTERM (the
 worker decides), call themselves ``nbqueue-keeper`` and ``nbqueue-forks`` (``ps -o comm``), and never
 return into the worker's code. Control messages (``SOCK_SEQPACKET``): ``S`` (to the keeper: a new
-server; reply: its pid and the socket's end), ``F`` with the child's end of its socket (a child; reply: its pid),
-``R`` + pid + orphans flag (reap it; reply: its wait status, -1 if it is not a child), ``r`` (the same,
-no reply: for a child whose outcome arrived whole, so its status is not needed).
+server; reply: its pid and the socket's end), ``F`` with the child's end of its socket (a child; no reply:
+the child itself sends its pid on its socket once it is ready for its job, and a fork that failed closes
+that socket), ``R`` + pid + orphans flag (reap it now; reply: its wait status, -1 if it is not a child),
+``r`` (the same, no reply), ``E`` (no reply: its outcome arrived whole; reap it when it exits, killing it
+``child.FINISH_GRACE`` seconds on if it still runs, its group and what it left then ended as for ``R``).
+So neither the next job's fork nor a child's exit is on a job's way: the worker asks for the spare
+without waiting, and goes on with the next job as soon as the outcome is read.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 import select
 import signal
 import socket
 import struct
 import threading
+import time
 from typing import Callable, Optional
 
 from . import child
@@ -39,6 +46,7 @@ log = logging.getLogger("nbqueue.worker")
 
 _PID = struct.Struct("!q")
 _REAP = struct.Struct("!cqB")
+_FORK_GONE = 1.0  # seconds the worker waits to see its server's exit once a fork it asked for came to nothing
 REPLY_TIMEOUT = 30.0  # seconds the worker waits for its server's reply before calling it dead
 KEEPER_NAME, SERVER_NAME, SPARE_NAME = b"nbqueue-keeper", b"nbqueue-forks", b"nbqueue-spare"
 PR_SET_NAME = 15
@@ -67,13 +75,45 @@ class Server:
         self._lock = threading.Lock()
         self.dead = False
 
-    def fork(self, channel: int) -> int:
-        """A new child, given ``channel`` (its end of its socket with the worker): its pid.
-        ``ForkServerGone`` if the server is gone."""
-        pid = _PID.unpack(self._call(b"F", channel)[0])[0]
-        if pid < 0:
-            raise OSError(-pid, f"the fork server could not fork: {os.strerror(-pid)}")
-        return pid
+    def fork(self, channel: int) -> None:
+        """Ask for a new child, given ``channel`` (its end of its socket with the worker), without
+        waiting: the child sends its pid on it when it is ready. ``ForkServerGone`` if the server is gone."""
+        self._send(b"F", channel)
+
+    def end(self, pid: int, orphans: bool) -> None:
+        """The child sent its outcome: the server reaps it once it exits (``E``), ending its group and,
+        with ``orphans``, what it left; no round trip."""
+        try:
+            self._send(_REAP.pack(b"E", pid, orphans))
+        except ForkServerGone:
+            pass  # its children died with it
+
+    def gone(self) -> bool:
+        """Whether the server has exited (waiting ``_FORK_GONE`` s for it): a fork came to nothing."""
+        if not self.dead and self._pidfd is not None:
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            if poller.poll(int(_FORK_GONE * 1000)):
+                with self._lock:
+                    self.close()
+        return self.dead
+
+    def kill(self) -> None:
+        """The server is stuck: killed (its children die with it), and called dead."""
+        with self._lock:
+            if self._pidfd is not None:
+                child._pidfd_kill(self._pidfd)
+            self.close()
+
+    def _send(self, message: bytes, fd: Optional[int] = None) -> None:
+        with self._lock:
+            if self.dead:
+                raise ForkServerGone("the fork server is gone")
+            try:
+                _send_fd(self._sock, message, fd)
+            except OSError:
+                self.close()
+                raise ForkServerGone("the fork server is gone") from None
 
     def reap(self, pid: int, orphans: bool, wait: bool = True) -> Optional[int]:
         """End the child's group, reap it (and, with ``orphans``, what it left): its wait status,
@@ -166,16 +206,23 @@ class ForkServer:
             return self._server
 
     def child(self) -> tuple:
-        """A child waiting for its job: (its server, pid, the worker's end of its socket, a pidfd or
-        None): the spare forked beforehand if it is alive, else a new one (``ForkServerGone`` as ``fork``)."""
+        """A child waiting for its job: (its server, pid, the worker's end of its socket, a pidfd):
+        the spare asked for beforehand if it is alive, else a new one (``ForkServerGone`` if no
+        server can be had, ``OSError`` if the server could not fork)."""
         with self._lock:
             spare, self._spare = self._spare, None
         if spare is not None:
-            server, _, _, pidfd = spare
-            if not server.dead and pidfd is not None and not child._ready(pidfd):
-                return spare
-            _discard(spare)
-        return self._fresh()
+            ready = _ready_child(spare)
+            if ready is not None:
+                return ready
+        for _ in (1, 2):  # a server found dead is replaced once
+            spare = self._fresh()
+            ready = _ready_child(spare)
+            if ready is not None:
+                return ready
+            if not spare[0].gone():
+                raise OSError(errno.EAGAIN, "the fork server could not fork a child")
+        raise ForkServerGone("the fork server is gone")
 
     def refill(self) -> None:
         """Fork the next job's child now (while this job runs), unless a spare waits already."""
@@ -193,26 +240,28 @@ class ForkServer:
         _discard(spare)
 
     def _fresh(self) -> tuple:
+        """Ask a server for a child, not waiting for it: (the server, the worker's end of its socket)."""
         ours, theirs = socket.socketpair()
         try:
-            server, pid = self.fork(theirs.fileno())
+            server = self.fork(theirs.fileno())
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        fd, pidfd = ours.detach(), child._pidfd(pid)
+        fd = ours.detach()
         with child._spawn_lock:
-            child._kept.update(f for f in (fd, pidfd) if f is not None)
-        return server, pid, fd, pidfd
+            child._kept.add(fd)
+        return server, fd
 
-    def fork(self, channel: int) -> tuple:
-        """(the server, the pid of a new child given ``channel``); restarts a dead server once.
+    def fork(self, channel: int) -> Server:
+        """Ask for a new child given ``channel``: the server asked; restarts a dead server once.
         ``ForkServerGone`` if no server can be had (its keeper died)."""
         for attempt in (1, 2):
             server = self.server()
             try:
-                return server, server.fork(channel)
+                server.fork(channel)
+                return server
             except ForkServerGone:
                 if attempt == 2:
                     raise
@@ -264,12 +313,52 @@ class ForkServer:
         child._live.discard(self.keeper_pid)
 
 
+def _ready_child(spare: tuple) -> Optional[tuple]:
+    """The asked-for child once it says it is ready (its pid, on its socket): (server, pid, fd,
+    pidfd); None if it came to nothing or died (then it is discarded: it runs no job)."""
+    server, fd = spare
+    try:
+        pid = _read_pid(fd, REPLY_TIMEOUT)
+    except TimeoutError:  # its server is alive but stuck: it is replaced
+        server.kill()
+        pid = None
+    pidfd = None if pid is None or server.dead else child._pidfd(pid)  # its server holds it until asked
+    if pid is not None and not server.dead and not (child._zombie(pid) if pidfd is None else child._ready(pidfd)):
+        with child._spawn_lock:
+            child._kept.update(f for f in (pidfd,) if f is not None)
+        return server, pid, fd, pidfd
+    _discard((server, pid, fd, pidfd))
+    return None
+
+
+def _read_pid(fd: int, timeout: float) -> Optional[int]:
+    """The pid a child sends once it is ready; None if it came to nothing, TimeoutError if none came."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if not poller.poll(int(timeout * 1000)):
+        raise TimeoutError("no child came")
+    try:
+        data = os.read(fd, _PID.size)  # the child writes it whole, before anything else
+    except OSError:
+        return None
+    return _PID.unpack(data)[0] if len(data) == _PID.size else None
+
+
 def _discard(spare: tuple) -> None:
-    """A spare child that will run no job: killed, reaped by its server, its descriptors closed."""
-    server, pid, fd, pidfd = spare
+    """A child that will run no job: killed, reaped by its server, its descriptors closed."""
+    if len(spare) == 4:
+        server, pid, fd, pidfd = spare
+    else:  # asked for, not known to be ready: it says its pid once it is (or comes to nothing)
+        server, fd = spare
+        pidfd = None
+        try:
+            pid = _read_pid(fd, _FORK_GONE)
+        except TimeoutError:
+            pid = None
     if pidfd is not None:
         child._pidfd_kill(pidfd)
-    server.reap(pid, False, wait=False)
+    if pid is not None:
+        server.reap(pid, False, wait=False)
     with child._spawn_lock:
         for f in (fd, pidfd):
             if f is not None:
@@ -371,15 +460,52 @@ def _keeper_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: b
 
 def _server_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: bytes,
                  parent: int) -> int:  # pragma: no cover - its own process
-    """Fork a child per request, reap each when asked; on end of file, end them all."""
+    """Fork a child per request, reap each when asked (or once it exits, when told its outcome
+    arrived); on end of file, end them all."""
     if not _become(SERVER_NAME, parent):
         return child.EXIT_BUG
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     child._kept.clear()
     child._kept.add(sock.fileno())  # each child closes the server's control socket
     live: set = set()
+    ending: dict = {}  # pidfd -> (pid, orphans, when it is killed if it still runs): outcome sent, exit awaited
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+
+    def reap(pid: int, orphans: bool) -> int:
+        """End the child's group (while its zombie holds it) and reap it: its wait status, -1 if unknown."""
+        status = -1
+        if pid in live:
+            live.discard(pid)
+            child._signal_group(pid)  # what the job left in its group, while the zombie holds it
+            try:
+                status = os.waitpid(pid, 0)[1]
+            except ChildProcessError:
+                pass
+            if orphans:
+                child.end_children(frozenset(live))
+        return status
+
+    def ended(pidfd: int) -> None:
+        pid, orphans, _ = ending.pop(pidfd)
+        poller.unregister(pidfd)
+        child._kept.discard(pidfd)
+        child._close(pidfd)
+        reap(pid, orphans)
+
     try:
         while True:
+            timeout = -1
+            if ending:
+                timeout = max(0, math.ceil((min(d for _, _, d in ending.values()) - time.monotonic()) * 1000))
+            ready = [fd for fd, _ in poller.poll(timeout)]
+            for pidfd in [fd for fd in ready if fd in ending]:
+                ended(pidfd)  # it exited
+            now = time.monotonic()
+            for pidfd in [fd for fd, (_, _, d) in ending.items() if d <= now]:
+                ended(pidfd)  # sent its outcome but hangs (a stuck flush): killed now, the outcome stands
+            if sock.fileno() not in ready:
+                continue
             message, fds = _recv(sock, True)
             if not message:
                 return 0
@@ -391,29 +517,26 @@ def _server_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: b
                     return _job(run, fd)
 
                 try:
-                    pid = child.fork_child(job, fallback, fd, child._kept)
-                except OSError as exc:
-                    sock.sendall(_PID.pack(-(exc.errno or 1)))
-                else:
-                    live.add(pid)
-                    sock.sendall(_PID.pack(pid))
+                    live.add(child.fork_child(job, fallback, fd, child._kept))
+                except OSError:
+                    pass  # closing its end tells the worker: it asks again, or says it could not fork
                 finally:
                     os.close(fd)
                 continue
             for fd in fds:  # not a fork request: nothing should come with it
                 os.close(fd)
-            if kind in (b"R", b"r") and len(message) == _REAP.size:
-                _, pid, orphans = _REAP.unpack(message)
-                status = -1
-                if pid in live:
-                    live.discard(pid)
-                    child._signal_group(pid)  # what the job left in its group, while the zombie holds it
-                    try:
-                        status = os.waitpid(pid, 0)[1]
-                    except ChildProcessError:
-                        pass
-                    if orphans:
-                        child.end_children(frozenset(live))
+            if len(message) != _REAP.size:
+                continue
+            _, pid, orphans = _REAP.unpack(message)
+            if kind == b"E" and pid in live and pid not in (p for p, _, _ in ending.values()):
+                handle = child._pidfd(pid)
+                if handle is not None:
+                    ending[handle] = (pid, orphans, time.monotonic() + child.FINISH_GRACE)
+                    child._kept.add(handle)  # the children forked meanwhile close it
+                    poller.register(handle, select.POLLIN)
+                    continue
+            if kind in (b"R", b"r", b"E"):
+                status = reap(pid, orphans)
                 if kind == b"R":
                     sock.sendall(_PID.pack(status))
     finally:
@@ -425,6 +548,7 @@ def _server_main(sock: socket.socket, run: Callable[[bytes], bytes], fallback: b
 def _job(run: Callable[[bytes], bytes], fd: int) -> bytes:  # pragma: no cover - in the job's process
     """In a child: wait for the job (as ``nbqueue-spare``), take the worker's process name again, run it."""
     _set_name(SPARE_NAME)
+    os.write(fd, _PID.pack(os.getpid()))  # ready: the worker may send its job
     payload = child.receive(fd)
     if _WORKER_NAME:
         _set_name(_WORKER_NAME)
