@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
+import redis
 
-from benchmarks.harness import ROOT, Server  # noqa: E402
-from nbqueue.server import find_binary  # noqa: E402
+from benchmarks.harness import ROOT, Server
+from nbqueue.server import find_binary
 
 OURS = ("info", "config", "ping", "zcard", "flushall")  # the measurement's own commands
 

@@ -77,7 +77,8 @@ def main() -> None:
         (rate_u, cpu_u, srv_u), (rate_s, cpu_s, srv_s) = median["unsigned"], median["signed"]
         print(f"signing costs: rate {(1 - rate_s / rate_u) * 100:+.1f} % (medians), "
               f"{(1 - statistics.median(ratios)) * 100:+.1f} % (median of per-repeat ratios); "
-              f"CPU {(cpu_s + srv_s) / (cpu_u + srv_u) * 100 - 100:+.1f} % ({cpu_s + srv_s - cpu_u - srv_u:+.1f} µs a job)")
+              f"CPU {(cpu_s + srv_s) / (cpu_u + srv_u) * 100 - 100:+.1f} % "
+              f"({cpu_s + srv_s - cpu_u - srv_u:+.1f} µs a job)")
 
 
 if __name__ == "__main__":
