@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import forkserver_tasks as ft
-from conftest import TESTS_DIR, wait_for
+from conftest import TESTS_DIR, children as conftest_children, wait_for
 from nbqueue import JobFailed, Queue
 
 KEEPER, SERVER, SPARE = "nbqueue-keeper", "nbqueue-forks", "nbqueue-spare"
@@ -28,17 +28,7 @@ def comm(pid: int) -> str:
 
 
 def children(pid: int) -> list:
-    kids: list = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for task in tasks:
-        try:
-            kids += [int(k) for k in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-        except OSError:
-            pass
-    return kids
+    return [int(k) for k in conftest_children(pid)]
 
 
 def alive(pid: int) -> bool:

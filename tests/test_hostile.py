@@ -19,7 +19,7 @@ import pytest
 import redis
 
 import hostile_tasks as ht
-from conftest import TESTS_DIR, pid_alive, proc_stat, wait_for
+from conftest import TESTS_DIR, children as conftest_children, pid_alive, proc_stat, wait_for
 from nbqueue import EnqueueError, Job, JobCanceled, JobFailed, Queue, keys
 
 FORK, INLINE, BOTH = ("fork",), ("inline",), ("fork", "inline")
@@ -172,16 +172,7 @@ def strays(record: Path, worker: int) -> list:
 
 def children(pid: int) -> list:
     """The worker's child processes, its fork server and keeper left out but their children in."""
-    kids = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for task in tasks:
-        try:
-            kids += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-        except OSError:
-            pass
+    kids = conftest_children(pid)
     found = []
     for kid in kids:
         if _comm(int(kid)) in FORK_SERVER:
