@@ -411,8 +411,9 @@ class Worker:
         """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too.
         Returns (1 recorded, 2 recorded and a retry scheduled, 0 not ours any more; the next job)."""
         ttl = taken.failure_ttl if outcome.status == FAILED else taken.result_ttl
-        jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         status = REFUSED if taken.refused and outcome.status == FAILED else outcome.status  # no retry
+        # spreads retries of jobs that failed together; drawn only for a failure (a retry may follow)
+        jitter = 0.5 + secrets.randbelow(1000) / 1000 if status == FAILED else 1
         q, tag = taken.queue, keys.tag(taken.queue)
         ref = keys.ref(taken.id, tag)
         head = [taken.id, self.name, taken.attempt, status, ttl, jitter,
