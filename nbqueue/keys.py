@@ -95,6 +95,7 @@ try:  # redis[hiredis] brings it; its own packer costs a fifth of redis-py's wra
 except ImportError:  # pragma: no cover - an old hiredis, or none
     _pack_command = None  # type: ignore[assignment]
 
+from .connection import is_cluster
 from .errors import JobQueueUnknown, LayoutError
 
 PREFIX = "nbq:"
@@ -327,7 +328,7 @@ _check_lock = threading.Lock()
 
 def _pool(client: Any) -> Any:
     """What per-client facts are cached by: the connection pool (a cluster client: itself)."""
-    return client if isinstance(client, RedisCluster) else client.connection_pool
+    return client if is_cluster(client) else client.connection_pool
 
 
 def check_schema(client: Any) -> None:
@@ -407,7 +408,7 @@ def send(client: Any, *commands: tuple) -> list:
     On a cluster (a ``RedisCluster`` client) the commands must share one slot (asserted); they go
     to the master owning it (``_send_cluster``).
     """
-    if isinstance(client, RedisCluster):
+    if is_cluster(client):
         return _send_cluster(client, commands)
     conn = _connection(client.connection_pool)
     packed = _pack(conn, commands)
@@ -450,7 +451,7 @@ def send_grouped(client: Any, *commands: tuple) -> list:
     """``send`` for commands of several slots: on a cluster, one round trip per slot (in the order
     each slot first appears), keyless commands with the first; standalone, one round trip. The
     replies in the commands' order."""
-    if not isinstance(client, RedisCluster):
+    if not is_cluster(client):
         return send(client, *commands)
     groups: dict = {}
     for i, command in enumerate(commands):
