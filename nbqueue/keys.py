@@ -432,9 +432,12 @@ def send(client: Any, *commands: tuple) -> list:
 def _pack(conn: Any, commands: Iterable[tuple]) -> Any:
     """The commands in the wire protocol, to send in one write (nbqueue's commands: a one-word name,
     then str, bytes and numbers)."""
-    if _pack_command is None:  # pragma: no cover
-        return conn.pack_commands(commands)
-    return [b"".join([_pack_command(command) for command in commands])]
+    if _pack_command is not None:
+        try:
+            return [b"".join([_pack_command(command) for command in commands])]
+        except TypeError:  # a value hiredis takes only redis-py's way (a bytearray, a memoryview)
+            pass
+    return conn.pack_commands(commands)
 
 
 def worker_wake_on(worker_name: str, queue_name: str) -> str:
