@@ -143,8 +143,16 @@ def _host_port(item: str, bad: Any, default: int = 26379) -> tuple[str, int]:
 
 
 def is_cluster(client: object) -> bool:
-    """Whether ``client`` is a Redis Cluster client (``redis.cluster.RedisCluster``)."""
-    return isinstance(client, RedisCluster)
+    """Whether ``client`` is a Redis Cluster client (``redis.cluster.RedisCluster``), asked once per type:
+    ``isinstance`` through the Protocol among RedisCluster's bases costs a microsecond, on every hot call."""
+    kind = type(client)
+    found = _cluster_types.get(kind)
+    if found is None:
+        found = _cluster_types[kind] = issubclass(kind, RedisCluster)
+    return found
+
+
+_cluster_types: dict[type, bool] = {}  # client class -> whether it is a cluster client
 
 
 def _cluster_url(url: str) -> Optional[tuple[str, list]]:
@@ -401,10 +409,10 @@ def get_connection(connection: Union[Client, str, None] = None, evicting: str = 
         connection = _chosen["client"]
     if connection is None or isinstance(connection, str):
         client = connect(connection)
+    elif isinstance(connection, redis.Redis):  # first: the common case, and a cheap isinstance
+        client = _cluster_for(connection)
     elif isinstance(connection, RedisCluster):
         client = connection
-    elif isinstance(connection, redis.Redis):
-        client = _cluster_for(connection)
     else:
         kind = type(connection).__name__
         raise InvalidConnection(f"connection must be a redis.Redis, a redis.cluster.RedisCluster, a URL or None, "
@@ -437,7 +445,7 @@ def _cluster_for(client: redis.Redis) -> Client:
 
 def _key(client: Client) -> Any:
     """What per-client facts are cached by: the connection pool (a cluster client: itself)."""
-    return client if isinstance(client, RedisCluster) else client.connection_pool
+    return client if is_cluster(client) else client.connection_pool
 
 
 # Per connection pool (per client): its server's maxmemory-policy, read once per process.

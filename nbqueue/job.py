@@ -147,6 +147,19 @@ class Job:
             self._load(fields)
 
     @classmethod
+    def _enqueued(cls, job_id: str, tag: str, connection: redis.Redis, queue: str, func: str,
+                  secret: Optional[signing.Signer]) -> Job:
+        """The handle ``Queue.enqueue`` returns for a job it just queued under an id it made (tagged
+        ``tag``): what ``Job(job_id, connection, {status, queue, func}, secret=secret)`` makes, without
+        parsing any of it again."""
+        job = cls.__new__(cls)
+        job.id, job._tag, job.ref, job._key = job_id, tag, job_id, f"{keys.PREFIX}{{{tag}}}:job:{job_id}"
+        job.connection, job.queue, job.func_name, job._status = connection, queue, func, QUEUED
+        job._meta = job._call = job._description = None
+        job._secret = secret
+        return job
+
+    @classmethod
     def fetch(cls, job_id: str, connection: Optional[redis.Redis] = None, *, secret: signing.Secret = None,
               queue: Optional[str] = None) -> Job:
         """The job with this id (give its ``queue`` too if you chose the id at enqueue); ``NoSuchJob``

@@ -90,6 +90,12 @@ from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
 
+try:  # redis[hiredis] brings it; its own packer costs a fifth of redis-py's wrapper around it
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - an old hiredis, or none
+    _pack_command = None  # type: ignore[assignment]
+
+from .connection import is_cluster
 from .errors import JobQueueUnknown, LayoutError
 
 PREFIX = "nbq:"
@@ -322,7 +328,7 @@ _check_lock = threading.Lock()
 
 def _pool(client: Any) -> Any:
     """What per-client facts are cached by: the connection pool (a cluster client: itself)."""
-    return client if isinstance(client, RedisCluster) else client.connection_pool
+    return client if is_cluster(client) else client.connection_pool
 
 
 def check_schema(client: Any) -> None:
@@ -402,10 +408,10 @@ def send(client: Any, *commands: tuple) -> list:
     On a cluster (a ``RedisCluster`` client) the commands must share one slot (asserted); they go
     to the master owning it (``_send_cluster``).
     """
-    if isinstance(client, RedisCluster):
+    if is_cluster(client):
         return _send_cluster(client, commands)
     conn = _connection(client.connection_pool)
-    packed = conn.pack_commands(commands)
+    packed = _pack(conn, commands)
     for attempt in range(2):
         try:
             _ready(conn)
@@ -423,6 +429,17 @@ def send(client: Any, *commands: tuple) -> list:
     raise AssertionError("unreachable")
 
 
+def _pack(conn: Any, commands: Iterable[tuple]) -> Any:
+    """The commands in the wire protocol, to send in one write (nbqueue's commands: a one-word name,
+    then str, bytes and numbers)."""
+    if _pack_command is not None:
+        try:
+            return [b"".join([_pack_command(command) for command in commands])]
+        except TypeError:  # a value hiredis takes only redis-py's way (a bytearray, a memoryview)
+            pass
+    return conn.pack_commands(commands)
+
+
 def worker_wake_on(worker_name: str, queue_name: str) -> str:
     """The worker's wake list on the slot of ``queue_name`` (its waker there blocks on it too)."""
     return f"{PREFIX}{{{tag(queue_name)}}}:wake-worker:{worker_name}"
@@ -437,7 +454,7 @@ def send_grouped(client: Any, *commands: tuple) -> list:
     """``send`` for commands of several slots: on a cluster, one round trip per slot (in the order
     each slot first appears), keyless commands with the first; standalone, one round trip. The
     replies in the commands' order."""
-    if not isinstance(client, RedisCluster):
+    if not is_cluster(client):
         return send(client, *commands)
     groups: dict = {}
     for i, command in enumerate(commands):
@@ -546,7 +563,7 @@ def _round_trip(client: RedisCluster, node: Any, commands: list, asking: bool) -
     sent = [c for command in commands for c in ((("ASKING",), command) if asking else (command,))]
     try:
         _ready(conn)
-        conn.send_packed_command(conn.pack_commands(sent))
+        conn.send_packed_command(_pack(conn, sent))
         replies = []
         for _ in sent:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
 import redis
@@ -26,7 +27,7 @@ from .options import (  # noqa: F401 - MAX_*, check_seconds and check_count: als
 )
 from .schema import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFERRED, QUEUED, SCHEDULED
 from .seconds import as_seconds
-from .serialization import describe as describe_func, dumps_call, function_ref
+from .serialization import FunctionRef, describe as describe_func, dumps_call, function_ref, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     from .group import Group
@@ -82,6 +83,7 @@ class Queue:
         if is_async is not None and not isinstance(is_async, bool):
             raise EnqueueError(f"is_async={is_async!r}: give True or False.")
         self._is_async = is_async
+        self._plans: dict[FunctionType, _Plan] = {}  # function -> its _Plan (enqueue's fast path)
 
     @property
     def is_async(self) -> bool:
@@ -111,7 +113,50 @@ class Queue:
 
     def enqueue(self, func: Callable, *args: Any, **kwargs: Any) -> Job:
         """Put ``func(*args, **kwargs)`` on the queue. Every keyword goes to ``func``; options: ``enqueue_call``."""
-        return self.enqueue_call(func, args, kwargs)
+        return self._enqueue_one(func, args, kwargs) or self.enqueue_call(func, args, kwargs)
+
+    def _enqueue_one(self, func: Callable, args: tuple, kwargs: dict) -> Optional[Job]:
+        """``enqueue``'s fast path: one job with default options under an id made here, the one
+        ``enqueue_many`` would write, in the same one script call. What every job of ``func`` shares
+        (its checked path and code hash, its signing head, the script call up to the job's own values)
+        is made once per queue and function (``_plan``); the guard still checks each time that ``func``
+        is what its path imports. None: the call needs ``enqueue_many`` (a Job or Group among its
+        arguments, a bound method, a function that changed, testing mode)."""
+        if not isinstance(func, FunctionType) or not self.is_async:
+            return None
+        plan = self._plans.get(func) or self._plan(func)
+        try:
+            if resolve(plan.path) is not func:  # redefined since (a module reloaded): the guard says why
+                return None
+        except ImportError:
+            return None
+        args, kwargs, found = flow.extract(args, kwargs)
+        if found:
+            return None
+        job_id = keys.new_id(self.name)
+        data = dumps_call(plan.ref, args, kwargs)
+        sig = signing.Signer.sign_job(plan.mac, job_id, data) if plan.mac is not None else b""
+        conn = self.connection
+        keys.register(conn, [self.name])  # once per process and connection (a lookup after that)
+        try:
+            keys.send(conn, (*plan.head, plan.job_key + job_id, *plan.middle, job_id, 1, data, sig))
+        except redis.ResponseError as exc:
+            if _out_of_memory(exc):
+                raise _full(conn, 0, 1) from None
+            raise
+        return Job._enqueued(job_id, self._tag, conn, self.name, plan.path, self.signer)
+
+    def _plan(self, func: FunctionType) -> _Plan:
+        """Check ``func`` as ``enqueue_many`` does and make its ``_Plan``."""
+        ref = function_ref(func)
+        signer = self.signer
+        mac = signer.job_mac(ref.path, ref.code_hash, [], [None, None]) if signer else None
+        head = keys.evalsha("enqueue", [self.key, keys.wake(self.name), keys.scheduled(self.name), "job key"],
+                            [self.name, "0", 0, "0", "", 0, 1, ref.path, ref.code_hash], tag=self._tag)
+        if len(self._plans) >= 256:  # functions of reloaded modules are let go
+            self._plans.clear()
+        plan = self._plans[func] = _Plan(ref.path, ref, mac, head[:6], keys.job("", tag=self._tag), head[7:])
+        return plan
 
     def enqueue_call(
         self,
@@ -497,6 +542,18 @@ class Queue:
 UNIQUE_QUEUEING = 7 * 24 * 3600  # seconds a unique key outlives its job's TTL: time it may wait queued
 UNIQUE_ROUNDS = 20  # tries when concurrent enqueuers keep changing a unique key's holder
 GROUP_QUEUEING = 7 * 24 * 3600  # seconds a saved group outlives its jobs' TTL: time they may wait queued
+
+
+class _Plan(NamedTuple):
+    """What every job of one function enqueued with default options shares (``Queue._enqueue_one``)."""
+
+    path: str  # "module:qualname", checked by the guard
+    ref: FunctionRef
+    mac: Optional[signing._Hmac]  # the signing HMAC with the job's function and options absorbed; None: unsigned
+    head: tuple  # the enqueue script's call up to its job key: EVALSHA, sha, 4 keys, the queue's 3 keys
+    job_key: str  # + the id: the job key
+    middle: tuple  # its values up to the job's own: channel prefix, queue, no front/delay/chosen ids/unique
+    # key, no options, one function and its code hash
 
 
 def _callback_path(name: str, func: Optional[Callable]) -> Optional[bytes]:

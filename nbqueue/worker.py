@@ -287,10 +287,9 @@ class Worker:
     def _settled(self, reply: Any, queues: Optional[list] = None) -> Any:
         """A take's reply once it is not 'retry' (taken again with the fresh windows it returned)."""
         queues = queues or self.queues
-        stale = False
         for _ in range(TAKE_ROUNDS):
+            stale = reply[0] == b"retry" and any(self._windows.get(q) for q in queues)
             if reply[1]:
-                stale = any(self._windows.get(q) for q in queues)
                 self._windows = {**self._windows, **dict(zip(queues, reply[1]))}  # ids as bytes, as sent back
             if reply[0] != b"retry":
                 return reply
@@ -400,19 +399,21 @@ class Worker:
         if reached and not self._stopping:
             log.info("worker %s: ran %d job(s) (--max-jobs): stopping", self.name, self.jobs_run)
             self.request_stop()
-        endings: dict[str, str] = {FINISHED: "ok", CANCELED: "canceled"}
-        status = endings.get(outcome.status, f"failed: {outcome.summary}")
-        if not written:
-            status = f"discarded ({status})"
-        log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed), status)
+        if log.isEnabledFor(logging.INFO):
+            endings: dict[str, str] = {FINISHED: "ok", CANCELED: "canceled"}
+            status = endings.get(outcome.status, f"failed: {outcome.summary}")
+            if not written:
+                status = f"discarded ({status})"
+            log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed), status)
         return next_taken
 
     def _finish(self, taken: Taken, outcome: Outcome, then_take: bool = False) -> tuple:
         """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too.
         Returns (1 recorded, 2 recorded and a retry scheduled, 0 not ours any more; the next job)."""
         ttl = taken.failure_ttl if outcome.status == FAILED else taken.result_ttl
-        jitter = 0.5 + secrets.randbelow(1000) / 1000  # spreads retries of jobs that failed together
         status = REFUSED if taken.refused and outcome.status == FAILED else outcome.status  # no retry
+        # spreads retries of jobs that failed together; drawn only for a failure (a retry may follow)
+        jitter = 0.5 + secrets.randbelow(1000) / 1000 if status == FAILED else 1
         q, tag = taken.queue, keys.tag(taken.queue)
         ref = keys.ref(taken.id, tag)
         head = [taken.id, self.name, taken.attempt, status, ttl, jitter,

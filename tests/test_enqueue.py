@@ -12,6 +12,7 @@ import pytest
 import nbq_tasks
 from nbqueue import Call, EnqueueError, InvalidQueueName, InvalidTransition, Job, JobExists, NoSuchJob, Queue, keys
 from nbqueue.errors import JobQueueUnknown
+from nbqueue.schema import OPTION_FIELDS
 from nbqueue.serialization import function_ref
 
 
@@ -235,3 +236,30 @@ def test_the_call_text_keeps_its_spaces_in_html():
 
     html = JobState("j1", "tasks.f('a  b',   c)").header_html()
     assert "white-space: pre-wrap" in html and "&#x27;a  b&#x27;,   c" in html
+
+
+def test_enqueue_one_by_one_writes_what_enqueue_call_writes(q, redis_client):
+    """``enqueue``'s fast path (one job, default options) and the general path write the same job."""
+    fast, general = q.enqueue(nbq_tasks.add, 1, 2), q.enqueue_call(nbq_tasks.add, (1, 2))
+    assert nbq_tasks.add in q._plans  # the fast path was taken
+    stored = [redis_client.hgetall(keys.job(job.id)) for job in (fast, general)]
+    for job, fields in zip((fast, general), stored):
+        assert fields.pop(b"enqueued_at")
+        sig = fields.pop(b"sig", None)  # over the job id, so each its own
+        if q.signer is not None:
+            options = [fields.get(name.encode()) for name in OPTION_FIELDS]
+            assert q.signer.job_refusal(job.id.encode(), fields[b"func"], fields[b"code"], options, fields[b"data"],
+                                        sig) == ""
+    assert stored[0] == stored[1]
+    assert (fast.ref, fast.func_name, fast.queue, fast.dependencies) == (fast.id, "nbq_tasks:add", "low", ())
+    assert repr(fast).replace(fast.id, general.id) == repr(general)
+    assert q.job_ids == [fast.id, general.id]
+
+
+def test_enqueue_checks_each_time_that_the_function_is_what_its_path_imports(q, redis_client, monkeypatch):
+    q.enqueue(nbq_tasks.add, 1, 2)
+    original = nbq_tasks.add
+    monkeypatch.setattr(nbq_tasks, "add", lambda a, b: a - b)  # redefined after its first enqueue
+    with pytest.raises(EnqueueError, match="gives a different object"):
+        q.enqueue(original, 1, 2)
+    assert len(q) == 1

@@ -149,3 +149,9 @@ def test_another_schema_version_is_refused(redis_client, redis_url):
     with pytest.raises(LayoutError, match="layout '3'"):
         Queue("v3", redis.Redis.from_url(redis_url)).enqueue(nbq_tasks.add, 1, 2)
     assert not redis_client.exists(keys.queue("v3"), keys.QUEUES)
+
+
+def test_send_takes_every_value_redis_py_takes(redis_client):
+    """keys.send packs with hiredis; a value it refuses (a bytearray) goes redis-py's way."""
+    assert keys.send(redis_client, ("SET", "nbq:t:a", 7), ("SET", "nbq:t:b", bytearray(b"xy")),
+                     ("MGET", "nbq:t:a", "nbq:t:b")) == [b"OK", b"OK", [b"7", b"xy"]]

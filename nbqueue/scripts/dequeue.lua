@@ -25,11 +25,6 @@ for q = 1, n do
     active = KEYS[4 * q - 1], window = window}
   a, c = a + 3 + count, c + count
 end
-local function windows()
-  local all = {}
-  for q = 1, n do all[q] = redis.call('LRANGE', queues[q].list, 0, size - 1) end
-  return all
-end
 for q = 1, n do
   if redis.call('EXISTS', KEYS[4 * q]) == 1 then return {'suspended', {}} end
 end
@@ -37,38 +32,43 @@ local taken, kind
 for q = 1, n do
   local Q = queues[q]
   while not taken do
-    local id = redis.call('LINDEX', Q.list, 0)
+    local id = redis.call('LPOP', Q.list)
     if not id then break end
     local key = Q.window[id]
-    if not key then kind = 'retry'; break end
-    redis.call('LPOP', Q.list)
-    local cur = redis.call('HMGET', key, 'status', 'workers', 'attempt')
-    if cur[1] == 'queued' then
+    if not key then  -- not a job key we named: put it back
+      redis.call('LPUSH', Q.list, id)
+      kind = 'retry'
+      break
+    end
+    local f = redis.call('HMGET', key, 'status', 'workers', 'attempt', 'func', 'data', 'code', 'timeout',
+      'result_ttl', 'failure_ttl', 'retries', 'retry_delay', 'lost_retries', 'sig', 'on_success', 'on_failure',
+      'deps', 'dependents')
+    if f[1] == 'queued' then
       local t = redis.call('TIME')
       local now = t[1] .. '.' .. string.format('%06d', t[2])
-      local attempt = math.floor(tonumber(cur[3]) or 0) + 1  -- no error (and no lost pop) on a field broken by hand
+      local attempt = math.floor(tonumber(f[3]) or 0) + 1  -- no error (and no lost pop) on a field broken by hand
       redis.call('HSET', key, 'status', 'started', 'worker', worker, 'started_at', now, 'attempt', attempt,
-        'workers', cur[2] and (cur[2] .. ' ' .. worker) or worker)
+        'workers', f[2] and (f[2] .. ' ' .. worker) or worker)
       redis.call('ZADD', Q.active, t[1] * 1000 + math.floor(t[2] / 1000) + lease, id)
       redis.call('PUBLISH', Q.ev .. id, '{"id":"' .. id .. '","status":"started","worker":"'
         .. worker .. '","attempt":' .. attempt .. ',"t":"' .. now .. '"}')  -- plain names: no escaping
-      local f = redis.call('HMGET', key, 'func', 'data', 'code', 'timeout', 'result_ttl', 'failure_ttl',
-        'retries', 'retry_delay', 'lost_retries', 'sig', 'on_success', 'on_failure', 'deps', 'dependents')
-      taken = {Q.name, id, attempt, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12],
-        f[13], f[14]}  -- a missing field is false here, nil in the reply: the array stays whole
+      taken = {Q.name, id, attempt, f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[15],
+        f[16], f[17]}  -- a missing field is false here, nil in the reply: the array stays whole
     end
     -- an id whose job is gone (deleted, expired) or no longer queued is dropped
   end
   if taken or kind then break end
 end
+local windows = {}  -- each queue's first ids now; a queue holds jobs iff its window is not empty
 for q = 1, n do
-  if redis.call('LLEN', queues[q].list) > 0 then
+  windows[q] = redis.call('LRANGE', queues[q].list, 0, math.max(size, 1) - 1)
+  if #windows[q] > 0 then
     if redis.call('LLEN', queues[q].wake) == 0 then redis.call('RPUSH', queues[q].wake, '1') end
   else
     redis.call('DEL', queues[q].wake)
   end
 end
-local reply = {taken and 'job' or kind or 'none', windows()}
+local reply = {taken and 'job' or kind or 'none', windows}
 if taken then
   for i = 1, 17 do reply[2 + i] = taken[i] end
 end
