@@ -32,19 +32,20 @@ from nbqueue import (
 from nbqueue.info import watch_events
 
 
+async def ticker(ticks: list) -> None:
+    """Note the time every 10 ms: the event loop runs while something is awaited."""
+    while True:
+        ticks.append(time.monotonic())
+        await asyncio.sleep(0.01)
+
+
 def test_await_a_job_and_a_group_without_blocking_the_loop(redis_client, start_worker):
     start_worker("wq", "--inline", "--concurrency", "4")
     q = Queue("wq", redis_client)
 
     async def main():
-        ticks = []
-
-        async def ticker():
-            while True:
-                ticks.append(time.monotonic())
-                await asyncio.sleep(0.01)
-
-        tick = asyncio.ensure_future(ticker())
+        ticks: list = []
+        tick = asyncio.ensure_future(ticker(ticks))
         job = q.enqueue(nbq_tasks.sleep_then, 0.5, 42)
         value = await job
         group_values = await q.map(nbq_tasks.echo, [1, 2, 3])
@@ -129,14 +130,8 @@ def test_async_for_as_completed_and_async_wait_keep_the_loop_running(redis_clien
     gate = tmp_path / "gate"
 
     async def main():
-        ticks = []
-
-        async def ticker():
-            while True:
-                ticks.append(time.monotonic())
-                await asyncio.sleep(0.01)
-
-        tick = asyncio.ensure_future(ticker())
+        ticks: list = []
+        tick = asyncio.ensure_future(ticker(ticks))
         slow = q.enqueue(nbq_tasks.until_file, str(gate), "slow")
         fast = [q.enqueue(nbq_tasks.sleep_then, 0.3, i) for i in range(2)]
         order = []
