@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import redis
 
 from . import keys
-from .connection import describe, get_connection
+from .connection import describe, get_connection, is_cluster
 from .schema import SYNC
 
 log = logging.getLogger("nbqueue.watcher")
@@ -88,26 +88,32 @@ class Watcher:
 
     def catch_up(self, timeout: float = 0.5) -> bool:
         """Wait until the thread has handled every event published before this call, and has
-        ticked once (so coalesced updates are out). False if it did not within ``timeout``."""
+        ticked once (so coalesced updates are out). False if it did not within ``timeout``.
+        On a cluster a barrier goes through every primary: messages keep their order per node
+        they were published on, not across nodes."""
         if not self.running:
             return True
-        token, done = uuid.uuid4().hex, threading.Event()
-        self._barriers[token] = done
+        publishers = _each_primary(self.connection)
+        barriers = {uuid.uuid4().hex: threading.Event() for _ in publishers}
+        self._barriers.update(barriers)
         deadline = time.monotonic() + timeout
         try:
             if not self._ready.wait(timeout):
                 return not self.running
-            self.connection.publish(self._wake, token)
-            while not done.wait(0.02):  # the thread may end meanwhile (nothing left to watch)
-                if not self.running:
-                    return True
-                if time.monotonic() > deadline:
-                    return False
+            for publisher, token in zip(publishers, barriers):
+                publisher.publish(self._wake, token)
+            for done in barriers.values():
+                while not done.wait(0.02):  # the thread may end meanwhile (nothing left to watch)
+                    if not self.running:
+                        return True
+                    if time.monotonic() > deadline:
+                        return False
             return True
         except redis.RedisError:
             return False
         finally:
-            self._barriers.pop(token, None)
+            for token in barriers:
+                self._barriers.pop(token, None)
 
     @property
     def running(self) -> bool:
@@ -280,6 +286,13 @@ def catch_up(timeout: float = 0.5) -> None:
         watcher.catch_up(timeout)
 
 
+
+
+def _each_primary(client: Any) -> list:
+    """``client`` itself, or on a cluster a plain client of each primary."""
+    if not is_cluster(client):
+        return [client]
+    return [client.get_redis_connection(node) for node in client.get_primaries()]
 
 
 def _after_fork() -> None:
