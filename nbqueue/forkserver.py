@@ -27,6 +27,7 @@ without waiting, and goes on with the next job as soon as the outcome is read.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -120,12 +121,8 @@ class Server:
         or None if the server is gone (then the child was killed with it). Without ``wait``, the
         request is only sent (no round trip): for a child whose outcome arrived whole."""
         if not wait:
-            with self._lock:
-                if not self.dead:
-                    try:
-                        self._sock.sendall(_REAP.pack(b"r", pid, orphans))
-                    except OSError:
-                        self.close()  # the next fork finds out and starts a new server
+            with contextlib.suppress(ForkServerGone):  # the next fork finds out and starts a new server
+                self._send(_REAP.pack(b"r", pid, orphans))
             return None
         try:
             status = _PID.unpack(self._call(_REAP.pack(b"R", pid, orphans))[0])[0]
