@@ -350,6 +350,7 @@ class Running:
     def __init__(self, taken: Taken):
         self.taken = taken
         self.reason: Optional[str] = None  # why it was interrupted: cancel, lost, timeout, stop
+        self.began = False  # execute() was called (a job taken ahead waits for its turn)
         self.deadline: Optional[float] = None  # inline timeout, on the monotonic clock
         self._child: Optional[Child] = None
         self._thread_id: Optional[int] = None  # an inline job's thread while it may be interrupted
@@ -361,6 +362,7 @@ class Running:
 
     def execute(self, connection: Any, inline: bool, forks: Optional[ForkServer] = None) -> Outcome:
         """Run the job (in this thread, or in a forked child: by ``forks`` if given) and say how it ended."""
+        self.began = True
         if inline:
             outcome = self._run_inline(connection)
         else:

@@ -413,9 +413,12 @@ def send(client: Any, *commands: tuple) -> list:
     conn = _connection(client.connection_pool)
     packed = _pack(conn, commands)
     for attempt in range(2):
+        posted = _local.posted.pop(conn, 0)
         try:
-            _ready(conn)
+            if not posted:
+                _ready(conn)
             conn.send_packed_command(packed)
+            _local.early.setdefault(conn, []).extend(_reply_or_error(conn) for _ in range(posted))
             return [conn.read_response() for _ in commands]
         except NoScriptError:  # every script is gone (a restart) and every reply read up to here
             conn.disconnect()
@@ -427,6 +430,37 @@ def send(client: Any, *commands: tuple) -> list:
             conn.disconnect()
             raise
     raise AssertionError("unreachable")
+
+
+def post(client: Any, *commands: tuple) -> None:
+    """Write ``commands`` on this thread's own connection (standalone) without waiting for their
+    replies: the next ``send`` on it reads them first, and ``collect`` returns them. A reply that
+    is an error is returned as the exception; replies lost with a connection are not returned (the
+    caller sends again what it got no reply for)."""
+    conn = _connection(client.connection_pool)
+    packed = _pack(conn, commands)
+    posted = _local.posted.pop(conn, 0)
+    try:
+        if not posted:
+            _ready(conn)
+        conn.send_packed_command(packed)
+    except BaseException:
+        conn.disconnect()
+        raise
+    _local.posted[conn] = posted + len(commands)
+
+
+def collect(client: Any) -> list:
+    """The replies of the commands ``post`` wrote on this thread's connection that a ``send`` read
+    since (in order); their count tells how many were lost with a connection."""
+    return _local.early.pop(_connection(client.connection_pool), [])
+
+
+def _reply_or_error(conn: Any) -> Any:
+    try:
+        return conn.read_response()
+    except ResponseError as exc:  # the command's own error: the replies after it are still read
+        return exc
 
 
 def _pack(conn: Any, commands: Iterable[tuple]) -> Any:
@@ -473,6 +507,7 @@ def _connection(pool: Any) -> Any:
     """This thread's own connection of ``pool`` (a new one after a fork)."""
     if getattr(_local, "pid", None) != os.getpid():  # a forked child must not share the parent's sockets
         _local.pid, _local.connections = os.getpid(), weakref.WeakKeyDictionary()
+        _local.posted, _local.early = weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()  # conn -> (post)
     conn = _local.connections.get(pool)
     if conn is None:
         conn = _local.connections[pool] = pool.make_connection()

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Union
 import redis
 
 from . import child, flow, forkserver, keys, signing, sweep, takes
+from .ahead import AHEAD, SHORT, Ahead, Posted
 from .connection import connection_options, describe, get_connection, is_cluster
 from .errors import ForkServerGone, WorkerError
 from .execute import _INTERRUPTED, Outcome, Running, Taken, job_runner
@@ -125,6 +126,8 @@ class Worker:
             self.name)  # on a cluster, in the slot of the flags it is waited on with
         self._wait_keys = [*map(keys.wake, self.queues), own]
         self._takes = takes.Takes(self, runs, self._take_run, self._redis) if len(runs) > 1 else None
+        # a slot that may take ahead (inline, one server: _serve) learns enough ids to take AHEAD next
+        self._look_ahead = 2 * AHEAD if self.inline and self._takes is None and not is_cluster(self.connection) else 0
         socket_timeout = connection_options(self.connection).get("socket_timeout")
         # block for less than the client's read timeout (redis-py's default is 5 s), or reads get cut off
         self._idle_wait = IDLE_WAKE if not socket_timeout else max(0.1, min(IDLE_WAKE, socket_timeout - 1))
@@ -189,6 +192,8 @@ class Worker:
             self._wait_for_slots(len(slots))
         finally:
             heartbeat.stop()
+            if self._takes is not None:  # its wakers were woken by the stop: they return at once
+                self._takes.join(timeout=2.0)
             restore()
             undo_adopt()
             self._unregister()
@@ -251,28 +256,41 @@ class Worker:
     def _serve(self) -> None:
         taken: Optional[Taken] = None
         first = True
+        # inline on one server, a slot running short jobs takes several per round trip (ahead.py)
+        ahead = Ahead() if self._look_ahead else None
         while first or taken is not None or not (self._stopping or self.burst):
             if os.getpid() != self._pid:  # a process a job forked came back here: never a second worker
                 child.exit_now(0)
             try:
                 if first:
-                    first, taken = False, self._take()
+                    first, taken = False, self._take(ahead)
                 elif taken is not None:  # _run records the outcome and takes the next job in one round trip
-                    taken = self._run(taken)
+                    taken = self._run(taken, ahead=ahead)
                 else:
-                    taken = self._wait_and_take()
+                    taken = self._wait_and_take(ahead)
                     if taken is None:
                         self._idle()
             except _Stop:
+                self._give_back(ahead)
                 return
             except Exception:  # a bug, or a job hash broken by hand: log it, never die of it
                 log.exception("worker %s: unexpected error; going on", self.name)
                 taken = None
+                self._give_back(ahead)
                 time.sleep(1.0)  # not a hot loop if it keeps happening
 
-    def _take_command(self, queues: Optional[list] = None) -> tuple:
-        """The take (``dequeue.lua``) from ``queues`` (one run; default: all, standalone) with the job
-        keys of the queues' windows as last seen."""
+    def _give_back(self, ahead: Optional[Ahead]) -> None:
+        """Jobs taken ahead that will not run here: dropped unrecorded, so their leases lapse and
+        they run again (elsewhere) as a lost worker's would."""
+        while ahead is not None and ahead.runs:
+            run = ahead.runs.popleft()
+            with self._lock:
+                if self._running.get(run.taken.id) is run:
+                    del self._running[run.taken.id]
+
+    def _take_command(self, queues: Optional[list] = None, most: int = 1) -> tuple:
+        """The take (``dequeue.lua``) of up to ``most`` jobs from ``queues`` (one run; default: all,
+        standalone) with the job keys of the queues' windows as last seen."""
         queues = queues or self.queues
         take_keys, take_jobs = self._takes_of[tuple(queues)]
         job_keys, values = [], []
@@ -282,9 +300,10 @@ class Worker:
             job_keys += [job_key + i for i in window]
             values += [q, channel, len(window), *window]
         return keys.evalsha("dequeue", [*take_keys, *job_keys],
-                            [self.name, int(LEASE * 1000), self._window, len(queues), *values])
+                            [self.name, int(LEASE * 1000), max(self._window, self._look_ahead), len(queues), most,
+                             *values])
 
-    def _settled(self, reply: Any, queues: Optional[list] = None) -> Any:
+    def _settled(self, reply: Any, queues: Optional[list] = None, most: int = 1) -> Any:
         """A take's reply once it is not 'retry' (taken again with the fresh windows it returned)."""
         queues = queues or self.queues
         for _ in range(TAKE_ROUNDS):
@@ -295,27 +314,30 @@ class Worker:
                 return reply
             if stale:  # others took the ids we knew of: look further ahead next time
                 self._window = min(self._window * 2, MAX_WINDOW)
-            reply = self._redis(lambda: keys.send(self.connection, self._take_command(queues))[0])
+            reply = self._redis(lambda: keys.send(self.connection, self._take_command(queues, most))[0])
         return [b"none", []]
 
-    def _take(self) -> Optional[Taken]:
+    def _take(self, ahead: Optional[Ahead] = None) -> Optional[Taken]:
         if not self._may_take():
             return None
-        return self._taken_from(self._take_reply())
+        most = self._reserve(ahead)
+        reply = self._take_reply(most)
+        self._ended_ahead(ahead)
+        return self._taken_from(reply, ahead, most)
 
-    def _take_reply(self) -> Any:
-        """Take a job (a slot reserved one): the take's settled reply."""
+    def _take_reply(self, most: int = 1) -> Any:
+        """Take a job, or up to ``most`` (a slot reserved them): the take's settled reply."""
         if self._takes is not None:
             return self._redis(self._takes.take)  # waits only while no shard of its queues answers
-        return self._redis(lambda: self._take_run(self.queues))
+        return self._redis(lambda: self._take_run(self.queues, most))
 
-    def _take_run(self, queues: list) -> Any:
-        """Take a job from the first of ``queues`` (one run: they share a slot) that has one; a lost
-        connection is raised."""
-        reply = keys.send(self.connection, self._take_command(queues))[0]
-        return self._settled(reply, queues)
+    def _take_run(self, queues: list, most: int = 1) -> Any:
+        """Take a job (up to ``most``) from the first of ``queues`` (one run: they share a slot) that
+        has one; a lost connection is raised."""
+        reply = keys.send(self.connection, self._take_command(queues, most))[0]
+        return self._settled(reply, queues, most)
 
-    def _wait_and_take(self) -> Optional[Taken]:
+    def _wait_and_take(self, ahead: Optional[Ahead] = None) -> Optional[Taken]:
         """Block until a wake flag of one of our queues is set (or a stop, or a while passes), then
         take a job. Both go in one packet: the server runs the take as soon as the wait returns,
         with no round trip in between."""
@@ -325,9 +347,11 @@ class Worker:
         if self._takes is not None:  # queues on several slots: wait for a waker, then take in order
             self._takes.wait(self._idle_wait)
             return self._taken_from([b"none", []] if self._stopping else self._takes.take())
+        most = self._reserve(ahead)
         _, reply = self._redis(lambda: keys.send(
-            self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command()))
-        return self._taken_from(self._settled(reply))
+            self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command(None, most)))
+        self._ended_ahead(ahead)
+        return self._taken_from(self._settled(reply, None, most), ahead, most)
 
     def _may_take(self) -> bool:
         """Whether a slot may take a job now (not stopping, under ``max_jobs``); reserves one."""
@@ -338,15 +362,35 @@ class Worker:
             self._taken += 1
             return True
 
-    def _taken_from(self, reply: Any) -> Optional[Taken]:
-        """The take's reply as a job; None if there was none (the reservation is given back)."""
-        if reply[0] == b"job":
-            self._active_at = time.monotonic()
-            return Taken.from_reply(reply[2:], self.signer)
+    def _reserve(self, ahead: Optional[Ahead]) -> int:
+        """How many jobs a slot that reserved one asks its take for (more are reserved, under ``max_jobs``)."""
+        want = 1 if ahead is None else ahead.most()
+        if want == 1:
+            return 1
         with self._lock:
-            self._taken -= 1
-            self._suspended = reply[0] == b"suspended"  # suspended: the next wait blocks on our own list only
-        return None
+            extra = want - 1 if self.max_jobs is None else max(0, min(want - 1, self.max_jobs - self._taken))
+            self._taken += extra
+        return 1 + extra
+
+    def _taken_from(self, reply: Any, ahead: Optional[Ahead] = None, most: int = 1) -> Optional[Taken]:
+        """The take's reply as a job (jobs after the first go to ``ahead``); None if there was none
+        (the reservations not used are given back)."""
+        got = (len(reply) - 2) // 17 if reply[0] == b"job" else 0
+        with self._lock:
+            self._taken -= most - got
+            if not got:
+                self._suspended = reply[0] == b"suspended"  # suspended: the next wait blocks on our own list only
+        if not got:
+            return None
+        self._active_at = time.monotonic()
+        taken = [Taken.from_reply(reply[2 + 17 * i:19 + 17 * i], self.signer) for i in range(got)]
+        if got > 1:
+            assert ahead is not None
+            runs = [Running(t) for t in taken[1:]]
+            with self._lock:
+                self._running.update((run.taken.id, run) for run in runs)
+            ahead.runs.extend(runs)
+        return taken[0]
 
     def _idle(self) -> None:
         """Nothing to take: with ``max_idle``, stop once idle that long (no job running)."""
@@ -367,11 +411,12 @@ class Worker:
         self._run(taken, then_take=False)
         return taken.id
 
-    def _run(self, taken: Taken, then_take: bool = True) -> Optional[Taken]:
+    def _run(self, taken: Taken, then_take: bool = True, ahead: Optional[Ahead] = None) -> Optional[Taken]:
         """Run one job, record how it ended, and return the next job (if not stopping)."""
-        run = Running(taken)
         with self._lock:
-            self._running[taken.id] = run
+            run = self._running.get(taken.id)
+            if run is None or run.taken is not taken:  # else: taken ahead, registered then
+                run = self._running[taken.id] = Running(taken)
         if self._failure:  # taken just as the heartbeat ended: nobody would renew its lease
             run.interrupt("lost")
         started = time.perf_counter()
@@ -381,35 +426,55 @@ class Worker:
             with self._lock:
                 self._running.pop(taken.id, None)  # gone already if a stop now gave up on it
         elapsed = time.perf_counter() - started
-        next_taken, written = None, False
+        if ahead is not None:
+            ahead.short = elapsed < SHORT
         if run.reason == "lost":
-            log.warning("%s %s: this worker lost the job's lease (it runs elsewhere now); "
-                        "its outcome is discarded", taken.id, taken.func)
-        else:
-            recorded, next_taken = self._finish(taken, outcome, then_take=then_take and self._may_take())
-            written = recorded != 0
-            if recorded == 1:  # its end is final (2: a retry is scheduled)
-                self._call_back(taken, outcome.status)
-            if not written:
-                log.warning("%s: not recording the outcome: this attempt no longer holds the job", taken.id)
-        with self._lock:
-            self.jobs_run += 1
-            self._active_at = time.monotonic()
-            reached = self.max_jobs is not None and self.jobs_run >= self.max_jobs
-        if reached and not self._stopping:
-            log.info("worker %s: ran %d job(s) (--max-jobs): stopping", self.name, self.jobs_run)
-            self.request_stop()
-        if log.isEnabledFor(logging.INFO):
-            endings: dict[str, str] = {FINISHED: "ok", CANCELED: "canceled"}
-            status = endings.get(outcome.status, f"failed: {outcome.summary}")
-            if not written:
-                status = f"discarded ({status})"
-            log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed), status)
-        return next_taken
+            log.warning("%s %s: this worker lost the job's lease (it runs elsewhere now, or was given back "
+                        "at a stop); its outcome is discarded", taken.id, taken.func)
+            self._count_run()
+            self._log_end(taken, outcome, 0, elapsed)
+            return self._next_ahead(ahead) if then_take else None
+        return self._finish(taken, outcome, then_take=then_take, ahead=ahead, elapsed=elapsed)[1]
 
-    def _finish(self, taken: Taken, outcome: Outcome, then_take: bool = False) -> tuple:
-        """Record the outcome (fenced by our attempt); with ``then_take``, take the next job too.
-        Returns (1 recorded, 2 recorded and a retry scheduled, 0 not ours any more; the next job)."""
+    def _next_ahead(self, ahead: Optional[Ahead]) -> Optional[Taken]:
+        """The next job taken ahead, if any (a stop now gives those back instead)."""
+        if ahead is None or not ahead.runs:
+            return None
+        if self._grace_until is not None or self._failure:
+            self._give_back(ahead)
+            return None
+        return ahead.runs.popleft().taken
+
+    def _finish(self, taken: Taken, outcome: Outcome, then_take: bool = False, ahead: Optional[Ahead] = None,
+                elapsed: float = 0.0) -> tuple:
+        """Record the outcome (fenced by our attempt) and act on it; with ``then_take``, take the next
+        job too, or with one taken ahead, write the outcome without waiting and go on with that one.
+        Returns (1 recorded, 2 recorded and a retry scheduled, 0 not ours any more, None written
+        ahead; the next job)."""
+        command, retry = self._finish_command(taken, outcome)
+        following = self._next_ahead(ahead) if then_take else None
+        if following is not None:
+            assert ahead is not None
+            try:
+                keys.post(self.connection, command)
+                ahead.posted.append(Posted(taken, outcome, elapsed, command))
+                return None, following
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass  # recorded below, the usual way
+        together = then_take and following is None and self._takes is None and self._may_take()
+        most = self._reserve(ahead) if together else 1
+        commands = [command, self._take_command(None, most)] if together else [command]
+        replies = self._redis(lambda: keys.send(self.connection, *commands))
+        self._ended_ahead(ahead)
+        if then_take and following is None:
+            following = (self._taken_from(self._settled(replies[1], None, most), ahead, most) if together
+                         else self._taken_from(self._take_reply()) if self._takes is not None and self._may_take()
+                         else None)
+        written = self._ended(taken, outcome, replies[0], retry, elapsed)
+        return written, following
+
+    def _finish_command(self, taken: Taken, outcome: Outcome) -> tuple:
+        """The finish script's call for ``outcome``, and how to call it again if its dependents changed."""
         ttl = taken.failure_ttl if outcome.status == FAILED else taken.result_ttl
         status = REFUSED if taken.refused and outcome.status == FAILED else outcome.status  # no retry
         # spreads retries of jobs that failed together; drawn only for a failure (a retry may follow)
@@ -428,20 +493,56 @@ class Worker:
         node_keys, values = [], [0]
         if taken.has_dependents:
             node_keys, values = self._redis(lambda: flow.dependents_of(self.connection, ref, status != FINISHED))
-        commands = [keys.evalsha("finish", [*script_keys, keys.dependents(taken.id, tag=tag), *node_keys],
-                                 [*head, *values, *fields], tag=tag)]
-        # the next take goes in the same packet if it is one run (it then shares the job's slot)
-        together = then_take and self._takes is None
-        if together:
-            commands.append(self._take_command())
-        replies = self._redis(lambda: keys.send(self.connection, *commands))
-        following = (self._taken_from(self._settled(replies[1]) if together else self._take_reply())
-                     if then_take else None)
-        written = replies[0]
+        command = keys.evalsha("finish", [*script_keys, keys.dependents(taken.id, tag=tag), *node_keys],
+                               [*head, *values, *fields], tag=tag)
+
+        def retry() -> Any:
+            return flow.end_with_dependents(self.connection, "finish", ref, script_keys, head, fields,
+                                            status != FINISHED, 3)
+        return command, retry
+
+    def _ended_ahead(self, ahead: Optional[Ahead]) -> None:
+        """Act on the outcomes written ahead, now that a send read their replies; one whose reply
+        was lost with a connection is recorded again (fenced: once only)."""
+        if ahead is None or not ahead.posted:
+            return
+        posted, ahead.posted = ahead.posted, []
+        replies = keys.collect(self.connection)
+        for i, (taken, outcome, elapsed, command) in enumerate(posted):
+            reply = replies[i] if i < len(replies) else None
+            if reply is None or isinstance(reply, redis.ResponseError):
+                reply = self._redis(lambda command=command: keys.send(self.connection, command)[0])
+            self._ended(taken, outcome, reply, self._finish_command(taken, outcome)[1], elapsed)
+
+    def _ended(self, taken: Taken, outcome: Outcome, written: Any, retry: Callable[[], Any], elapsed: float) -> int:
+        """Act on a finish script's reply: its callback, the count of jobs run, the log line."""
         if written == 3:
-            written = self._redis(lambda: flow.end_with_dependents(
-                self.connection, "finish", ref, script_keys, head, fields, status != FINISHED, 3))
-        return int(written or 0), following
+            written = self._redis(retry)
+        written = int(written or 0)
+        if written == 1:  # its end is final (2: a retry is scheduled)
+            self._call_back(taken, outcome.status)
+        if not written:
+            log.warning("%s: not recording the outcome: this attempt no longer holds the job", taken.id)
+        self._count_run()
+        self._log_end(taken, outcome, written, elapsed)
+        return written
+
+    def _log_end(self, taken: Taken, outcome: Outcome, written: int, elapsed: float) -> None:
+        if log.isEnabledFor(logging.INFO):
+            endings: dict[str, str] = {FINISHED: "ok", CANCELED: "canceled"}
+            status = endings.get(outcome.status, f"failed: {outcome.summary}")
+            if not written:
+                status = f"discarded ({status})"
+            log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed), status)
+
+    def _count_run(self) -> None:
+        with self._lock:
+            self.jobs_run += 1
+            self._active_at = time.monotonic()
+            reached = self.max_jobs is not None and self.jobs_run >= self.max_jobs
+        if reached and not self._stopping:
+            log.info("worker %s: ran %d job(s) (--max-jobs): stopping", self.name, self.jobs_run)
+            self.request_stop()
 
     def _call_back(self, taken: Taken, status: str) -> None:
         """Enqueue the job's ``on_success`` / ``on_failure`` callback, if it has one for ``status``."""
@@ -578,7 +679,7 @@ class Worker:
         with self._lock:
             runs = list(self._running.values())
         for run in runs:
-            run.interrupt("stop")
+            run.interrupt("stop" if run.began else "lost")  # jobs taken ahead are given back
         if runs and self.inline and self._grace_until is None:
             self._grace_until = time.monotonic() + STOP_GRACE
             self._poke()
@@ -586,7 +687,7 @@ class Worker:
     def _abandon(self) -> None:
         """Inline jobs that ignored a stop now: record them failed (their threads are left behind)."""
         with self._lock:
-            runs = list(self._running.values())
+            runs = [run for run in self._running.values() if run.began]  # those taken ahead: given back
             self._running.clear()  # so a Redis that is away ends the recording instead of waiting for it
         for run in runs:
             try:

@@ -7,9 +7,13 @@
 -- leases (zset: job id -> lease deadline in ms), paused flag (``nbqueue suspend``); then the job
 -- hashes of every window id, in the order of ARGV.
 -- ARGV[1] unused, ARGV[2] worker name, ARGV[3] lease in ms, ARGV[4] window size to return, ARGV[5] n,
--- then per queue: name, channel prefix of its jobs, c, then c ids (its window).
--- Returns {kind, windows, job...}: kind 'job' (job follows), 'none' (the queues are empty), 'retry'
--- or 'suspended' (nothing taken); windows: per queue its first ids now; job: {queue, id, attempt,
+-- ARGV[6] most jobs to take, then per queue: name, channel prefix of its jobs, c, then c ids (its window).
+-- More than one job is taken only from the first queue that has one, only ids of its window, and
+-- never more than half of what that queue holds (rounded up): a worker that runs short jobs takes
+-- a few at a time, each with its own lease, and leaves the rest to workers that wait.
+-- Returns {kind, windows, job...}: kind 'job' (one or more jobs follow, 17 values each), 'none'
+-- (the queues are empty), 'retry' or 'suspended' (nothing taken); windows: per queue its first ids
+-- now; job: {queue, id, attempt,
 -- func, data, code, timeout, result_ttl, failure_ttl, retries, retry_delay, lost_retries, sig,
 -- on_success, on_failure, deps, dependents}: the call, the options the worker acts on, their
 -- signature, its callbacks, the refs of the jobs whose results it takes (nil: none; flow.py) and
@@ -17,7 +21,8 @@
 -- Leaves each wake flag set exactly when its queue still holds jobs, so an idle worker
 -- blocked on the flags wakes for the jobs this worker did not take.
 local worker, lease, size, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local queues, a, c = {}, 6, 4 * n + 1
+local most = math.max(1, math.floor(tonumber(ARGV[6]) or 1))
+local queues, a, c = {}, 7, 4 * n + 1
 for q = 1, n do
   local window, count = {}, tonumber(ARGV[a + 2])
   for i = 1, count do window[ARGV[a + 2 + i]] = KEYS[c + i - 1] end
@@ -28,36 +33,42 @@ end
 for q = 1, n do
   if redis.call('EXISTS', KEYS[4 * q]) == 1 then return {'suspended', {}} end
 end
-local taken, kind
+local taken, kind = {}, nil
+local t, now, now_ms
 for q = 1, n do
   local Q = queues[q]
-  while not taken do
+  local limit = 1
+  if most > 1 then limit = math.min(most, math.ceil(redis.call('LLEN', Q.list) / 2)) end
+  while #taken < limit do
     local id = redis.call('LPOP', Q.list)
     if not id then break end
     local key = Q.window[id]
     if not key then  -- not a job key we named: put it back
       redis.call('LPUSH', Q.list, id)
-      kind = 'retry'
+      if #taken == 0 then kind = 'retry' end
       break
     end
     local f = redis.call('HMGET', key, 'status', 'workers', 'attempt', 'func', 'data', 'code', 'timeout',
       'result_ttl', 'failure_ttl', 'retries', 'retry_delay', 'lost_retries', 'sig', 'on_success', 'on_failure',
       'deps', 'dependents')
     if f[1] == 'queued' then
-      local t = redis.call('TIME')
-      local now = t[1] .. '.' .. string.format('%06d', t[2])
+      if not t then
+        t = redis.call('TIME')
+        now, now_ms = t[1] .. '.' .. string.format('%06d', t[2]), t[1] * 1000 + math.floor(t[2] / 1000)
+      end
       local attempt = math.floor(tonumber(f[3]) or 0) + 1  -- no error (and no lost pop) on a field broken by hand
       redis.call('HSET', key, 'status', 'started', 'worker', worker, 'started_at', now, 'attempt', attempt,
         'workers', f[2] and (f[2] .. ' ' .. worker) or worker)
-      redis.call('ZADD', Q.active, t[1] * 1000 + math.floor(t[2] / 1000) + lease, id)
+      redis.call('ZADD', Q.active, now_ms + lease, id)
       redis.call('PUBLISH', Q.ev .. id, '{"id":"' .. id .. '","status":"started","worker":"'
         .. worker .. '","attempt":' .. attempt .. ',"t":"' .. now .. '"}')  -- plain names: no escaping
-      taken = {Q.name, id, attempt, f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[15],
+      local job = {Q.name, id, attempt, f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[15],
         f[16], f[17]}  -- a missing field is false here, nil in the reply: the array stays whole
+      taken[#taken + 1] = job
     end
     -- an id whose job is gone (deleted, expired) or no longer queued is dropped
   end
-  if taken or kind then break end
+  if #taken > 0 or kind then break end
 end
 local windows = {}  -- each queue's first ids now; a queue holds jobs iff its window is not empty
 for q = 1, n do
@@ -68,8 +79,8 @@ for q = 1, n do
     redis.call('DEL', queues[q].wake)
   end
 end
-local reply = {taken and 'job' or kind or 'none', windows}
-if taken then
-  for i = 1, 17 do reply[2 + i] = taken[i] end
+local reply = {#taken > 0 and 'job' or kind or 'none', windows}
+for j, job in ipairs(taken) do
+  for i = 1, 17 do reply[2 + 17 * (j - 1) + i] = job[i] end
 end
 return reply

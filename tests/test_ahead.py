@@ -1,0 +1,107 @@
+"""An inline worker running short jobs takes a few per round trip (nbqueue/ahead.py): each job
+still runs once, in order, with its own lease; it can be canceled while it waits its turn; a
+stop now gives the waiting ones back; other workers still get work."""
+from __future__ import annotations
+
+import signal
+
+import nbq_tasks
+from conftest import wait_for
+from nbqueue import Job, Queue, Worker, keys
+from nbqueue.ahead import AHEAD, Ahead
+
+
+def _gate_with_one_waiting(q: Queue, tmp_path):
+    """Queue short jobs, a job that waits for a gate file, a victim right after it, then more short
+    jobs: the worker takes the victim ahead while the gate holds it. Returns (gate, victim, rest, flags)."""
+    gate_file, ran_file = tmp_path / "gate", tmp_path / "victim-ran"
+    jobs = q.enqueue_many([*[(nbq_tasks.add, (i, 1)) for i in range(3)],  # in one step: a worker that
+                           (nbq_tasks.until_file, (str(gate_file), "opened")),  # waits sees them all
+                           (nbq_tasks.sleep_then, (0, "victim", str(ran_file))),
+                           *[(nbq_tasks.add, (i, 2)) for i in range(4)]])
+    first, gate, victim, rest = jobs[:3], jobs[3], jobs[4], jobs[5:]
+    return first, gate, victim, rest, gate_file, ran_file
+
+
+def test_short_jobs_are_taken_a_few_at_a_time_and_each_runs_once_in_order(redis_client, start_worker):
+    q = Queue("ahead", redis_client)
+    jobs = q.enqueue_many([(nbq_tasks.add, (i, 1)) for i in range(60)])
+    start_worker("ahead", "--inline")
+    assert [job.result(timeout=30) for job in jobs] == [i + 1 for i in range(60)]
+    for job in jobs:
+        job.refresh()
+    assert all(job.attempt == 1 and job.lost == 0 for job in jobs)
+    ended = [job.ended_at for job in jobs]
+    assert ended == sorted(ended)  # FIFO, one after another
+    # taken together: several share the time of their take
+    assert len({job.started_at for job in jobs}) < len(jobs)
+
+
+def test_a_take_of_several_leaves_half_the_queue_to_workers_that_wait(redis_client):
+    q = Queue("half", redis_client)
+    jobs = q.enqueue_many([(nbq_tasks.add, (i, 1)) for i in range(3)])
+    worker = Worker(["half"], redis_client, inline=True)
+    ahead = Ahead()
+    ahead.short = True
+    first = worker._take(ahead)
+    assert first is not None and first.id == jobs[0].id
+    assert [run.taken.id for run in ahead.runs] == [jobs[1].id]  # 2 of 3: half, rounded up
+    assert len(q) == 1 and redis_client.exists(keys.wake("half"))  # a waiting worker wakes for the third
+    leased = redis_client.zrange(keys.active("half"), 0, -1)
+    assert sorted(leased) == sorted([jobs[0].id.encode(), jobs[1].id.encode()])  # a lease each
+    assert [Job.fetch(j.id, redis_client).status for j in jobs] == ["started", "started", "queued"]
+    assert set(worker.held()) == {jobs[1].id}  # renewed by the heartbeat while it waits its turn
+    # more than AHEAD queued: AHEAD at most
+    many = q.enqueue_many([(nbq_tasks.add, (i, 1)) for i in range(4 * AHEAD)])
+    ahead2 = Ahead()
+    ahead2.short = True
+    assert Worker(["half"], redis_client, inline=True)._take(ahead2) is not None
+    assert len(ahead2.runs) == AHEAD - 1 and len(q) == 1 + 4 * AHEAD - AHEAD
+    assert many  # enqueued
+
+
+def test_a_job_taken_ahead_can_be_canceled_before_it_runs(redis_client, start_worker, tmp_path):
+    q = Queue("ahead-cancel", redis_client)
+    first, gate, victim, rest, gate_file, ran_file = _gate_with_one_waiting(q, tmp_path)
+    worker = start_worker("ahead-cancel", "--inline")
+    wait_for(lambda: Job.fetch(gate.id, redis_client).status == "started", message="the gated job running")
+    victim.refresh()
+
+    assert victim.status == "started", worker.log()  # taken ahead with the gated job: it waits its turn
+    assert victim.cancel(wait=0) in ("started", "canceled")
+    gate_file.touch()
+    assert gate.result(timeout=20) == "opened"
+    wait_for(lambda: Job.fetch(victim.id, redis_client).status == "canceled", timeout=20, message="the victim canceled")
+    assert not ran_file.exists()  # it never ran
+    assert [job.result(timeout=20) for job in rest] == [i + 2 for i in range(4)]
+
+
+def test_a_stop_now_gives_the_jobs_taken_ahead_back_and_a_warm_stop_runs_them(
+        redis_client, start_worker, tmp_path):
+    q = Queue("ahead-stop", redis_client)
+    first, gate, victim, rest, gate_file, ran_file = _gate_with_one_waiting(q, tmp_path)
+    worker = start_worker("ahead-stop", "--inline")
+    wait_for(lambda: Job.fetch(gate.id, redis_client).status == "started", message="the gated job running")
+    assert Job.fetch(victim.id, redis_client).status == "started"  # taken ahead
+    worker.signal(signal.SIGINT)
+    wait_for(lambda: "warm shutdown" in worker.log(), message="the warm stop logged")
+    worker.signal(signal.SIGINT)  # stop now: the gated job fails, the victim is given back
+    assert worker.wait(timeout=20) == 0
+    wait_for(lambda: Job.fetch(gate.id, redis_client).status == "failed", message="the stopped job failed")
+    assert not ran_file.exists()
+    gate_file.touch()
+    second = start_worker("ahead-stop", "--inline")  # recovers the victim once its lease lapsed
+    assert victim.result(timeout=30) == "victim" and ran_file.exists()
+    victim.refresh()
+    assert victim.attempt == 2 and victim.lost == 1
+    assert [job.result(timeout=20) for job in rest] == [i + 2 for i in range(4)]
+    # a warm stop runs the jobs it took ahead before it exits
+    again = tmp_path / "again"
+    again.mkdir()
+    first, gate, victim, rest, gate_file, ran_file = _gate_with_one_waiting(q, again)
+    wait_for(lambda: Job.fetch(gate.id, redis_client).status == "started", message="the second gated job running")
+    assert Job.fetch(victim.id, redis_client).status == "started"
+    second.signal(signal.SIGTERM)
+    gate_file.touch()
+    assert second.wait(timeout=20) == 0
+    assert victim.result(timeout=1) == "victim"
