@@ -512,7 +512,16 @@ class Worker:
             reply = replies[i] if i < len(replies) else None
             if reply is None or isinstance(reply, redis.ResponseError):
                 reply = self._redis(lambda command=command: keys.send(self.connection, command)[0])
+                if reply == 0:  # it may be the first write that landed: then it is recorded
+                    reply = self._redis(lambda taken=taken: self._landed(taken))
             self._ended(taken, outcome, reply, self._finish_command(taken, outcome)[1], elapsed)
+
+    def _landed(self, taken: Taken) -> int:
+        """How this attempt's outcome stands recorded (as finish.lua's reply: 1, 2 a retry, 0 not ours)."""
+        status, worker, attempt = self.connection.hmget(keys.job(taken.id, taken.queue), "status", "worker", "attempt")
+        if worker != self.name.encode() or attempt != str(taken.attempt).encode() or status in (None, b"started"):
+            return 0
+        return 2 if status == b"scheduled" else 1
 
     def _ended(self, taken: Taken, outcome: Outcome, written: Any, retry: Callable[[], Any], elapsed: float) -> int:
         """Act on a finish script's reply: its callback, the count of jobs run, the log line."""

@@ -3,8 +3,12 @@ still runs once, in order, with its own lease; it can be canceled while it waits
 stop now gives the waiting ones back; other workers still get work."""
 from __future__ import annotations
 
+import collections
 import signal
 
+import redis
+
+import chaos_tasks
 import nbq_tasks
 from conftest import wait_for
 from nbqueue import Job, Queue, Worker, keys
@@ -105,3 +109,33 @@ def test_a_stop_now_gives_the_jobs_taken_ahead_back_and_a_warm_stop_runs_them(
     gate_file.touch()
     assert second.wait(timeout=20) == 0
     assert victim.result(timeout=1) == "victim"
+
+
+def test_a_redis_restart_while_outcomes_are_written_ahead_loses_none(private_redis, spawn_worker, tmp_path):
+    """Outcomes written without waiting for their replies when the connection goes: each is
+    recorded again the usual way (fenced), every job ends finished, none is lost."""
+    executions = tmp_path / "executions.log"
+    client = redis.Redis(unix_socket_path=private_redis.unix_socket)
+    q = Queue("ahead-restart", client)
+    n = 3000
+    jobs = q.enqueue_many([(chaos_tasks.counted, (i, 0, str(executions))) for i in range(n)])
+    worker = spawn_worker("ahead-restart", "--inline", "--url", private_redis.url).wait_ready()
+
+    def ran() -> int:
+        return len(executions.read_text().splitlines()) if executions.exists() else 0
+
+    wait_for(lambda: ran() >= 300, 60, message="some jobs to run")
+    assert ran() < n, "the jobs ran out before Redis restarted"
+    private_redis.restart(while_down=lambda: wait_for(lambda: "lost Redis" in worker.log(), 30,
+                                                       message="the worker to notice"))
+    assert jobs[-1].result(timeout=120) == 2 * (n - 1)
+    counts = collections.Counter(int(line.split()[0]) for line in executions.read_text().splitlines())
+    assert set(counts) == set(range(n))
+    with client.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.hget(keys.job(job.id), "status")
+        statuses = pipe.execute()
+    assert statuses == [b"finished"] * n
+    log = worker.log()
+    assert "lost Redis" in log and " is back" in log and worker.proc.poll() is None
+    assert "discarded" not in log, log  # an outcome whose reply was lost was found recorded, not redone
