@@ -1,15 +1,15 @@
 """Jobs taken ahead and outcomes written ahead: how an inline slot running short jobs needs less
 than one round trip per job.
 
-While its jobs are short (the last one ran in under ``SHORT`` seconds), an inline slot on one
-server takes up to ``AHEAD`` jobs per take (``dequeue.lua``: each with its own lease and "started"
-event, only from the first queue that has jobs, and never more than half of what it holds, so
-workers that wait still get work). The jobs it holds beyond the one it runs are renewed by the
-heartbeat and can be canceled like a running one (they end canceled without running); a stop
-now gives them back. After each job the outcome is written at once, without waiting for its
-reply (``keys.post``: a result appears as soon as its job ends); the replies are read with the
-next take's, one round trip for the lot. An outcome whose reply was lost with a connection is
-recorded again the usual way (the script's fencing makes that safe).
+While its jobs are short (the last one ran in under ``SHORT`` seconds), an inline worker with
+one slot, on one server, takes up to ``AHEAD`` jobs per take (``dequeue.lua``: each with its own
+lease and "started" event, only from the first queue that has jobs, and never more than half of
+what it holds, so workers that wait still get work). The jobs it holds beyond the one it runs
+are renewed by the heartbeat and can be canceled like a running one (they end canceled without
+running); a stop now gives them back. After each job the outcome is written at once, without
+waiting for its reply (``keys.post``: a result appears as soon as its job ends); the replies are
+read with the next take's, one round trip for the lot. An outcome whose reply was lost with a
+connection is recorded again the usual way (the script's fencing makes that safe).
 """
 from __future__ import annotations
 

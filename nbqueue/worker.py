@@ -126,8 +126,10 @@ class Worker:
             self.name)  # on a cluster, in the slot of the flags it is waited on with
         self._wait_keys = [*map(keys.wake, self.queues), own]
         self._takes = takes.Takes(self, runs, self._take_run, self._redis) if len(runs) > 1 else None
-        # a slot that may take ahead (inline, one server: _serve) learns enough ids to take AHEAD next
-        self._look_ahead = 2 * AHEAD if self.inline and self._takes is None and not is_cluster(self.connection) else 0
+        # a worker that may take ahead (inline, one slot, one server: _serve) learns enough ids to take
+        # AHEAD next; with several slots the others are the ones waiting for work
+        self._look_ahead = 2 * AHEAD if (self.inline and concurrency == 1 and self._takes is None
+                                         and not is_cluster(self.connection)) else 0
         socket_timeout = connection_options(self.connection).get("socket_timeout")
         # block for less than the client's read timeout (redis-py's default is 5 s), or reads get cut off
         self._idle_wait = IDLE_WAKE if not socket_timeout else max(0.1, min(IDLE_WAKE, socket_timeout - 1))
