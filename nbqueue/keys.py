@@ -307,7 +307,7 @@ def _source(name: str) -> bytes:
 
 
 SCRIPTS = ("enqueue", "dequeue", "finish", "renew", "recover", "promote", "cancel", "requeue", "output",
-           "defer", "release", "sweep", "fire", "reflag", "duty")
+           "defer", "release", "sweep", "fire", "reflag", "duty", "giveback")
 
 
 def run(client: Any, name: str, keys: list, args: list, tag: str = "") -> Any:

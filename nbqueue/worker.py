@@ -22,14 +22,15 @@ from typing import Any, Callable, Optional, Union
 
 import redis
 
-from . import child, flow, forkserver, keys, signing, sweep, takes
-from .ahead import AHEAD, SHORT, Ahead, Posted
+from . import child, forkserver, keys, signing, takes
+from .ahead import AHEAD, HOLD, SHORT, Ahead, Posted, give_back, hold_deadline, overdue
 from .connection import connection_options, describe, get_connection, is_cluster
 from .errors import ForkServerGone, WorkerError
 from .execute import _INTERRUPTED, Outcome, Running, Taken, job_runner
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
+from .pausing import _pause, is_suspended, resume, suspend
 from .queue import check_queue_name
-from .schema import CANCELED, DEFAULT_FAILURE_TTL, FAILED, FINISHED, REFUSED, SUMMARY, SUMMARY_SIG
+from .recording import Recording
 from .seconds import as_seconds
 
 log = logging.getLogger("nbqueue.worker")
@@ -42,7 +43,7 @@ TAKE_ROUNDS = 20  # takes in a row whose window was stale, at most, before the l
 STOP_GRACE = 3.0  # seconds a "stop now" waits for an inline job that ignores it before exiting anyway
 
 
-class Worker:
+class Worker(Recording):
     """Serve ``queues`` (first = highest priority), running each job in a forked child or inline.
 
     On a cluster, queues on different slots are taken from in priority order too (``takes.py``).
@@ -114,6 +115,7 @@ class Worker:
         self._slots_ended = 0
         self._grace_until: Optional[float] = None  # a stop now waits this long for inline jobs
         self._forks: Optional[forkserver.ForkServer] = None  # fork mode, while working: forks the jobs
+        self._ahead: Optional[Ahead] = None  # the slot's jobs taken ahead (one slot, inline: ahead.py)
         # the take: per queue its 4 keys, and the job key prefix and channel prefix of its jobs; per run of
         # queues on one slot (one run standalone: all the queues; takes.py)
         runs = takes.runs_of(self.connection, self.queues, split=self.split_runs)
@@ -137,6 +139,7 @@ class Worker:
             self._idle_wait = max(0.1, min(self._idle_wait, self.max_idle))
 
     split_runs = False  # tests: take run by run (one per queue) on a standalone server, as on a cluster
+    ahead_hold = HOLD  # seconds jobs taken ahead wait behind a long one before they are given back
 
     # --- the loop -------------------------------------------------------------------------
     def work(self) -> int:
@@ -259,7 +262,7 @@ class Worker:
         taken: Optional[Taken] = None
         first = True
         # inline on one server, a slot running short jobs takes several per round trip (ahead.py)
-        ahead = Ahead() if self._look_ahead else None
+        ahead = self._ahead = Ahead(self.ahead_hold) if self._look_ahead else None
         while first or taken is not None or not (self._stopping or self.burst):
             if os.getpid() != self._pid:  # a process a job forked came back here: never a second worker
                 child.exit_now(0)
@@ -273,22 +276,18 @@ class Worker:
                     if taken is None:
                         self._idle()
             except _Stop:
-                self._give_back(ahead)
-                return
+                break
             except Exception:  # a bug, or a job hash broken by hand: log it, never die of it
                 log.exception("worker %s: unexpected error; going on", self.name)
                 taken = None
-                self._give_back(ahead)
+                self._give_back(ahead, drop=True)
                 time.sleep(1.0)  # not a hot loop if it keeps happening
+        self._give_back(ahead, drop=True)  # only jobs asked to cancel are left (a stop now)
 
-    def _give_back(self, ahead: Optional[Ahead]) -> None:
-        """Jobs taken ahead that will not run here: dropped unrecorded, so their leases lapse and
-        they run again (elsewhere) as a lost worker's would."""
-        while ahead is not None and ahead.runs:
-            run = ahead.runs.popleft()
-            with self._lock:
-                if self._running.get(run.taken.id) is run:
-                    del self._running[run.taken.id]
+    def _give_back(self, ahead: Optional[Ahead], drop: bool = False) -> None:
+        """Jobs taken ahead that will not run here now: back to their queue's front (``ahead.py``)."""
+        if ahead is not None:
+            give_back(self, ahead, drop)
 
     def _take_command(self, queues: Optional[list] = None, most: int = 1) -> tuple:
         """The take (``dequeue.lua``) of up to ``most`` jobs from ``queues`` (one run; default: all,
@@ -422,6 +421,8 @@ class Worker:
         if self._failure:  # taken just as the heartbeat ended: nobody would renew its lease
             run.interrupt("lost")
         started = time.perf_counter()
+        if ahead is not None:
+            ahead.began_at = time.monotonic()
         try:
             outcome = run.execute(self.connection, self.inline, self._forks)
         finally:
@@ -475,77 +476,6 @@ class Worker:
         written = self._ended(taken, outcome, replies[0], retry, elapsed)
         return written, following
 
-    def _finish_command(self, taken: Taken, outcome: Outcome) -> tuple:
-        """The finish script's call for ``outcome``, and how to call it again if its dependents changed."""
-        ttl = taken.failure_ttl if outcome.status == FAILED else taken.result_ttl
-        status = REFUSED if taken.refused and outcome.status == FAILED else outcome.status  # no retry
-        # spreads retries of jobs that failed together; drawn only for a failure (a retry may follow)
-        jitter = 0.5 + secrets.randbelow(1000) / 1000 if status == FAILED else 1
-        q, tag = taken.queue, keys.tag(taken.queue)
-        ref = keys.ref(taken.id, tag)
-        head = [taken.id, self.name, taken.attempt, status, ttl, jitter,
-                keys.ENDED_KEEP, keys.STATS_BUCKET, keys.STATS_SLOTS, DEFAULT_FAILURE_TTL, ref]
-        fields = list(outcome.fields)
-        if self.signer is not None:
-            fields += self._sign(taken, outcome)
-        script_keys = [keys.active(q), keys.failed(q), keys.scheduled(q), keys.ended(q), keys.stats(q),
-                       keys.job(taken.id, tag=tag)]
-        # with the dependents it had when taken (read now, so the next job is taken after their release),
-        # or as if it had none (one EXISTS in the script); 3: some were added, read them and call again
-        node_keys, values = [], [0]
-        if taken.has_dependents:
-            node_keys, values = self._redis(lambda: flow.dependents_of(self.connection, ref, status != FINISHED))
-        command = keys.evalsha("finish", [*script_keys, keys.dependents(taken.id, tag=tag), *node_keys],
-                               [*head, *values, *fields], tag=tag)
-
-        def retry() -> Any:
-            return flow.end_with_dependents(self.connection, "finish", ref, script_keys, head, fields,
-                                            status != FINISHED, 3)
-        return command, retry
-
-    def _ended_ahead(self, ahead: Optional[Ahead]) -> None:
-        """Act on the outcomes written ahead, now that a send read their replies; one whose reply
-        was lost with a connection is recorded again (fenced: once only)."""
-        if ahead is None or not ahead.posted:
-            return
-        posted, ahead.posted = ahead.posted, []
-        replies = keys.collect(self.connection)
-        for i, (taken, outcome, elapsed, command) in enumerate(posted):
-            reply = replies[i] if i < len(replies) else None
-            if reply is None or isinstance(reply, redis.ResponseError):
-                reply = self._redis(lambda command=command: keys.send(self.connection, command)[0])
-                if reply == 0:  # it may be the first write that landed: then it is recorded
-                    reply = self._redis(lambda taken=taken: self._landed(taken))
-            self._ended(taken, outcome, reply, self._finish_command(taken, outcome)[1], elapsed)
-
-    def _landed(self, taken: Taken) -> int:
-        """How this attempt's outcome stands recorded (as finish.lua's reply: 1, 2 a retry, 0 not ours)."""
-        status, worker, attempt = self.connection.hmget(keys.job(taken.id, taken.queue), "status", "worker", "attempt")
-        if worker != self.name.encode() or attempt != str(taken.attempt).encode() or status in (None, b"started"):
-            return 0
-        return 2 if status == b"scheduled" else 1
-
-    def _ended(self, taken: Taken, outcome: Outcome, written: Any, retry: Callable[[], Any], elapsed: float) -> int:
-        """Act on a finish script's reply: its callback, the count of jobs run, the log line."""
-        if written == 3:
-            written = self._redis(retry)
-        written = int(written or 0)
-        if written == 1:  # its end is final (2: a retry is scheduled)
-            self._call_back(taken, outcome.status)
-        if not written:
-            log.warning("%s: not recording the outcome: this attempt no longer holds the job", taken.id)
-        self._count_run()
-        self._log_end(taken, outcome, written, elapsed)
-        return written
-
-    def _log_end(self, taken: Taken, outcome: Outcome, written: int, elapsed: float) -> None:
-        if log.isEnabledFor(logging.INFO):
-            endings: dict[str, str] = {FINISHED: "ok", CANCELED: "canceled"}
-            status = endings.get(outcome.status, f"failed: {outcome.summary}")
-            if not written:
-                status = f"discarded ({status})"
-            log.info("%s %s %s %s %s", taken.id, taken.func, taken.queue, _duration(elapsed), status)
-
     def _count_run(self) -> None:
         with self._lock:
             self.jobs_run += 1
@@ -554,32 +484,6 @@ class Worker:
         if reached and not self._stopping:
             log.info("worker %s: ran %d job(s) (--max-jobs): stopping", self.name, self.jobs_run)
             self.request_stop()
-
-    def _call_back(self, taken: Taken, status: str) -> None:
-        """Enqueue the job's ``on_success`` / ``on_failure`` callback, if it has one for ``status``."""
-        path = taken.on_success if status == FINISHED else taken.on_failure if status == FAILED else None
-        if not path:
-            return
-        from .callbacks import call_back
-        from .queue import Queue
-
-        queue = Queue(taken.queue, self.connection, secret=self.signer, is_async=not self.callbacks_here)
-        job = self._redis(lambda: queue.enqueue(call_back, path, keys.ref(taken.id, keys.tag(taken.queue))))
-        log.info("%s: callback %s enqueued as %s", taken.id, path.replace(":", "."), job.id)
-
-    def _sign(self, taken: Taken, outcome: Outcome) -> list:
-        """The outcome's signature fields: ``rsig`` over its result or error text, and ``ssig`` over the
-        result's summary if it has one, both bound to the job id, attempt and status."""
-        fields = dict(zip(outcome.fields[::2], outcome.fields[1::2]))
-        text = [value if isinstance(value, bytes) else str(value).encode()
-                for value in (fields.get("result", b""), fields.get("exc", ""), fields.get("error", ""))]
-        assert self.signer is not None
-        head = (taken.id.encode(), str(taken.attempt).encode(), outcome.status.encode())
-        signed = ["rsig", self.signer.sign_outcome(*head, *text)]
-        summary = fields.get(SUMMARY)
-        if summary:
-            signed += [SUMMARY_SIG, self.signer.sign_summary(*head, str(summary).encode())]
-        return signed
 
     def _redis(self, call: Callable):
         """Run a Redis call, waiting out a lost connection (logged once) instead of dying."""
@@ -632,11 +536,13 @@ class Worker:
             late = [run for run in self._running.values() if run.deadline is not None and run.deadline <= now]
         for run in late:
             run.interrupt("timeout")
+        if self._ahead is not None and overdue(self._ahead):  # held behind a long job: others may run them
+            self._give_back(self._ahead)
 
     def next_deadline(self) -> float:
         with self._lock:
             deadlines = [run.deadline for run in self._running.values() if run.deadline is not None and not run.reason]
-        return min(deadlines, default=float("inf"))
+        return min([*deadlines, hold_deadline(self._ahead) if self._ahead is not None else float("inf")])
 
     def heartbeat_ended(self, why: str) -> None:
         """Nobody renews the leases any more: take no more jobs, give the running ones back (another
@@ -689,8 +595,10 @@ class Worker:
         self.request_stop()
         with self._lock:
             runs = list(self._running.values())
+        self._give_back(self._ahead)  # jobs taken ahead go back to their queue
         for run in runs:
-            run.interrupt("stop" if run.began else "lost")  # jobs taken ahead are given back
+            if run.began:
+                run.interrupt("stop")
         if runs and self.inline and self._grace_until is None:
             self._grace_until = time.monotonic() + STOP_GRACE
             self._poke()
@@ -722,43 +630,6 @@ class Worker:
 
 class _Stop(BaseException):
     """Unwinds a slot that is stopping while Redis is away."""
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def suspend(connection: Union[redis.Redis, str, None] = None) -> None:
-    """Suspend every worker on this Redis: they finish what they run and take nothing new (each
-    known queue gets its ``paused`` flag, which takes read; a worker starting later sets its queues')."""
-    conn = get_connection(connection)
-    conn.set(keys.SUSPENDED, str(time.time()))
-    _pause(conn, sweep.known_queues(conn, ()), True)
-
-
-def _pause(conn: redis.Redis, queues: Iterable[str], on: bool) -> None:
-    with conn.pipeline(transaction=False) as pipe:
-        for q in queues:
-            pipe.set(keys.paused(q), "1") if on else pipe.delete(keys.paused(q))
-        pipe.execute()
-
-
-def resume(connection: Union[redis.Redis, str, None] = None) -> int:
-    """Let suspended workers take jobs again (they are woken now); returns how many were woken."""
-    conn = get_connection(connection)
-    conn.delete(keys.SUSPENDED)
-    _pause(conn, sweep.known_queues(conn, ()), False)
-    names = [n.decode() for n in conn.zrange(keys.WORKERS, 0, -1)]
-    with conn.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.rpush(keys.worker_wake(name), b"resume")
-            pipe.expire(keys.worker_wake(name), 60)
-        pipe.execute()
-    return len(names)
-
-
-def is_suspended(connection: Union[redis.Redis, str, None] = None) -> bool:
-    return bool(get_connection(connection).exists(keys.SUSPENDED))
 
 
 __all__ = ["HEARTBEAT", "LEASE", "Worker", "is_suspended", "resume", "suspend"]

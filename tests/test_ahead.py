@@ -4,7 +4,7 @@ stop now gives the waiting ones back; other workers still get work."""
 from __future__ import annotations
 
 import collections
-import signal
+import threading
 
 import redis
 
@@ -64,51 +64,82 @@ def test_a_take_of_several_leaves_half_the_queue_to_workers_that_wait(redis_clie
     assert many  # enqueued
 
 
-def test_a_job_taken_ahead_can_be_canceled_before_it_runs(redis_client, start_worker, tmp_path):
-    q = Queue("ahead-cancel", redis_client)
-    first, gate, victim, rest, gate_file, ran_file = _gate_with_one_waiting(q, tmp_path)
-    worker = start_worker("ahead-cancel", "--inline")
-    wait_for(lambda: Job.fetch(gate.id, redis_client).status == "started", message="the gated job running")
-    victim.refresh()
+def _in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    return thread
 
-    assert victim.status == "started", worker.log()  # taken ahead with the gated job: it waits its turn
-    assert victim.cancel(wait=0) in ("started", "canceled")
+
+def _holding(redis_client, name: str, tmp_path):
+    """An in-process inline worker (its hold long: nothing is given back on its own) running the
+    gated job, with the victim taken ahead behind it."""
+    q = Queue(name, redis_client)
+    first, gate, victim, rest, gate_file, ran_file = _gate_with_one_waiting(q, tmp_path)
+    worker = Worker([name], redis_client, inline=True)
+    worker.ahead_hold = 600.0
+    thread = _in_thread(worker)
+    wait_for(lambda: worker._ahead is not None and any(r.taken.id == victim.id for r in worker._ahead.runs)
+             and Job.fetch(gate.id, redis_client).status == "started", message="the victim held behind the gate")
+    assert Job.fetch(victim.id, redis_client).status == "started"  # taken ahead: it waits its turn
+    return worker, thread, gate, victim, rest, gate_file, ran_file
+
+
+def test_a_job_taken_ahead_can_be_canceled_before_it_runs(redis_client, tmp_path):
+    worker, thread, gate, victim, rest, gate_file, ran_file = _holding(redis_client, "ahead-cancel", tmp_path)
+    assert victim.cancel(wait=0) == "started"  # its worker is asked
     gate_file.touch()
     assert gate.result(timeout=20) == "opened"
     wait_for(lambda: Job.fetch(victim.id, redis_client).status == "canceled", timeout=20, message="the victim canceled")
     assert not ran_file.exists()  # it never ran
     assert [job.result(timeout=20) for job in rest] == [i + 2 for i in range(4)]
+    worker.request_stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
 
 
-def test_a_stop_now_gives_the_jobs_taken_ahead_back_and_a_warm_stop_runs_them(
-        redis_client, start_worker, tmp_path):
-    q = Queue("ahead-stop", redis_client)
-    first, gate, victim, rest, gate_file, ran_file = _gate_with_one_waiting(q, tmp_path)
-    worker = start_worker("ahead-stop", "--inline")
-    wait_for(lambda: Job.fetch(gate.id, redis_client).status == "started", message="the gated job running")
-    assert Job.fetch(victim.id, redis_client).status == "started"  # taken ahead
-    worker.signal(signal.SIGINT)
-    wait_for(lambda: "warm shutdown" in worker.log(), message="the warm stop logged")
-    worker.signal(signal.SIGINT)  # stop now: the gated job fails, the victim is given back
-    assert worker.wait(timeout=20) == 0
-    wait_for(lambda: Job.fetch(gate.id, redis_client).status == "failed", message="the stopped job failed")
+def test_a_stop_now_gives_the_jobs_taken_ahead_back_to_the_queue(redis_client, start_worker, tmp_path):
+    worker, thread, gate, victim, rest, gate_file, ran_file = _holding(redis_client, "ahead-stop", tmp_path)
+    worker.stop_now()  # as a second SIGINT: the gated job fails, the victim goes back to its queue
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert Job.fetch(gate.id, redis_client).status == "failed"
+    back = Job.fetch(victim.id, redis_client)
+    assert back.status == "queued" and back.attempt == 0 and back.worker is None
+    assert Queue("ahead-stop", redis_client).job_ids[0] == victim.id  # at the front, in order
+    assert not redis_client.zscore(keys.active("ahead-stop"), victim.id)  # no lease left
     assert not ran_file.exists()
-    gate_file.touch()
-    second = start_worker("ahead-stop", "--inline")  # recovers the victim once its lease lapsed
+    start_worker("ahead-stop", "--inline")
     assert victim.result(timeout=30) == "victim" and ran_file.exists()
     victim.refresh()
-    assert victim.attempt == 2 and victim.lost == 1
+    assert victim.attempt == 1 and victim.lost == 0  # it never ran before: not a lost attempt
     assert [job.result(timeout=20) for job in rest] == [i + 2 for i in range(4)]
-    # a warm stop runs the jobs it took ahead before it exits
-    again = tmp_path / "again"
-    again.mkdir()
-    first, gate, victim, rest, gate_file, ran_file = _gate_with_one_waiting(q, again)
-    wait_for(lambda: Job.fetch(gate.id, redis_client).status == "started", message="the second gated job running")
-    assert Job.fetch(victim.id, redis_client).status == "started"
-    second.signal(signal.SIGTERM)
+
+
+def test_a_warm_stop_runs_the_jobs_taken_ahead(redis_client, tmp_path):
+    worker, thread, gate, victim, rest, gate_file, ran_file = _holding(redis_client, "ahead-warm", tmp_path)
+    worker.request_stop()
     gate_file.touch()
-    assert second.wait(timeout=20) == 0
+    thread.join(timeout=20)
+    assert not thread.is_alive()
     assert victim.result(timeout=1) == "victim"
+
+
+def test_jobs_held_behind_a_long_one_are_given_back_and_run_elsewhere(redis_client, start_worker, tmp_path):
+    q = Queue("ahead-long", redis_client)
+    first, gate, victim, rest, gate_file, ran_file = _gate_with_one_waiting(q, tmp_path)
+    start_worker("ahead-long", "--inline", "--name", "held")
+    wait_for(lambda: Job.fetch(gate.id, redis_client).status == "started", message="the gated job running")
+    # HOLD after the gated job began, what it held goes back to the queue's front
+    wait_for(lambda: Job.fetch(victim.id, redis_client).status == "queued", timeout=10,
+             message="the victim given back")
+    start_worker("ahead-long", "--inline", "--name", "other")
+    assert victim.result(timeout=20) == "victim"
+    assert [job.result(timeout=20) for job in rest] == [i + 2 for i in range(4)]
+    assert Job.fetch(gate.id, redis_client).status == "started"  # all that while the gate held "held"
+    ran = [Job.fetch(j.id, redis_client) for j in (victim, *rest)]
+    assert {j.worker for j in ran} == {"other"} and all(j.attempt == 1 and j.lost == 0 for j in ran)
+    gate_file.touch()
+    assert gate.result(timeout=20) == "opened"
 
 
 def test_a_redis_restart_while_outcomes_are_written_ahead_loses_none(private_redis, spawn_worker, tmp_path):
