@@ -390,7 +390,7 @@ class Worker(Recording):
             runs = [Running(t) for t in taken[1:]]
             with self._lock:
                 self._running.update((run.taken.id, run) for run in runs)
-            ahead.runs.extend(runs)
+                ahead.runs.extend(runs)
         return taken[0]
 
     def _idle(self) -> None:
@@ -446,7 +446,8 @@ class Worker(Recording):
         if self._grace_until is not None or self._failure:
             self._give_back(ahead)
             return None
-        return ahead.runs.popleft().taken
+        with self._lock:  # the heartbeat may give them back meanwhile (ahead.py)
+            return ahead.runs.popleft().taken if ahead.runs else None
 
     def _finish(self, taken: Taken, outcome: Outcome, then_take: bool = False, ahead: Optional[Ahead] = None,
                 elapsed: float = 0.0) -> tuple:
