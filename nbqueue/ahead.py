@@ -7,7 +7,8 @@ lease and "started" event, only from the first queue that has jobs, and never mo
 what it holds, so workers that wait still get work). The jobs it holds beyond the one it runs
 are renewed by the heartbeat and can be canceled like a running one (they end canceled without
 running). They go back to the front of their queue (``giveback.lua``) at a stop now, and when a
-job before them runs longer than ``HOLD`` seconds (so other workers run them meanwhile). After
+job before them runs longer than ``HOLD`` seconds (the heartbeat notices within a beat; other
+workers run them meanwhile). After
 each job the outcome is written at once, without waiting for its reply (``keys.post``: a result
 appears as soon as its job ends); the replies are read with the next take's, one round trip for
 the lot. An outcome whose reply was lost with a connection is recorded again the usual way (the

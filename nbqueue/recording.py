@@ -71,24 +71,28 @@ class Recording:
             reply = replies[i] if i < len(replies) else None
             if reply is None or isinstance(reply, redis.ResponseError):
                 reply = self._redis(partial(self._send_one, command))
-                if reply == 0:  # it may be the first write that landed: then it is recorded
-                    reply = self._redis(partial(self._landed, taken))
             self._ended(taken, outcome, reply, self._finish_command(taken, outcome)[1], elapsed)
 
     def _send_one(self, command: tuple) -> Any:
         return keys.send(self.connection, command)[0]
 
-    def _landed(self, taken: Taken) -> int:
-        """How this attempt's outcome stands recorded (as finish.lua's reply: 1, 2 a retry, 0 not ours)."""
+    def _landed(self, taken: Taken, outcome: Outcome) -> int:
+        """Whether this attempt's ``outcome`` stands recorded, as finish.lua would have said (1, 2 a
+        retry scheduled, 0 not): a finish answered 0 may have been sent again after a connection
+        cut off the reply of the first, which landed."""
         status, worker, attempt = self.connection.hmget(keys.job(taken.id, taken.queue), "status", "worker", "attempt")
-        if worker != self.name.encode() or attempt != str(taken.attempt).encode() or status in (None, b"started"):
+        if worker != self.name.encode() or attempt != str(taken.attempt).encode():
             return 0
-        return 2 if status == b"scheduled" else 1
+        if status == outcome.status.encode():
+            return 1
+        return 2 if status == b"scheduled" and outcome.status == FAILED else 0
 
     def _ended(self, taken: Taken, outcome: Outcome, written: Any, retry: Callable[[], Any], elapsed: float) -> int:
         """Act on a finish script's reply: its callback, the count of jobs run, the log line."""
         if written == 3:
             written = self._redis(retry)
+        if written == 0:
+            written = self._redis(partial(self._landed, taken, outcome))
         written = int(written or 0)
         if written == 1:  # its end is final (2: a retry is scheduled)
             self._call_back(taken, outcome.status)
