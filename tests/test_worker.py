@@ -387,8 +387,12 @@ def test_worker_exit_codes(args, code):
 
 def test_idle_worker_stops_at_once_on_a_signal(start_worker):
     worker = start_worker("low")
+    began = time.monotonic()
     worker.signal(signal.SIGTERM)
-    assert worker.wait(timeout=5) == 0
+    try:
+        assert worker.wait(timeout=5) == 0
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {time.monotonic() - began:.1f} s after SIGTERM:\n{worker.log()}")
 
 
 def test_burst_exits_when_queues_are_empty(start_worker, redis_client):
