@@ -40,6 +40,8 @@ MAX_IDLE = 10 * 365 * 24 * 3600.0  # seconds: the longest --max-idle
 WINDOW = 2  # ids of each queue a take starts knowing (dequeue.lua); doubled while others take them first
 MAX_WINDOW = 256
 TAKE_ROUNDS = 20  # takes in a row whose window was stale, at most, before the loop looks again
+WAKE_RETRY = 0.5  # seconds between tries to wake idle slots for a stop, if Redis refused the first
+WAKE_TRIES = 6
 STOP_GRACE = 3.0  # seconds a "stop now" waits for an inline job that ignores it before exiting anyway
 
 
@@ -114,6 +116,8 @@ class Worker(Recording):
         self.callbacks_here = False  # run callbacks at once in this process (testing mode), not queued
         self._slots_ended = 0
         self._grace_until: Optional[float] = None  # a stop now waits this long for inline jobs
+        self._wake_pending = False  # a stop could not be pushed to idle slots yet (_wake_slots)
+        self._wake_tries = 0
         self._forks: Optional[forkserver.ForkServer] = None  # fork mode, while working: forks the jobs
         self._ahead: Optional[Ahead] = None  # the slot's jobs taken ahead (one slot, inline: ahead.py)
         # the take: per queue its 4 keys, and the job key prefix and channel prefix of its jobs; per run of
@@ -223,12 +227,16 @@ class Worker(Recording):
                 if grace is not None and grace <= 0:
                     self._abandon()
                     return
+                if self._wake_pending:  # a stop's push to idle slots failed: try again soon
+                    grace = WAKE_RETRY if grace is None else min(grace, WAKE_RETRY)
                 waiting.select(grace)
                 try:
                     self._wake[0].recv(4096)
                 except BlockingIOError:
                     pass
                 handled = self._act_on_signals(handled)
+                if self._wake_pending:
+                    self._wake_slots()
 
     def _act_on_signals(self, handled: int) -> int:
         """The first stop signal asks for a warm stop, the second stops now; returns how many were seen."""
@@ -580,11 +588,21 @@ class Worker(Recording):
         self._poke()
         if self._takes is not None:
             self._takes.stop()
+        self._wake_slots()
+
+    def _wake_slots(self) -> None:
+        """Push a stop onto the lists idle slots block on; if Redis does not take it, the main
+        thread tries again every ``WAKE_RETRY`` seconds (else idle slots notice within IDLE_WAKE)."""
         try:
             wake = [("RPUSH", key, *[b"stop"] * self.concurrency) for key in self._wake_lists()]
             keys.send_grouped(self.connection, *wake)
-        except redis.RedisError:
-            pass  # idle slots notice within IDLE_WAKE seconds
+            self._wake_pending = False
+        except redis.RedisError as exc:
+            if not self._wake_pending:
+                log.warning("worker %s: could not wake its idle slots to stop (%s); trying again", self.name, exc)
+                self._wake_tries = WAKE_TRIES
+            self._wake_tries -= 1
+            self._wake_pending = self._wake_tries > 0  # then idle slots notice within IDLE_WAKE
 
     def stop_now(self) -> None:
         """Stop at once: running jobs are interrupted and marked failed, not left started.
