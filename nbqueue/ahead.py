@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import redis
 
@@ -43,6 +43,7 @@ class Posted(NamedTuple):
     outcome: Outcome
     elapsed: float
     command: tuple  # the finish script's call, to send again if its reply was lost
+    retry: Callable[[], Any]  # records it anew if its dependents changed (finish.lua's 3)
 
 
 class Ahead:

@@ -67,11 +67,11 @@ class Recording:
             return
         posted, ahead.posted = ahead.posted, []
         replies = keys.collect(self.connection)
-        for i, (taken, outcome, elapsed, command) in enumerate(posted):
+        for i, (taken, outcome, elapsed, command, retry) in enumerate(posted):
             reply = replies[i] if i < len(replies) else None
             if reply is None or isinstance(reply, redis.ResponseError):
                 reply = self._redis(partial(self._send_one, command))
-            self._ended(taken, outcome, reply, self._finish_command(taken, outcome)[1], elapsed)
+            self._ended(taken, outcome, reply, retry, elapsed)
 
     def _send_one(self, command: tuple) -> Any:
         return keys.send(self.connection, command)[0]

@@ -469,7 +469,7 @@ class Worker(Recording):
             assert ahead is not None
             try:
                 keys.post(self.connection, command)
-                ahead.posted.append(Posted(taken, outcome, elapsed, command))
+                ahead.posted.append(Posted(taken, outcome, elapsed, command, retry))
                 return None, following
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # recorded below, the usual way
