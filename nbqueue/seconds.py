@@ -14,6 +14,7 @@ from .errors import InvalidTimeout
 def as_seconds(value: Any) -> Optional[float]:
     """``value`` as finite float seconds: a real number (int, float, Decimal, Fraction, numpy) or a
     timedelta; None for anything else (bools, strings, NaN, infinities)."""
+    seconds: Any
     if type(value) is float or type(value) is int:  # the common case first: no ABC checks
         seconds = value
     elif isinstance(value, timedelta):
