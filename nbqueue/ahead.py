@@ -9,7 +9,7 @@ are renewed by the heartbeat and can be canceled like a running one (they end ca
 running). They go back to the front of their queue (``giveback.lua``) at a stop now, and when a
 job before them runs longer than ``HOLD`` seconds (the heartbeat notices within a beat; other
 workers run them meanwhile). After
-each job the outcome is written at once, without waiting for its reply (``keys.post``: a result
+each job the outcome is written at once, without waiting for its reply (``wire.post``: a result
 appears as soon as its job ends); the replies are read with the next take's, one round trip for
 the lot. An outcome whose reply was lost with a connection is recorded again the usual way (the
 script's fencing makes that safe).
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import redis
 
-from . import keys
+from . import keys, wire
 from .execute import Outcome, Running, Taken
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,7 +77,7 @@ def give_back(worker: Worker, ahead: Ahead, drop: bool = False) -> None:
                                         *(keys.job(run.taken.id, queue) for run in runs)],
                            [worker.name, queue, *values], tag=keys.tag(queue))
     try:
-        back = {i.decode() for i in keys.send(worker.connection, command)[0]}
+        back = {i.decode() for i in wire.send(worker.connection, command)[0]}
     except redis.RedisError as exc:
         back = set()
         if not drop:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import redis
 
-from . import keys, sweep
+from . import keys, sweep, wire
 from .errors import MalformedData, WorkerTakenOver
 from .schedule import DUE_BATCH, Firer
 
@@ -158,23 +158,23 @@ class Heartbeat(threading.Thread):
                 except WorkerTakenOver as exc:
                     return str(exc)
                 except (redis.ConnectionError, redis.TimeoutError, OSError):  # as redis-py reports a lost link
-                    keys.close_pubsub(pubsub)  # the worker's loop reports the lost connection once
+                    wire.close_pubsub(pubsub)  # the worker's loop reports the lost connection once
                     pubsub = None
                     self._stopped.wait(RETRY)
                 except Exception:  # a bug, or Redis state broken by hand: log it, never die of it
                     self._errors.warning("worker %s: error in the heartbeat; going on", self.worker.name,
                                          exc_info=True)
-                    keys.close_pubsub(pubsub)
+                    wire.close_pubsub(pubsub)
                     pubsub = None
                     self._stopped.wait(RENEW)
         finally:
-            keys.close_pubsub(pubsub)
+            wire.close_pubsub(pubsub)
         return None
 
     def _send(self, *commands: tuple) -> list:
-        """``keys.send``, noting when Redis answered (``contact``)."""
+        """``wire.send``, noting when Redis answered (``contact``)."""
         sent = time.monotonic()
-        replies = keys.send_grouped(self.connection, *commands)  # one round trip (on a cluster, one per slot)
+        replies = wire.send_grouped(self.connection, *commands)  # one round trip (on a cluster, one per slot)
         if self._last_sent is None or time.monotonic() - self._last_sent > CONTACT:
             self._contact_since = sent  # a gap: Redis may have been away for longer than a lease allows
         self._last_sent = sent
@@ -337,7 +337,7 @@ class Duty:
             return
         self.held = False
         try:
-            keys.send(self.connection, self.hold(0))
+            wire.send(self.connection, self.hold(0))
         except (redis.RedisError, OSError):
             pass  # it lapses within DUTY_LEASE
 

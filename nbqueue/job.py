@@ -442,7 +442,7 @@ class Job:
 
 
 def cancel_command(ref: str, queue: str) -> tuple:
-    """The cancel script's call for one job of ``queue`` (passing no dependents), to give to ``keys.send``."""
+    """The cancel script's call for one job of ``queue`` (passing no dependents), to give to ``wire.send``."""
     script_keys, head = _cancel_args(ref, queue)
     return keys.evalsha("cancel", [*script_keys, keys.dependents(ref)], [*head, 0], tag=keys.tag(queue))
 

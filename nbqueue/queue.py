@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
 import redis
 
-from . import flow, keys, signing, testing
+from . import flow, keys, signing, testing, wire
 from .connection import describe, get_connection, is_cluster
 from .errors import CrossSlotDependency, EnqueueError, InvalidQueueName, JobExists, RedisFull
 from .job import Job, cancel, cancel_command, dumps_meta
@@ -139,7 +139,7 @@ class Queue:
         conn = self.connection
         keys.register(conn, [self.name])  # once per process and connection (a lookup after that)
         try:
-            keys.send(conn, (*plan.head, plan.job_key + job_id, *plan.middle, job_id, 1, data, sig))
+            wire.send(conn, (*plan.head, plan.job_key + job_id, *plan.middle, job_id, 1, data, sig))
         except redis.ResponseError as exc:
             if _out_of_memory(exc):
                 raise _full(conn, 0, 1) from None
@@ -362,10 +362,10 @@ class Queue:
         job_key = keys.job("", tag=tag)  # + the id
         try:
             if len(chunks) == 1:
-                keys.send(self.connection, keys.evalsha(
+                wire.send(self.connection, keys.evalsha(
                     "enqueue", [*queue_keys, *[job_key + i for i in argv[::4]]], head + chunks[0], tag=tag))
             else:
-                with keys.node_for(self.connection, queue_keys[0]).pipeline(transaction=True) as pipe:
+                with wire.node_for(self.connection, queue_keys[0]).pipeline(transaction=True) as pipe:
                     for chunk in chunks:
                         keys.run(pipe, "enqueue", [*queue_keys, *[job_key + i for i in chunk[::4]]], head + chunk,
                                  tag=tag)
@@ -390,7 +390,7 @@ class Queue:
             holder_key = keys.job_of(seen, tag) if seen else keys.job(argv[0], tag=tag)
             values = [*head[:4], seen or b"", *head[5:], *argv]
             try:
-                keys.send(self.connection, keys.evalsha(
+                wire.send(self.connection, keys.evalsha(
                     "enqueue", [*queue_keys, keys.job(argv[0], tag=tag), unique, holder_key], values, tag=tag))
                 return None
             except redis.ResponseError as exc:
@@ -438,7 +438,7 @@ class Queue:
             if head[1] == "1":
                 self._check_new_ids([argv[i] for i in range(0, len(argv), 4)])
         try:
-            with keys.node_for(self.connection, calls[0][0][0]).pipeline(transaction=True) as pipe:
+            with wire.node_for(self.connection, calls[0][0][0]).pipeline(transaction=True) as pipe:
                 for script_keys, values in calls:
                     keys.run(pipe, "defer", script_keys, values, tag=tag)
                 pipe.execute()
@@ -509,7 +509,7 @@ class Queue:
         if not ids:
             return 0
         refs = [keys.ref(i, self._tag) for i in ids]
-        replies = keys.send(self.connection, *[cancel_command(ref, self.name) for ref in refs])
+        replies = wire.send(self.connection, *[cancel_command(ref, self.name) for ref in refs])
         replies = [cancel(self.connection, ref, self.name, r) if r in (3, 4) else r  # 3: it has dependents
                    for ref, r in zip(refs, replies)]
         return sum(reply == 1 for reply in replies)
@@ -576,10 +576,10 @@ def _no_dependency(who: str, dep: str) -> EnqueueError:
 
 def _check_slots(queue: str, graph: dict) -> None:
     """On a cluster: ``CrossSlotDependency`` unless every dependency in ``graph`` lives in ``queue``'s slot."""
-    slot = keys.slot_of(("TYPE", keys.queue(queue)))
+    slot = wire.slot_of(("TYPE", keys.queue(queue)))
     for ref, deps in graph.items():
         for dep in deps:
-            if keys.slot_of(("TYPE", keys.job(dep))) != slot:
+            if wire.slot_of(("TYPE", keys.job(dep))) != slot:
                 raise CrossSlotDependency(
                     f"Job {ref} on queue {queue!r} depends on job {dep}, which lives in another Redis Cluster hash "
                     f"slot (its queue's slot tag {{{keys.split(dep)[1]}}}, this queue's {{{keys.tag(queue)}}}): the "

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import redis
 
-from . import flow, keys
+from . import flow, keys, wire
 from .ahead import Ahead
 from .execute import Outcome, Taken
 from .schema import CANCELED, DEFAULT_FAILURE_TTL, FAILED, FINISHED, REFUSED, SUMMARY, SUMMARY_SIG
@@ -66,7 +66,7 @@ class Recording:
         if ahead is None or not ahead.posted:
             return
         posted, ahead.posted = ahead.posted, []
-        replies = keys.collect(self.connection)
+        replies = wire.collect(self.connection)
         for i, (taken, outcome, elapsed, command, retry) in enumerate(posted):
             reply = replies[i] if i < len(replies) else None
             if reply is None or isinstance(reply, redis.ResponseError):
@@ -74,7 +74,7 @@ class Recording:
             self._ended(taken, outcome, reply, retry, elapsed)
 
     def _send_one(self, command: tuple) -> Any:
-        return keys.send(self.connection, command)[0]
+        return wire.send(self.connection, command)[0]
 
     def _landed(self, taken: Taken, outcome: Outcome) -> int:
         """Whether this attempt's ``outcome`` stands recorded, as finish.lua would have said (1, 2 a

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import redis
 
-from . import keys
+from . import keys, wire
 from .execute import Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -129,7 +129,7 @@ class Stopping:
         thread tries again every ``WAKE_RETRY`` seconds (else idle slots notice within IDLE_WAKE)."""
         try:
             wake = [("RPUSH", key, *[b"stop"] * self.concurrency) for key in self._wake_lists()]
-            keys.send_grouped(self.connection, *wake)
+            wire.send_grouped(self.connection, *wake)
             self._wake_pending = False
         except redis.RedisError as exc:
             if not self._wake_pending:
@@ -175,7 +175,7 @@ class Stopping:
 
     def _unregister(self) -> None:
         try:
-            keys.send_grouped(self.connection, ("DEL", keys.worker(self.name)), ("ZREM", keys.WORKERS, self.name),
+            wire.send_grouped(self.connection, ("DEL", keys.worker(self.name)), ("ZREM", keys.WORKERS, self.name),
                               *[("DEL", key) for key in self._wake_lists()])
         except redis.RedisError as exc:
             log.warning("could not unregister worker %s: %s", self.name, exc)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from . import flow, keys
+from . import flow, keys, wire
 from .schedule import DUE_BATCH
 
 log = logging.getLogger("nbqueue.worker")
@@ -92,5 +92,5 @@ def sweep(connection: Any, queues: Iterable[str], lease_ms: int, quiet_ms: int,
     queues = list(queues)
     if not queues:
         return []
-    replies = keys.send_grouped(connection, *commands(queues, lease_ms, quiet_ms))
+    replies = wire.send_grouped(connection, *commands(queues, lease_ms, quiet_ms))
     return handle(connection, queues, replies, firer)

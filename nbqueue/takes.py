@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import redis
 
-from . import keys
+from . import keys, wire
 from .connection import is_cluster
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +44,7 @@ def runs_of(connection: Any, queues: list[str], split: bool = False) -> list[lis
     runs: list[list[str]] = []
     last = None
     for name in queues:
-        slot = keys.slot_of(("LLEN", keys.queue(name)))
+        slot = wire.slot_of(("LLEN", keys.queue(name)))
         if runs and slot == last:
             runs[-1].append(name)
         else:
@@ -127,7 +127,7 @@ class Takes:
                 run.popped = False
         for run in popped:
             def reflag(run: Run = run) -> Any:
-                return keys.send(self.connection, run.reflag)
+                return wire.send(self.connection, run.reflag)
             self._redis(reflag)
 
     # --- waiting --------------------------------------------------------------------------
@@ -169,7 +169,7 @@ class Takes:
                 if self._stopping:
                     return
             try:
-                reply = self._redis(lambda: keys.send(self.connection, ("BLPOP", *run.wait_keys, wait))[0])
+                reply = self._redis(lambda: wire.send(self.connection, ("BLPOP", *run.wait_keys, wait))[0])
             except BaseException:  # the worker is stopping while Redis is away (its _Stop)
                 return
             if reply is None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import redis
 
-from . import keys
+from . import keys, wire
 from .connection import describe, get_connection, is_cluster
 from .schema import SYNC
 
@@ -194,7 +194,7 @@ class Watcher:
                 delay = 0.1
             except Exception as exc:  # a lost connection, as redis-py reports it (not always a RedisError)
                 log.debug("watcher lost Redis (%r); reconnecting", exc)
-                keys.close_pubsub(pubsub)
+                wire.close_pubsub(pubsub)
                 pubsub = None
                 if connecting:  # not a dropped connection (redis-py's own retries are spent): Redis is away
                     with self._lock:
@@ -203,7 +203,7 @@ class Watcher:
                         self._call(on_error, exc)
                 time.sleep(delay)  # backoff while Redis is away
                 delay = min(delay * 2, 5.0)
-        keys.close_pubsub(pubsub)
+        wire.close_pubsub(pubsub)
 
     def _apply(self, pubsub: Any, subscribed: set, pattern: bool, wanted: set, want_all: bool) -> tuple:
         new, gone = sorted(wanted - subscribed), sorted(subscribed - wanted)

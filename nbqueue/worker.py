@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Union
 
 import redis
 
-from . import child, forkserver, keys, signing, takes
+from . import child, forkserver, keys, signing, takes, wire
 from .ahead import AHEAD, HOLD, SHORT, Ahead, Posted, give_back, hold_deadline, overdue
 from .connection import connection_options, describe, get_connection, is_cluster
 from .errors import ForkServerGone, WorkerError
@@ -275,7 +275,7 @@ class Worker(Recording, Stopping):
                 return reply
             if stale:  # others took the ids we knew of: look further ahead next time
                 self._window = min(self._window * 2, MAX_WINDOW)
-            reply = self._redis(lambda: keys.send(self.connection, self._take_command(queues, most))[0])
+            reply = self._redis(lambda: wire.send(self.connection, self._take_command(queues, most))[0])
         return [b"none", []]
 
     def _take(self, ahead: Optional[Ahead] = None) -> Optional[Taken]:
@@ -295,7 +295,7 @@ class Worker(Recording, Stopping):
     def _take_run(self, queues: list, most: int = 1) -> Any:
         """Take a job (up to ``most``) from the first of ``queues`` (one run: they share a slot) that
         has one; a lost connection is raised."""
-        reply = keys.send(self.connection, self._take_command(queues, most))[0]
+        reply = wire.send(self.connection, self._take_command(queues, most))[0]
         return self._settled(reply, queues, most)
 
     def _wait_and_take(self, ahead: Optional[Ahead] = None) -> Optional[Taken]:
@@ -309,7 +309,7 @@ class Worker(Recording, Stopping):
             self._takes.wait(self._idle_wait)
             return self._taken_from([b"none", []] if self._stopping else self._takes.take())
         most = self._reserve(ahead)
-        _, reply = self._redis(lambda: keys.send(
+        _, reply = self._redis(lambda: wire.send(
             self.connection, ("BLPOP", *self._wait_keys, self._idle_wait), self._take_command(None, most)))
         self._ended_ahead(ahead)
         return self._taken_from(self._settled(reply, None, most), ahead, most)
@@ -420,7 +420,7 @@ class Worker(Recording, Stopping):
         if following is not None:
             assert ahead is not None
             try:
-                keys.post(self.connection, command)
+                wire.post(self.connection, command)
                 ahead.posted.append(Posted(taken, outcome, elapsed, command, retry))
                 return None, following
             except (redis.ConnectionError, redis.TimeoutError):
@@ -428,7 +428,7 @@ class Worker(Recording, Stopping):
         together = then_take and following is None and self._takes is None and self._may_take()
         most = self._reserve(ahead) if together else 1
         commands = [command, self._take_command(None, most)] if together else [command]
-        replies = self._redis(lambda: keys.send(self.connection, *commands))
+        replies = self._redis(lambda: wire.send(self.connection, *commands))
         self._ended_ahead(ahead)
         if then_take and following is None:
             following = (self._taken_from(self._settled(replies[1], None, most), ahead, most) if together

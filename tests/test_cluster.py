@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 
 import nbq_tasks
 from conftest import wait_for
-from nbqueue import CrossSlotDependency, Queue, connection, info, keys
+from nbqueue import CrossSlotDependency, Queue, connection, info, keys, wire
 from nbqueue.errors import InvalidURL
 
 HOST = "127.0.0.1"
@@ -63,11 +63,11 @@ def test_a_cluster_url_with_a_password_is_masked():
 def test_a_single_shard_cluster_mode_endpoint_is_a_cluster(single_shard):
     client = connection.get_connection(single_shard.nodes[0].url)
     assert isinstance(client, RedisCluster) and len(client.get_primaries()) == 1
-    assert keys.send(client, ("SET", "{t}a", 1), ("INCR", "{t}a")) == [b"OK", 2]
-    assert keys.send_grouped(client, ("SET", "a", 1), ("SET", "b", 2)) == [b"OK", b"OK"]
+    assert wire.send(client, ("SET", "{t}a", 1), ("INCR", "{t}a")) == [b"OK", 2]
+    assert wire.send_grouped(client, ("SET", "a", 1), ("SET", "b", 2)) == [b"OK", b"OK"]
 
 
-# --- keys.send: routing, redirections, scripts ----------------------------------------------
+# --- wire.send: routing, redirections, scripts ----------------------------------------------
 def _move_slot(cluster, key: bytes, dst=None, finish: bool = True):
     """Migrate ``key``'s slot to ``dst`` (another master; half-way, MIGRATING/IMPORTING, if not ``finish``)."""
     slot = redis.crc.key_slot(key)
@@ -90,30 +90,30 @@ def _move_slot(cluster, key: bytes, dst=None, finish: bool = True):
 
 def test_send_follows_moved_and_ask_and_runs_nothing_twice(cluster, redis_client):
     client = connection.get_connection(cluster.url)
-    assert keys.send(client, ("SET", "{m}count", 0), ("INCR", "{m}count")) == [b"OK", 1]
+    assert wire.send(client, ("SET", "{m}count", 0), ("INCR", "{m}count")) == [b"OK", 1]
     src, dst = _move_slot(cluster, b"{m}count", finish=False)
     # half-way: the existing key still answers on the old owner, a new one is asked of the new one
-    assert keys.send(client, ("INCR", "{m}count"), ("SET", "{m}new", "x")) == [2, b"OK"]
+    assert wire.send(client, ("INCR", "{m}count"), ("SET", "{m}new", "x")) == [2, b"OK"]
     with dst.client() as d:
         d.execute_command("ASKING")
         assert d.get("{m}new") == b"x"
     _move_slot(cluster, b"{m}count", dst)  # now done: MOVED, the map is read anew
-    assert keys.send(client, ("INCR", "{m}count"), ("GET", "{m}new")) == [3, b"x"]
+    assert wire.send(client, ("INCR", "{m}count"), ("GET", "{m}new")) == [3, b"x"]
     assert cluster.master_of(b"{m}count") is dst
 
 
 def test_send_loads_scripts_a_node_lost_and_refuses_commands_of_several_slots(cluster, redis_client):
     client = connection.get_connection(cluster.url)
     command = keys.evalsha("reflag", ["{s}:queue:x", "{s}:wake:x"], [])
-    assert keys.send(client, command) == [1]
+    assert wire.send(client, command) == [1]
     with cluster.master_of(b"{s}").client() as node:
         node.script_flush()
     # the script is loaded and sent again, alone: the commands after it ran once, before it
-    assert keys.send(client, ("RPUSH", "{s}:queue:x", "id"), command, ("LLEN", "{s}:wake:x")) == [1, 1, 0]
-    assert keys.send(client, ("LLEN", "{s}:wake:x")) == [1]
+    assert wire.send(client, ("RPUSH", "{s}:queue:x", "id"), command, ("LLEN", "{s}:wake:x")) == [1, 1, 0]
+    assert wire.send(client, ("LLEN", "{s}:wake:x")) == [1]
     with pytest.raises(AssertionError, match="share a slot"):
-        keys.send(client, ("GET", "{a}"), ("GET", "{b}"))
-    assert keys.send_grouped(client, ("SET", "{a}", 1), ("SET", "{b}", 2), ("MGET", "{a}")) == [b"OK", b"OK", [b"1"]]
+        wire.send(client, ("GET", "{a}"), ("GET", "{b}"))
+    assert wire.send_grouped(client, ("SET", "{a}", 1), ("SET", "{b}", 2), ("MGET", "{a}")) == [b"OK", b"OK", [b"1"]]
 
 
 def test_a_cluster_pubsub_hears_what_a_script_publishes_on_another_node(cluster, redis_client):
@@ -140,7 +140,7 @@ def test_a_cluster_pubsub_hears_what_a_script_publishes_on_another_node(cluster,
     time.sleep(0.2)
     try:
         for channel in channels:  # from a script, on the master of the channel's slot
-            keys.send(client, ("EVAL", "redis.call('PUBLISH', KEYS[1], ARGV[1]) return 1", 1, channel,
+            wire.send(client, ("EVAL", "redis.call('PUBLISH', KEYS[1], ARGV[1]) return 1", 1, channel,
                                json.dumps({"c": channel})))
         wait_for(lambda: len([h for h in heard if h[0] == "pmessage"]) == 4, 5, message="4 pattern messages")
         wait_for(lambda: len([h for h in heard if h[0] == "message"]) == 1, 5, message="1 channel message")
@@ -152,14 +152,14 @@ def test_a_cluster_pubsub_hears_what_a_script_publishes_on_another_node(cluster,
 
 # --- failover ---------------------------------------------------------------------------------
 def _write_until(client, stop: threading.Event, tag: str, acked: list, errors: list) -> None:
-    """RPUSH numbers onto ``{tag}list`` with keys.send, as the worker does: a lost connection is
+    """RPUSH numbers onto ``{tag}list`` with wire.send, as the worker does: a lost connection is
     waited out; a number counts as acknowledged once its reply came back."""
     n = 0
     while not stop.is_set():
         n += 1
         while True:
             try:
-                keys.send(client, ("RPUSH", f"{{{tag}}}list", n))
+                wire.send(client, ("RPUSH", f"{{{tag}}}list", n))
                 acked.append(n)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:

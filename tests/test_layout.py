@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import nbq_tasks
-from nbqueue import Job, LayoutError, Queue, Worker, as_completed, keys, wait
+from nbqueue import Job, LayoutError, Queue, Worker, as_completed, keys, wait, wire
 from nbqueue.info import snapshot
 
 
@@ -152,14 +152,14 @@ def test_another_schema_version_is_refused(redis_client, redis_url):
 
 
 def test_send_takes_every_value_redis_py_takes(redis_client):
-    """keys.send packs with hiredis; a value it refuses (a bytearray) goes redis-py's way: taken
+    """wire.send packs with hiredis; a value it refuses (a bytearray) goes redis-py's way: taken
     where this redis-py takes it (8.x), refused alike where it does not (7.0 packs with hiredis too)."""
     commands = (("SET", "nbq:t:a", 7), ("SET", "nbq:t:b", bytearray(b"xy")), ("MGET", "nbq:t:a", "nbq:t:b"))
     try:
         redis_client.set("nbq:t:b", bytearray(b"xy"))
     except redis.DataError:
         with pytest.raises(redis.DataError):
-            keys.send(redis_client, *commands)
+            wire.send(redis_client, *commands)
         return
     redis_client.delete("nbq:t:b")
-    assert keys.send(redis_client, *commands) == [b"OK", b"OK", [b"7", b"xy"]]
+    assert wire.send(redis_client, *commands) == [b"OK", b"OK", [b"7", b"xy"]]

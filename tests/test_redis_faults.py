@@ -16,7 +16,7 @@ import redis
 import chaos_tasks
 import nbq_tasks
 from conftest import InThread, wait_for
-from nbqueue import Group, Job, Queue, keys
+from nbqueue import Group, Job, Queue, keys, wire
 from nbqueue.connection import client_for, connect
 from nbqueue.job import TERMINAL
 from sentinels import SentinelSetup
@@ -80,12 +80,12 @@ def test_the_first_enqueue_of_each_thread_after_a_restart_succeeds(private_redis
 
 def test_a_connection_the_server_closed_is_reopened_and_the_command_runs_once(private_redis):
     client = redis.Redis.from_url(private_redis.url)
-    keys.send(client, ("CLIENT", "SETNAME", "hot-path"))
+    wire.send(client, ("CLIENT", "SETNAME", "hot-path"))
     with private_redis.client() as admin:
         hot = [c for c in admin.client_list() if c["name"] == "hot-path"]
         assert len(hot) == 1
         admin.client_kill_filter(_id=hot[0]["id"])  # the server closes it while it is idle
-        assert keys.send(client, ("INCR", "once"), ("INCR", "once")) == [1, 2]
+        assert wire.send(client, ("INCR", "once"), ("INCR", "once")) == [1, 2]
         assert admin.get("once") == b"2"
         assert not [c for c in admin.client_list() if c["name"] == "hot-path"]  # a new connection
 

@@ -11,7 +11,7 @@ import pytest
 
 import nbq_tasks
 from conftest import wait_for
-from nbqueue import Queue, Worker, keys
+from nbqueue import Queue, Worker, wire
 
 pytestmark = pytest.mark.standalone("runs the cluster's way on one standalone server")
 
@@ -68,7 +68,7 @@ def test_an_idle_worker_on_several_runs_blocks_wakes_at_once_and_stops_at_once(r
 
 def _enqueued_together(monkeypatch, client, *calls):
     """Enqueue ``(queue, func, args)`` calls in one MULTI/EXEC: their wake flags are set in one step."""
-    captured, me, real = [], threading.current_thread(), keys.send
+    captured, me, real = [], threading.current_thread(), wire.send
 
     def capture(connection, *commands):
         if threading.current_thread() is not me:
@@ -76,11 +76,11 @@ def _enqueued_together(monkeypatch, client, *calls):
         captured.extend(commands)
         return [None] * len(commands)
 
-    monkeypatch.setattr(keys, "send", capture)
+    monkeypatch.setattr(wire, "send", capture)
     jobs = [queue.enqueue(func, *args) for queue, func, args in calls]
-    monkeypatch.setattr(keys, "send", real)
+    monkeypatch.setattr(wire, "send", real)
     assert len(captured) == len(calls)
-    replies = keys.send(client, ("MULTI",), *captured, ("EXEC",))
+    replies = wire.send(client, ("MULTI",), *captured, ("EXEC",))
     assert not any(isinstance(r, Exception) for r in replies[-1]), replies
     return jobs
 
