@@ -12,9 +12,10 @@ import redis
 from . import keys
 from .connection import get_connection
 from .errors import InvalidTransition, NbqueueError, NoSuchGroup, NoSuchJob, ResultTimeout
-from .job import Job, Waiter, in_thread
+from .job import Job
 from .schema import DEFAULT_FAILURE_TTL, EXPIRED, TERMINAL, text
 from .seconds import deadline
+from .waiter import Waiter, in_thread
 
 
 class Group:

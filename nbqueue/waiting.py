@@ -2,7 +2,7 @@
 
 ``as_completed(jobs)`` yields each job as it ends (``for``, or ``async for`` in asyncio code);
 ``wait(jobs, return_when=...)`` returns the done and not-done sets (``await async_wait(...)`` in
-asyncio code). All listen through the process's one watcher (``job.Waiter``), through a Redis
+asyncio code). All listen through the process's one watcher (``waiter.Waiter``), through a Redis
 restart or outage, and never poll; the async forms wait in the loop's executor, so the loop goes on.
 """
 from __future__ import annotations
@@ -14,9 +14,10 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import NamedTuple, Optional
 
 from .errors import InvalidOption, ResultTimeout
-from .job import Job, Waiter, in_thread
+from .job import Job
 from .schema import CANCELED, FAILED
 from .seconds import deadline
+from .waiter import Waiter, in_thread
 
 __all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AsCompleted", "DoneAndNotDone", "as_completed",
            "async_wait", "wait"]

@@ -55,7 +55,7 @@ class Watcher:
     dashboard asks for ``all_jobs`` (PSUBSCRIBE ``keys.EVENTS_PATTERN``). Each subscribe confirmation — first
     subscribe or re-subscribe after a reconnect — is delivered as a ``sync`` event, telling the
     watcher to re-read the job: nothing published before or during a gap is lost. ``Job.result``,
-    ``Group.results``, ``as_completed``/``wait`` (``job.Waiter``), ``nbqueue info --watch`` and the
+    ``Group.results``, ``as_completed``/``wait`` (``waiter.Waiter``), ``nbqueue info --watch`` and the
     notebook's views all listen here. The thread ends ``LINGER`` s after nothing is watched and
     starts again on demand; after ``fork`` the child starts fresh.
     """
