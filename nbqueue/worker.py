@@ -272,6 +272,8 @@ class Worker(Recording, Stopping):
             if reply[1]:
                 self._windows = {**self._windows, **dict(zip(queues, reply[1]))}  # ids as bytes, as sent back
             if reply[0] != b"retry":
+                if self._window > WINDOW:  # the window held the head: try one id fewer (every id costs a key sent)
+                    self._window -= 1
                 return reply
             if stale:  # others took the ids we knew of: look further ahead next time
                 self._window = min(self._window * 2, MAX_WINDOW)
