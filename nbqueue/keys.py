@@ -87,7 +87,7 @@ from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
 from .connection import is_cluster
-from .errors import JobQueueUnknown, LayoutError
+from .errors import InvalidQueueName, JobQueueUnknown, LayoutError
 
 PREFIX = "nbq:"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")  # queue names and job ids, as they go into keys
@@ -104,6 +104,16 @@ SUSPENDED = PREFIX + "suspended"
 SCHEDULE_QUEUES = PREFIX + "schedule-queues"
 # only the previous layout wrote these
 OLD_LAYOUT = (PREFIX + "active", PREFIX + "scheduled", PREFIX + "beat", PREFIX + "schedules")
+
+
+def check_queue_name(name: Any) -> str:
+    """Return ``name`` if nbqueue accepts it as a queue name, else raise ``InvalidQueueName``."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidQueueName(
+            f"Invalid queue name {name!r}: use 1 to 100 letters, digits, '_', '-' or '.', "
+            f"starting with a letter or digit, e.g. Queue('low') or Queue('reports-2024')."
+        )
+    return name
 
 
 @lru_cache(maxsize=4096)

@@ -11,7 +11,7 @@ import redis
 
 from . import flow, keys, signing, testing, wire
 from .connection import describe, get_connection, is_cluster
-from .errors import CrossSlotDependency, EnqueueError, InvalidQueueName, JobExists, RedisFull
+from .errors import CrossSlotDependency, EnqueueError, JobExists, RedisFull
 from .job import Job, cancel, cancel_command, dumps_meta
 from .options import (  # noqa: F401 - MAX_*, check_seconds and check_count: also nbqueue.queue's, as before
     MAX_DELAY,
@@ -34,16 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .schedule import Schedule
 
 _BATCH = 1000  # jobs per script call in enqueue_many
-
-
-def check_queue_name(name: Any) -> str:
-    """Return ``name`` if nbqueue accepts it as a queue name, else raise ``InvalidQueueName``."""
-    if not isinstance(name, str) or not keys.NAME.fullmatch(name):
-        raise InvalidQueueName(
-            f"Invalid queue name {name!r}: use 1 to 100 letters, digits, '_', '-' or '.', "
-            f"starting with a letter or digit, e.g. Queue('low') or Queue('reports-2024')."
-        )
-    return name
 
 
 class Call(NamedTuple):
@@ -77,7 +67,7 @@ class Queue:
                  secret: signing.Secret = None, is_async: Optional[bool] = None):
         """``is_async=False``: run each job at enqueue, here, with no worker (``nbqueue.testing``);
         default: True, or False inside ``with nbqueue.testing.sync():``."""
-        self.name = check_queue_name(name)
+        self.name = keys.check_queue_name(name)
         self._connection = connection
         self._signer: Any = signing.UNSET if secret is None else signing.from_value(secret)
         if is_async is not None and not isinstance(is_async, bool):

@@ -27,16 +27,16 @@ from .errors import ForkServerGone, WorkerError
 from .execute import _INTERRUPTED, Outcome, Running, Taken, job_runner
 from .heartbeat import HEARTBEAT, LEASE, Heartbeat
 from .pausing import _pause, is_suspended, resume, suspend
-from .queue import check_queue_name
 from .recording import Recording
 from .seconds import as_seconds
-from .stopping import STOP_GRACE, Stopping, _Stop
+from .stopping import Stopping, _Stop
 
 log = logging.getLogger("nbqueue.worker")
 
 IDLE_WAKE = 30.0  # an idle slot looks around at least this often (a stop or a job wakes it at once)
 MAX_IDLE = 10 * 365 * 24 * 3600.0  # seconds: the longest --max-idle
-WINDOW = 2  # ids of each queue a take starts knowing (dequeue.lua); doubled while others take them first
+WINDOW = 2  # ids of each queue a take starts knowing (dequeue.lua); doubled while others take them first,
+# one fewer after each take it served
 MAX_WINDOW = 256
 TAKE_ROUNDS = 20  # takes in a row whose window was stale, at most, before the loop looks again
 
@@ -72,7 +72,7 @@ class Worker(Recording, Stopping):
         outcomes (a list: the first signs, all verify); default: ``$NBQUEUE_SECRET``, a key file, or the
         embedded server's. ``require_signed``: refuse to start without one. ``max_jobs``: stop (warm)
         after running that many jobs; ``max_idle``: stop after that many seconds with nothing to do."""
-        self.queues = [check_queue_name(q) for q in queues] or ["default"]
+        self.queues = [keys.check_queue_name(q) for q in queues] or ["default"]
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise WorkerError(f"concurrency={concurrency!r}: give a whole number of jobs at once, 1 or more.")
         self.connection = get_connection(connection, evicting="allow" if allow_eviction else "refuse")
@@ -519,4 +519,4 @@ class Worker(Recording, Stopping):
             run.interrupt("lost")
 
 
-__all__ = ["HEARTBEAT", "LEASE", "STOP_GRACE", "Worker", "_Stop", "is_suspended", "resume", "suspend"]
+__all__ = ["HEARTBEAT", "LEASE", "Worker", "is_suspended", "resume", "suspend"]

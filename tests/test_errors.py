@@ -71,13 +71,13 @@ def _outside_the_tree() -> tuple:
     import redis
     from IPython.core.error import UsageError
 
-    from nbqueue import worker
+    from nbqueue import stopping
 
     # a bug (a broken invariant); each framework's one-line message; the worker's own control flow;
     # Redis's own errors, passed on as redis-py raises them (a cluster not ready for a slot is said as
     # redis-py says an unreachable server: a ConnectionError, which every caller already waits out);
     # the I/O of the pipes between a worker and its fork server (caught where they are read)
-    return AssertionError, click.ClickException, UsageError, worker._Stop, redis.RedisError, OSError, EOFError
+    return AssertionError, click.ClickException, UsageError, stopping._Stop, redis.RedisError, OSError, EOFError
 
 
 def _sources() -> dict:

@@ -14,7 +14,7 @@ import pytest
 import nbq_tasks
 from conftest import MODES, TESTS_DIR, wait_for
 from nbqueue import Job, JobFailed, Queue, keys, signing
-from nbqueue.worker import STOP_GRACE
+from nbqueue.stopping import STOP_GRACE
 
 
 def test_the_readme_flow(start_worker, tmp_path):
