@@ -55,7 +55,8 @@ def server_of(worker_pid: int) -> int:
 @pytest.mark.parametrize("concurrency", ["1", "3"])
 def test_jobs_are_forked_by_a_single_threaded_server(redis_client, start_worker, concurrency):
     worker = start_worker("fsq", "-c", concurrency)
-    assert len(os.listdir(f"/proc/{worker.pid}/task")) > 1  # the worker runs threads: it must not fork
+    # the worker runs threads (its slots and heartbeat start just after it logs "serving"): it must not fork
+    wait_for(lambda: len(os.listdir(f"/proc/{worker.pid}/task")) > 1, 15, message="the worker's threads")
     server = server_of(worker.pid)
     q = Queue("fsq", redis_client)
     for job in [q.enqueue(ft.where) for _ in range(6)]:
