@@ -131,8 +131,7 @@ class Queue:
         try:
             wire.send(conn, (*plan.head, plan.job_key + job_id, *plan.middle, job_id, 1, data, sig))
         except redis.ResponseError as exc:
-            if _out_of_memory(exc):
-                raise _full(conn, 0, 1) from None
+            _raise_if_full(exc, conn, 1)
             raise
         return Job._enqueued(job_id, self._tag, conn, self.name, plan.path, self.signer)
 
@@ -365,8 +364,7 @@ class Queue:
                     done = sum(len(c) // 4 for c, r in zip(chunks, replies) if not isinstance(r, Exception))
                     raise _full(self.connection, done, len(argv) // 4) if _out_of_memory(errors[0]) else errors[0]
         except redis.ResponseError as exc:
-            if _out_of_memory(exc):
-                raise _full(self.connection, 0, len(argv) // 4) from None
+            _raise_if_full(exc, self.connection, len(argv) // 4)
             if "NBQ_EXISTS" in str(exc):
                 raise self._exists(str(exc).split("NBQ_EXISTS", 1)[1].strip()) from None
             raise
@@ -384,8 +382,7 @@ class Queue:
                     "enqueue", [*queue_keys, keys.job(argv[0], tag=tag), unique, holder_key], values, tag=tag))
                 return None
             except redis.ResponseError as exc:
-                if _out_of_memory(exc):
-                    raise _full(self.connection, 0, 1) from None
+                _raise_if_full(exc, self.connection, 1)
                 text = str(exc)
                 if "NBQ_UNIQUE" in text:
                     return text.split("NBQ_UNIQUE", 1)[1].strip()
@@ -433,8 +430,7 @@ class Queue:
                     keys.run(pipe, "defer", script_keys, values, tag=tag)
                 pipe.execute()
         except redis.ResponseError as exc:
-            if _out_of_memory(exc):
-                raise _full(self.connection, 0, len(argv) // 4) from None
+            _raise_if_full(exc, self.connection, len(argv) // 4)
             text = str(exc)
             if "NBQ_EXISTS" in text:
                 raise self._exists(text.split("NBQ_EXISTS", 1)[1].strip()) from None
@@ -583,6 +579,12 @@ def _out_of_memory(exc: Exception) -> bool:
     script at its first write, before it wrote anything, and reported as the script's error."""
     return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
         isinstance(exc, redis.ResponseError) and "-OOM command not allowed" in str(exc))
+
+
+def _raise_if_full(exc: Exception, connection: redis.Redis, total: int) -> None:
+    """Raise ``RedisFull`` for ``exc`` if it is Redis refusing the ``total`` jobs as it is full (none written)."""
+    if _out_of_memory(exc):
+        raise _full(connection, 0, total) from None
 
 
 def _full(connection: redis.Redis, done: int, total: int) -> RedisFull:
