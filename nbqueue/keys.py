@@ -24,6 +24,11 @@ Per queue ``<name>`` (tag ``T = tag(name)``):
 - ``{T}:schedule:<sname>``  hash: a schedule's call as enqueue signs it (``func``, ``code``, ``data``,
                             ``sig``, ``options``, ``queue``), ``rule``, ``missed``, ``token``, ``next``,
                             ``last_job`` (a ref), ``last_run``, ``fired``, ``error`` (``schedule.py``)
+- ``{T}:taken:<worker>:<n>``  string ``"<token> <q> <id> <attempt> ..."``: the last take of the worker's
+                            slot ``n`` from queues of this slot that took jobs (the take's token, the index
+                            of the queue they came from, each job and its attempt), kept for one lease: a
+                            take sent again after a lost connection cut off its reply hands those jobs
+                            over again (``dequeue.lua``), instead of leaving them leased to no one who knows
 - ``{T}:wake-worker:<worker>``  on a cluster, the list a worker's waiter on this queue's slot blocks on
                             beside the flags, so a stop wakes it (``worker_wake_on``, ``takes.py``)
 
@@ -389,6 +394,11 @@ def register(client: Any, queues: Iterable[str]) -> None:
         client.sadd(QUEUES, *new)
         with _check_lock:
             known.update(new)
+
+
+def taken(worker_name: str, queue_name: str, slot: int) -> str:
+    """The last take of the worker's slot ``slot`` from ``queue_name``'s slot that took jobs (``dequeue.lua``)."""
+    return f"{PREFIX}{{{tag(queue_name)}}}:taken:{worker_name}:{slot}"
 
 
 def worker_wake_on(worker_name: str, queue_name: str) -> str:

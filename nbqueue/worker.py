@@ -7,6 +7,7 @@ costs no CPU and starts a new job at once. The heartbeat thread renews the slots
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -122,6 +123,8 @@ class Worker(Recording, Stopping):
         self._takes_of = {tuple(run): (
             [k for q in run for k in (keys.queue(q), keys.wake(q), keys.active(q), keys.paused(q))],
             [(q, keys.job("", q).encode(), keys.events_prefix(keys.tag(q))) for q in run]) for run in runs}
+        self._token, self._takes_sent = secrets.token_hex(4), itertools.count()  # a take's token: "<token>.<n>"
+        self._sent = threading.local()  # each slot's _Sent (_take_command)
         self._windows: dict = {}  # queue -> its first ids (bytes) as the last take saw them (dequeue.lua)
         self._window = WINDOW
         own = keys.worker_wake_on(self.name, self.queues[0]) if is_cluster(self.connection) else keys.worker_wake(
@@ -190,7 +193,7 @@ class Worker(Recording, Stopping):
                  f", {self.concurrency} at once" if self.concurrency > 1 else "", describe(self.connection))
         try:
             heartbeat.start()
-            slots = [threading.Thread(target=self._slot, name=f"nbqueue-slot-{i}", daemon=True)
+            slots = [threading.Thread(target=self._slot, args=(i,), name=f"nbqueue-slot-{i}", daemon=True)
                      for i in range(self.concurrency)]
             for slot in slots:
                 slot.start()
@@ -210,7 +213,8 @@ class Worker(Recording, Stopping):
             raise WorkerError(f"worker {self.name} stopped because its heartbeat ended: {self._failure}")
         return self.jobs_run
 
-    def _slot(self) -> None:
+    def _slot(self, index: int = 0) -> None:
+        self._sent.slot = _Sent(self.name, index)
         try:
             self._serve()
         finally:
@@ -251,23 +255,41 @@ class Worker(Recording, Stopping):
 
     def _take_command(self, queues: Optional[list] = None, most: int = 1) -> tuple:
         """The take (``dequeue.lua``) of up to ``most`` jobs from ``queues`` (one run; default: all,
-        standalone) with the job keys of the queues' windows as last seen."""
+        standalone) with the job keys of the queues' windows as last seen. Until ``_settled`` reads
+        its reply it is this slot's take in flight: if a lost connection cuts the reply off, the next
+        take from those queues is that take sent again, marked so (the jobs it took, if it ran, come
+        back with its reply, not leased to no one who knows until their leases lapse)."""
         queues = queues or self.queues
-        take_keys, take_jobs = self._takes_of[tuple(queues)]
+        run = tuple(queues)
+        slot = self._slot_sent()
+        sent = slot.in_flight.get(run)
+        if sent is not None and sent[0] == most:
+            return sent[1]
+        take_keys, take_jobs = self._takes_of[run]
         job_keys, values = [], []
         windows = self._windows
         for q, job_key, channel in take_jobs:
             window = windows.get(q, ())
             job_keys += [job_key + i for i in window]
             values += [q, channel, len(window), *window]
-        return keys.evalsha("dequeue", [*take_keys, *job_keys],
-                            [self.name, int(LEASE * 1000), max(self._window, self._look_ahead), len(queues), most,
-                             *values])
+        token = f"{self._token}.{next(self._takes_sent)}"
+        args = [self.name, int(LEASE * 1000), max(self._window, self._look_ahead), len(queues), most, *values]
+        script_keys = [*take_keys, slot.record(run), *job_keys]
+        slot.in_flight[run] = (most, keys.evalsha("dequeue", script_keys, ["=" + token, *args]))
+        return keys.evalsha("dequeue", script_keys, [token, *args])
+
+    def _slot_sent(self) -> _Sent:
+        try:
+            return self._sent.slot
+        except AttributeError:  # not a slot's thread (a test calling in): as slot 0
+            self._sent.slot = _Sent(self.name, 0)
+            return self._sent.slot
 
     def _settled(self, reply: Any, queues: Optional[list] = None, most: int = 1) -> Any:
         """A take's reply once it is not 'retry' (taken again with the fresh windows it returned)."""
         queues = queues or self.queues
-        for _ in range(TAKE_ROUNDS):
+        for rounds_left in range(TAKE_ROUNDS, -1, -1):  # the last take's reply is read too: it may hold jobs
+            self._slot_sent().in_flight.pop(tuple(queues), None)  # its reply is read
             stale = reply[0] == b"retry" and any(self._windows.get(q) for q in queues)
             if reply[1]:
                 self._windows = {**self._windows, **dict(zip(queues, reply[1]))}  # ids as bytes, as sent back
@@ -277,6 +299,8 @@ class Worker(Recording, Stopping):
                 return reply
             if stale:  # others took the ids we knew of: look further ahead next time
                 self._window = min(self._window * 2, MAX_WINDOW)
+            if not rounds_left:
+                break
             reply = self._redis(lambda: wire.send(self.connection, self._take_command(queues, most))[0])
         return [b"none", []]
 
@@ -429,8 +453,8 @@ class Worker(Recording, Stopping):
                 pass  # recorded below, the usual way
         together = then_take and following is None and self._takes is None and self._may_take()
         most = self._reserve(ahead) if together else 1
-        commands = [command, self._take_command(None, most)] if together else [command]
-        replies = self._redis(lambda: wire.send(self.connection, *commands))
+        replies = self._redis(lambda: wire.send(self.connection, command, self._take_command(None, most)) if together
+                              else wire.send(self.connection, command))  # the take built anew: sent again if lost
         self._ended_ahead(ahead)
         if then_take and following is None:
             following = (self._taken_from(self._settled(replies[1], None, most), ahead, most) if together
@@ -520,3 +544,19 @@ class Worker(Recording, Stopping):
 
 
 __all__ = ["HEARTBEAT", "LEASE", "Worker", "is_suspended", "resume", "suspend"]
+
+
+class _Sent:
+    """A slot's takes: the one sent from each run of queues whose reply it has not read yet (the run
+    -> its ``most`` and that take marked as sent again), and the keys its takes are recorded under."""
+
+    def __init__(self, worker_name: str, index: int):
+        self.worker_name, self.index = worker_name, index
+        self.in_flight: dict[tuple, tuple] = {}
+        self._records: dict[tuple, str] = {}
+
+    def record(self, run: tuple) -> str:
+        key = self._records.get(run)
+        if key is None:
+            key = self._records[run] = keys.taken(self.worker_name, run[0], self.index)
+        return key
