@@ -17,7 +17,8 @@ the script and nothing more.
 
 One gap: a job that the recovery fails or cancels (``recover.lua``, its
 worker lost once too often) has its dependents dealt with by the recovering worker's heartbeat right
-after (``release``, the same check), in a second step; a worker killed in between leaves them deferred.
+after (``release``, the same check), in a second step, as is its ``on_failure`` callback
+(``callbacks.after_recovery``); a worker killed in between leaves them deferred (and no callback).
 Requeueing a failed dependency does not re-arm the dependents it failed (they can be requeued).
 
 On the worker, ``substitute`` reads each dependency's outcome from Redis when the job starts, checks

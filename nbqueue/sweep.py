@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from . import flow, keys, wire
+from . import callbacks, flow, keys, wire
 from .schedule import DUE_BATCH
 
 log = logging.getLogger("nbqueue.worker")
@@ -58,6 +58,7 @@ def handle(connection: Any, queues: Iterable[str], replies: Iterable[Any], firer
         # those failed or canceled (lost too often): their dependents fail too. A worker that dies
         # right here leaves them deferred: the one gap in "released in the same step" (flow.py)
         flow.release(connection, recovered)
+        callbacks.after_recovery(connection, recovered, firer.signer if firer is not None else None)
     return recovered
 
 

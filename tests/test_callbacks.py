@@ -2,6 +2,8 @@
 ends for good; signed like the job, checked by the guard at enqueue."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 import nbq_tasks
@@ -36,6 +38,34 @@ def test_success_and_final_failure_enqueue_their_callbacks(redis_client, start_w
     [callback] = wait_for(lambda: callback_jobs(redis_client, bad.id), timeout=20)
     assert callback.result(timeout=20) == f"bad {bad.id} RuntimeError: flaky failure 2 after 2 failure(s)"
     assert len(callback_jobs(redis_client, bad.id)) == 1, "one callback: not one per failed attempt"
+
+
+@pytest.mark.parametrize("tampered", [False, True], ids=["signed", "callback-added-by-hand"])
+def test_a_job_the_recovery_fails_enqueues_its_on_failure_callback(redis_client, start_worker, tmp_path, tampered):
+    """Its worker SIGKILLed mid-job, lost_retries=0: the recovery (another worker's duty) fails it
+    with WorkerLost, and that worker enqueues its on_failure, once; on_success never. An on_failure
+    written into the job's hash by hand breaks its signature: no callback."""
+    doomed = start_worker("cblost", "--name", "cb-doomed")
+    q = Queue("cblost", redis_client)
+    flag = tmp_path / "started"
+    callbacks = {} if tampered else {"on_success": nbq_tasks.on_ok, "on_failure": nbq_tasks.on_bad}
+    job = q.enqueue_call(nbq_tasks.busy, (60, str(flag)), lost_retries=0, **callbacks)
+    wait_for(flag.exists, 20, message="the job started")
+    doomed.signal(signal.SIGKILL)
+    doomed.wait()
+    if tampered:
+        redis_client.hset(keys.job(job.id), "on_failure", "nbq_tasks:on_bad")
+    rescuer = start_worker("cblost")  # takes the duty, recovers the lapsed lease, runs the callback
+    with pytest.raises(JobFailed) as failed:
+        job.result(timeout=30)
+    assert "WorkerLost" in str(failed.value)
+    if tampered:
+        wait_for(lambda: "no on_failure callback: SignatureError" in rescuer.log(), 20, message="the refusal")
+        assert not callback_jobs(redis_client, job.id)
+        return
+    [callback] = wait_for(lambda: callback_jobs(redis_client, job.id), timeout=20, message="the callback")
+    assert callback.result(timeout=20).startswith(f"bad {job.id} WorkerLost: the worker cb-doomed")
+    assert len(callback_jobs(redis_client, job.id)) == 1
 
 
 def test_no_callback_for_a_canceled_job_and_none_without_callbacks(redis_client, start_worker):

@@ -15,6 +15,7 @@ from conftest import wait_for
 from cutter import ReplyCutter
 from nbqueue import Queue, keys
 
+pytestmark = pytest.mark.standalone("the proxy fronts one server (a cluster's clients follow MOVED to each node)")
 TAKE = keys.script("dequeue").sha.encode()  # what every take's packet holds
 
 
