@@ -1,4 +1,4 @@
-"""nbqueue beside RQ, Huey and Dramatiq, on one private Redis server, alternating the systems every repeat.
+"""nbqueue beside RQ, Huey, Dramatiq and Celery, on one private Redis server, alternating the systems every repeat.
 
     python benchmarks/run.py [--quick] [--repeat N] [--only enqueue,bulk,...] [--systems nbqueue,rq,...]
                              [--unix] [--port P] [--server-binary /usr/bin/redis-server]
@@ -34,7 +34,7 @@ FULL = {"enqueue": 5000, "bulk": 20000, "drain": 2000, "fork": 300, "concurrency
 QUICK = {"enqueue": 300, "bulk": 2000, "drain": 200, "fork": 30, "concurrency": 200, "latency": 30,
          "memory": 300, "cpu": 200, "idle": 1, "ping": 2000, "forks": 100}
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-LABELS = {"nbqueue": "nbqueue", "rq": "RQ", "huey": "Huey", "dramatiq": "Dramatiq"}
+LABELS = {"nbqueue": "nbqueue", "rq": "RQ", "huey": "Huey", "dramatiq": "Dramatiq", "celery": "Celery"}
 NOTES = """\
 - Columns: each system's median over the repeats. "vs best peer": how many times better nbqueue is
   than the best peer of that row (nbqueue/peer for rates, peer/nbqueue where lower is better), taken
@@ -45,30 +45,33 @@ NOTES = """\
   FLUSHALL before every measurement (then a wait until background freeing is done). Within each
   repeat every system runs once, the order rotating by one system from repeat to repeat.
 - Every system gets the same client: redis-py with hiredis, `socket_timeout=None`; its own key
-  prefix (Huey `RedisHuey("bench")`, Dramatiq `RedisBroker(namespace="bench-dramatiq")`); logging
-  at WARNING (no log line per job). Adapters: `benchmarks/peers/`.
-- Jobs (`benchmarks/tasks.py`, the same plain functions for all; Huey/Dramatiq wrap them in their
-  decorators): `add(1, 2)` for enqueue and memory, `noop()` for drains, `started()` for latency,
+  prefix (Huey `RedisHuey("bench")`, Dramatiq `RedisBroker(namespace="bench-dramatiq")`, Celery
+  its queue `bench-celery`; Celery's broker is kombu's Redis transport, redis-py underneath, on the
+  same server); logging at WARNING (no log line per job). Adapters: `benchmarks/peers/`.
+- Jobs (`benchmarks/tasks.py`, the same plain functions for all; Huey/Dramatiq/Celery wrap them in
+  their decorators): `add(1, 2)` for enqueue and memory, `noop()` for drains, `started()` for latency,
   `tick(n)` (sleeps 10 ms) for concurrency. The jobs report over Redis (not via each system's result
   API), so every figure is read the same way.
 - Workers are separate processes (`benchmarks/workerproc.py`). Drains: N jobs pre-filled with the
   system's bulk enqueue plus a final `mark()` job (queues are FIFO), workers started and waiting,
   then one "go": time from "go" to `mark()` running. Fastest mode: nbqueue `Worker(inline=True)`,
-  RQ `SimpleWorker`, Huey consumer with 1 thread worker, Dramatiq `Worker` with 1 thread. Fork per
-  job: nbqueue `Worker()`, RQ `Worker`. Concurrency 20: nbqueue `Worker(inline=True, concurrency=20)`,
-  Huey 20 thread workers, Dramatiq 20 worker threads, from the start of the bulk enqueue to the end of
-  the last job, on a worker that has already run a job.
+  RQ `SimpleWorker`, Huey consumer with 1 thread worker, Dramatiq `Worker` with its default 8
+  threads, Celery's worker with the `solo` pool (gossip, mingle, heartbeats off). Fork per job:
+  nbqueue `Worker()`, RQ `Worker`. Concurrency 20: nbqueue `Worker(inline=True, concurrency=20)`,
+  Huey 20 thread workers, Dramatiq 20 worker threads, Celery's `threads` pool of 20, from the start
+  of the bulk enqueue to the end of the last job, on a worker that has already run a job.
 - Latency: one idle worker; the job's `time.time()` at start minus the time just before the enqueue
   call, 10 ms apart. The limit: an RPUSH → another idle client's BLPOP returning.
 - Memory: `INFO memory` used_memory delta / N after N jobs queued, then after a worker ran them all
-  with results kept (each system's default; Dramatiq with its Results middleware, Redis backend) and
+  with results kept (each system's default; Dramatiq with its Results middleware, Celery with its
+  result backend, both on Redis) and
   stopped. Server CPU: `INFO cpu` (user+sys of the server process, network I/O included) over N
   one-by-one enqueues and the drain, / N; "in commands": `INFO commandstats` usec summed with
   EVAL/EVALSHA/EXEC left out (their usec includes their inner commands, which are counted under
   those commands already), so Lua and MULTI overhead is not in it.
 - Idle CPU: one idle worker of each system, side by side over the same window (all threads, /proc schedstat).
 - Peers not measured: arq 0.28 needs redis-py < 6 (installing it would downgrade the client every
-  system here uses); SAQ, taskiq and Celery install but have no adapter yet (`benchmarks/peers/`).
+  system here uses); SAQ and taskiq install but have no adapter yet (`benchmarks/peers/`).
 - Numbers on a shared 2-core VM with other benchmarks running beside (load averages above): the
   paired ratios are steadier than the absolute figures, the latency tails and two-process rows least.
 """
@@ -196,7 +199,7 @@ def main() -> None:
           flush=True)
     if not args.quick and only == set(all_rows) and names == list(SYSTEMS):
         RESULTS.write_text(
-            "# nbqueue beside RQ, Huey and Dramatiq — benchmark results\n\n`python benchmarks/run.py` "
+            "# nbqueue beside RQ, Huey, Dramatiq and Celery — benchmark results\n\n`python benchmarks/run.py` "
             f"({repeat} repeats, wall time {elapsed:.0f} s)\n\n" + "\n".join(f"- {h}" for h in [*head, load])
             + f"\n- {limit_line}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes + [""]) + NOTES
             + "- Sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + " (idle: seconds)\n")

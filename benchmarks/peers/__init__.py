@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-SYSTEMS = ("nbqueue", "rq", "huey", "dramatiq")  # columns, in this order; nbqueue first
+SYSTEMS = ("nbqueue", "rq", "huey", "dramatiq", "celery")  # columns, in this order; nbqueue first
 
 
 def load(name: str):
