@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlparse
 
 
@@ -100,43 +100,41 @@ class _Link:
         self.cut_next_reply = threading.Event()
 
     def upstream(self) -> None:
-        while True:
-            try:
-                chunk = self.client.recv(65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                _close(self.server)
-                return
-            how = self.proxy._claim(chunk)
-            if how is False:  # the command never reaches the server
-                self.proxy._cut(self)
-                return
-            if how:
-                self.cut_next_reply.set()
-            try:
-                self.server.sendall(chunk)
-            except OSError:
-                _close(self.client)
-                return
+        self._pump(self.client, self.server, self._request_passes)
 
     def downstream(self) -> None:
+        self._pump(self.server, self.client, self._reply_passes)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, passes: Callable[[bytes], bool]) -> None:
+        """Forward what ``src`` sends to ``dst`` while ``passes(chunk)``; when either end closes, close the other."""
         while True:
             try:
-                chunk = self.server.recv(65536)
+                chunk = src.recv(65536)
             except OSError:
                 chunk = b""
-            if not chunk:
-                _close(self.client)
-                return
-            if self.cut_next_reply.is_set():  # the server ran it and answered: the answer is lost
-                self.proxy._cut(self)
+            if not chunk or not passes(chunk):
+                _close(dst)
                 return
             try:
-                self.client.sendall(chunk)
+                dst.sendall(chunk)
             except OSError:
-                _close(self.server)
+                _close(src)
                 return
+
+    def _request_passes(self, chunk: bytes) -> bool:
+        how = self.proxy._claim(chunk)
+        if how is False:  # the command never reaches the server
+            self.proxy._cut(self)
+            return False
+        if how:
+            self.cut_next_reply.set()
+        return True
+
+    def _reply_passes(self, chunk: bytes) -> bool:
+        if self.cut_next_reply.is_set():  # the server ran it and answered: the answer is lost
+            self.proxy._cut(self)
+            return False
+        return True
 
 
 def _close(sock: socket.socket) -> None:
