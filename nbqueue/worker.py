@@ -264,7 +264,7 @@ class Worker(Recording, Stopping):
         slot = self._slot_sent()
         sent = slot.in_flight.get(run)
         if sent is not None and sent[0] == most:
-            return sent[1]
+            return _sent_again(sent[1])
         take_keys, take_jobs = self._takes_of[run]
         job_keys, values = [], []
         windows = self._windows
@@ -274,9 +274,9 @@ class Worker(Recording, Stopping):
             values += [q, channel, len(window), *window]
         token = f"{self._token}.{next(self._takes_sent)}"
         args = [self.name, int(LEASE * 1000), max(self._window, self._look_ahead), len(queues), most, *values]
-        script_keys = [*take_keys, slot.record(run), *job_keys]
-        slot.in_flight[run] = (most, keys.evalsha("dequeue", script_keys, ["=" + token, *args]))
-        return keys.evalsha("dequeue", script_keys, [token, *args])
+        command = keys.evalsha("dequeue", [*take_keys, slot.record(run), *job_keys], [token, *args])
+        slot.in_flight[run] = (most, command)
+        return command
 
     def _slot_sent(self) -> _Sent:
         try:
@@ -288,8 +288,9 @@ class Worker(Recording, Stopping):
     def _settled(self, reply: Any, queues: Optional[list] = None, most: int = 1) -> Any:
         """A take's reply once it is not 'retry' (taken again with the fresh windows it returned)."""
         queues = queues or self.queues
+        in_flight = self._slot_sent().in_flight
         for rounds_left in range(TAKE_ROUNDS, -1, -1):  # the last take's reply is read too: it may hold jobs
-            self._slot_sent().in_flight.pop(tuple(queues), None)  # its reply is read
+            in_flight.pop(tuple(queues), None)  # its reply is read
             stale = reply[0] == b"retry" and any(self._windows.get(q) for q in queues)
             if reply[1]:
                 self._windows = {**self._windows, **dict(zip(queues, reply[1]))}  # ids as bytes, as sent back
@@ -546,9 +547,15 @@ class Worker(Recording, Stopping):
 __all__ = ["HEARTBEAT", "LEASE", "Worker", "is_suspended", "resume", "suspend"]
 
 
+def _sent_again(command: tuple) -> tuple:
+    """A take's command marked as that take sent again: '=' before its token (``dequeue.lua``'s ARGV[2])."""
+    at = 3 + command[2] + 1  # "EVALSHA", sha, number of keys, the keys, ARGV[1], then the token
+    return (*command[:at], "=" + command[at], *command[at + 1:])
+
+
 class _Sent:
     """A slot's takes: the one sent from each run of queues whose reply it has not read yet (the run
-    -> its ``most`` and that take marked as sent again), and the keys its takes are recorded under."""
+    -> its ``most`` and its command), and the keys its takes are recorded under."""
 
     def __init__(self, worker_name: str, index: int):
         self.worker_name, self.index = worker_name, index

@@ -57,11 +57,11 @@ if again then  -- the same take sent again: what it took, if it ran, that this w
       local id, attempt = words[i], words[i + 1]
       local key = Q and Q.window[id]
       if key then
-        local cur = redis.call('HMGET', key, 'status', 'worker', 'attempt')
-        if cur[1] == 'started' and cur[2] == worker and cur[3] == attempt then
+        local f = redis.call('HMGET', key, 'status', 'worker', 'attempt', unpack(FIELDS))
+        if f[1] == 'started' and f[2] == worker and f[3] == attempt then
           t = t or redis.call('TIME')
           redis.call('ZADD', Q.active, t[1] * 1000 + math.floor(t[2] / 1000) + lease, id)
-          taken[#taken + 1] = handed(Q, id, tonumber(attempt), redis.call('HMGET', key, unpack(FIELDS)), 1)
+          taken[#taken + 1] = handed(Q, id, tonumber(attempt), f, 4)
         end
       end
     end
