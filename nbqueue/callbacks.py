@@ -34,10 +34,12 @@ def call_back(path: str, job_id: str) -> Any:
 
 def after_recovery(connection: Any, refs: list[str], signer: Optional[signing.Signer]) -> int:
     """Enqueue the ``on_failure`` callbacks of the jobs among ``refs`` (recovered just now) that the
-    recovery failed, as a worker recording a failure does; a job whose signature ``signer`` refuses
-    gets none (nothing of it is acted on). Returns how many were enqueued."""
+    recovery failed, as a worker recording a failure does; a job whose signature ``signer`` (None:
+    the connection's default) refuses gets none (nothing of it is acted on). Returns how many were
+    enqueued."""
     from .queue import Queue
 
+    signer = signer if signer is not None else signing.get(connection)  # checks with what it will sign with
     with connection.pipeline(transaction=False) as pipe:
         for ref in refs:
             pipe.hmget(keys.job(ref), _FIELDS)
