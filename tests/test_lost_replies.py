@@ -13,7 +13,7 @@ import pytest
 import chaos_tasks
 from conftest import wait_for
 from cutter import ReplyCutter
-from nbqueue import Queue, keys
+from nbqueue import Queue, Worker, keys, wire
 
 pytestmark = pytest.mark.standalone("the proxy fronts one server (a cluster's clients follow MOVED to each node)")
 TAKE = keys.script("dequeue").sha.encode()  # what every take's packet holds
@@ -70,3 +70,22 @@ def test_takes_cut_off_under_a_drain_lose_no_attempt(redis_url, redis_client, sp
     rows = _attempts(redis_client, jobs)
     assert {(status, attempt, lost) for status, attempt, lost, _ in rows} == {("finished", "1", None)}, worker.log()
     assert worker.log().count("lost Redis") >= 1
+
+
+@pytest.mark.parametrize("junk", ["hash", "words"])
+def test_a_take_sent_again_over_a_junk_record_takes_as_usual(redis_client, junk):
+    """The record a take sent again reads may be junk (another type, or words of no take of ours):
+    the take goes on as usual, no script error (which would wedge the slot resending it)."""
+    q = Queue("cutjunk", redis_client)
+    job = q.enqueue(chaos_tasks.counted, 0, 0, "/dev/null")
+    worker = Worker(["cutjunk"], redis_client, inline=True, name="junk-w")
+    record = keys.taken("junk-w", "cutjunk", 0)
+    if junk == "hash":
+        redis_client.hset(record, "a", "b")
+    else:
+        redis_client.set(record, "x 9 y z")
+    worker._take_command()  # sent: its reply never read
+    again = worker._take_command()
+    assert again[3 + again[2] + 1].startswith("=")  # the same take, marked as sent again
+    reply = worker._settled(wire.send(redis_client, again)[0])
+    assert reply[0] == b"job" and reply[3] == job.id.encode(), reply

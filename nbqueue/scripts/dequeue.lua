@@ -48,9 +48,9 @@ local function handed(Q, id, attempt, f, from)  -- a job as the reply carries it
   return {Q.name, id, attempt, unpack(f, from, from + 13)}  -- a missing field is false here, nil in the reply
 end
 if again then  -- the same take sent again: what it took, if it ran, that this worker still holds
-  local held = redis.call('GET', record)
+  local held = redis.pcall('GET', record)  -- junk of another type there: as no record (a take as usual)
   local words = {}
-  if held then for w in string.gmatch(held, '%S+') do words[#words + 1] = w end end
+  if type(held) == 'string' then for w in string.gmatch(held, '%S+') do words[#words + 1] = w end end
   if words[1] == token then
     local Q = queues[tonumber(words[2])]
     for i = 3, #words - 1, 2 do
